@@ -1,0 +1,52 @@
+"""User-facing errors. The CLI prints these as one message, without a traceback."""
+
+from __future__ import annotations
+
+
+class RtinferError(Exception):
+    """Base class of every error rtinfer raises on bad input."""
+
+
+class IRError(RtinferError):
+    """A malformed type, attribute or graph construction."""
+
+
+class ParseError(RtinferError):
+    """Malformed IR text. Carries the line and column (1-based) of the problem."""
+
+    def __init__(self, message: str, line: int, col: int, source: str = "<ir>", text: str = ""):
+        self.message, self.line, self.col, self.source = message, line, col, source
+        where = f"{source}:{line}:{col}: error: {message}"
+        if text:
+            lines = text.splitlines()
+            if 0 < line <= len(lines):
+                where += f"\n  {lines[line - 1]}\n  {' ' * (col - 1)}^"
+        super().__init__(where)
+
+
+class VerifyError(RtinferError):
+    """The graph breaks an IR invariant. ``node`` is the offending node's text, if any."""
+
+    def __init__(self, message: str, node: str | None = None):
+        self.node = node
+        super().__init__(f"{message}\n  at: {node}" if node else message)
+
+
+class PipelineError(RtinferError):
+    """An unknown pass or option, or a malformed pipeline string."""
+
+
+class PassError(RtinferError):
+    """A pass failed or left the graph broken."""
+
+
+class NumericsError(RtinferError):
+    """A pass changed the graph's outputs beyond tolerance (check-numerics)."""
+
+    def __init__(self, message: str, pass_name: str):
+        self.pass_name = pass_name
+        super().__init__(message)
+
+
+class InterpretError(RtinferError):
+    """The reference interpreter was given bad inputs or could not evaluate a node."""

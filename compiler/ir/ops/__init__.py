@@ -1,0 +1,28 @@
+"""The op table. Importing this package declares every op (one entry each, in the modules
+below); ``get_op(name)`` returns an op's ``OpDef``."""
+
+from rtinfer.ir.ops import core, elementwise  # noqa: F401  (declares the ops)
+from rtinfer.ir.ops.registry import (
+    ATTR_KINDS,
+    BROADCAST,
+    COMMUTATIVE,
+    ELEMENTWISE,
+    INJECTIVE,
+    OPAQUE,
+    OPS,
+    OUT_FUSABLE,
+    REDUCE,
+    REQUIRED,
+    TRAITS,
+    Attr,
+    OpDef,
+    elementwise_channels,
+    get_op,
+    op,
+)
+
+__all__ = [
+    "ATTR_KINDS", "BROADCAST", "COMMUTATIVE", "ELEMENTWISE", "INJECTIVE", "OPAQUE", "OPS",
+    "OUT_FUSABLE", "REDUCE", "REQUIRED", "TRAITS", "Attr", "OpDef", "elementwise_channels",
+    "get_op", "op",
+]

@@ -1,0 +1,1 @@
+"""Python side of rtinfer's native C++/CUDA kernels (registry, build/load, bindings)."""

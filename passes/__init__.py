@@ -1,0 +1,1 @@
+"""rtinfer's passes, one file each."""
