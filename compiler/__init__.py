@@ -2,7 +2,19 @@
 
 from rtinfer import ir
 from rtinfer.errors import RtinferError
+from rtinfer.pass_manager import (
+    Option,
+    PassContext,
+    graph_pass,
+    optimize,
+    register_pass,
+    register_pipeline,
+    run_pipeline,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["RtinferError", "__version__", "ir"]
+__all__ = [
+    "Option", "PassContext", "RtinferError", "__version__", "graph_pass", "ir", "optimize",
+    "register_pass", "register_pipeline", "run_pipeline",
+]

@@ -242,7 +242,7 @@ class Graph:
             attrs = {k: (a.clone() if isinstance(a, Graph) else a) for k, a in n.attrs.items()}
             m = Node(n.op, [vmap[id(v)] for v in n.inputs], attrs,
                      [v.type for v in n.outputs], n.provenance, n.name)
-            for old, new in zip(n.outputs, m.outputs):
+            for old, new in zip(n.outputs, m.outputs, strict=True):
                 new.name = old.name
                 vmap[id(old)] = new
             g.insert(m)

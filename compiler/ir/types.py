@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Union
 
 import ml_dtypes
 import numpy as np
@@ -85,7 +84,7 @@ _TO_NUMPY: dict[DType, np.dtype] = {
     DType.bool: np.dtype(np.bool_),
 }
 
-Dim = Union[int, sympy.Expr]
+Dim = int | sympy.Expr
 
 _SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DIM_EXPR_RE = re.compile(r"^[A-Za-z0-9_*+\-/() ]+$")
@@ -109,7 +108,8 @@ def make_dim(d: int | str | sympy.Expr) -> Dim:
     if isinstance(d, str):
         d = parse_dim(d)
     if isinstance(d, sympy.Expr):
-        d = sympy.simplify(d) if not d.is_Symbol else d
+        # sympy keeps sums and products canonical on construction (B*S/S is B), so no costly
+        # simplify() here
         if d.is_Integer:
             return make_dim(int(d))
         if d.is_number:
@@ -146,7 +146,7 @@ def dims_equal(a: Dim, b: Dim) -> bool:
         return a == b
     if isinstance(a, int) or isinstance(b, int):
         return False
-    return sympy.simplify(a - b) == 0
+    return a == b or sympy.expand(a - b) == 0
 
 
 def is_static(d: Dim) -> bool:
@@ -210,7 +210,7 @@ class QuantParams:
         parts = []
         if self.axis is not None:
             parts.append(f"axis={self.axis}")
-        parts.append(f"scale={fmt(self.scale, lambda x: repr(float(np.float32(x))))}")
+        parts.append(f"scale={fmt(self.scale, lambda x: str(np.float32(x)))}")
         parts.append(f"zp={fmt(self.zero_point, lambda x: str(int(x)))}")
         return "q(" + ", ".join(parts) + ")"
 
@@ -272,7 +272,7 @@ class TensorType:
         return (
             self.dtype == other.dtype
             and len(self.shape) == len(other.shape)
-            and all(dims_equal(a, b) for a, b in zip(self.shape, other.shape))
+            and all(dims_equal(a, b) for a, b in zip(self.shape, other.shape, strict=True))
             and self.quant == other.quant
         )
 

@@ -1,0 +1,45 @@
+"""The pass manager: pass records, pipeline strings, instruments, ``run_pipeline``/``optimize``."""
+
+from rtinfer.pass_manager.context import Decline, PassContext, RewriteEvent
+from rtinfer.pass_manager.instruments import (
+    Callback,
+    CheckNumerics,
+    Instrument,
+    PassRecord,
+    PipelineRun,
+    PrintIR,
+    Statistics,
+    Timing,
+    Verify,
+    compare_outputs,
+)
+from rtinfer.pass_manager.pipeline import (
+    PassInvocation,
+    check_requirements,
+    format_pipeline,
+    invocation,
+    parse_pipeline,
+)
+from rtinfer.pass_manager.registry import (
+    NamedPipeline,
+    Option,
+    Pass,
+    get_pass,
+    get_pipeline,
+    graph_pass,
+    list_passes,
+    list_pipelines,
+    register_pass,
+    register_pipeline,
+    unregister_pass,
+)
+from rtinfer.pass_manager.runner import PipelineResult, optimize, run_pipeline
+
+__all__ = [
+    "Callback", "CheckNumerics", "Decline", "Instrument", "NamedPipeline", "Option", "Pass",
+    "PassContext", "PassInvocation", "PassRecord", "PipelineResult", "PipelineRun", "PrintIR",
+    "RewriteEvent", "Statistics", "Timing", "Verify", "check_requirements", "compare_outputs",
+    "format_pipeline", "get_pass", "get_pipeline", "graph_pass", "invocation", "list_passes",
+    "list_pipelines", "optimize", "parse_pipeline", "register_pass", "register_pipeline",
+    "run_pipeline", "unregister_pass",
+]

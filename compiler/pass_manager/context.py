@@ -45,11 +45,21 @@ class PassContext:
     # Rewriter stops applying rules, without error, once it reaches 0.
     budget: int | None = None
     applications: Counter = field(default_factory=Counter)  # rule name -> times applied
+    matches: Counter = field(default_factory=Counter)  # rule name -> structural matches
     declines: list[Decline] = field(default_factory=list)
+    # Every application, in order (the match report and bisection read the IR texts).
+    events: list[RewriteEvent] = field(default_factory=list)
     changed: bool = False
 
     def stat(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the statistic ``name`` (shown by ``--stats``). A nonzero count does not by
+        itself mark the graph changed; mutations through the Rewriter or ``mark_changed`` do."""
         self.stats[name] += n
+
+    def mark_changed(self) -> None:
+        """For passes that mutate the graph without the Rewriter (print-IR-after-change also
+        compares the printed IR, so forgetting this only costs a print)."""
+        self.changed = True
 
     def allow_rewrite(self) -> bool:
         return self.budget is None or self.budget > 0
@@ -58,6 +68,7 @@ class PassContext:
         if self.budget is not None:
             self.budget -= 1
         self.applications[event.rule] += 1
+        self.events.append(event)
         self.changed = True
         for fn in self.listeners:
             fn(event)

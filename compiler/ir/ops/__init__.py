@@ -1,7 +1,17 @@
 """The op table. Importing this package declares every op (one entry each, in the modules
 below); ``get_op(name)`` returns an op's ``OpDef``."""
 
-from rtinfer.ir.ops import core, elementwise  # noqa: F401  (declares the ops)
+from rtinfer.ir.ops import (  # noqa: F401  (declares the ops)
+    attention,
+    core,
+    elementwise,
+    linalg,
+    nn,
+    norm,
+    quant,
+    reduce,
+    shape,
+)
 from rtinfer.ir.ops.registry import (
     ATTR_KINDS,
     BROADCAST,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from rtinfer.ir.constants import tensor_type
 from rtinfer.ir.ops.registry import Attr, op
-from rtinfer.ir.types import TensorType
 
 
 def _const_ref(*, value: np.ndarray) -> np.ndarray:
     return value
 
 
-op("const", [], lambda ins, a: TensorType.of(a["value"]), _const_ref,
+op("const", [], lambda ins, a: tensor_type(a["value"]), _const_ref,
    attrs={"value": Attr("tensor")},
    doc="A constant tensor (weights, shapes). Its array is immutable and shared by clones.")

@@ -91,7 +91,10 @@ class Attr:
             if not isinstance(value, DType):
                 raise bad("a dtype")
         elif k == "tensor":
-            if not isinstance(value, np.ndarray):
+            from rtinfer.ir.constants import ElidedTensor
+
+            # ElidedTensor: data left out of printed IR (types and compares, cannot evaluate)
+            if not isinstance(value, (np.ndarray, ElidedTensor)):
                 raise bad("a numpy array")
         elif k == "graph":
             if not isinstance(value, Graph):
@@ -142,6 +145,7 @@ class OpDef:
     ref: Callable[..., Any]
     channels: ChannelFn | None = None
     doc: str = ""
+    ref_types: bool = False  # the reference also takes ``in_types=`` (e.g. to read QuantParams)
     n_required: int = field(init=False)
     variadic: bool = field(init=False)
 
@@ -201,8 +205,24 @@ class OpDef:
             raise IRError(f"{self.name}: {e}") from None
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
-    def evaluate(self, arrays: list[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
-        """Run the reference implementation; optional inputs left out are passed as None."""
+    def evaluate(self, arrays: list[np.ndarray], attrs: dict[str, Any],
+                 in_types: list[TensorType] | None = None,
+                 dims: dict | None = None) -> list[np.ndarray]:
+        """Run the reference implementation; optional inputs left out are passed as None.
+
+        ``in_types`` (the inputs' declared types) and ``dims`` (symbol bindings the caller
+        already knows, ``{Symbol or name: int}``) are optional for most ops. Symbols in
+        ``shape`` attributes are substituted from ``dims`` and from the inputs' dims bound to
+        the arrays' sizes, so ``reshape {shape=[B, S, 12, 64]}`` evaluates. Ops declared with
+        ``ref_types`` (``dequantize`` reads its input's QuantParams) need ``in_types``.
+        """
+        if in_types is not None or dims:
+            attrs = self._bind_shape_attrs(arrays, attrs, in_types or [], dims or {})
+        if self.ref_types:
+            if in_types is None:
+                raise IRError(f"{self.name}: the reference implementation needs the input "
+                              f"types (pass in_types)")
+            attrs = {**attrs, "in_types": list(in_types)}
         args: list[Any] = list(arrays)
         if not self.variadic:
             args += [None] * (len(self.inputs) - len(args))
@@ -212,6 +232,23 @@ class OpDef:
             out = self.ref(*args[:fixed], list(args[fixed:]), **attrs)
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
         return [np.asarray(o) for o in outs]
+
+    def _bind_shape_attrs(self, arrays: list[np.ndarray], attrs: dict[str, Any],
+                          in_types: list[TensorType], dims: dict) -> dict[str, Any]:
+        import sympy
+
+        from rtinfer.ir.ops.common import subs_dims
+
+        shape_attrs = [k for k, a in self.attrs.items() if a.kind == "shape" and k in attrs]
+        if not shape_attrs:
+            return attrs
+        env: dict[str, int] = {str(k): int(v) for k, v in dims.items()}
+        for t, a in zip(in_types, arrays, strict=False):
+            if a is not None:
+                for d, n in zip(t.shape, np.shape(a), strict=False):
+                    if isinstance(d, sympy.Symbol):
+                        env.setdefault(d.name, int(n))
+        return {**attrs, **{k: subs_dims(attrs[k], env) for k in shape_attrs}}
 
     def channel_groups(self, in_types: list[TensorType],
                        attrs: dict[str, Any]) -> list[frozenset[PortAxis]] | None:
@@ -254,10 +291,10 @@ OPS = OpTable()
 
 def op(name: str, inputs: Sequence[str], infer: InferFn, ref: Callable[..., Any], *,
        attrs: dict[str, Attr] | None = None, traits: Sequence[str] = (),
-       channels: ChannelFn | None = None, doc: str = "") -> OpDef:
+       channels: ChannelFn | None = None, doc: str = "", ref_types: bool = False) -> OpDef:
     """Declare one op in the table (the one place an op is defined)."""
     return OPS.add(OpDef(name, tuple(inputs), dict(attrs or {}), frozenset(traits), infer, ref,
-                         channels, doc))
+                         channels, doc, ref_types))
 
 
 def get_op(name: str) -> OpDef:

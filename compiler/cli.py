@@ -1,0 +1,199 @@
+"""The ``rtinfer`` command line: an ``mlir-opt`` for rtinfer.
+
+    rtinfer opt model.ir --pipeline "cse,dce" --verify-each --print-ir-after-change --stats
+    rtinfer passes
+
+Every rtinfer error is printed as ``rtinfer: error: <message>`` (exit status 1; 2 for usage
+errors), without a Python traceback unless ``--traceback`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from rtinfer.errors import ParseError, RtinferError
+
+
+class CLIError(RtinferError):
+    """A bad command-line argument or an unreadable file."""
+
+
+def _dims(text: str) -> dict[str, int]:
+    """``B=2,S=16`` -> {"B": 2, "S": 16}."""
+    out: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = item.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected NAME=INT[,NAME=INT...], got {text!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
+def load_graph(path: str):
+    """Read a graph from a ``.ir`` text file (``-``: standard input)."""
+    from rtinfer.ir.parser import parse
+
+    if path == "-":
+        return parse(sys.stdin.read(), source="<stdin>")
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"no such file: {path}")
+    if p.is_dir():
+        raise CLIError(f"{path} is a directory, not an IR file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {path}: {e}") from None
+    return parse(text, source=path)
+
+
+def _cmd_opt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from rtinfer.ir.printer import print_graph
+    from rtinfer.pass_manager import run_pipeline
+
+    graph = load_graph(args.file)
+    numerics: bool | dict = False
+    if args.check_numerics:
+        numerics = {"rtol": args.rtol, "atol": args.atol, "seed": args.seed, "dims": args.dims}
+    result = run_pipeline(
+        graph, args.pipeline, verify_each=args.verify_each,
+        print_ir_before=args.print_ir_before, print_ir_after=args.print_ir_after,
+        print_ir_after_change=args.print_ir_after_change, timing=args.timing, stats=args.stats,
+        check_numerics=numerics, check_requires=not args.no_check_requires,
+        full_constants=args.full_constants, out=stderr)
+    text = print_graph(result.graph, full_constants=args.full_constants,
+                       provenance=args.provenance)
+    if args.output:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as e:
+            raise CLIError(f"cannot write {args.output}: {e}") from None
+    else:
+        stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def format_passes() -> str:
+    from rtinfer.pass_manager import list_passes, list_pipelines
+
+    lines = ["passes:"]
+    for p in list_passes():
+        lines.append(f"  {p.name} (v{p.version})  {p.summary}")
+        if p.requires:
+            lines.append(f"      requires: {', '.join(p.requires)}")
+        for name, opt in p.options.items():
+            lines.append(f"      {name}: {opt.type_name} = {opt.format(opt.default)}"
+                         + (f"  {opt.help}" if opt.help else ""))
+    lines.append("")
+    lines.append("pipelines:")
+    for np_ in list_pipelines():
+        body = np_.pipeline or "(no passes)"
+        lines.append(f"  {np_.name} = {body}" + (f"  -- {np_.summary}" if np_.summary else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_passes(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    stdout.write(format_passes())
+    return 0
+
+
+def _demo_module():
+    """``rtinfer.demo``, if it exists. It provides ``run_demo(out) -> int``, or
+    ``add_arguments(parser)`` and ``main(args) -> int`` if it takes arguments."""
+    if importlib.util.find_spec("rtinfer.demo") is None:
+        return None
+    return importlib.import_module("rtinfer.demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rtinfer", description="rtinfer: a graph compiler for real-time DL inference")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of errors (for debugging rtinfer)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    opt = sub.add_parser("opt", help="run a pass pipeline on an IR file and print the result",
+                         description="Run a pass pipeline on an IR file. The result goes to "
+                                     "stdout (or -o); instrument output goes to stderr.")
+    opt.add_argument("file", metavar="FILE.ir", help="IR text file ('-': standard input)")
+    opt.add_argument("-p", "--pipeline", default="",
+                     help='passes and named pipelines, e.g. "cse,dce" or "O1" (default: none)')
+    opt.add_argument("-o", "--output", metavar="OUT", help="write the IR here, not stdout")
+    opt.add_argument("--verify-each", action="store_true",
+                     help="verify the graph before the pipeline and after every pass")
+    opt.add_argument("--print-ir-before", action="store_true", help="print IR before each pass")
+    opt.add_argument("--print-ir-after", action="store_true", help="print IR after each pass")
+    opt.add_argument("--print-ir-after-change", action="store_true",
+                     help="print IR after each pass that changed it")
+    opt.add_argument("--timing", action="store_true", help="print per-pass wall times")
+    opt.add_argument("--stats", action="store_true",
+                     help="print per-pass statistics, rule applications and declines")
+    opt.add_argument("--check-numerics", action="store_true",
+                     help="interpret the graph on seeded random inputs after every pass and "
+                          "stop at the first pass that changes the outputs")
+    opt.add_argument("--rtol", type=float, default=1e-4, help="check-numerics rtol (1e-4)")
+    opt.add_argument("--atol", type=float, default=1e-5, help="check-numerics atol (1e-5)")
+    opt.add_argument("--seed", type=int, default=0, help="check-numerics input seed (0)")
+    opt.add_argument("--dims", type=_dims, default=None, metavar="B=2,S=16",
+                     help="sizes of symbolic dims for check-numerics inputs")
+    opt.add_argument("--no-check-requires", action="store_true",
+                     help="allow passes whose required passes did not run earlier")
+    opt.add_argument("--full-constants", action="store_true",
+                     help="print constant data in full instead of eliding large tensors")
+    opt.add_argument("--provenance", action="store_true",
+                     help="print where each node came from")
+    opt.set_defaults(run=_cmd_opt)
+
+    passes = sub.add_parser("passes", help="list the passes and named pipelines")
+    passes.set_defaults(run=_cmd_passes)
+
+    demo = _demo_module()
+    if demo is not None:
+        d = sub.add_parser("demo", help="optimize a built-in example and show what happened")
+        if hasattr(demo, "add_arguments"):
+            demo.add_arguments(d)
+        if hasattr(demo, "main"):
+            d.set_defaults(run=lambda args, stdout, stderr: demo.main(args))
+        else:
+            d.set_defaults(run=lambda args, stdout, stderr: demo.run_demo(stdout))
+    return parser
+
+
+def _message(e: RtinferError) -> str:
+    if isinstance(e, ParseError):  # "file:3:5: error: msg" -> "file:3:5: msg" after our prefix
+        return str(e).replace(": error: ", ": ", 1)
+    return str(e)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: usage errors (2) and --help (0)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return args.run(args, sys.stdout, sys.stderr)
+    except RtinferError as e:
+        if args.traceback:
+            raise
+        cause = e.__cause__
+        hint = ""
+        if cause is not None and not isinstance(cause, RtinferError):
+            hint = "\n(an internal error; rerun with --traceback for details)"
+        sys.stderr.write(f"rtinfer: error: {_message(e)}{hint}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("rtinfer: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Attention: scaled dot-product attention with torch SDPA semantics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rtinfer.errors import IRError
+from rtinfer.ir.ops.common import (
+    broadcast_shapes,
+    fmt_shapes,
+    need_float,
+    need_no_quant,
+    same_dtype,
+    upcast,
+)
+from rtinfer.ir.ops.registry import OPAQUE, Attr, PortAxis, op
+from rtinfer.ir.types import DType, TensorType, dims_equal
+
+
+def _sdpa_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    q, k, v = ins[:3]
+    mask = ins[3] if len(ins) > 3 else None
+    dt = same_dtype([q, k, v], "q, k and v")
+    need_float(q, "q")
+    need_no_quant(ins)
+    for t, what in ((q, "q [..., L, E]"), (k, "k [..., S, E]"), (v, "v [..., S, Ev]")):
+        if t.rank < 2:
+            raise IRError(f"{what} must have rank >= 2, got {t}")
+    if not dims_equal(q.shape[-1], k.shape[-1]):
+        raise IRError(f"q and k differ in head dim: {q} vs {k}")
+    if not dims_equal(k.shape[-2], v.shape[-2]):
+        raise IRError(f"k and v differ in sequence length: {k} vs {v}")
+    batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    if mask is not None:
+        if mask.dtype is not DType.bool and mask.dtype != dt:
+            raise IRError(f"mask must be bool or {dt}, got {mask.dtype}")
+        scores = batch + (q.shape[-2], k.shape[-2])
+        try:
+            ok = mask.rank <= len(scores) and broadcast_shapes(mask.shape, scores) == scores
+        except IRError:
+            ok = False
+        if not ok:
+            raise IRError(f"mask {mask} does not broadcast to the scores "
+                          f"{fmt_shapes([scores])} ([..., L, S])")
+    return TensorType(dt, batch + (q.shape[-2], v.shape[-1]))
+
+
+def _sdpa_ref(q, k, v, mask, scale: float, causal: bool) -> np.ndarray:
+    scale = scale or 1.0 / math.sqrt(q.shape[-1])
+    s = np.matmul(upcast(q), np.swapaxes(upcast(k), -1, -2)) * scale
+    if causal:
+        s = np.where(np.tril(np.ones(s.shape[-2:], dtype=bool)), s, -np.inf)
+    if mask is not None:
+        s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + upcast(mask)
+    with np.errstate(invalid="ignore"):  # fully masked rows give NaN, as in torch
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        p = s / s.sum(axis=-1, keepdims=True)
+    return np.matmul(p, upcast(v)).astype(q.dtype, copy=False)
+
+
+def _sdpa_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis]]:
+    q, k, v = ins[:3]
+    nb = max(t.rank for t in ins[:3]) - 2
+    if len(ins) > 3:
+        nb = max(nb, ins[3].rank - 2)
+    groups: dict[int, set] = {ax: {("out", 0, ax)} for ax in range(nb)}
+    groups.update({nb: {("out", 0, nb)}, nb + 1: set()})  # L, S (on the score axes)
+    e, ev = {("in", 0, q.rank - 1), ("in", 1, k.rank - 1)}, {("in", 2, v.rank - 1),
+                                                             ("out", 0, nb + 1)}
+    for i, t in enumerate(ins):
+        is_mask = i == 3
+        last = t.rank if is_mask else t.rank - 1  # q/k/v: the last axis is E/Ev
+        for a in range(last):
+            ax = a + (nb + 2 - t.rank)
+            if t.shape[a] == 1:
+                continue
+            if not is_mask and ax == nb and i > 0:
+                ax = nb + 1  # k and v: axis -2 is S
+            groups[ax].add(("in", i, a))
+    return [frozenset(g) for g in groups.values() if g] + [frozenset(e), frozenset(ev)]
+
+
+op("scaled_dot_product_attention", ["q", "k", "v", "mask?"], _sdpa_infer, _sdpa_ref,
+   attrs={"scale": Attr("float", 0.0), "causal": Attr("bool", False)},
+   traits=[OPAQUE], channels=_sdpa_channels,
+   doc="softmax(q @ k^T * scale + mask) @ v over [..., L, E], [..., S, E], [..., S, Ev] "
+       "(torch SDPA; scale 0 = 1/sqrt(E); a bool mask keeps where true, a float mask adds; "
+       "causal masks j > i and combines with mask)")

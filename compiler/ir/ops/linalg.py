@@ -1,0 +1,116 @@
+"""Matrix products: matmul (numpy semantics), bmm (strict 3-d) and linear (torch F.linear)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rtinfer.errors import IRError
+from rtinfer.ir.ops.common import (
+    broadcast_shapes,
+    need_dims_equal,
+    need_float,
+    need_no_quant,
+    need_numeric,
+    need_rank,
+    same_dtype,
+    upcast,
+)
+from rtinfer.ir.ops.registry import OUT_FUSABLE, PortAxis, op
+from rtinfer.ir.types import TensorType, dims_equal
+
+
+def _matmul_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    a, b = ins
+    dt = same_dtype(ins, "a and b")
+    need_numeric(a, "a")
+    need_no_quant(ins)
+    if a.rank == 0 or b.rank == 0:
+        raise IRError(f"matmul needs operands of rank >= 1, got {a} and {b}")
+    k_a = a.shape[-1]
+    k_b = b.shape[-2] if b.rank >= 2 else b.shape[0]
+    if not dims_equal(k_a, k_b):
+        raise IRError(f"contracted dims differ: {a} @ {b} ({k_a} vs {k_b})")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    m = a.shape[-2:-1] if a.rank >= 2 else ()
+    n = b.shape[-1:] if b.rank >= 2 else ()
+    return TensorType(dt, batch + tuple(m) + tuple(n))
+
+
+def _matmul_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.matmul(upcast(a), upcast(b)).astype(a.dtype, copy=False)
+
+
+def _matmul_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis]]:
+    a, b = ins
+    nb = max(a.rank - 2, b.rank - 2, 0)
+    out_rank = nb + (a.rank >= 2) + (b.rank >= 2)
+    groups = []
+    for ax in range(nb):  # batch dims broadcast like an elementwise op
+        g = {("out", 0, ax)}
+        for i, t in enumerate(ins):
+            j = ax - (nb - (t.rank - 2))
+            if j >= 0 and t.shape[j] != 1:
+                g.add(("in", i, j))
+        groups.append(frozenset(g))
+    groups.append(frozenset({("in", 0, a.rank - 1), ("in", 1, max(b.rank - 2, 0))}))  # K
+    if a.rank >= 2:
+        groups.append(frozenset({("in", 0, a.rank - 2), ("out", 0, nb)}))  # M
+    if b.rank >= 2:
+        groups.append(frozenset({("in", 1, b.rank - 1), ("out", 0, out_rank - 1)}))  # N
+    return groups
+
+
+op("matmul", ["a", "b"], _matmul_infer, _matmul_ref, traits=[OUT_FUSABLE],
+   channels=_matmul_channels,
+   doc="numpy matmul: [..., M, K] @ [..., K, N] with batch broadcasting; 1-d operands gain "
+       "and lose a unit dim")
+
+
+def _bmm_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    need_rank(ins[0], 3, "a")
+    need_rank(ins[1], 3, "b")
+    need_dims_equal(ins[0].shape[0], ins[1].shape[0], "batch sizes differ")
+    return _matmul_infer(ins, attrs)
+
+
+op("bmm", ["a", "b"], _bmm_infer, _matmul_ref, traits=[OUT_FUSABLE], channels=_matmul_channels,
+   doc="batched matmul of [B, M, K] and [B, K, N] (no broadcasting)")
+
+
+def _linear_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    x, w = ins[0], ins[1]
+    b = ins[2] if len(ins) > 2 else None
+    dt = same_dtype(ins)
+    need_float(x, "x")
+    need_no_quant(ins)
+    if x.rank < 1:
+        raise IRError(f"x must have rank >= 1, got {x}")
+    need_rank(w, 2, "weight [out, in]")
+    if not dims_equal(x.shape[-1], w.shape[1]):
+        raise IRError(f"x has {x.shape[-1]} features but weight {w} expects {w.shape[1]}")
+    if b is not None and (b.rank != 1 or not dims_equal(b.shape[0], w.shape[0])):
+        raise IRError(f"bias must be [{w.shape[0]}], got {b}")
+    return TensorType(dt, x.shape[:-1] + (w.shape[0],))
+
+
+def _linear_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    y = upcast(x) @ upcast(w).T
+    if b is not None:
+        y = y + upcast(b)
+    return y.astype(x.dtype, copy=False)
+
+
+def _linear_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis]]:
+    x = ins[0]
+    r = x.rank
+    groups = [frozenset({("in", 0, ax), ("out", 0, ax)}) for ax in range(r - 1)]
+    groups.append(frozenset({("in", 0, r - 1), ("in", 1, 1)}))
+    out = {("in", 1, 0), ("out", 0, r - 1)}
+    if len(ins) > 2:
+        out.add(("in", 2, 0))
+    groups.append(frozenset(out))
+    return groups
+
+
+op("linear", ["x", "weight", "bias?"], _linear_infer, _linear_ref, traits=[OUT_FUSABLE],
+   channels=_linear_channels, doc="x @ weight.T + bias, weight [out, in] (torch F.linear)")

@@ -1,0 +1,364 @@
+"""Convolutions, pooling and resizing over ``[N, C, *spatial]`` tensors.
+
+Spatial attributes (``stride``, ``dilation``, ``kernel``) take one value for every spatial axis
+or one per axis. ``pad`` is ONNX's layout ``[begin_0, .., begin_n-1, end_0, .., end_n-1]``; one
+value pads every side and ``n`` values pad both sides of each axis alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import numpy as np
+import sympy
+import torch.nn.functional as F
+
+from rtinfer.errors import IRError
+from rtinfer.ir.ops.common import (
+    conv_out_dim,
+    expand_ints,
+    expand_pads,
+    need_float,
+    need_no_quant,
+    need_rank,
+    need_static,
+    same_dtype,
+    to_numpy,
+    torch_float,
+    upcast,
+)
+from rtinfer.ir.ops.registry import OPAQUE, OUT_FUSABLE, Attr, PortAxis, op
+from rtinfer.ir.types import Dim, TensorType, dims_equal, make_dim
+
+_SPATIAL = {1: "[N, C, W]", 2: "[N, C, H, W]", 3: "[N, C, D, H, W]"}
+
+
+def _window(attrs: dict, nd: int) -> tuple[tuple[int, ...], ...]:
+    """(stride, pads, dilation) expanded to ``nd`` spatial axes and checked."""
+    stride = expand_ints(attrs["stride"], nd, "stride")
+    dilation = expand_ints(attrs.get("dilation", (1,)), nd, "dilation")
+    pads = expand_pads(attrs["pad"], nd)
+    if any(s < 1 for s in stride) or any(d < 1 for d in dilation):
+        raise IRError(f"stride and dilation must be positive, got {list(stride)} and "
+                      f"{list(dilation)}")
+    return stride, pads, dilation
+
+
+def _torch_pad(x, pads: tuple[int, ...]):
+    """Apply ONNX-layout pads with F.pad (which lists the last axis first); returns the padded
+    tensor and the symmetric padding left for the torch op to do."""
+    nd = len(pads) // 2
+    lo, hi = pads[:nd], pads[nd:]
+    if lo == hi:
+        return x, lo
+    flat = [p for i in reversed(range(nd)) for p in (lo[i], hi[i])]
+    return F.pad(x, flat), (0,) * nd
+
+
+def _bias_check(b: TensorType | None, n: Dim) -> None:
+    if b is not None and (b.rank != 1 or not dims_equal(b.shape[0], n)):
+        raise IRError(f"bias must be [{n}], got {b}")
+
+
+def _nc_groups(rank: int) -> list[frozenset[PortAxis]]:
+    return [frozenset({("in", 0, ax), ("out", 0, ax)}) for ax in range(rank)]
+
+
+# -- convolution ------------------------------------------------------------------------------
+
+
+def _conv_attrs(nd: int) -> dict[str, Attr]:
+    return {"stride": Attr("ints", (1,) * nd), "pad": Attr("ints", (0,) * (2 * nd)),
+            "dilation": Attr("ints", (1,) * nd), "groups": Attr("int", 1)}
+
+
+def _conv_common(ins: list[TensorType], attrs: dict, nd: int) -> tuple:
+    x, w = ins[0], ins[1]
+    b = ins[2] if len(ins) > 2 else None
+    dt = same_dtype(ins)
+    need_float(x, "x")
+    need_no_quant(ins)
+    need_rank(x, nd + 2, f"x {_SPATIAL[nd]}")
+    g = attrs["groups"]
+    if g < 1:
+        raise IRError(f"groups must be >= 1, got {g}")
+    kernel = tuple(need_static(k, "kernel size") for k in w.shape[2:])
+    return x, w, b, dt, g, kernel, _window(attrs, nd)
+
+
+def _conv(nd: int) -> None:
+    def infer(ins: list[TensorType], attrs: dict) -> TensorType:
+        need_rank(ins[1], nd + 2, "weight [O, C/groups, *kernel]")
+        x, w, b, dt, g, kernel, (stride, pads, dilation) = _conv_common(ins, attrs, nd)
+        c, o = x.shape[1], w.shape[0]
+        if not dims_equal(c, w.shape[1] * g):
+            raise IRError(f"x has {c} channels but weight {w} with groups={g} expects "
+                          f"{w.shape[1] * g}")
+        if isinstance(o, int) and o % g:
+            raise IRError(f"{o} output channels do not split into {g} groups")
+        _bias_check(b, o)
+        spatial = tuple(conv_out_dim(x.shape[2 + i], kernel[i], stride[i], pads[i],
+                                     pads[nd + i], dilation[i]) for i in range(nd))
+        return TensorType(dt, (x.shape[0], o) + spatial)
+
+    def ref(x, w, b, stride, pad, dilation, groups):
+        stride, pads, dilation = _window(dict(stride=stride, pad=pad, dilation=dilation), nd)
+        xt, sym_pad = _torch_pad(torch_float(x), pads)
+        fn = F.conv1d if nd == 1 else F.conv2d if nd == 2 else F.conv3d
+        y = fn(xt, torch_float(w), torch_float(b), stride, sym_pad, dilation, groups)
+        return to_numpy(y).astype(x.dtype, copy=False)
+
+    def channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis]]:
+        x, w = ins[0], ins[1]
+        bias = {("in", 2, 0)} if len(ins) > 2 else set()
+        batch = frozenset({("in", 0, 0), ("out", 0, 0)})
+        g = attrs["groups"]
+        if g == 1:
+            return [batch, frozenset({("in", 0, 1), ("in", 1, 1)}),
+                    frozenset({("in", 1, 0), ("out", 0, 1)} | bias)]
+        if w.shape[1] == 1 and dims_equal(w.shape[0], x.shape[1]):  # depthwise
+            return [batch, frozenset({("in", 0, 1), ("in", 1, 0), ("out", 0, 1)} | bias)]
+        return [batch]  # grouped: channels couple per group, not index by index
+
+    op(f"conv{nd}d", ["x", "weight", "bias?"], infer, ref, attrs=_conv_attrs(nd),
+       traits=[OUT_FUSABLE], channels=channels,
+       doc=f"{nd}-d cross-correlation of x {_SPATIAL[nd]} with weight "
+           f"[O, C/groups, {', '.join('k' * nd)}] (torch F.conv{nd}d, ONNX pads)")
+
+
+def _conv_transpose(nd: int) -> None:
+    def infer(ins: list[TensorType], attrs: dict) -> TensorType:
+        need_rank(ins[1], nd + 2, "weight [C, O/groups, *kernel]")
+        x, w, b, dt, g, kernel, (stride, pads, dilation) = _conv_common(ins, attrs, nd)
+        opad = expand_ints(attrs["output_padding"], nd, "output_padding")
+        c = x.shape[1]
+        if not dims_equal(c, w.shape[0]):
+            raise IRError(f"x has {c} channels but weight {w} expects {w.shape[0]}")
+        if isinstance(c, int) and c % g:
+            raise IRError(f"{c} input channels do not split into {g} groups")
+        for p, s, d in zip(opad, stride, dilation, strict=True):
+            if not 0 <= p < max(s, d):
+                raise IRError(f"output_padding {list(opad)} must be smaller than stride or "
+                              f"dilation")
+        o = w.shape[1] * g
+        _bias_check(b, o)
+        spatial = []
+        for i in range(nd):
+            n = ((x.shape[2 + i] - 1) * stride[i] - pads[i] - pads[nd + i]
+                 + dilation[i] * (kernel[i] - 1) + opad[i] + 1)
+            if isinstance(n, int) and n < 1:
+                raise IRError(f"output size {n} along spatial axis {i} is not positive")
+            spatial.append(make_dim(n))
+        return TensorType(dt, (x.shape[0], make_dim(o)) + tuple(spatial))
+
+    def ref(x, w, b, stride, pad, output_padding, dilation, groups):
+        stride, pads, dilation = _window(dict(stride=stride, pad=pad, dilation=dilation), nd)
+        opad = expand_ints(output_padding, nd, "output_padding")
+        fn = F.conv_transpose1d if nd == 1 else F.conv_transpose2d
+        y = fn(torch_float(x), torch_float(w), None, stride, 0, 0, groups, dilation)
+        # full output, zero-extended by output_padding at the end, then cropped by the pads
+        y = F.pad(y, [p for i in reversed(range(nd)) for p in (0, opad[i])])
+        idx = tuple(slice(pads[i], y.shape[2 + i] - pads[nd + i]) for i in range(nd))
+        y = y[(slice(None), slice(None)) + idx]
+        if b is not None:
+            y = y + torch_float(b).reshape((1, -1) + (1,) * nd)
+        return to_numpy(y).astype(x.dtype, copy=False)
+
+    def channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis]]:
+        x, w = ins[0], ins[1]
+        bias = {("in", 2, 0)} if len(ins) > 2 else set()
+        batch = frozenset({("in", 0, 0), ("out", 0, 0)})
+        g = attrs["groups"]
+        if g == 1:
+            return [batch, frozenset({("in", 0, 1), ("in", 1, 0)}),
+                    frozenset({("in", 1, 1), ("out", 0, 1)} | bias)]
+        if w.shape[1] == 1 and dims_equal(w.shape[0], x.shape[1]) and g == w.shape[0]:
+            return [batch, frozenset({("in", 0, 1), ("in", 1, 0), ("out", 0, 1)} | bias)]
+        return [batch]
+
+    attrs = _conv_attrs(nd)
+    attrs["output_padding"] = Attr("ints", (0,) * nd)
+    op(f"conv_transpose{nd}d", ["x", "weight", "bias?"], infer, ref, attrs=attrs,
+       traits=[OUT_FUSABLE], channels=channels,
+       doc=f"{nd}-d transposed convolution, weight [C, O/groups, *kernel] (torch "
+           f"F.conv_transpose{nd}d; ONNX pads may be asymmetric)")
+
+
+for _nd in (1, 2):
+    _conv(_nd)
+    _conv_transpose(_nd)
+
+# -- pooling ----------------------------------------------------------------------------------
+
+
+def _pool_geometry(shape, attrs: dict, nd: int):
+    kernel = expand_ints(attrs["kernel"], nd, "kernel")
+    if any(k < 1 for k in kernel):
+        raise IRError(f"kernel must be positive, got {list(kernel)}")
+    a = dict(attrs)
+    a["stride"] = attrs["stride"] or kernel
+    stride, pads, dilation = _window(a, nd)
+    out = tuple(conv_out_dim(shape[2 + i], kernel[i], stride[i], pads[i], pads[nd + i],
+                             dilation[i], attrs["ceil_mode"]) for i in range(nd))
+    return kernel, stride, pads, dilation, out
+
+
+def _pool_ref(x: np.ndarray, attrs: dict, nd: int, kind: str) -> np.ndarray:
+    """Pooling by strided slices of a padded array, one slice per kernel offset. Windows that
+    run past the end padding (ceil_mode) ignore those positions, as torch does."""
+    kernel, stride, pads, dilation, out = _pool_geometry(x.shape, attrs, nd)
+    spatial = x.shape[2:]
+    need = [(out[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 for i in range(nd)]
+    widths = [(0, 0), (0, 0)] + [(pads[i], max(need[i] - spatial[i] - pads[i], 0))
+                                 for i in range(nd)]
+
+    def windows(a: np.ndarray, reduce) -> np.ndarray:
+        acc = None
+        for off in itertools.product(*(range(k) for k in kernel)):
+            idx = tuple(slice(off[i] * dilation[i], off[i] * dilation[i] + need[i] - (
+                kernel[i] - 1) * dilation[i], stride[i]) for i in range(nd))
+            s = a[(slice(None), slice(None)) + idx]
+            acc = s if acc is None else reduce(acc, s)
+        return acc
+
+    if kind == "max":
+        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        return windows(np.pad(x, widths, constant_values=fill), np.maximum).astype(x.dtype)
+    xs = np.pad(upcast(x), widths)
+    # the divisor counts the window positions inside the input (and inside its padding with
+    # count_include_pad), never those past the end padding
+    valid = []
+    for i in range(nd):
+        p = np.arange(xs.shape[2 + i])
+        lo, hi = pads[i], pads[i] + spatial[i]
+        if attrs["count_include_pad"]:
+            lo, hi = 0, hi + pads[nd + i]
+        valid.append(((p >= lo) & (p < hi)).astype(xs.dtype))
+    mask = functools.reduce(np.multiply.outer, valid).reshape((1, 1) + xs.shape[2:])
+    return (windows(xs, np.add) / windows(mask, np.add)).astype(x.dtype)
+
+
+def _pool(nd: int, kind: str) -> None:
+    def infer(ins: list[TensorType], attrs: dict) -> TensorType:
+        x = ins[0]
+        need_rank(x, nd + 2, f"x {_SPATIAL[nd]}")
+        quant = None
+        if kind == "max":
+            if x.dtype.is_int and x.quant is not None:
+                quant = x.quant  # max commutes with a positive-scale affine map
+                if quant.axis is not None and quant.axis % x.rank > 1:
+                    raise IRError("max pooling of a tensor quantized along a spatial axis")
+        else:
+            need_float(x, "x")
+        *_, out = _pool_geometry(x.shape, attrs, nd)
+        return TensorType(x.dtype, x.shape[:2] + out, quant)
+
+    def ref(x, **attrs):
+        return _pool_ref(x, attrs, nd, kind)
+
+    attrs = {"kernel": Attr("ints"), "stride": Attr("ints", ()),
+             "pad": Attr("ints", (0,) * (2 * nd))}
+    if kind == "max":
+        attrs["dilation"] = Attr("ints", (1,) * nd)
+    attrs["ceil_mode"] = Attr("bool", False)
+    if kind == "avg":
+        attrs["count_include_pad"] = Attr("bool", True)
+    what = ("maximum" if kind == "max" else "average")
+    op(f"{kind}_pool{nd}d", ["x"], infer, ref, attrs=attrs, traits=[OUT_FUSABLE],
+       channels=lambda ins, a: _nc_groups(2),
+       doc=f"{nd}-d {what} pooling over x {_SPATIAL[nd]}; stride [] means stride = kernel "
+           f"(torch F.{kind}_pool{nd}d)")
+
+
+for _nd in (1, 2):
+    _pool(_nd, "max")
+    _pool(_nd, "avg")
+
+
+def _adaptive_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    x = ins[0]
+    need_rank(x, 4, f"x {_SPATIAL[2]}")
+    need_float(x, "x")
+    size = expand_ints(attrs["output_size"], 2, "output_size")
+    if any(s < 1 for s in size):
+        raise IRError(f"output_size must be positive, got {list(size)}")
+    return x.with_shape(x.shape[:2] + size)
+
+
+def _adaptive_ref(x: np.ndarray, output_size: tuple[int, ...]) -> np.ndarray:
+    y = F.adaptive_avg_pool2d(torch_float(x), expand_ints(output_size, 2, "output_size"))
+    return to_numpy(y).astype(x.dtype, copy=False)
+
+
+op("adaptive_avg_pool2d", ["x"], _adaptive_infer, _adaptive_ref,
+   attrs={"output_size": Attr("ints")}, traits=[OUT_FUSABLE],
+   channels=lambda ins, a: _nc_groups(2),
+   doc="average pooling to a fixed output_size [oh, ow] (torch F.adaptive_avg_pool2d)")
+
+
+def _global_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    need_rank(ins[0], 4, f"x {_SPATIAL[2]}")
+    need_float(ins[0], "x")
+    return ins[0].with_shape(ins[0].shape[:2] + (1, 1))
+
+
+op("global_avg_pool2d", ["x"], _global_infer,
+   lambda x: upcast(x).mean(axis=(2, 3), keepdims=True).astype(x.dtype),
+   traits=[OUT_FUSABLE], channels=lambda ins, a: _nc_groups(2),
+   doc="mean over H and W, keeping them as size 1: [N, C, H, W] -> [N, C, 1, 1]")
+
+# -- resizing ---------------------------------------------------------------------------------
+
+_TORCH_MODE = {("nearest", 1): "nearest", ("nearest", 2): "nearest", ("nearest", 3): "nearest",
+               ("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear"}
+
+
+def _interp_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    x = ins[0]
+    need_float(x, "x")
+    need_no_quant(ins, "x")
+    nd = x.rank - 2
+    if nd not in (1, 2, 3):
+        raise IRError(f"x must be [N, C, *spatial] with 1 to 3 spatial axes, got {x}")
+    size, scale = attrs["size"], attrs["scale"]
+    if bool(size) == bool(scale):
+        raise IRError("give exactly one of size and scale")
+    if attrs["mode"] == "nearest" and attrs["align_corners"]:
+        raise IRError("align_corners applies to mode 'linear' only")
+    if size:
+        out = expand_ints(size, nd, "size")
+        if any(s < 1 for s in out):
+            raise IRError(f"size must be positive, got {list(size)}")
+    else:
+        scales = tuple(scale) * nd if len(scale) == 1 else tuple(scale)
+        if len(scales) != nd or any(s <= 0 for s in scales):
+            raise IRError(f"scale needs 1 or {nd} positive values, got {list(scale)}")
+        # torch: out = floor(in * scale), in double precision for static sizes
+        out = tuple(math.floor(d * s) if isinstance(d, int)
+                    else make_dim(sympy.floor(d * sympy.Rational(repr(s))))
+                    for d, s in zip(x.shape[2:], scales, strict=True))
+        if any(isinstance(d, int) and d < 1 for d in out):
+            raise IRError(f"scale {list(scale)} gives an empty output for {x}")
+    return x.with_shape(x.shape[:2] + tuple(out))
+
+
+def _interp_ref(x: np.ndarray, size, scale, mode: str, align_corners: bool) -> np.ndarray:
+    nd = x.ndim - 2
+    kw = {"align_corners": align_corners} if mode == "linear" else {}
+    if size:
+        kw["size"] = expand_ints(size, nd, "size")
+    else:
+        kw["scale_factor"] = tuple(scale) * nd if len(scale) == 1 else tuple(scale)
+    y = F.interpolate(torch_float(x), mode=_TORCH_MODE[mode, nd], **kw)
+    return to_numpy(y).astype(x.dtype, copy=False)
+
+
+op("interpolate", ["x"], _interp_infer, _interp_ref,
+   attrs={"size": Attr("ints", ()), "scale": Attr("floats", ()),
+          "mode": Attr("str", "nearest", ("nearest", "linear")),
+          "align_corners": Attr("bool", False)},
+   traits=[OPAQUE], channels=lambda ins, a: _nc_groups(2),
+   doc="resize the spatial axes to size, or by scale (out = floor(in * scale)); nearest or "
+       "(bi/tri)linear (torch F.interpolate)")

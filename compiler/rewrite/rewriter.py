@@ -1,0 +1,235 @@
+"""``Rewriter``: the one door through which passes mutate a graph.
+
+It inserts new nodes before the node being rewritten (so the graph stays topologically
+ordered), infers their types from the op table, stamps their provenance with the pass and rule
+that made them, counts changes, and remembers which nodes a change touched so the rule driver
+can revisit them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rtinfer.errors import PassError
+from rtinfer.ir.graph import NO_PROVENANCE, Graph, Node, Provenance, Value
+from rtinfer.ir.types import DType
+from rtinfer.pass_manager.context import Decline, PassContext
+
+
+def node_text(node: Node, namer: Any = None) -> str:
+    """A node's IR text, as the printer writes it; ``namer`` (a ``printer.Namer``) keeps SSA
+    names stable across texts taken before and after a change."""
+    try:
+        from rtinfer.ir.printer import Namer, _format_node, format_node
+    except ImportError:
+        return _fallback_text(node)
+    if namer is None:
+        return format_node(node)
+    assert isinstance(namer, Namer)
+    for v in (*node.inputs, *node.outputs):
+        namer.add(v)
+    try:
+        return _format_node(node, namer)
+    except Exception as e:  # noqa: BLE001  (texts for reports must never fail)
+        return f"{node.op}(<unprintable: {e}>)"
+
+
+def _new_namer(graph: Graph) -> Any:
+    try:
+        from rtinfer.ir.printer import Namer
+    except ImportError:
+        return None
+    return Namer(list(graph.values()))
+
+
+def _value_name(v: Value) -> str:
+    return f"%{v.name or v._id}"
+
+
+def _fallback_text(node: Node) -> str:
+    outs = ", ".join(_value_name(v) for v in node.outputs)
+    attrs = {k: v for k, v in node.attrs.items() if not isinstance(v, np.ndarray)}
+    if node.op == "const":
+        a = node.attrs["value"]
+        attrs = {"shape": tuple(a.shape)} if a.size > 4 else {"value": a.tolist()}
+    text = f"{outs} = {node.op}({', '.join(_value_name(v) for v in node.inputs)})"
+    if attrs:
+        text += " {" + ", ".join(f"{k}={v!r}" for k, v in attrs.items()) + "}"
+    return text
+
+
+class Rewriter:
+    """Mutations of ``graph`` on behalf of ``pass_name`` (rule driver: also of one rule at one
+    root node).
+
+    New nodes go before ``root`` (at the end of the graph when there is none) and get
+    ``root.provenance.derive("pass/rule")``.
+    """
+
+    def __init__(self, graph: Graph, ctx: PassContext | None = None, pass_name: str | None = None):
+        self.graph = graph
+        self.ctx = ctx if ctx is not None else PassContext(pass_name or "<none>")
+        self.pass_name = pass_name or self.ctx.pass_name
+        self.root: Node | None = None
+        self.rule: str = ""
+        self.changes = 0  # every mutation, over the rewriter's life
+        self.created: list[Node] = []  # nodes made since the last ``begin``
+        self.touched: list[Node] = []  # nodes to revisit after a change
+        self.declined: str | None = None
+        self._edits = 0  # mutations other than creating nodes, since the last ``begin``
+        self._before: str | None = None
+        self._before_nodes: list[Node] = []
+        self._namer: Any = None  # one naming for every text this rewriter takes
+
+    # -- the rule driver's hooks ---------------------------------------------------------------
+
+    def begin(self, root: Node | None, rule: str = "", before: list[Node] | None = None) -> None:
+        """Start rewriting at ``root`` for ``rule``; ``before``: the matched nodes, whose text
+        is taken before the first mutation."""
+        self.root, self.rule = root, rule
+        self.created, self.declined, self._edits = [], None, 0
+        self._before_nodes = before if before is not None else ([root] if root else [])
+        self._before = None
+
+    @property
+    def before_text(self) -> str:
+        if self._before is None:
+            self._before = "\n".join(self.text(n) for n in self._ordered(self._before_nodes))
+        return self._before
+
+    def text(self, node: Node) -> str:
+        """``node``'s IR text, with SSA names that stay the same over this rewriter's life."""
+        if self._namer is None:
+            self._namer = _new_namer(self.graph)
+        return node_text(node, self._namer)
+
+    def value_text(self, v: Value) -> str:
+        if self._namer is None:
+            self._namer = _new_namer(self.graph)
+        if self._namer is None:
+            return _value_name(v)
+        self._namer.add(v)
+        return self._namer(v)
+
+    @property
+    def edited(self) -> bool:
+        """Whether anything beyond creating nodes happened since ``begin``."""
+        return self._edits > 0
+
+    @property
+    def provenance(self) -> Provenance:
+        base = self.root.provenance if self.root is not None else NO_PROVENANCE
+        tag = f"{self.pass_name}/{self.rule}" if self.rule else self.pass_name
+        return base.derive(tag)
+
+    def _ordered(self, nodes: list[Node]) -> list[Node]:
+        """The nodes of ``nodes`` still in the graph, producers before users (a local
+        topological sort: the rewrite touches few nodes, the graph may have many)."""
+        members = {id(n): n for n in nodes if n.graph is self.graph}
+        out: list[Node] = []
+        done: set[int] = set()
+        for start in members.values():
+            stack: list[tuple[Node, bool]] = [(start, False)]
+            while stack:
+                n, expanded = stack.pop()
+                if id(n) in done:
+                    continue
+                if expanded:
+                    done.add(id(n))
+                    out.append(n)
+                    continue
+                stack.append((n, True))
+                for v in reversed(n.inputs):
+                    p = v.producer
+                    if p is not None and id(p) in members and id(p) not in done:
+                        stack.append((p, False))
+        return out
+
+    def _will_mutate(self) -> None:
+        if self._before is None and self._before_nodes:
+            _ = self.before_text
+        self.changes += 1
+
+    # -- creating nodes --------------------------------------------------------------------------
+
+    def node(self, op: str, *inputs: Value, **attrs: Any) -> Node:
+        """Insert ``op(inputs) {attrs}`` before the root, types inferred; return the node."""
+        self._will_mutate()
+        node = self.graph.create_node(op, inputs, attrs, provenance=self.provenance,
+                                      before=self.root)
+        self.created.append(node)
+        self.touched.append(node)
+        return node
+
+    def op(self, op: str, *inputs: Value, **attrs: Any) -> Value:
+        """Insert a single-output ``op(inputs) {attrs}`` before the root; return its output."""
+        return self.node(op, *inputs, **attrs).out
+
+    def const(self, array: Any, dtype: DType | np.dtype | type | str | None = None) -> Value:
+        """Insert a ``const`` node holding ``array`` (cast to ``dtype`` if given; pass the
+        dtype for python scalars, which numpy would otherwise make 64-bit)."""
+        if isinstance(dtype, DType):
+            dtype = dtype.np
+        elif isinstance(dtype, str):
+            dtype = DType.parse(dtype).np
+        self._will_mutate()
+        arr = np.array(array, dtype=dtype)
+        v = self.graph.add_const(arr, before=self.root, provenance=self.provenance)
+        assert v.producer is not None
+        self.created.append(v.producer)
+        return v
+
+    # -- editing ---------------------------------------------------------------------------------
+
+    def replace(self, old: Value, new: Value) -> None:
+        """Make every use of ``old`` (graph outputs included) use ``new``."""
+        if old is new:
+            return
+        if old.type != new.type:
+            raise PassError(f"{self._where()}: replacing {self.value_text(old)}: {old.type} with "
+                            f"{self.value_text(new)}: {new.type} would change its type")
+        self._will_mutate()
+        self._edits += 1
+        users = old.users
+        self.graph.replace_all_uses(old, new)
+        self.touched.extend(users)
+        self.touched.extend(v.producer for v in (old, new) if v.producer is not None)
+
+    def set_input(self, node: Node, i: int, value: Value) -> None:
+        old = node.inputs[i]
+        if old is value:
+            return
+        self._will_mutate()
+        self._edits += 1
+        self.graph.set_input(node, i, value)
+        self.touched.append(node)
+        if old.producer is not None:
+            self.touched.append(old.producer)
+
+    def erase(self, node: Node) -> None:
+        """Remove ``node``; its outputs must be unused."""
+        self._will_mutate()
+        self._edits += 1
+        self.graph.remove_node(node)
+        self.touched.extend(v.producer for v in node.inputs if v.producer is not None)
+
+    def erase_if_dead(self, node: Node) -> bool:
+        if node.graph is not self.graph or any(self.graph.has_uses(v) for v in node.outputs):
+            return False
+        self.erase(node)
+        return True
+
+    # -- declining -------------------------------------------------------------------------------
+
+    def decline(self, reason: str) -> None:
+        """Record that the rule matched but refused, and why. Returns None, so a rule can end
+        with ``return rw.decline("...")``."""
+        self.declined = reason
+        node = self.text(self.root) if self.root is not None else ""
+        self.ctx.record_decline(Decline(self.pass_name, self.rule, reason, node))
+        return None
+
+    def _where(self) -> str:
+        return f"{self.pass_name}/{self.rule}" if self.rule else self.pass_name
