@@ -154,7 +154,9 @@ class Graph:
     def add_const(self, array: Any, name: str | None = None, before: Node | None = None,
                   provenance: Provenance = NO_PROVENANCE) -> Value:
         array = np.asarray(array)
-        array.setflags(write=False)
+        if array.flags.writeable:  # never freeze (or alias) the caller's own array
+            array = array.copy()
+            array.setflags(write=False)
         node = self.create_node("const", [], {"value": array}, provenance=provenance,
                                 before=before)
         node.out.name = name

@@ -146,7 +146,7 @@ def interpret_values(graph: Graph, inputs: Sequence[Any]) -> dict[Value, np.ndar
             raise InterpretError(f"{node.op} reads a value that is not computed before it "
                                  f"(run the verifier)\n  at: {format_node(node)}") from None
         try:
-            outs = node.opdef.evaluate(args, node.attrs)
+            outs = node.opdef.evaluate(args, node.attrs, [v.type for v in node.inputs], env)
         except Exception as e:  # noqa: BLE001  (a reference failure, reported at its node)
             raise InterpretError(f"the reference of {node.op} failed: "
                                  f"{type(e).__name__}: {e}\n  at: {format_node(node)}") from e

@@ -694,6 +694,20 @@ def test_half_precision_keeps_dtype(dtype):
         assert y.dtype == t.dtype.np and y.shape == t.shape
 
 
+def test_elementwise_ops_keep_0d_shapes():
+    for opdef in OPS:
+        if not (opdef.has("elementwise") and opdef.infer.__module__.endswith("elementwise")):
+            continue
+        value = np.array(True) if opdef.name.startswith("logical") else np.array(0.5, np.float32)
+        arrays = [value] * opdef.n_required
+        if opdef.name == "where":
+            arrays[0] = np.array(True)
+        attrs = opdef.complete_attrs({"dtype": "f32"} if opdef.name == "cast" else {})
+        (t,) = opdef.infer_types([TensorType.of(a) for a in arrays], attrs)
+        (y,) = opdef.evaluate(arrays, attrs)
+        assert t.shape == y.shape == () and t.dtype.np == y.dtype, opdef.name
+
+
 def test_f64_stays_f64():
     x = rand(3, 4, dtype=np.float64)
     for name in ["gelu", "softmax", "layer_norm", "rsqrt", "hardswish"]:

@@ -99,9 +99,9 @@ def to_torch(a: np.ndarray | None) -> torch.Tensor | None:
     a = np.asarray(a)
     if a.dtype.name == "bfloat16":
         return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
-    if not a.flags.writeable:  # constants are read-only; torch warns on those
-        return torch.from_numpy(a.copy())
-    return torch.from_numpy(np.ascontiguousarray(a))
+    if not a.flags.writeable or not a.flags.c_contiguous:  # torch warns on read-only arrays
+        a = a.copy()  # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+    return torch.from_numpy(a)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -133,22 +133,26 @@ op("rms_norm", ["x", "gamma?"], _last_axes_infer, _rms_ref,
 # -- group_norm / instance_norm ---------------------------------------------------------------
 
 
-def _gn_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+def _per_channel_infer(ins: list[TensorType], groups: int, min_rank: int) -> TensorType:
     x = ins[0]
     _float_inputs(ins)
-    if x.rank < 3 and "groups" not in attrs:
-        raise IRError(f"x must be [N, C, *spatial], got {x}")
-    if x.rank < 2:
-        raise IRError(f"x must be [N, C, ...], got {x}")
-    g = attrs.get("groups")
-    if g is not None:
-        if g < 1:
-            raise IRError(f"groups must be >= 1, got {g}")
-        if isinstance(x.shape[1], int) and x.shape[1] % g:
-            raise IRError(f"{x.shape[1]} channels do not split into {g} groups")
+    if x.rank < min_rank:
+        raise IRError(f"x must be [N, C{', *spatial' if min_rank > 2 else ', ...'}], got {x}")
+    if groups < 1:
+        raise IRError(f"groups must be >= 1, got {groups}")
+    if isinstance(x.shape[1], int) and x.shape[1] % groups:
+        raise IRError(f"{x.shape[1]} channels do not split into {groups} groups")
     for t, what in zip(ins[1:], ("gamma", "beta"), strict=False):
         _need_vector(t, x.shape[1], what)
     return x.with_shape(x.shape)
+
+
+def _gn_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    return _per_channel_infer(ins, attrs["groups"], 2)
+
+
+def _in_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    return _per_channel_infer(ins, 1, 3)
 
 
 def _group_norm(x, gamma, beta, groups: int, eps: float) -> np.ndarray:
@@ -171,7 +175,7 @@ def _instance_norm(x, gamma, beta, eps: float) -> np.ndarray:
     return _group_norm(x, gamma, beta, x.shape[1], eps)
 
 
-op("instance_norm", ["x", "gamma?", "beta?"], _gn_infer, _instance_norm,
+op("instance_norm", ["x", "gamma?", "beta?"], _in_infer, _instance_norm,
    attrs={"eps": Attr("float", 1e-5)}, traits=[OPAQUE],
    channels=lambda ins, a: _channel_groups(ins, range(1, 3)),
    doc="normalize each (sample, channel) over its spatial positions, then per-channel "
