@@ -54,10 +54,18 @@ def load_graph(path: str):
 
 
 def _cmd_opt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from rtinfer.errors import VerifyError
     from rtinfer.ir.printer import print_graph
+    from rtinfer.ir.verifier import verify
     from rtinfer.pass_manager import run_pipeline
 
     graph = load_graph(args.file)
+    # As mlir-opt does, the parsed input is always verified: an ill-typed file is an error
+    # whether or not --verify-each is given.
+    try:
+        verify(graph)
+    except VerifyError as e:
+        raise VerifyError(f"{args.file}: the input graph is invalid: {e}") from None
     numerics: bool | dict = False
     if args.check_numerics:
         numerics = {"rtol": args.rtol, "atol": args.atol, "seed": args.seed, "dims": args.dims}

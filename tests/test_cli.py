@@ -100,15 +100,17 @@ def test_missing_file_says_so(tmp_path, capsys):
     assert err == f"rtinfer: error: no such file: {tmp_path / 'nope.ir'}\n"
 
 
-def test_ill_typed_graph_with_verify_each_names_the_node(tmp_path, capsys):
+@pytest.mark.parametrize("flags", [["--verify-each"], []])
+def test_ill_typed_graph_names_the_node(tmp_path, capsys, flags):
     bad = write(tmp_path, """
         func @main(%x: f32[4], %y: f32[4]) -> i32[4] {
           %a = add(%x, %y) : i32[4]
           return %a
         }""")
-    assert main(["opt", str(bad), "-p", "dce", "--verify-each"]) == 1
+    assert main(["opt", str(bad), "-p", "dce", *flags]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("rtinfer: error: the input graph is invalid (before any pass ran)")
+    assert err.startswith(f"rtinfer: error: {bad}: the input graph is invalid")
+    assert "op table infers f32[4]" in err
     assert "add(%x, %y)" in err and "Traceback" not in err
 
 

@@ -9,6 +9,7 @@ compare structurally (by digest), but not to evaluate.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,26 @@ from rtinfer.ir.types import DType, TensorType
 DIGEST_CHARS = 12  # 48 bits of sha256: plenty to tell two weights of one shape apart
 
 
+# Constant arrays in the IR are read-only, so a digest can be cached per array object (printing
+# a model with 100 MB of weights after every pass would otherwise hash them every time).
+_DIGESTS: dict[int, tuple[weakref.ref, str]] = {}
+
+
 def tensor_digest(array: np.ndarray) -> str:
     """Short hex sha256 of an array's dtype, shape and C-order bytes."""
+    cacheable = not array.flags.writeable
+    if cacheable:
+        hit = _DIGESTS.get(id(array))
+        if hit is not None and hit[0]() is array:
+            return hit[1]
+    digest = _digest(array)
+    if cacheable:
+        key = id(array)
+        _DIGESTS[key] = (weakref.ref(array, lambda _, key=key: _DIGESTS.pop(key, None)), digest)
+    return digest
+
+
+def _digest(array: np.ndarray) -> str:
     a = np.ascontiguousarray(array)
     h = hashlib.sha256()
     h.update(f"{a.dtype.name}{list(a.shape)}".encode())

@@ -124,6 +124,9 @@ class Graph:
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
         self.nodes: list[Node] = []
+        # Facts about the graph that are not IR (not printed, not compared): e.g. a frontend's
+        # record of the original input/output structure. Copied (shallowly) by clone().
+        self.meta: dict[str, Any] = {}
 
     # -- construction -------------------------------------------------------------------------
 
@@ -237,6 +240,7 @@ class Graph:
     def clone(self) -> Graph:
         """A deep copy of the structure; constant arrays (immutable) are shared."""
         g = Graph(self.name)
+        g.meta = dict(self.meta)
         vmap: dict[int, Value] = {}
         for v in self.inputs:
             vmap[id(v)] = g.add_input(v.type, v.name)
