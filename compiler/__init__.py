@@ -2,6 +2,7 @@
 
 from rtinfer import ir
 from rtinfer.errors import RtinferError
+from rtinfer.frontends import capture, export_onnx
 from rtinfer.pass_manager import (
     Option,
     PassContext,
@@ -15,6 +16,6 @@ from rtinfer.pass_manager import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Option", "PassContext", "RtinferError", "__version__", "graph_pass", "ir", "optimize",
+    "Option", "PassContext", "RtinferError", "__version__", "capture", "export_onnx", "graph_pass", "ir", "optimize",
     "register_pass", "register_pipeline", "run_pipeline",
 ]

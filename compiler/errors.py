@@ -50,3 +50,25 @@ class NumericsError(RtinferError):
 
 class InterpretError(RtinferError):
     """The reference interpreter was given bad inputs or could not evaluate a node."""
+
+
+class CaptureError(RtinferError):
+    """A model could not be captured into the IR (bad file, export failure, ...)."""
+
+
+class UnsupportedOpsError(CaptureError):
+    """The model uses ops rtinfer cannot capture. ``ops`` lists every one found, as
+    ``(op, node, location)``: the source op (``aten.foo.default``, ONNX ``Foo``), the node's
+    name, and where it came from (module path or ONNX node name)."""
+
+    def __init__(self, frontend: str, ops: list[tuple[str, str, str]], hint: str = ""):
+        self.ops = ops
+        kinds = sorted({op for op, _, _ in ops})
+        lines = [f"{frontend}: {len(kinds)} unsupported op(s) in this model: {', '.join(kinds)}"]
+        for op, node, where in ops[:20]:
+            lines.append(f"  {op} at node {node}" + (f" ({where})" if where else ""))
+        if len(ops) > 20:
+            lines.append(f"  ... and {len(ops) - 20} more")
+        lines.append(hint or "To support an op, add one entry to the frontend's conversion "
+                     "table (and, if the IR lacks the op, one entry in compiler/ir/ops/).")
+        super().__init__("\n".join(lines))
