@@ -16,6 +16,6 @@ from rtinfer.pass_manager import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Option", "PassContext", "RtinferError", "__version__", "capture", "export_onnx", "graph_pass", "ir", "optimize",
-    "register_pass", "register_pipeline", "run_pipeline",
+    "Option", "PassContext", "RtinferError", "__version__", "capture", "export_onnx",
+    "graph_pass", "ir", "optimize", "register_pass", "register_pipeline", "run_pipeline",
 ]
