@@ -72,3 +72,25 @@ class UnsupportedOpsError(CaptureError):
         lines.append(hint or "To support an op, add one entry to the frontend's conversion "
                      "table (and, if the IR lacks the op, one entry in compiler/ir/ops/).")
         super().__init__("\n".join(lines))
+
+
+class ExportError(RtinferError):
+    """A graph could not be exported (to ONNX). ``ops`` lists every blocking node as
+    ``(op, node, reason)``."""
+
+    def __init__(self, message: str, ops: list[tuple[str, str, str]] | None = None):
+        self.ops = list(ops or [])
+        super().__init__(message)
+
+    @classmethod
+    def blocking(cls, ops: list[tuple[str, str, str]]) -> ExportError:
+        kinds = sorted({op for op, _, _ in ops})
+        lines = [f"ONNX export: {len(kinds)} op(s) have no standard ONNX form here: "
+                 f"{', '.join(kinds)}"]
+        lines += [f"  {op} at node {node}: {why}" for op, node, why in ops[:20]]
+        if len(ops) > 20:
+            lines.append(f"  ... and {len(ops) - 20} more")
+        lines.append("Pass allow_custom=True to export them as ai.rtinfer custom-domain nodes "
+                     "(docs/onnx-export.md), or add a rule to RULES in "
+                     "compiler/frontends/onnx_export.py.")
+        return cls("\n".join(lines), ops)

@@ -2,6 +2,15 @@
 else registers passes: importing this package is what makes them known. The registry imports it
 on its first lookup."""
 
-from rtinfer.passes import cse, dce, pipelines
+from rtinfer.passes import (
+    canonicalize,
+    cse,
+    dce,
+    fold_batchnorm,
+    fold_constants,
+    fuse_epilogue,
+    pipelines,
+)
 
-__all__ = ["cse", "dce", "pipelines"]
+__all__ = ["canonicalize", "cse", "dce", "fold_batchnorm", "fold_constants", "fuse_epilogue",
+           "pipelines"]

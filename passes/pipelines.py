@@ -3,4 +3,7 @@
 from rtinfer.pass_manager import register_pipeline
 
 register_pipeline("O0", "", "no optimization")
-register_pipeline("O1", "cse,dce", "cheap cleanups: merge duplicates, drop dead nodes")
+register_pipeline("O1", "fold-constants,canonicalize,cse,dce",
+                  "cheap cleanups: fold constants, canonicalize, merge duplicates, drop dead nodes")
+register_pipeline("O2", "O1,fold-batchnorm,fuse-epilogue,dce",
+                  "O1, then fold batch norms and fuse conv/linear/matmul epilogues")

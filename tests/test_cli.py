@@ -76,7 +76,7 @@ def test_passes_lists_passes_options_and_pipelines(capsys):
     out = capsys.readouterr().out
     assert "  cse (v1)  merge nodes with the same op" in out
     assert "  dce (v1)  remove nodes whose outputs are unused" in out
-    assert "O1 = cse,dce" in out and "O0 = (no passes)" in out
+    assert "O1 = fold-constants,canonicalize,cse,dce" in out and "O0 = (no passes)" in out
 
 
 def test_malformed_ir_reports_line_and_column_without_traceback(tmp_path, capsys):

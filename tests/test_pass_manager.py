@@ -154,11 +154,12 @@ def test_pipeline_fills_defaults_and_keeps_order():
 
 
 def test_named_pipelines_expand():
-    assert [i.name for i in parse_pipeline("O1")] == ["cse", "dce"]
+    assert [i.name for i in parse_pipeline("O1")] == ["fold-constants", "canonicalize", "cse",
+                                                      "dce"]
     assert parse_pipeline("O0") == []
     register_pipeline("test-cleanup", "O1,test-relu-idempotent")
     assert [i.name for i in parse_pipeline("test-cleanup,dce")] == [
-        "cse", "dce", "test-relu-idempotent", "dce"]
+        "fold-constants", "canonicalize", "cse", "dce", "test-relu-idempotent", "dce"]
     with pytest.raises(PipelineError, match="takes no options"):
         parse_pipeline("O1{x=1}")
 

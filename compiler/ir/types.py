@@ -30,6 +30,9 @@ class DType(Enum):
     i16 = "i16"
     i8 = "i8"
     u8 = "u8"
+    u16 = "u16"
+    u32 = "u32"
+    u64 = "u64"
     bool = "bool"
 
     def __repr__(self) -> str:
@@ -48,7 +51,8 @@ class DType(Enum):
 
     @property
     def is_int(self) -> bool:
-        return self in (DType.i64, DType.i32, DType.i16, DType.i8, DType.u8)
+        return self in (DType.i64, DType.i32, DType.i16, DType.i8, DType.u8, DType.u16,
+                        DType.u32, DType.u64)
 
     @property
     def bits(self) -> int:
@@ -81,6 +85,9 @@ _TO_NUMPY: dict[DType, np.dtype] = {
     DType.i16: np.dtype(np.int16),
     DType.i8: np.dtype(np.int8),
     DType.u8: np.dtype(np.uint8),
+    DType.u16: np.dtype(np.uint16),
+    DType.u32: np.dtype(np.uint32),
+    DType.u64: np.dtype(np.uint64),
     DType.bool: np.dtype(np.bool_),
 }
 

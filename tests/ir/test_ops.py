@@ -459,6 +459,37 @@ CASES += [
 ]
 
 
+# fused heavy ops (fuse-epilogue): op + bias, then act(y + r), act(y) + r or act(y)
+CASES += [
+    Case("fused_conv2d", [rand(2, 3, 6, 6), rand(4, 3, 3, 3), rand(4), rand(2, 4, 6, 6)],
+         {"pad": [1], "activation": "relu", "residual": "pre"},
+         lambda x, w, b, r: F.relu(F.conv2d(x, w, b, padding=1) + r), id="fused_conv2d-resnet"),
+    Case("fused_conv2d", [rand(2, 4, 6, 6), rand(4, 1, 3, 3), rand(4)],
+         {"groups": 4, "stride": [2], "activation": "clip", "alpha": 0.0, "beta": 6.0},
+         lambda x, w, b: F.relu6(F.conv2d(x, w, b, stride=2, groups=4)),
+         id="fused_conv2d-depthwise-relu6"),
+    Case("fused_conv2d", [rand(1, 3, 5, 5), rand(2, 3, 1, 1), rand(2), rand(1, 2, 5, 5)],
+         {"activation": "gelu_tanh", "residual": "post"},
+         lambda x, w, b, r: F.gelu(F.conv2d(x, w, b), approximate="tanh") + r,
+         id="fused_conv2d-post-residual"),
+    Case("fused_conv1d", [rand(2, 3, 9), rand(5, 3, 3), rand(5)],
+         {"activation": "leaky_relu", "alpha": 0.1},
+         lambda x, w, b: F.leaky_relu(F.conv1d(x, w, b), 0.1)),
+    Case("fused_linear", [rand(2, 3, 8), rand(6, 8), rand(6)], {"activation": "gelu"},
+         lambda x, w, b: F.gelu(F.linear(x, w, b))),
+    Case("fused_linear", [rand(4, 8), rand(6, 8), rand(6), rand(4, 6)],
+         {"activation": "silu", "residual": "pre"},
+         lambda x, w, b, r: F.silu(F.linear(x, w, b) + r), id="fused_linear-residual"),
+    Case("fused_matmul", [rand(2, 5, 8), rand(8, 3), rand(3)], {"activation": "hardswish"},
+         lambda a, b, c: F.hardswish(a @ b + c)),
+    Case("fused_matmul", [rand(2, 5, 8), rand(2, 8, 3)], {"activation": "sigmoid"},
+         lambda a, b: torch.sigmoid(a @ b), id="fused_matmul-no-bias"),
+    Case("fused_matmul", [rand(5, 8), rand(8, 3), rand(3), rand(5, 3)],
+         {"activation": "tanh", "residual": "post"},
+         lambda a, b, c, r: torch.tanh(a @ b + c) + r, id="fused_matmul-post-residual"),
+]
+
+
 def _case_id(c: Case) -> str:
     return c.id or c.op
 

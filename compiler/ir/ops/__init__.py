@@ -5,6 +5,7 @@ from rtinfer.ir.ops import (  # noqa: F401  (declares the ops)
     attention,
     core,
     elementwise,
+    fused,
     linalg,
     nn,
     norm,

@@ -1,0 +1,946 @@
+"""ONNX export: ``export_onnx(graph, path)`` writes an IR graph as an ONNX model.
+
+The graph is rebuilt with onnx-graphsurgeon: graph inputs and outputs keep their names (the
+values' name hints, sanitized and made unique) and types (symbolic dims as ``dim_param``
+strings such as ``B*S``), constants become initializers, and each node is converted by one rule
+of ``RULES`` (IR op -> a function that emits one or more ONNX nodes). A rule that cannot express
+a node raises ``Unsupported`` with the reason. Nodes without a rule are exported as nodes of the
+custom domain ``ai.rtinfer`` when ``allow_custom=True`` (see docs/onnx-export.md) and block the
+export otherwise, with an ``ExportError`` that names every blocking node.
+
+The exported model passes ``onnx.checker.check_model(model, full_check=True)``, and ONNX Runtime
+reproduces the reference interpreter's outputs. The graph itself is never modified.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import sympy
+
+from rtinfer.errors import ExportError
+from rtinfer.ir.constants import ElidedTensor
+from rtinfer.ir.graph import Graph, Node, Value
+from rtinfer.ir.ops import INJECTIVE, get_op
+from rtinfer.ir.ops.common import expand_ints, expand_pads, norm_axis
+from rtinfer.ir.ops.fused import FUSED_OPS, activation_op
+from rtinfer.ir.types import Dim, DType, TensorType, dim_str, dims_equal
+
+DEFAULT_OPSET = 21  # ONNX Runtime 1.32 runs opsets up to 25; TensorRT 10 parses 21
+MIN_OPSET = 18  # reductions take axes as an input, Resize takes axes, Mish exists
+CUSTOM_DOMAIN = "ai.rtinfer"
+CUSTOM_DOMAIN_VERSION = 1
+# Initializers above this many bytes in total go to an external data file (protobuf's 2 GiB
+# limit, less headroom for the graph itself).
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+
+# Ops of the op table with no standard ONNX form, and why. They export only through the custom
+# domain (allow_custom=True). tests/frontends/test_onnx_export.py checks that this list is
+# exactly the set of ops without a rule, so a new op without an exporter shows up there.
+NO_ONNX_FORM: dict[str, str] = {}
+
+_ONNX_DTYPE = {
+    DType.f64: onnx.TensorProto.DOUBLE, DType.f32: onnx.TensorProto.FLOAT,
+    DType.f16: onnx.TensorProto.FLOAT16, DType.bf16: onnx.TensorProto.BFLOAT16,
+    DType.i64: onnx.TensorProto.INT64, DType.i32: onnx.TensorProto.INT32,
+    DType.i16: onnx.TensorProto.INT16, DType.i8: onnx.TensorProto.INT8,
+    DType.u8: onnx.TensorProto.UINT8, DType.u16: onnx.TensorProto.UINT16,
+    DType.u32: onnx.TensorProto.UINT32, DType.u64: onnx.TensorProto.UINT64,
+    DType.bool: onnx.TensorProto.BOOL,
+}
+_HALF = (DType.f16, DType.bf16)
+
+
+class Unsupported(Exception):
+    """A rule cannot express this node in standard ONNX (the message says why)."""
+
+
+def _gs_dtype(dt: DType):
+    # graphsurgeon maps numpy dtypes; bfloat16 goes by its ONNX enum
+    return onnx.TensorProto.BFLOAT16 if dt is DType.bf16 else dt.np
+
+
+def _gs_shape(t: TensorType) -> list[int | str]:
+    return [d if isinstance(d, int) else dim_str(d) for d in t.shape]
+
+
+class _Names:
+    """Unique, sanitized ONNX names."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = {""}
+
+    def unique(self, hint: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.\-/:]", "_", hint) or "t"
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+
+@dataclass
+class Site:
+    """The node being exported, as its rule sees it. With ``full_precision`` the types of a
+    half-precision node read f32 (the driver casts around it)."""
+
+    node: Node
+    name: str
+    in_types: list[TensorType]
+    out_types: list[TensorType]
+    attrs: dict[str, Any]
+
+    @property
+    def x(self) -> TensorType:
+        return self.in_types[0]
+
+    @property
+    def out(self) -> TensorType:
+        return self.out_types[0]
+
+
+class Emitter:
+    """Builds the graphsurgeon graph: nodes, constants, and shape tensors for symbolic dims."""
+
+    def __init__(self, opset: int, names: _Names):
+        self.opset = opset
+        self.names = names  # tensor names
+        self.node_names = _Names()
+        self.nodes: list[gs.Node] = []
+        self.prefix = "export"
+        self._consts: dict[tuple, gs.Constant] = {}
+        self._sym_src: dict[str, tuple[gs.Variable, int]] = {}
+        self._dims: dict[str, gs.Tensor] = {}
+
+    # -- nodes and constants ------------------------------------------------------------------
+
+    def op(self, op_type: str, inputs: Sequence[gs.Tensor | None],
+           attrs: dict[str, Any] | None = None, *, n_out: int = 1,
+           domain: str | None = None) -> Any:
+        """Append one ONNX node; returns its output (or outputs when ``n_out > 1``)."""
+        ins = list(inputs)
+        while ins and ins[-1] is None:  # trailing optional inputs are left out
+            ins.pop()
+        ins = [gs.Variable.empty() if t is None else t for t in ins]
+        outs = [gs.Variable(self.names.unique(f"{self.prefix}/{op_type}_out"))
+                for _ in range(n_out)]
+        self.nodes.append(gs.Node(op_type, self.node_names.unique(f"{self.prefix}/{op_type}"),
+                                  attrs=dict(attrs or {}), inputs=ins, outputs=outs,
+                                  domain=domain))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, array: Any, dtype: np.dtype | type | None = None,
+              name: str | None = None) -> gs.Constant:
+        """An initializer; small constants with equal contents are shared."""
+        a = np.asarray(array, dtype=dtype)
+        key = None
+        if name is None and a.size <= 64:
+            key = (a.dtype.str, a.shape, a.tobytes())
+            if key in self._consts:
+                return self._consts[key]
+        c = gs.Constant(self.names.unique(name or f"{self.prefix}/const"), a)
+        if key is not None:
+            self._consts[key] = c
+        return c
+
+    def ints(self, values: Sequence[int]) -> gs.Constant:
+        return self.const(np.asarray(list(values), np.int64).reshape(-1))
+
+    def scalar(self, value: float | int | bool, dt: DType) -> gs.Constant:
+        return self.const(np.asarray(value).astype(dt.np))
+
+    def cast(self, x: gs.Tensor, dt: DType) -> gs.Variable:
+        return self.op("Cast", [x], {"to": _ONNX_DTYPE[dt]})
+
+    def filled(self, dims: Sequence[Dim], value: float, dt: DType) -> gs.Tensor:
+        """A tensor of ``dims`` (static or symbolic) filled with ``value``."""
+        if all(isinstance(d, int) for d in dims):
+            return self.const(np.full(tuple(dims), value, dt.np))
+        fill = gs.Constant("", np.asarray([value]).astype(dt.np))
+        return self.op("ConstantOfShape", [self.shape(dims)], {"value": fill})
+
+    # -- symbolic dims as int64 tensors --------------------------------------------------------
+
+    def add_symbol_source(self, var: gs.Variable, t: TensorType) -> None:
+        for axis, d in enumerate(t.shape):
+            if isinstance(d, sympy.Symbol):
+                self._sym_src.setdefault(d.name, (var, axis))
+
+    def shape(self, dims: Sequence[Dim]) -> gs.Tensor:
+        """A 1-d int64 tensor holding ``dims``: an initializer when they are all static, else
+        a Concat of static runs and dims computed from the graph inputs' shapes."""
+        if all(isinstance(d, int) for d in dims):
+            return self.ints(dims)
+        parts: list[gs.Tensor] = []
+        run: list[int] = []
+        for d in dims:
+            if isinstance(d, int):
+                run.append(d)
+                continue
+            if run:
+                parts.append(self.ints(run))
+                run = []
+            parts.append(self.dim(d))
+        if run:
+            parts.append(self.ints(run))
+        return parts[0] if len(parts) == 1 else self.op("Concat", parts, {"axis": 0})
+
+    def dim(self, d: Dim) -> gs.Tensor:
+        """One dim as a ``[1]`` int64 tensor."""
+        if isinstance(d, int):
+            return self.ints([d])
+        key = dim_str(d)
+        if key not in self._dims:
+            prefix, self.prefix = self.prefix, f"dim/{key}"
+            try:
+                self._dims[key] = self._eval_dim(d)
+            finally:
+                self.prefix = prefix
+        return self._dims[key]
+
+    def _eval_dim(self, e: sympy.Expr) -> gs.Tensor:
+        # sizes are non-negative, so integer Div (truncating) is floor division here
+        if e.is_Integer:
+            return self.ints([int(e)])
+        if isinstance(e, sympy.Symbol):
+            if e.name not in self._sym_src:
+                raise Unsupported(f"symbolic dim {e} is not a dim of any graph input")
+            var, axis = self._sym_src[e.name]
+            return self.op("Shape", [var], {"start": axis, "end": axis + 1})
+        if isinstance(e, (sympy.floor, sympy.ceiling)):
+            num, den = e.args[0].as_numer_denom()
+            n, dd = self.dim(num), self.dim(den)
+            if isinstance(e, sympy.ceiling):  # ceil(n / d) = (n + d - 1) / d
+                n = self.op("Sub", [self.op("Add", [n, dd]), self.ints([1])])
+            return self.op("Div", [n, dd])
+        if isinstance(e, sympy.Mul):
+            num, den = e.as_numer_denom()
+            if den != 1:
+                return self.op("Div", [self.dim(num), self.dim(den)])
+            return self._fold("Mul", e.args)
+        if isinstance(e, sympy.Add):
+            return self._fold("Add", e.args)
+        if isinstance(e, sympy.Pow) and e.exp.is_Integer and e.exp > 0:
+            return self._fold("Mul", [e.base] * int(e.exp))
+        raise Unsupported(f"cannot compute the symbolic dim {e} in ONNX")
+
+    def _fold(self, op_type: str, args: Sequence[sympy.Expr]) -> gs.Tensor:
+        acc = self.dim(args[0])
+        for a in args[1:]:
+            acc = self.op(op_type, [acc, self.dim(a)])
+        return acc
+
+
+# -- rules --------------------------------------------------------------------------------------
+# A rule gets the emitter, the site and the ONNX tensors of the node's inputs, and returns the
+# tensor (or list of tensors) of the node's outputs.
+
+Rule = Callable[[Emitter, Site, list[gs.Tensor]], Any]
+
+
+def simple(op_type: str, attrs: Callable[[dict], dict] | None = None) -> Rule:
+    """One ONNX node with the same inputs; ``attrs`` maps IR attributes to ONNX ones."""
+    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        return e.op(op_type, x, attrs(s.attrs) if attrs else None)
+    return rule
+
+
+def chain(*op_types: str) -> Rule:
+    """Unary ONNX ops applied in turn: ``chain("Sqrt", "Reciprocal")`` is 1 / sqrt(x)."""
+    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        y = x[0]
+        for t in op_types:
+            y = e.op(t, [y])
+        return y
+    return rule
+
+
+def _gelu(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    if e.opset >= 20:
+        return e.op("Gelu", x, {"approximate": s.attrs["approximate"]})
+    dt, v = s.x.dtype, x[0]
+    if s.attrs["approximate"] == "tanh":
+        # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = e.op("Mul", [e.op("Mul", [v, v]), v])
+        inner = e.op("Add", [v, e.op("Mul", [cube, e.scalar(0.044715, dt)])])
+        t = e.op("Tanh", [e.op("Mul", [inner, e.scalar(math.sqrt(2 / math.pi), dt)])])
+    else:  # 0.5 x (1 + erf(x / sqrt(2)))
+        t = e.op("Erf", [e.op("Mul", [v, e.scalar(1 / math.sqrt(2), dt)])])
+    half_x = e.op("Mul", [v, e.scalar(0.5, dt)])
+    return e.op("Mul", [half_x, e.op("Add", [t, e.scalar(1.0, dt)])])
+
+
+def _silu(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    # x * sigmoid(x)
+    return e.op("Mul", [x[0], e.op("Sigmoid", x)])
+
+
+def _softplus(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    # x where beta x > threshold, else softplus(beta x) / beta
+    dt, beta = s.x.dtype, s.attrs["beta"]
+    bx = x[0] if beta == 1.0 else e.op("Mul", [x[0], e.scalar(beta, dt)])
+    sp = e.op("Softplus", [bx])
+    if beta != 1.0:
+        sp = e.op("Div", [sp, e.scalar(beta, dt)])
+    linear = e.op("Greater", [bx, e.scalar(s.attrs["threshold"], dt)])
+    return e.op("Where", [linear, x[0], sp])
+
+
+def _clip(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    lo, hi, dt = s.attrs["min"], s.attrs["max"], s.x.dtype
+    return e.op("Clip", [x[0], None if lo == -math.inf else e.scalar(lo, dt),
+                         None if hi == math.inf else e.scalar(hi, dt)])
+
+
+def _cast(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    return e.cast(x[0], s.attrs["dtype"])
+
+
+def _mod(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    if not s.x.dtype.is_float:
+        return e.op("Mod", x, {"fmod": 0})  # integer Mod takes the divisor's sign
+    # floats need fmod=1 (C fmod, the dividend's sign); move r to the divisor's sign:
+    # r = fmod(a, b); r + b where r * b < 0
+    r = e.op("Mod", x, {"fmod": 1})
+    flip = e.op("Less", [e.op("Mul", [r, x[1]]), e.scalar(0, s.x.dtype)])
+    return e.op("Where", [flip, e.op("Add", [r, x[1]]), r])
+
+
+def _not(op_type: str) -> Rule:
+    return lambda e, s, x: e.op("Not", [e.op(op_type, x)])
+
+
+def _linear(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    if s.x.rank == 2:  # x @ w.T + b
+        return e.op("Gemm", x, {"transB": 1})
+    y = e.op("MatMul", [x[0], e.op("Transpose", [x[1]], {"perm": [1, 0]})])
+    return e.op("Add", [y, x[2]]) if len(x) > 2 else y
+
+
+def _conv(transpose: bool) -> Rule:
+    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        nd = s.x.rank - 2
+        a = s.attrs
+        attrs = {"kernel_shape": list(s.in_types[1].shape[2:]),
+                 "strides": list(expand_ints(a["stride"], nd, "stride")),
+                 "pads": list(expand_pads(a["pad"], nd)),
+                 "dilations": list(expand_ints(a["dilation"], nd, "dilation")),
+                 "group": a["groups"]}
+        if transpose:
+            attrs["output_padding"] = list(expand_ints(a["output_padding"], nd, "output_padding"))
+        return e.op("ConvTranspose" if transpose else "Conv", x, attrs)
+    return rule
+
+
+def _pool(kind: str) -> Rule:
+    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        nd = s.x.rank - 2
+        a = s.attrs
+        kernel = expand_ints(a["kernel"], nd, "kernel")
+        attrs = {"kernel_shape": list(kernel),
+                 "strides": list(expand_ints(a["stride"] or kernel, nd, "stride")),
+                 "pads": list(expand_pads(a["pad"], nd)), "ceil_mode": int(a["ceil_mode"])}
+        if kind == "max":
+            attrs["dilations"] = list(expand_ints(a["dilation"], nd, "dilation"))
+            return e.op("MaxPool", x, attrs)
+        attrs["count_include_pad"] = int(a["count_include_pad"])
+        return e.op("AveragePool", x, attrs)
+    return rule
+
+
+def _adaptive_avg_pool(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    oh, ow = expand_ints(s.attrs["output_size"], 2, "output_size")
+    if (oh, ow) == (1, 1):
+        return e.op("GlobalAveragePool", x)
+    h, w = s.x.shape[2:]
+    if not isinstance(h, int) or not isinstance(w, int):
+        raise Unsupported(f"adaptive pooling of symbolic spatial dims {s.x}")
+    if h % oh == 0 and w % ow == 0:
+        k = [h // oh, w // ow]
+        return e.op("AveragePool", x, {"kernel_shape": k, "strides": k})
+
+    def averaging(n: int, m: int) -> np.ndarray:
+        # torch's windows: [floor(i n / m), ceil((i + 1) n / m)) for output i
+        a = np.zeros((m, n), np.float64)
+        for i in range(m):
+            lo, hi = (i * n) // m, -(-(i + 1) * n // m)
+            a[i, lo:hi] = 1.0 / (hi - lo)
+        return a.astype(s.x.dtype.np)
+
+    # y = A_h @ x @ A_w^T over the last two axes
+    rows = e.op("MatMul", [e.const(averaging(h, oh)), x[0]])
+    return e.op("MatMul", [rows, e.const(averaging(w, ow).T)])
+
+
+def _interpolate(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    a, nd = s.attrs, s.x.rank - 2
+    if a["mode"] == "nearest":  # torch: src = floor(dst / scale)
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                 "nearest_mode": "floor"}
+    else:
+        attrs = {"mode": "linear", "coordinate_transformation_mode":
+                 "align_corners" if a["align_corners"] else "pytorch_half_pixel"}
+    attrs["axes"] = list(range(2, 2 + nd))
+    if a["size"]:
+        sizes = e.ints(expand_ints(a["size"], nd, "size"))
+        return e.op("Resize", [x[0], None, None, sizes], attrs)
+    scale = tuple(a["scale"]) * nd if len(a["scale"]) == 1 else tuple(a["scale"])
+    return e.op("Resize", [x[0], None, e.const(np.asarray(scale, np.float32))], attrs)
+
+
+def _param(e: Emitter, x: list[gs.Tensor], i: int, dims: Sequence[Dim], value: float,
+           dt: DType) -> gs.Tensor:
+    """Optional input ``i``, or a constant standing in for it (ONNX needs scale and bias)."""
+    return x[i] if len(x) > i else e.filled(dims, value, dt)
+
+
+def _batch_norm(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    c, dt = s.x.shape[1], s.x.dtype
+    return e.op("BatchNormalization",
+                [x[0], _param(e, x, 3, [c], 1.0, dt), _param(e, x, 4, [c], 0.0, dt), x[1], x[2]],
+                {"epsilon": s.attrs["eps"]})
+
+
+def _layer_norm(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    axis = norm_axis(s.attrs["axis"], s.x.rank)
+    gamma = _param(e, x, 1, s.x.shape[axis:], 1.0, s.x.dtype)
+    return e.op("LayerNormalization", [x[0], gamma] + x[2:3],
+                {"axis": axis, "epsilon": s.attrs["eps"]})
+
+
+def _rms_norm(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    axis, dt = norm_axis(s.attrs["axis"], s.x.rank), s.x.dtype
+    if e.opset >= 23:
+        gamma = _param(e, x, 1, s.x.shape[axis:], 1.0, dt)
+        return e.op("RMSNormalization", [x[0], gamma], {"axis": axis,
+                                                        "epsilon": s.attrs["eps"]})
+    # x / sqrt(mean(x^2 over axis..) + eps) * gamma
+    ms = e.op("ReduceMean", [e.op("Mul", [x[0], x[0]]), e.ints(range(axis, s.x.rank))],
+              {"keepdims": 1})
+    rms = e.op("Sqrt", [e.op("Add", [ms, e.scalar(s.attrs["eps"], dt)])])
+    y = e.op("Div", [x[0], rms])
+    return e.op("Mul", [y, x[1]]) if len(x) > 1 else y
+
+
+def _channel_param(e: Emitter, p: gs.Tensor, rank: int) -> gs.Tensor:
+    """A per-channel [C] vector shaped [C, 1, ...] to broadcast against [N, C, *spatial]."""
+    return p if rank <= 2 else e.op("Unsqueeze", [p, e.ints(range(1, rank - 1))])
+
+
+def _group_norm(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    # [N, C, ...] -> [N, G, -1]; normalize over the last axis; back to x's shape; affine
+    dt = s.x.dtype
+    xr = e.op("Reshape", [x[0], e.ints([0, s.attrs["groups"], -1])])
+    last = e.ints([2])
+    d = e.op("Sub", [xr, e.op("ReduceMean", [xr, last], {"keepdims": 1})])
+    var = e.op("ReduceMean", [e.op("Mul", [d, d]), last], {"keepdims": 1})
+    y = e.op("Div", [d, e.op("Sqrt", [e.op("Add", [var, e.scalar(s.attrs["eps"], dt)])])])
+    y = e.op("Reshape", [y, e.op("Shape", [x[0]])])
+    if len(x) > 1:
+        y = e.op("Mul", [y, _channel_param(e, x[1], s.x.rank)])
+    if len(x) > 2:
+        y = e.op("Add", [y, _channel_param(e, x[2], s.x.rank)])
+    return y
+
+
+def _instance_norm(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    c, dt = s.x.shape[1], s.x.dtype
+    return e.op("InstanceNormalization",
+                [x[0], _param(e, x, 1, [c], 1.0, dt), _param(e, x, 2, [c], 0.0, dt)],
+                {"epsilon": s.attrs["eps"]})
+
+
+def _quant_vectors(e: Emitter, qp, dt: DType) -> tuple[gs.Tensor, gs.Tensor]:
+    return e.const(qp.scale, np.float32), e.const(qp.zero_point.astype(dt.np))
+
+
+def _broadcast_param(a: np.ndarray, axis: int | None, rank: int) -> np.ndarray:
+    if axis is None:
+        return a
+    shape = [1] * rank
+    shape[axis] = -1
+    return a.reshape(shape)
+
+
+def _quantize(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    qp, dt = s.out.quant, s.out.dtype
+    v = x[0] if s.x.dtype is DType.f32 else e.cast(x[0], DType.f32)
+    if dt in (DType.i8, DType.u8):
+        attrs = {} if qp.axis is None else {"axis": qp.axis}
+        return e.op("QuantizeLinear", [v, *_quant_vectors(e, qp, dt)], attrs)
+    # other widths (QuantizeLinear has no int32 output): saturate(rint(x / s) + zp) in f64
+    scale = e.const(_broadcast_param(qp.scale, qp.axis, s.x.rank), np.float32)
+    q = e.cast(e.op("Round", [e.op("Div", [v, scale])]), DType.f64)
+    zp = e.const(_broadcast_param(qp.zero_point, qp.axis, s.x.rank), np.float64)
+    info = np.iinfo(dt.np)
+    q = e.op("Clip", [e.op("Add", [q, zp]), e.scalar(info.min, DType.f64),
+                      e.scalar(info.max, DType.f64)])
+    return e.cast(q, dt)
+
+
+def _dequantize(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    qp, dt = s.x.quant, s.x.dtype
+    if dt in (DType.i8, DType.u8):
+        attrs = {} if qp.axis is None else {"axis": qp.axis}
+        return e.op("DequantizeLinear", [x[0], *_quant_vectors(e, qp, dt)], attrs)
+    # (q - zp) * scale, subtracting in int64 as the reference does
+    zp = e.const(_broadcast_param(qp.zero_point, qp.axis, s.x.rank), np.int64)
+    d = e.cast(e.op("Sub", [e.cast(x[0], DType.i64), zp]), DType.f32)
+    return e.op("Mul", [d, e.const(_broadcast_param(qp.scale, qp.axis, s.x.rank), np.float32)])
+
+
+def _reduce(op_type: str) -> Rule:
+    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        axes = s.attrs["axes"]  # [] (no axes input) reduces every axis
+        return e.op(op_type, [x[0], e.ints(axes) if axes else None],
+                    {"keepdims": int(s.attrs["keepdims"])})
+    return rule
+
+
+def _reshape_to(e: Emitter, x: gs.Tensor, x_type: TensorType,
+                shape: Sequence[Dim]) -> gs.Tensor:
+    """Reshape to the (resolved) output shape; symbolic dims equal to the input's dim at the
+    same position are copied (0), one other symbolic dim becomes -1, the rest are computed."""
+    dims = list(shape)
+    if 0 in dims:  # a literal zero-size dim: spell every dim out
+        return e.op("Reshape", [x, e.shape(dims)], {"allowzero": 1})
+    target: list[Dim] = []
+    for i, d in enumerate(dims):
+        copy = not isinstance(d, int) and i < x_type.rank and dims_equal(d, x_type.shape[i])
+        target.append(0 if copy else d)
+    unknown = [i for i, d in enumerate(target) if not isinstance(d, int)]
+    if len(unknown) == 1:
+        target[unknown[0]] = -1
+    return e.op("Reshape", [x, e.shape(target)])
+
+
+def _reshape(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    return _reshape_to(e, x[0], s.x, s.out.shape)
+
+
+def _squeeze(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    axes = s.attrs["axes"] or [i for i, d in enumerate(s.x.shape) if d == 1]
+    if not axes:
+        return e.op("Identity", x)
+    return e.op("Squeeze", [x[0], e.ints([norm_axis(a, s.x.rank) for a in axes])])
+
+
+def _unsqueeze(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    return e.op("Unsqueeze", [x[0], e.ints(s.attrs["axes"])])
+
+
+def _transpose(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    perm = [p % s.x.rank for p in s.attrs["perm"]] or list(reversed(range(s.x.rank)))
+    return e.op("Transpose", x, {"perm": perm})
+
+
+def _expand(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    # ONNX Expand broadcasts both ways: 1 keeps the input's dim
+    shape, lead = s.out.shape, s.out.rank - s.x.rank
+    target = [1 if j >= lead and dims_equal(d, s.x.shape[j - lead]) else d
+              for j, d in enumerate(shape)]
+    return e.op("Expand", [x[0], e.shape(target)])
+
+
+def _split(e: Emitter, s: Site, x: list[gs.Tensor]) -> list[gs.Tensor]:
+    axis = norm_axis(s.attrs["axis"], s.x.rank)
+    sizes = e.shape([t.shape[axis] for t in s.out_types])
+    return e.op("Split", [x[0], sizes], {"axis": axis}, n_out=len(s.out_types))
+
+
+def _slice(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    a = s.attrs
+    axes = a["axes"] or range(len(a["starts"]))
+    steps = a["steps"] or [1] * len(a["starts"])
+    lim = np.iinfo(np.int64)
+    clamp = [int(np.clip(v, lim.min, lim.max)) for v in a["starts"]], \
+            [int(np.clip(v, lim.min, lim.max)) for v in a["ends"]]
+    return e.op("Slice", [x[0], e.ints(clamp[0]), e.ints(clamp[1]), e.ints(axes),
+                          e.ints(steps)])
+
+
+def _pad(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    mode = s.attrs["mode"]
+    value = e.scalar(s.attrs["value"], s.x.dtype) if mode == "constant" else None
+    return e.op("Pad", [x[0], e.ints(s.attrs["pads"]), value], {"mode": mode})
+
+
+def _sdpa(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    # softmax(q @ k^T * scale [+ mask | masked to -inf]) @ v
+    q, k, v = x[:3]
+    qt, kt, dt = s.in_types[0], s.in_types[1], s.x.dtype
+    perm = list(range(kt.rank))
+    perm[-2:] = perm[-1], perm[-2]
+    scores = e.op("MatMul", [q, e.op("Transpose", [k], {"perm": perm})])
+    if s.attrs["scale"]:
+        scale = e.scalar(s.attrs["scale"], dt)
+    elif isinstance(qt.shape[-1], int):
+        scale = e.scalar(1.0 / math.sqrt(qt.shape[-1]), dt)
+    else:
+        scale = e.op("Reciprocal", [e.op("Sqrt", [e.cast(e.dim(qt.shape[-1]), dt)])])
+    scores = e.op("Mul", [scores, scale])
+    neg_inf = e.scalar(-np.inf, dt)
+    if s.attrs["causal"]:
+        n_q, n_k = qt.shape[-2], kt.shape[-2]
+        if isinstance(n_q, int) and isinstance(n_k, int):
+            keep = e.const(np.tril(np.ones((n_q, n_k), bool)))
+        else:
+            ones = e.filled([n_q, n_k], 1.0, DType.f32)
+            keep = e.cast(e.op("Trilu", [ones], {"upper": 0}), DType.bool)
+        scores = e.op("Where", [keep, scores, neg_inf])
+    if len(x) > 3:
+        if s.in_types[3].dtype is DType.bool:
+            scores = e.op("Where", [x[3], scores, neg_inf])
+        else:
+            scores = e.op("Add", [scores, x[3]])
+    return e.op("MatMul", [e.op("Softmax", [scores], {"axis": -1}), v])
+
+
+def _fused(base: str) -> Rule:
+    """fused_<base>: the base op's rule, + bias, then the epilogue through the rules of add and
+    the activation (act(y + r), act(y) + r or act(y))."""
+    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        base_def = get_op(base)
+        inline = base_def.inputs[-1] == "bias?"  # conv and linear take the bias themselves
+        n = 3 if inline else 2
+        site = Site(s.node, s.name, s.in_types[:n], [s.out],
+                    {k: s.attrs[k] for k in base_def.attrs})
+        y = RULES[base](e, site, x[:n])
+        if not inline and len(x) > 2:
+            y = e.op("Add", [y, x[2]])
+        if s.attrs["residual"] == "pre":
+            y = e.op("Add", [y, x[3]])
+        act = activation_op(s.attrs["activation"], s.attrs["alpha"], s.attrs["beta"])
+        if act is not None:
+            name, attrs = act
+            y = RULES[name](e, Site(s.node, s.name, [s.out], [s.out],
+                                    get_op(name).complete_attrs(attrs)), [y])
+        if s.attrs["residual"] == "post":
+            y = e.op("Add", [y, x[3]])
+        return y
+    return rule
+
+
+def _axis(a: dict) -> dict:
+    return {"axis": a["axis"]}
+
+
+def _arg(op_type: str) -> Rule:
+    return simple(op_type, lambda a: {"axis": a["axis"], "keepdims": int(a["keepdims"])})
+
+
+# IR op -> rule. Every op of the op table has an entry here or in NO_ONNX_FORM.
+RULES: dict[str, Rule] = {
+    # activations
+    "relu": simple("Relu"),
+    "leaky_relu": simple("LeakyRelu", lambda a: {"alpha": a["alpha"]}),
+    "elu": simple("Elu", lambda a: {"alpha": a["alpha"]}),
+    "selu": simple("Selu"),  # ONNX's default alpha and gamma are torch's constants
+    "gelu": _gelu,  # Gelu (opset 20) or its erf / tanh formula
+    "silu": _silu,
+    "sigmoid": simple("Sigmoid"),
+    "tanh": simple("Tanh"),
+    "hardsigmoid": simple("HardSigmoid", lambda a: {"alpha": 1 / 6, "beta": 0.5}),
+    "hardswish": simple("HardSwish"),
+    "mish": simple("Mish"),
+    "softplus": _softplus,
+    "clip": _clip,
+    # math
+    "exp": simple("Exp"),
+    "log": simple("Log"),
+    "sqrt": simple("Sqrt"),
+    "rsqrt": chain("Sqrt", "Reciprocal"),
+    "reciprocal": simple("Reciprocal"),
+    "sin": simple("Sin"),
+    "cos": simple("Cos"),
+    "erf": simple("Erf"),
+    "floor": simple("Floor"),
+    "ceil": simple("Ceil"),
+    "round": simple("Round"),  # half to even in both
+    "abs": simple("Abs"),
+    "neg": simple("Neg"),
+    "sign": simple("Sign"),
+    "logical_not": simple("Not"),
+    "identity": simple("Identity"),
+    "cast": _cast,
+    # binary
+    "add": simple("Add"),
+    "sub": simple("Sub"),
+    "mul": simple("Mul"),
+    "div": simple("Div"),  # integer Div truncates toward zero, as the IR's
+    "pow": simple("Pow"),
+    "mod": _mod,
+    "maximum": simple("Max"),
+    "minimum": simple("Min"),
+    "equal": simple("Equal"),
+    "not_equal": _not("Equal"),
+    "less": simple("Less"),
+    "less_equal": simple("LessOrEqual"),
+    "greater": simple("Greater"),
+    "greater_equal": simple("GreaterOrEqual"),
+    "logical_and": simple("And"),
+    "logical_or": simple("Or"),
+    "where": simple("Where"),
+    # linear algebra
+    "matmul": simple("MatMul"),
+    "bmm": simple("MatMul"),
+    "linear": _linear,  # Gemm for 2-d x, else MatMul + Add
+    # convolution, pooling, resizing
+    "conv1d": _conv(False),
+    "conv2d": _conv(False),
+    "conv_transpose1d": _conv(True),
+    "conv_transpose2d": _conv(True),
+    "max_pool1d": _pool("max"),
+    "max_pool2d": _pool("max"),
+    "avg_pool1d": _pool("avg"),
+    "avg_pool2d": _pool("avg"),
+    "adaptive_avg_pool2d": _adaptive_avg_pool,
+    "global_avg_pool2d": simple("GlobalAveragePool"),
+    "interpolate": _interpolate,
+    # normalization
+    "batch_norm": _batch_norm,
+    "layer_norm": _layer_norm,
+    "rms_norm": _rms_norm,  # RMSNormalization (opset 23) or its formula
+    "group_norm": _group_norm,
+    "instance_norm": _instance_norm,
+    "softmax": simple("Softmax", _axis),
+    "log_softmax": simple("LogSoftmax", _axis),
+    # quantization
+    "quantize": _quantize,
+    "dequantize": _dequantize,
+    # reductions
+    "reduce_sum": _reduce("ReduceSum"),
+    "reduce_mean": _reduce("ReduceMean"),
+    "reduce_max": _reduce("ReduceMax"),
+    "reduce_min": _reduce("ReduceMin"),
+    "reduce_prod": _reduce("ReduceProd"),
+    "argmax": _arg("ArgMax"),
+    "argmin": _arg("ArgMin"),
+    "cumsum": lambda e, s, x: e.op("CumSum", [x[0], e.const(np.int64(s.attrs["axis"]))]),
+    # shape and data movement
+    "reshape": _reshape,
+    "flatten": _reshape,  # torch-style axis..end_axis: a Reshape to the inferred shape
+    "squeeze": _squeeze,
+    "unsqueeze": _unsqueeze,
+    "transpose": _transpose,
+    "expand": _expand,
+    "concat": simple("Concat", _axis),
+    "split": _split,
+    "slice": _slice,
+    "gather": simple("Gather", _axis),
+    "gather_elements": simple("GatherElements", _axis),
+    "embedding": simple("Gather", lambda a: {"axis": 0}),
+    "pad": _pad,
+    "tile": lambda e, s, x: e.op("Tile", [x[0], e.ints(s.attrs["repeats"])]),
+    "shape": simple("Shape"),
+    # attention (the Attention op needs opset 23; the formula runs everywhere)
+    "scaled_dot_product_attention": _sdpa,
+    # fused heavy ops (fuse-epilogue), spelled out again
+    **{fused: _fused(base) for base, fused in FUSED_OPS.items()},
+}
+
+
+# -- custom domain ------------------------------------------------------------------------------
+
+
+def _custom_attrs(e: Emitter, attrs: dict[str, Any], opts: dict) -> dict[str, Any]:
+    """IR attributes as ONNX attributes of an ``ai.rtinfer`` node (docs/onnx-export.md)."""
+    from rtinfer.ir.types import QuantParams
+
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        if isinstance(v, bool):
+            out[k] = int(v)
+        elif isinstance(v, DType):
+            out[k] = v.value
+        elif isinstance(v, QuantParams):
+            out[f"{k}_scale"] = [float(f) for f in np.atleast_1d(v.scale)]
+            out[f"{k}_zero_point"] = [int(z) for z in np.atleast_1d(v.zero_point)]
+            if v.axis is not None:
+                out[f"{k}_axis"] = v.axis
+        elif isinstance(v, Graph):
+            out[k] = _build(v, opts, Emitter(e.opset, _Names()))[0]
+        elif isinstance(v, np.ndarray):
+            out[k] = gs.Constant(e.names.unique(f"{e.prefix}/{k}"), np.array(v))
+        elif isinstance(v, ElidedTensor):
+            raise Unsupported(f"attribute {k} holds elided constant data")
+        elif isinstance(v, tuple) and any(not isinstance(d, (int, float, str)) for d in v):
+            out[k] = [dim_str(d) for d in v]  # a shape with symbolic dims
+        elif isinstance(v, tuple):
+            out[k] = list(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _custom(e: Emitter, node: Node, x: list[gs.Tensor], opts: dict) -> list[gs.Tensor]:
+    outs = e.op(node.op, x, _custom_attrs(e, node.attrs, opts), n_out=len(node.outputs),
+                domain=CUSTOM_DOMAIN)
+    return outs if len(node.outputs) > 1 else [outs]
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+def _upcast(node: Node, opts: dict) -> bool:
+    """With full_precision, a half-precision node computes in f32 (as the reference does)."""
+    if not opts["full_precision"] or node.op in ("cast", "identity", "shape"):
+        return False
+    if node.opdef.has(INJECTIVE):
+        return False
+    return any(v.type.dtype in _HALF for v in [*node.inputs, *node.outputs])
+
+
+def _f32(t: TensorType) -> TensorType:
+    return TensorType(DType.f32, t.shape, t.quant) if t.dtype in _HALF else t
+
+
+def _build(graph: Graph, opts: dict, e: Emitter) -> tuple[gs.Graph, list]:
+    """The graphsurgeon graph of ``graph``, and the nodes that block a standard export as
+    ``(op, node name, reason)``."""
+    names = e.names
+    tensors: dict[Value, gs.Tensor] = {}
+    inputs = []
+    for i, v in enumerate(graph.inputs):
+        var = gs.Variable(names.unique(v.name or f"input_{i}"), _gs_dtype(v.type.dtype),
+                          _gs_shape(v.type))
+        tensors[v] = var
+        inputs.append(var)
+        e.add_symbol_source(var, v.type)
+
+    blocked: list[tuple[str, str, str]] = []
+    claimed: set[int] = {id(t) for t in inputs}
+    for k, node in enumerate(graph.nodes):
+        base = node.name or node.provenance.origin.split(":")[-1] or f"{node.op}_{k}"
+        if node.op == "const":
+            data = node.attrs["value"]
+            if isinstance(data, ElidedTensor):
+                blocked.append((node.op, base, "its data was elided from the IR text"))
+                data = np.zeros(data.shape, data.dtype.np)
+            tensors[node.out] = e.const(data, name=node.out.name or f"const_{k}")
+            claimed.add(id(tensors[node.out]))
+            continue
+        e.prefix = e.node_names.unique(base)
+        x = [tensors[v] for v in node.inputs]
+        first = len(e.nodes)
+        rule, reason = RULES.get(node.op), NO_ONNX_FORM.get(node.op, "no ONNX export rule")
+        outs = None
+        if rule is not None:
+            up = _upcast(node, opts)
+            site = Site(node, e.prefix, [v.type for v in node.inputs],
+                        [v.type for v in node.outputs], node.attrs)
+            try:
+                if up:
+                    x = [e.cast(t, DType.f32) if v.type.dtype in _HALF else t
+                         for t, v in zip(x, node.inputs, strict=True)]
+                    site.in_types = [_f32(t) for t in site.in_types]
+                    site.out_types = [_f32(t) for t in site.out_types]
+                res = rule(e, site, x)
+                outs = list(res) if isinstance(res, (list, tuple)) else [res]
+                if up:
+                    outs = [e.cast(t, v.type.dtype) if v.type.dtype in _HALF else t
+                            for t, v in zip(outs, node.outputs, strict=True)]
+            except Unsupported as u:
+                del e.nodes[first:]
+                reason = str(u)
+        if outs is None:
+            blocked.append((node.op, base, reason))
+            if not opts["allow_custom"]:  # keep going, to name every blocking node
+                tensors.update((v, gs.Variable(names.unique(f"{base}_blocked")))
+                               for v in node.outputs)
+                continue
+            outs = _custom(e, node, x, opts)
+        made = {id(t) for n in e.nodes[first:] for t in n.outputs}
+        for i, (v, t) in enumerate(zip(node.outputs, outs, strict=True)):
+            if id(t) in made and id(t) not in claimed:
+                hint = v.name or (base if len(node.outputs) == 1 else f"{base}_{i}")
+                t.name = names.unique(hint)
+                t.dtype, t.shape = _gs_dtype(v.type.dtype), _gs_shape(v.type)
+                claimed.add(id(t))
+            tensors[v] = t
+    if blocked and not opts["allow_custom"]:
+        return None, blocked
+
+    outputs, seen = [], set()
+    for i, v in enumerate(graph.outputs):
+        t = tensors[v]
+        if not isinstance(t, gs.Variable) or t in inputs or id(t) in seen:
+            # an output that is a graph input, a constant or another output gets its own tensor
+            e.prefix = "output"
+            t = e.op("Identity", [t])
+            t.name = names.unique(v.name or f"output_{i}")
+            t.dtype, t.shape = _gs_dtype(v.type.dtype), _gs_shape(v.type)
+        seen.add(id(t))
+        outputs.append(t)
+
+    domains = [onnx.helper.make_opsetid("", e.opset)]
+    if any(n.domain == CUSTOM_DOMAIN for n in e.nodes):
+        domains.append(onnx.helper.make_opsetid(CUSTOM_DOMAIN, CUSTOM_DOMAIN_VERSION))
+    g = gs.Graph(nodes=e.nodes, inputs=inputs, outputs=outputs, name=graph.name,
+                 opset=e.opset, import_domains=domains)
+    g.cleanup(remove_unused_graph_inputs=False)
+    return g, blocked
+
+
+def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *,
+                opset: int | None = None, allow_custom: bool = False,
+                full_precision: bool = False, external_data: bool | None = None,
+                check: bool = False) -> onnx.ModelProto:
+    """Export ``graph`` as an ONNX model; write it to ``path`` if given, and return it.
+
+    ``opset``: the default ONNX opset (``DEFAULT_OPSET``) or any from ``MIN_OPSET`` up; newer
+    opsets use newer ops (Gelu from 20, RMSNormalization from 23). ``allow_custom``: export ops
+    without a standard ONNX form as ``ai.rtinfer`` nodes instead of raising ``ExportError``.
+    ``full_precision``: compute float16/bfloat16 nodes in float32, casting around them, as the
+    reference interpreter does. ``external_data``: write initializers to ``<path>.data`` next to
+    the model (None: only when they pass ~2 GB). ``check``: run ``onnx.checker`` on the result.
+    """
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"opset {opset} is not supported: rtinfer exports opsets "
+                          f"{MIN_OPSET} to {newest}")
+    opts = {"allow_custom": allow_custom, "full_precision": full_precision}
+    g, blocked = _build(graph, opts, Emitter(opset, _Names()))
+    if g is None:
+        raise ExportError.blocking(blocked)
+    model = gs.export_onnx(g)
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import),
+                                                             ignore_unknown=True)
+    model.producer_name = "rtinfer"
+    from rtinfer import __version__
+
+    model.producer_version = __version__
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    external = external_data if external_data is not None else size > EXTERNAL_DATA_THRESHOLD
+    if external and path is None:
+        raise ExportError(f"the model's initializers take {size / 2**30:.2f} GiB, over "
+                          f"protobuf's 2 GiB limit: pass a path to write them as external data")
+    if path is not None:
+        path = Path(path)
+        if external:
+            onnx.save_model(model, path, save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=path.name + ".data",
+                            size_threshold=1024)
+        else:
+            onnx.save_model(model, path)
+    if check:
+        if external:
+            onnx.checker.check_model(str(path), full_check=True)
+        else:
+            onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+__all__ = ["CUSTOM_DOMAIN", "DEFAULT_OPSET", "MIN_OPSET", "NO_ONNX_FORM", "RULES", "Emitter",
+           "Site", "Unsupported", "export_onnx"]

@@ -1,0 +1,178 @@
+"""Fused ops: a heavy op (conv1d, conv2d, linear, matmul) with its elementwise epilogue in one node.
+
+    fused_<op>(x, w, bias?, residual?) {<op's attrs>, activation, alpha, beta, residual}
+
+      y = op(x, w) + bias                   bias: [C], on the op's channel axis (1 for conv, the
+                                            last axis for linear and matmul)
+      residual = "pre":   y = act(y + r)    ResNet: relu(conv(x) + shortcut)
+      residual = "post":  y = act(y) + r    a residual added after the activation
+      residual = "none":  y = act(y)
+
+``fuse-epilogue`` makes these; backends read the attributes directly (oneDNN post-ops: a sum
+then an eltwise, or the reverse; TVM: the epilogue of the op's compute). ``r`` has exactly the
+output's type (no broadcasting). A residual needs the bias input (zeros when the op had none),
+so an input's position alone says what it is.
+
+Activations (``alpha``/``beta`` as in oneDNN's eltwise post-op; 0 when unused):
+
+| activation | y | alpha | beta |
+|---|---|---|---|
+| none | y | | |
+| relu | max(y, 0) | | |
+| leaky_relu | y if y >= 0 else alpha * y | slope | |
+| clip | min(max(y, alpha), beta) (relu6: clip 0, 6) | min | max |
+| gelu | y * Phi(y), via erf | | |
+| gelu_tanh | the tanh approximation of gelu | | |
+| silu | y * sigmoid(y) | | |
+| sigmoid | 1 / (1 + exp(-y)) | | |
+| hardswish | y * relu6(y + 3) / 6 | | |
+| tanh | tanh(y) | | |
+
+The reference composes the table's own references (the base op, add, the activation), each
+rounding to the input dtype as the unfused graph does, so a fused graph interprets bit-identically
+to the unfused one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rtinfer.errors import IRError
+from rtinfer.ir.ops import elementwise, linalg, nn  # noqa: F401  (the ops fused here)
+from rtinfer.ir.ops.common import need_float
+from rtinfer.ir.ops.registry import OUT_FUSABLE, Attr, PortAxis, get_op, op
+from rtinfer.ir.types import TensorType, dims_equal
+
+# activation -> (the op-table op, its attributes from (alpha, beta), the attributes used)
+ACTIVATIONS: dict[str, tuple[str | None, Any, tuple[str, ...]]] = {
+    "none": (None, lambda a, b: {}, ()),
+    "relu": ("relu", lambda a, b: {}, ()),
+    "leaky_relu": ("leaky_relu", lambda a, b: {"alpha": a}, ("alpha",)),
+    "clip": ("clip", lambda a, b: {"min": a, "max": b}, ("alpha", "beta")),
+    "gelu": ("gelu", lambda a, b: {"approximate": "none"}, ()),
+    "gelu_tanh": ("gelu", lambda a, b: {"approximate": "tanh"}, ()),
+    "silu": ("silu", lambda a, b: {}, ()),
+    "sigmoid": ("sigmoid", lambda a, b: {}, ()),
+    "hardswish": ("hardswish", lambda a, b: {}, ()),
+    "tanh": ("tanh", lambda a, b: {}, ()),
+}
+RESIDUAL_MODES = ("none", "pre", "post")
+
+EPILOGUE_ATTRS = {
+    "activation": Attr("str", "none", tuple(ACTIVATIONS)),
+    "alpha": Attr("float", 0.0),
+    "beta": Attr("float", 0.0),
+    "residual": Attr("str", "none", RESIDUAL_MODES),
+}
+
+
+def activation_op(activation: str, alpha: float, beta: float) -> tuple[str, dict] | None:
+    """The op-table op (and its attributes) an ``activation`` attribute stands for."""
+    name, attrs, _ = ACTIVATIONS[activation]
+    return None if name is None else (name, attrs(alpha, beta))
+
+
+def apply_epilogue(y: np.ndarray, residual: np.ndarray | None, attrs: dict) -> np.ndarray:
+    """act(y + r), act(y) + r or act(y), with the table's references."""
+    add = get_op("add")
+    if attrs["residual"] == "pre":
+        y = add.evaluate([y, residual], {})[0]
+    act = activation_op(attrs["activation"], attrs["alpha"], attrs["beta"])
+    if act is not None:
+        name, act_attrs = act
+        opdef = get_op(name)
+        y = opdef.evaluate([y], opdef.complete_attrs(act_attrs))[0]
+    if attrs["residual"] == "post":
+        y = add.evaluate([y, residual], {})[0]
+    return y
+
+
+def _check_epilogue(ins: list[TensorType], out: TensorType, attrs: dict, n_base: int) -> None:
+    """The epilogue's inputs: bias [C] at ``n_base``, residual (the output's type) after it."""
+    need_float(out, "the output")
+    activation = attrs["activation"]
+    used = ACTIVATIONS[activation][2]
+    for k in ("alpha", "beta"):
+        if k not in used and attrs[k] != 0.0:
+            raise IRError(f"activation {activation} takes no {k} (it must be 0.0)")
+    has_residual = attrs["residual"] != "none"
+    if len(ins) != n_base + 1 + has_residual and not (len(ins) == n_base and not has_residual):
+        want = "x, weight, bias, residual" if has_residual else "x, weight and optionally bias"
+        raise IRError(f"residual={attrs['residual']} takes {want}; got {len(ins)} inputs "
+                      f"(a residual needs the bias input: zeros when there is none)")
+    if has_residual and ins[-1] != out:
+        raise IRError(f"the residual must have the output's type {out}, got {ins[-1]}")
+
+
+def _residual_channels(groups: list[frozenset[PortAxis]],
+                       index: int) -> list[frozenset[PortAxis]]:
+    """Add the residual's axes (input ``index``) to the groups of the output axes they match."""
+    out_groups = []
+    for g in groups:
+        extra = {("in", index, ax) for port, i, ax in g if port == "out" and i == 0}
+        out_groups.append(frozenset(g | extra))
+    return out_groups
+
+
+def _fused_heavy(base: str, bias_inline: bool) -> None:
+    """``fused_<base>``; ``bias_inline``: the base op takes the bias itself (conv, linear)."""
+    base_def = get_op(base)
+    n_base = len(base_def.inputs) - (1 if bias_inline else 0)  # x and weight
+    names = list(base_def.inputs[:n_base]) + ["bias?", "residual?"]
+    base_attr_names = tuple(base_def.attrs)
+
+    def split(attrs: dict) -> dict:
+        return {k: attrs[k] for k in base_attr_names}
+
+    def infer(ins: list[TensorType], attrs: dict) -> TensorType:
+        bias = ins[n_base:n_base + 1]
+        if bias_inline:
+            out = base_def.infer_types(ins[:n_base] + bias, split(attrs))[0]
+        else:
+            out = base_def.infer_types(ins[:n_base], split(attrs))[0]
+            if out.rank < 1:
+                raise IRError(f"{base} output {out} has no channel axis for a bias")
+            if bias and (bias[0].rank != 1 or bias[0].dtype != out.dtype
+                         or not dims_equal(bias[0].shape[0], out.shape[-1])):
+                raise IRError(f"bias must be {out.dtype}[{out.shape[-1]}], got {bias[0]}")
+        _check_epilogue(ins, out, attrs, n_base)
+        return out
+
+    def ref(*args: Any, **attrs: Any) -> np.ndarray:
+        arrays, bias, residual = list(args[:n_base]), args[n_base], args[n_base + 1]
+        if bias_inline:
+            y = base_def.evaluate(arrays + [bias], split(attrs))[0]
+        else:
+            y = base_def.evaluate(arrays, split(attrs))[0]
+            if bias is not None:
+                y = get_op("add").evaluate([y, bias], {})[0]
+        return apply_epilogue(y, residual, attrs)
+
+    def channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis]] | None:
+        base_ins = ins[:n_base + (1 if bias_inline else 0)]
+        groups = base_def.channel_groups(base_ins, split(attrs))
+        if groups is None:
+            return None
+        out = infer(ins, attrs)
+        if not bias_inline and len(ins) > n_base:  # the bias follows the output's last axis
+            last = ("out", 0, out.rank - 1)
+            groups = [g | {("in", n_base, 0)} if last in g else g for g in groups]
+        if attrs["residual"] != "none":
+            groups = _residual_channels(groups, n_base + 1)
+        return groups
+
+    op(f"fused_{base}", names, infer, ref, attrs={**base_def.attrs, **EPILOGUE_ATTRS},
+       traits=[OUT_FUSABLE], channels=channels,
+       doc=f"{base} + bias, then the epilogue: act(y + residual), act(y) + residual or act(y) "
+           f"(activation, alpha, beta, residual=none|pre|post); made by fuse-epilogue")
+
+
+_fused_heavy("conv1d", bias_inline=True)
+_fused_heavy("conv2d", bias_inline=True)
+_fused_heavy("linear", bias_inline=True)
+_fused_heavy("matmul", bias_inline=False)
+
+FUSED_OPS = {"conv1d": "fused_conv1d", "conv2d": "fused_conv2d", "linear": "fused_linear",
+             "matmul": "fused_matmul"}

@@ -1,0 +1,34 @@
+"""The ONNX backend node tests through the ONNX frontend and the reference interpreter.
+
+The full set runs in about 15 s on one core, so it stays in the fast suite. FLOOR is the pass
+count when it was last raised; a change that drops below it is a regression (raise FLOOR when
+more cases pass, and regenerate docs/onnx-conformance.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from onnx_conformance import load_cases, run_all  # noqa: E402
+
+FLOOR = 1110
+
+
+def test_conformance_does_not_regress():
+    results = run_all(load_cases())
+    passed = sum(r.passed for r in results)
+    assert len(results) >= 1800
+    assert passed >= FLOOR, (
+        f"{passed} ONNX node tests pass, below the floor of {FLOOR}; newly failing: "
+        + ", ".join(r.name for r in results if not r.passed)[:2000])
+
+
+def test_known_cases_pass():
+    names = {"test_relu", "test_conv_with_strides_padding", "test_gemm_all_attributes",
+             "test_reshape_negative_dim", "test_maxpool_2d_pads", "test_softmax_axis_0",
+             "test_layer_normalization_2d_axis0", "test_attention_4d"}
+    cases = [c for c in load_cases() if c.name in names]
+    failed = [(r.name, r.reason, r.detail) for r in run_all(cases) if not r.passed]
+    assert not failed

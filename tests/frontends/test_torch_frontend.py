@@ -1,0 +1,255 @@
+"""The PyTorch frontend on ordinary modules: conversion, structure, dynamic dims, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import rtinfer
+from rtinfer.errors import CaptureError, UnsupportedOpsError
+from rtinfer.frontends.torch_frontend import CONVERTERS, flatten_inputs, unflatten_outputs
+from rtinfer.ir import interpret, verify
+from rtinfer.ir.types import DType
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def check(model: nn.Module, *args, **kwargs) -> rtinfer.ir.Graph:
+    """Capture, verify, and compare the interpreter with eager torch (flat outputs)."""
+    g = rtinfer.capture(model, (args, kwargs) if kwargs else args)
+    verify(g)
+    with torch.no_grad():
+        want = model.eval()(*args, **kwargs)
+    got = interpret(g, *flatten_inputs(g, *args, **kwargs))
+    got = got if isinstance(got, tuple) else (got,)
+    want = torch.utils._pytree.tree_leaves(want)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b.numpy(), **TOL)
+    return g
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, groups=2)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.pool(F.relu(self.bn(self.conv(x))))
+        y = F.hardswish(self.conv2(y))
+        y = F.adaptive_avg_pool2d(y, 1).flatten(1)
+        return F.log_softmax(self.fc(y), dim=-1)
+
+
+def _trained_bn(m: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    m.train()
+    with torch.no_grad():  # give batch norm non-trivial running statistics
+        m(torch.randn(4, 3, 16, 16))
+    return m
+
+
+def test_small_cnn():
+    m = _trained_bn(SmallCNN())
+    g = check(m, torch.randn(2, 3, 16, 16))
+    ops = g.op_counts()
+    assert ops["conv2d"] == 2 and ops["batch_norm"] == 1 and ops["max_pool2d"] == 1
+    assert ops["linear"] == 1
+    bn = next(n for n in g.nodes if n.op == "batch_norm")
+    assert str(bn.provenance).startswith("torch:bn (aten._native_batch_norm_legit_no_training")
+
+
+def test_mlp_elementwise_and_reductions():
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(6, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = F.gelu(self.l1(x)) * torch.sigmoid(x.sum(-1, keepdim=True))
+            h = torch.clamp(h, -2, 2) + 0.5 * torch.tanh(h) - h.mean(dim=0) / 3
+            y = self.l2(F.silu(h))
+            return y.softmax(-1), y.amax(-1), torch.argmax(y, dim=1), (y > 0).float() ** 2
+
+    torch.manual_seed(0)
+    check(MLP(), torch.randn(5, 6))
+
+
+def test_kwargs_and_dict_outputs():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, x, scale=None, mask=None, flag=True):
+            y = self.proj(x)
+            if mask is not None:
+                y = y.masked_fill(~mask, 0.0)
+            return {"y": y * (2.0 if flag else 1.0), "parts": (y.sum(-1), x)}
+
+    torch.manual_seed(0)
+    m = M().eval()
+    x, mask = torch.randn(3, 4), torch.rand(3, 4) > 0.3
+    g = rtinfer.capture(m, {"x": x, "mask": mask, "flag": False})
+    assert [v.name for v in g.inputs] == ["x", "mask"]
+    assert g.meta["torch"]["input_names"] == ["x", "mask"]
+    out = unflatten_outputs(g, interpret(g, x.numpy(), mask.numpy()))
+    want = m(x, mask=mask, flag=False)
+    assert set(out) == {"y", "parts"} and isinstance(out["parts"], tuple)
+    np.testing.assert_allclose(out["y"], want["y"].detach().numpy(), **TOL)
+    np.testing.assert_allclose(out["parts"][0], want["parts"][0].detach().numpy(), **TOL)
+    # (args, kwargs) form
+    g2 = rtinfer.capture(m, ((x,), {"mask": mask}))
+    assert len(g2.inputs) == 2
+
+
+def test_model_output_structure():
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    class M(nn.Module):
+        def forward(self, x):
+            return BaseModelOutputWithPooling(last_hidden_state=x * 2, pooler_output=x.sum(1))
+
+    x = torch.randn(2, 3)
+    g = rtinfer.capture(M(), (x,))
+    out = unflatten_outputs(g, interpret(g, x.numpy()), as_torch=True)
+    assert isinstance(out, BaseModelOutputWithPooling)
+    torch.testing.assert_close(out.pooler_output, x.sum(1))
+
+
+def test_dynamic_batch_and_sequence():
+    class Enc(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 16)
+            self.qkv = nn.Linear(16, 48)
+            self.norm = nn.LayerNorm(16)
+
+        def forward(self, input_ids):
+            h = self.emb(input_ids)
+            b, s, d = h.shape
+            q, k, v = self.qkv(h).view(b, s, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, d)
+            h = self.norm(h + a)
+            pos = torch.arange(s).float()
+            return h.reshape(b * s, d).reshape(b, s, d) + pos[None, :, None]
+
+    torch.manual_seed(0)
+    m = Enc().eval()
+    ids = torch.randint(0, 50, (2, 7))
+    g = rtinfer.capture(m, {"input_ids": ids}, dynamic_dims={"input_ids": {0: "B", 1: "S"}})
+    verify(g)
+    B, S = sympy.Symbol("B", integer=True, positive=True), sympy.Symbol("S", integer=True,
+                                                                         positive=True)
+    assert g.inputs[0].type.shape == (B, S)
+    assert g.outputs[0].type.shape == (B, S, 16)
+    for shape in [(2, 7), (3, 11)]:
+        x = torch.randint(0, 50, shape)
+        with torch.no_grad():
+            want = m(x).numpy()
+        np.testing.assert_allclose(interpret(g, x.numpy()), want, **TOL)
+
+
+def test_graph_module_from_symbolic_trace():
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    g = check(gm, torch.randn(3, 4))
+    assert g.op_counts()["linear"] == 2
+
+
+def test_user_module_unchanged():
+    m = _trained_bn(SmallCNN())
+    m.train()
+    for p in m.conv.parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    rtinfer.capture(m, (torch.randn(1, 3, 16, 16),))
+    assert m.training and m.bn.training
+    assert not m.conv.weight.requires_grad and m.fc.weight.requires_grad
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+@torch.library.custom_op("rtinfer_test::wobble", mutates_args=())
+def wobble(x: torch.Tensor) -> torch.Tensor:
+    return x + 1
+
+
+@wobble.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def test_unsupported_ops_reported_together():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = torch.ops.rtinfer_test.wobble(self.inner(x))
+            return torch.fft.fft(y).real + torch.ops.rtinfer_test.wobble(x)
+
+    with pytest.raises(UnsupportedOpsError) as e:
+        rtinfer.capture(M(), (torch.randn(2, 4),))
+    ops = {op for op, _, _ in e.value.ops}
+    assert "rtinfer_test.wobble.default" in ops
+    assert any("fft" in op for op in ops)
+    assert len([o for o in e.value.ops if o[0] == "rtinfer_test.wobble.default"]) == 2
+    assert "CONVERTERS" in str(e.value)
+
+
+def test_data_dependent_control_flow():
+    class M(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x * 2
+            return x - 1
+
+    with pytest.raises(CaptureError) as e:
+        rtinfer.capture(M(), (torch.randn(3),))
+    assert "torch.export could not capture M" in str(e.value)
+    assert e.value.__cause__ is None and e.value.torch_error is not None
+    assert len(str(e.value).splitlines()) <= 3
+
+
+def test_int_and_dtype_promotion():
+    class M(nn.Module):
+        def forward(self, ids, x):
+            pos = (ids != 0).long().cumsum(-1) * (ids != 0).long()
+            q = torch.div(ids, 3, rounding_mode="floor") + ids % 4
+            return pos, q, x + ids, x.to(torch.float16).to(torch.float32)
+
+    ids = torch.randint(-5, 9, (2, 6))
+    check(M(), ids, torch.randn(2, 6))
+
+
+def test_shape_ops():
+    class M(nn.Module):
+        def forward(self, x, idx):
+            a, b = x.split([1, 3], dim=1)
+            y = torch.cat([b, a], 1).permute(0, 2, 1).contiguous()
+            z = y[:, 1:3, ::2].transpose(1, 2).unsqueeze(0).squeeze(0)
+            w = x.index_select(2, idx) + torch.gather(x, 2, idx.expand(2, 4, 2))
+            p = F.pad(x, (1, 2)).repeat(1, 2, 1)
+            return z, w, p, x[:, 0], torch.stack([x, x], 1).flatten(1, 2), x.chunk(2, 1)[1]
+
+    check(M(), torch.randn(2, 4, 5), torch.tensor([4, 0]).reshape(1, 1, 2)[0, 0])
+
+
+def test_conversion_table_is_keyed_by_overload():
+    assert "aten.add.Tensor" in CONVERTERS and "aten.convolution.default" in CONVERTERS
+    assert all(k.count(".") >= 2 for k in CONVERTERS)
+
+
+def test_input_types():
+    g = rtinfer.capture(nn.Identity(), (torch.zeros(2, 3, dtype=torch.int32),))
+    assert g.inputs[0].type.dtype is DType.i32
