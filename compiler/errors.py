@@ -94,3 +94,11 @@ class ExportError(RtinferError):
                      "(docs/onnx-export.md), or add a rule to RULES in "
                      "compiler/frontends/onnx_export.py.")
         return cls("\n".join(lines), ops)
+
+
+class BackendError(RtinferError):
+    """A graph could not be compiled by a backend, or the compiled model was misused."""
+
+
+class ArtifactError(RtinferError):
+    """A saved compiled model is missing, corrupted or from an incompatible version."""

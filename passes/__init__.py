@@ -8,9 +8,15 @@ from rtinfer.passes import (
     dce,
     fold_batchnorm,
     fold_constants,
+    fuse_attention,
+    fuse_elementwise,
     fuse_epilogue,
+    fuse_gelu,
+    fuse_layernorm,
+    layout,
     pipelines,
 )
 
-__all__ = ["canonicalize", "cse", "dce", "fold_batchnorm", "fold_constants", "fuse_epilogue",
-           "pipelines"]
+__all__ = ["canonicalize", "cse", "dce", "fold_batchnorm", "fold_constants",
+           "fuse_attention", "fuse_elementwise", "fuse_epilogue", "fuse_gelu", "fuse_layernorm",
+           "layout", "pipelines"]

@@ -90,6 +90,9 @@ def into_producer(rw: Rewriter, x: Value, layer: Node, bn: Node) -> Value | None
     out = layer.out
     if len(out.users) > 1 or layer.graph.is_output(out):
         return rw.decline(f"{layer.op} output is also used unnormalized")
+    if layer.attrs.get("layout", "NCHW") != bn.attrs["layout"]:
+        return rw.decline(f"{layer.op} is {layer.attrs.get('layout', 'NCHW')} but batch_norm is "
+                          f"{bn.attrs['layout']}: their channel axes differ")
     if layer.op == "linear" and out.type.rank != 2:
         return rw.decline(f"batch_norm normalizes axis 1 of {out.type}, not the linear's "
                           f"feature axis")
@@ -116,6 +119,8 @@ def into_producer(rw: Rewriter, x: Value, layer: Node, bn: Node) -> Value | None
 def into_consumer(rw: Rewriter, x: Value, layer: Node, bn: Node) -> Value | None:
     if len(bn.out.users) > 1 or bn.graph.is_output(bn.out):
         return rw.decline("batch_norm output has other users")
+    if bn.attrs["layout"] != "NCHW" or layer.attrs.get("layout", "NCHW") != "NCHW":
+        return rw.decline("folding into a consumer is implemented for NCHW only")
     if layer.op == "linear":
         if x.type.rank != 2:
             return rw.decline(f"batch_norm normalizes axis 1 of {x.type}, not the linear's "

@@ -74,7 +74,8 @@ class Epilogue:
 
     @property
     def channel_axis(self) -> int:
-        return 1 if self.base.startswith("conv") else self.out.type.rank - 1
+        channels_first = self.base_attrs.get("layout", "NCHW") == "NCHW"
+        return 1 if self.base.startswith("conv") and channels_first else self.out.type.rank - 1
 
     def why_not(self) -> str | None:
         """Why the node cannot take more epilogue, if it cannot."""

@@ -33,6 +33,7 @@ from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.ops import INJECTIVE, get_op
 from rtinfer.ir.ops.common import expand_ints, expand_pads, norm_axis
 from rtinfer.ir.ops.fused import FUSED_OPS, activation_op
+from rtinfer.ir.ops.layouts import permute_type, to_channels_first, to_channels_last
 from rtinfer.ir.types import Dim, DType, TensorType, dim_str, dims_equal
 
 DEFAULT_OPSET = 21  # ONNX Runtime 1.32 runs opsets up to 25; TensorRT 10 parses 21
@@ -631,12 +632,83 @@ def _fused(base: str) -> Rule:
     return rule
 
 
+def _channels_last(rule: Rule) -> Rule:
+    """An op with ``layout="NHWC"``: Transpose to NCHW, the NCHW rule, Transpose back."""
+    def wrapped(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        if s.attrs.get("layout", "NCHW") != "NHWC":
+            return rule(e, s, x)
+        cf, cl = to_channels_first(s.x.rank), to_channels_last(s.out.rank)
+        site = Site(s.node, s.name, [permute_type(s.x, cf)] + s.in_types[1:],
+                    [permute_type(s.out, to_channels_first(s.out.rank))] + s.out_types[1:],
+                    {k: v for k, v in s.attrs.items() if k != "layout"})
+        y = rule(e, site, [e.op("Transpose", [x[0]], {"perm": list(cf)})] + x[1:])
+        return e.op("Transpose", [y], {"perm": list(cl)})
+    return wrapped
+
+
+def _fused_elementwise(e: Emitter, s: Site, x: list[gs.Tensor]) -> list[gs.Tensor]:
+    """fused_elementwise: the body's nodes, inlined through their own rules."""
+    body = s.attrs["body"]
+    tensors: dict[Value, gs.Tensor] = dict(zip(body.inputs, x, strict=True))
+    for n in body.nodes:
+        if n.op == "const":
+            data = n.attrs["value"]
+            if isinstance(data, ElidedTensor):
+                raise Unsupported("a constant of the body was elided from the IR text")
+            tensors[n.out] = e.const(data)
+            continue
+        rule = RULES.get(n.op)
+        if rule is None:
+            raise Unsupported(f"the body's op {n.op} has no ONNX export rule")
+        site = Site(n, s.name, [v.type for v in n.inputs], [v.type for v in n.outputs],
+                    n.attrs)
+        res = rule(e, site, [tensors[v] for v in n.inputs])
+        tensors.update(zip(n.outputs, res if isinstance(res, (list, tuple)) else [res],
+                           strict=True))
+    return [tensors[v] for v in body.outputs]
+
+
 def _axis(a: dict) -> dict:
     return {"axis": a["axis"]}
 
 
 def _arg(op_type: str) -> Rule:
     return simple(op_type, lambda a: {"axis": a["axis"], "keepdims": int(a["keepdims"])})
+
+
+def _shift(direction: str) -> Rule:
+    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        if s.x.dtype not in (DType.u8, DType.u16, DType.u32, DType.u64):
+            raise Unsupported(f"ONNX BitShift takes unsigned integers, got {s.x.dtype}")
+        return e.op("BitShift", x, {"direction": direction})
+    return rule
+
+
+def _cumprod(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    # CumProd needs opset 26: out[.., i, ..] = prod_j where(j <= i, x[.., j, ..], 1), with i on
+    # a new axis in front of the scanned one (needs its length static)
+    rank, axis = s.x.rank, s.attrs["axis"] % s.x.rank
+    n = s.x.shape[axis]
+    if not isinstance(n, int):
+        raise Unsupported(f"cumprod along the symbolic dim {n}")
+    mask = np.tril(np.ones((n, n), bool)).reshape((n, n) + (1,) * (rank - axis - 1))
+    xe = e.op("Unsqueeze", [x[0], e.ints([axis])])
+    picked = e.op("Where", [e.const(mask), xe, e.scalar(1, s.x.dtype)])
+    return e.op("ReduceProd", [picked, e.ints([axis + 1])], {"keepdims": 0})
+
+
+def _resize(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    a = dict(s.attrs)
+    scales, sizes, roi = a.pop("scales"), a.pop("sizes"), a.pop("roi")
+    attrs = {k: int(v) if isinstance(v, bool) else v for k, v in a.items()}
+    roi_t = e.const(np.asarray(roi, np.float32)) if roi else None
+    if sizes:
+        if scales and any(not isinstance(d, int) or math.floor(d * f) != o
+                          for d, f, o in zip(s.x.shape, scales, sizes, strict=True)):
+            raise Unsupported("resize with sizes and scales that disagree (ONNX takes one)")
+        if not scales:
+            return e.op("Resize", [x[0], roi_t, None, e.ints(sizes)], attrs)
+    return e.op("Resize", [x[0], roi_t, e.const(np.asarray(scales, np.float32))], attrs)
 
 
 # IR op -> rule. Every op of the op table has an entry here or in NO_ONNX_FORM.
@@ -671,6 +743,21 @@ RULES: dict[str, Rule] = {
     "neg": simple("Neg"),
     "sign": simple("Sign"),
     "logical_not": simple("Not"),
+    "tan": simple("Tan"),
+    "asin": simple("Asin"),
+    "acos": simple("Acos"),
+    "atan": simple("Atan"),
+    "sinh": simple("Sinh"),
+    "cosh": simple("Cosh"),
+    "asinh": simple("Asinh"),
+    "acosh": simple("Acosh"),
+    "atanh": simple("Atanh"),
+    "bitwise_not": simple("BitwiseNot"),
+    "bitwise_and": simple("BitwiseAnd"),
+    "bitwise_or": simple("BitwiseOr"),
+    "bitwise_xor": simple("BitwiseXor"),
+    "shift_left": _shift("LEFT"),
+    "shift_right": _shift("RIGHT"),
     "identity": simple("Identity"),
     "cast": _cast,
     # binary
@@ -697,24 +784,30 @@ RULES: dict[str, Rule] = {
     "linear": _linear,  # Gemm for 2-d x, else MatMul + Add
     # convolution, pooling, resizing
     "conv1d": _conv(False),
-    "conv2d": _conv(False),
+    "conv2d": _channels_last(_conv(False)),
     "conv_transpose1d": _conv(True),
     "conv_transpose2d": _conv(True),
+    "conv3d": _conv(False),
+    "conv_transpose3d": _conv(True),
+    "max_pool3d": _pool("max"),
+    "avg_pool3d": _pool("avg"),
     "max_pool1d": _pool("max"),
-    "max_pool2d": _pool("max"),
+    "max_pool2d": _channels_last(_pool("max")),
     "avg_pool1d": _pool("avg"),
-    "avg_pool2d": _pool("avg"),
-    "adaptive_avg_pool2d": _adaptive_avg_pool,
-    "global_avg_pool2d": simple("GlobalAveragePool"),
+    "avg_pool2d": _channels_last(_pool("avg")),
+    "adaptive_avg_pool2d": _channels_last(_adaptive_avg_pool),
+    "global_avg_pool2d": _channels_last(simple("GlobalAveragePool")),
     "interpolate": _interpolate,
+    "resize": _resize,
     # normalization
-    "batch_norm": _batch_norm,
+    "batch_norm": _channels_last(_batch_norm),
     "layer_norm": _layer_norm,
     "rms_norm": _rms_norm,  # RMSNormalization (opset 23) or its formula
     "group_norm": _group_norm,
     "instance_norm": _instance_norm,
     "softmax": simple("Softmax", _axis),
     "log_softmax": simple("LogSoftmax", _axis),
+    "hardmax": simple("Hardmax", _axis),
     # quantization
     "quantize": _quantize,
     "dequantize": _dequantize,
@@ -726,6 +819,10 @@ RULES: dict[str, Rule] = {
     "reduce_prod": _reduce("ReduceProd"),
     "argmax": _arg("ArgMax"),
     "argmin": _arg("ArgMin"),
+    "cumprod": _cumprod,
+    "topk": lambda e, s, x: e.op("TopK", [x[0], e.ints([s.attrs["k"]])], {
+        "axis": s.attrs["axis"], "largest": int(s.attrs["largest"]),
+        "sorted": int(s.attrs["sorted"])}, n_out=2),
     "cumsum": lambda e, s, x: e.op("CumSum", [x[0], e.const(np.int64(s.attrs["axis"]))]),
     # shape and data movement
     "reshape": _reshape,
@@ -739,6 +836,11 @@ RULES: dict[str, Rule] = {
     "slice": _slice,
     "gather": simple("Gather", _axis),
     "gather_elements": simple("GatherElements", _axis),
+    "gather_nd": simple("GatherND", lambda a: {"batch_dims": a["batch_dims"]}),
+    "scatter_elements": simple("ScatterElements", lambda a: {"axis": a["axis"],
+                                                             "reduction": a["reduction"]}),
+    "scatter_nd": simple("ScatterND", lambda a: {"reduction": a["reduction"]}),
+    "einsum": simple("Einsum", lambda a: {"equation": a["equation"]}),
     "embedding": simple("Gather", lambda a: {"axis": 0}),
     "pad": _pad,
     "tile": lambda e, s, x: e.op("Tile", [x[0], e.ints(s.attrs["repeats"])]),
@@ -747,6 +849,7 @@ RULES: dict[str, Rule] = {
     "scaled_dot_product_attention": _sdpa,
     # fused heavy ops (fuse-epilogue), spelled out again
     **{fused: _fused(base) for base, fused in FUSED_OPS.items()},
+    "fused_elementwise": _fused_elementwise,  # fuse-elementwise: the body, inlined
 }
 
 

@@ -37,17 +37,22 @@ UNARY = {
     "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Sin": "sin", "Cos": "cos", "Erf": "erf",
     "Floor": "floor", "Ceil": "ceil", "Round": "round", "Abs": "abs", "Neg": "neg",
     "Sign": "sign", "Not": "logical_not", "Identity": "identity", "Softplus": "softplus",
-    "HardSwish": "hardswish", "Mish": "mish",
+    "HardSwish": "hardswish", "Mish": "mish", "Tan": "tan", "Asin": "asin", "Acos": "acos",
+    "Atan": "atan", "Sinh": "sinh", "Cosh": "cosh", "Asinh": "asinh", "Acosh": "acosh",
+    "Atanh": "atanh", "BitwiseNot": "bitwise_not", "Hardmax": "hardmax",
 }
 BINARY = {
     "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Equal": "equal",
     "Greater": "greater", "Less": "less", "GreaterOrEqual": "greater_equal",
     "LessOrEqual": "less_equal", "And": "logical_and", "Or": "logical_or", "Xor": "not_equal",
+    "BitwiseAnd": "bitwise_and", "BitwiseOr": "bitwise_or", "BitwiseXor": "bitwise_xor",
 }
 VARIADIC = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
 
 
 def _unary(ir_op: str) -> Rule:
+    if ir_op == "hardmax":
+        return lambda cx, ins: cx.op(ir_op, ins[0], axis=cx.attr("axis", -1))
     return lambda cx, ins: cx.op(ir_op, ins[0])
 
 
@@ -291,8 +296,8 @@ def _conv(cx, ins):
     x, w = ins[:2]
     b = ins[2] if len(ins) > 2 else None
     nd = _rank(x) - 2
-    if nd not in (1, 2):
-        raise Unsupported(f"{nd}-d convolution (rtinfer has conv1d and conv2d)")
+    if nd not in (1, 2, 3):
+        raise Unsupported(f"{nd}-d convolution (rtinfer has 1-d to 3-d)")
     kernel = list(cx.attr("kernel_shape", None) or [int(d) for d in w.type.shape[2:]])
     strides = list(cx.attr("strides", [1] * nd))
     dilations = list(cx.attr("dilations", [1] * nd))
@@ -307,8 +312,8 @@ def _conv_transpose(cx, ins):
     x, w = ins[:2]
     b = ins[2] if len(ins) > 2 else None
     nd = _rank(x) - 2
-    if nd not in (1, 2):
-        raise Unsupported(f"{nd}-d transposed convolution (rtinfer has 1-d and 2-d)")
+    if nd not in (1, 2, 3):
+        raise Unsupported(f"{nd}-d transposed convolution (rtinfer has 1-d to 3-d)")
     kernel = list(cx.attr("kernel_shape", None) or [int(d) for d in w.type.shape[2:]])
     strides = list(cx.attr("strides", [1] * nd))
     dilations = list(cx.attr("dilations", [1] * nd))
@@ -343,8 +348,8 @@ def _conv_transpose(cx, ins):
 def _pool(cx, ins, kind: str):
     x = ins[0]
     nd = _rank(x) - 2
-    if nd not in (1, 2):
-        raise Unsupported(f"{nd}-d pooling (rtinfer has 1-d and 2-d)")
+    if nd not in (1, 2, 3):
+        raise Unsupported(f"{nd}-d pooling (rtinfer has 1-d to 3-d)")
     if cx.wants(1):
         raise Unsupported("MaxPool's Indices output")
     kernel = list(cx.attr("kernel_shape"))
@@ -448,7 +453,8 @@ def _lp_norm(cx, ins):
     n = cx.op("reduce_sum", a, axes=[axis], keepdims=True)
     if p == 2:
         n = cx.op("sqrt", n)
-    return cx.op("div", x, n)
+    zero = cx.scalar(0, n)  # a zero vector stays zero (onnx's reference divides by 1 there)
+    return cx.op("div", x, cx.op("where", cx.op("equal", n, zero), cx.scalar(1, n), n))
 
 
 # -- reductions -----------------------------------------------------------------------------------
@@ -796,7 +802,9 @@ def _space_depth(cx, ins):
     b = cx.attr("blocksize")
     if cx.node.op_type == "SpaceToDepth":
         y = cx.op("reshape", x, shape=[n, c, h // b, b, w // b, b])
-        y = cx.op("transpose", y, perm=[0, 3, 5, 1, 2, 4])
+        # DCR: out channel = (bh * b + bw) * c + ch; CRD: ch * b * b + bh * b + bw
+        perm = [0, 3, 5, 1, 2, 4] if cx.attr("mode", "DCR") == "DCR" else [0, 1, 3, 5, 2, 4]
+        y = cx.op("transpose", y, perm=perm)
         return cx.op("reshape", y, shape=[n, c * b * b, h // b, w // b])
     if cx.attr("mode", "DCR") == "DCR":
         y = cx.op("reshape", x, shape=[n, b, b, c // (b * b), h, w])
@@ -926,7 +934,8 @@ def _attention(cx, ins):
         y = cx.op("reshape", cx.op("transpose", y, perm=[0, 2, 1, 3]), shape=[b, sq, h * dv])
     outs: list = [y, present_k, present_v]
     if cx.wants(3):
-        outs.append({0: qk_raw, 1: qk_bias, 2: qk_raw, 3: p}[mode])
+        # onnx's reference: 0 and 1 give the (softcapped) scores, 2 adds the bias, 3 softmaxes
+        outs.append({0: qk_raw, 1: qk_raw, 2: qk_bias, 3: p}[mode])
     return outs
 
 
@@ -971,3 +980,153 @@ def _sce_loss(cx, ins):
     logp = cx.op("log_softmax", ins[0], axis=1)
     loss = _nll(cx, logp, ins[1], ins[2] if len(ins) > 2 else None)
     return [loss, logp] if cx.wants(1) else loss
+
+
+# -- indexing, scatter, einsum, resize ------------------------------------------------------------
+
+
+@rule("BitShift")
+def _bitshift(cx, ins):
+    name = "shift_left" if cx.attr("direction") == "LEFT" else "shift_right"
+    return cx.op(name, ins[0], ins[1])
+
+
+@rule("CumProd")
+def _cumprod(cx, ins):
+    x = ins[0]
+    axis = _axis(cx.ints(ins[1], "axis")[0], _rank(x))
+
+    def flip(v):
+        return cx.op("slice", v, starts=[-1], ends=[-(2**63)], axes=[axis], steps=[-1])
+
+    y = flip(x) if cx.attr("reverse", 0) else x
+    if cx.attr("exclusive", 0):  # shift right by one, a 1 coming in: [1, y0, .., y(n-2)]
+        pads = [0] * (2 * _rank(x))
+        pads[axis] = 1
+        y = cx.op("slice", cx.op("pad", y, pads=pads, value=1.0), starts=[0], ends=[-1],
+                  axes=[axis])
+    p = cx.op("cumprod", y, axis=axis)
+    return flip(p) if cx.attr("reverse", 0) else p
+
+
+@rule("TopK")
+def _topk(cx, ins):
+    k = cx.ints(ins[1], "TopK's k")[0]
+    return cx.ops("topk", ins[0], k=k, axis=cx.attr("axis", -1),
+                  largest=bool(cx.attr("largest", 1)), sorted=bool(cx.attr("sorted", 1)))
+
+
+@rule("ScatterElements", "Scatter")
+def _scatter_elements(cx, ins):
+    return cx.op("scatter_elements", *ins[:3], axis=cx.attr("axis", 0),
+                 reduction=cx.attr("reduction", "none"))
+
+
+@rule("ScatterND")
+def _scatter_nd(cx, ins):
+    return cx.op("scatter_nd", *ins[:3], reduction=cx.attr("reduction", "none"))
+
+
+@rule("GatherND")
+def _gather_nd(cx, ins):
+    return cx.op("gather_nd", ins[0], ins[1], batch_dims=cx.attr("batch_dims", 0))
+
+
+@rule("Einsum")
+def _einsum(cx, ins):
+    return cx.op("einsum", *ins, equation=cx.attr("equation"))
+
+
+@rule("Swish")
+def _swish(cx, ins):
+    x = ins[0]  # x * sigmoid(alpha * x)
+    return cx.op("mul", x, cx.op("sigmoid", _scalar_op(cx, "mul", x, cx.attr("alpha", 1.0))))
+
+
+@rule("Shrink")
+def _shrink(cx, ins):
+    x, lambd, bias = ins[0], cx.attr("lambd", 0.5), cx.attr("bias", 0.0)
+    # x + bias below -lambd, x - bias above lambd, 0 between
+    lo = cx.op("less", x, cx.scalar(-lambd, x))
+    hi = cx.op("greater", x, cx.scalar(lambd, x))
+    y = cx.op("where", hi, _scalar_op(cx, "sub", x, bias), cx.scalar(0, x))
+    return cx.op("where", lo, _scalar_op(cx, "add", x, bias), y)
+
+
+@rule("MeanVarianceNormalization")
+def _mvn(cx, ins):
+    x = ins[0]
+    axes = list(cx.attr("axes", [0, 2, 3]))
+    # (x - E[x]) / sqrt(E[(x - E[x])^2]), with ONNX's function's epsilon of 1e-9
+    d = cx.op("sub", x, cx.op("reduce_mean", x, axes=axes, keepdims=True))
+    var = cx.op("reduce_mean", cx.op("mul", d, d), axes=axes, keepdims=True)
+    return cx.op("div", d, cx.op("sqrt", _scalar_op(cx, "add", var, 1e-9)))
+
+
+@rule("LpPool")
+def _lp_pool(cx, ins):
+    x, p = ins[0], cx.attr("p", 2)
+    nd = _rank(x) - 2
+    kernel = list(cx.attr("kernel_shape"))
+    strides = list(cx.attr("strides", [1] * nd))
+    dilations = list(cx.attr("dilations", [1] * nd))
+    if any(d != 1 for d in dilations):
+        raise Unsupported("dilated LpPool")
+    if nd not in (1, 2, 3):
+        raise Unsupported(f"{nd}-d pooling")
+    pads = _auto_pads(cx, x, kernel, strides, dilations)
+    # (sum over the window of |x|^p)^(1/p) = (mean * window size)^(1/p); padding adds 0
+    a = _scalar_op(cx, "pow", cx.op("abs", x), float(p))
+    m = cx.op(f"avg_pool{nd}d", a, kernel=kernel, stride=strides, pad=pads,
+              ceil_mode=bool(cx.attr("ceil_mode", 0)), count_include_pad=True)
+    return _scalar_op(cx, "pow", _scalar_op(cx, "mul", m, float(np.prod(kernel))), 1.0 / p)
+
+
+def _full_rank(vals, axes, rank: int, fill) -> list:
+    out = [fill[i] if isinstance(fill, (list, tuple)) else fill for i in range(rank)]
+    for v, a in zip(vals, axes, strict=True):
+        out[a] = v
+    return out
+
+
+@rule("Resize", "Upsample")
+def _resize(cx, ins):
+    x = ins[0]
+    r = _rank(x)
+    if cx.node.op_type == "Upsample":
+        roi_v, scales_v, sizes_v = None, ins[1], None
+    else:
+        roi_v = ins[1] if len(ins) > 1 else None
+        scales_v = ins[2] if len(ins) > 2 else None
+        sizes_v = ins[3] if len(ins) > 3 else None
+    axes = [_axis(a, r) for a in cx.attr("axes", None) or range(r)]
+    scales = [float(v) for v in cx.array(scales_v, "Resize's scales").reshape(-1)] \
+        if scales_v is not None and np.size(cx.array(scales_v, "Resize's scales")) else []
+    sizes = cx.ints(sizes_v, "Resize's sizes") if sizes_v is not None else []
+    ctm = cx.attr("coordinate_transformation_mode", "half_pixel")
+    roi = []
+    if ctm == "tf_crop_and_resize" and roi_v is not None:
+        rv = [float(v) for v in cx.array(roi_v, "Resize's roi").reshape(-1)]
+        n = len(axes)
+        roi = _full_rank(rv[:n], axes, r, 0.0) + _full_rank(rv[n:], axes, r, 1.0)
+    policy = cx.attr("keep_aspect_ratio_policy", "stretch")
+    attrs = {}
+    if sizes:
+        shape = cx.static_shape(x, "Resize input") if policy != "stretch" else x.type.shape
+        sizes = _full_rank(sizes, axes, r, list(shape))
+        if policy != "stretch":  # one scale for the resized axes, the sizes rounded half up
+            ratios = [sizes[a] / shape[a] for a in axes]
+            s = min(ratios) if policy == "not_larger" else max(ratios)
+            sizes = [int(s * shape[i] + 0.5) if i in axes else shape[i] for i in range(r)]
+            attrs["scales"] = [s if i in axes else 1.0 for i in range(r)]
+        attrs["sizes"] = sizes
+    else:
+        attrs["scales"] = _full_rank(scales, axes, r, 1.0)
+    mode = cx.attr("mode", "nearest")
+    return cx.op("resize", x, mode={"bilinear": "linear", "trilinear": "linear"}.get(mode, mode),
+                 coordinate_transformation_mode=ctm,
+                 nearest_mode=cx.attr("nearest_mode", "round_prefer_floor"),
+                 cubic_coeff_a=cx.attr("cubic_coeff_a", -0.75),
+                 exclude_outside=bool(cx.attr("exclude_outside", 0)),
+                 extrapolation_value=cx.attr("extrapolation_value", 0.0),
+                 antialias=bool(cx.attr("antialias", 0)), roi=roi, **attrs)

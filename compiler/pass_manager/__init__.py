@@ -33,13 +33,14 @@ from rtinfer.pass_manager.registry import (
     register_pipeline,
     unregister_pass,
 )
+from rtinfer.pass_manager.report import MatchReport, RuleReport
 from rtinfer.pass_manager.runner import PipelineResult, optimize, run_pipeline
 
 __all__ = [
-    "Callback", "CheckNumerics", "Decline", "Instrument", "NamedPipeline", "Option", "Pass",
-    "PassContext", "PassInvocation", "PassRecord", "PipelineResult", "PipelineRun", "PrintIR",
-    "RewriteEvent", "Statistics", "Timing", "Verify", "check_requirements", "compare_outputs",
-    "format_pipeline", "get_pass", "get_pipeline", "graph_pass", "invocation", "list_passes",
-    "list_pipelines", "optimize", "parse_pipeline", "register_pass", "register_pipeline",
-    "run_pipeline", "unregister_pass",
+    "Callback", "CheckNumerics", "Decline", "Instrument", "MatchReport", "NamedPipeline",
+    "Option", "Pass", "PassContext", "PassInvocation", "PassRecord", "PipelineResult",
+    "PipelineRun", "PrintIR", "RewriteEvent", "RuleReport", "Statistics", "Timing", "Verify",
+    "check_requirements", "compare_outputs", "format_pipeline", "get_pass", "get_pipeline",
+    "graph_pass", "invocation", "list_passes", "list_pipelines", "optimize", "parse_pipeline",
+    "register_pass", "register_pipeline", "run_pipeline", "unregister_pass",
 ]

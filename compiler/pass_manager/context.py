@@ -50,6 +50,10 @@ class PassContext:
     # Every application, in order (the match report and bisection read the IR texts).
     events: list[RewriteEvent] = field(default_factory=list)
     changed: bool = False
+    # Rules expected to apply (the pass's ``expects``, plus the run's): for these the driver
+    # keeps the closest near miss when the pattern fails, for the match report.
+    expects: set[str] = field(default_factory=set)
+    near_misses: dict[str, Any] = field(default_factory=dict)  # rule -> best rewrite.NearMiss
 
     def stat(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the statistic ``name`` (shown by ``--stats``). A nonzero count does not by
@@ -75,3 +79,9 @@ class PassContext:
 
     def record_decline(self, decline: Decline) -> None:
         self.declines.append(decline)
+
+    def record_near_miss(self, rule: str, miss: Any) -> None:
+        """Keep ``miss`` (a ``rewrite.NearMiss``) if it got deeper than the best so far."""
+        best = self.near_misses.get(rule)
+        if best is None or miss.depth > best.depth:
+            self.near_misses[rule] = miss

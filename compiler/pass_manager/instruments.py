@@ -35,6 +35,9 @@ class PassRecord:
     changed: bool = False
     seconds: float = 0.0
     events: list[RewriteEvent] = field(default_factory=list, repr=False)
+    matches: dict[str, int] = field(default_factory=dict)  # rule -> structural matches
+    expects: tuple[str, ...] = ()  # rules expected to apply (the pass's and the run's)
+    near_misses: dict[str, Any] = field(default_factory=dict)  # rule -> rewrite.NearMiss
 
 
 class PipelineRun:
@@ -250,6 +253,11 @@ class Statistics(Instrument):
                     lines.append(f"    {d.rule}: {d.reason}  [at {d.node}]")
             if not (r.stats or r.applications or r.declines):
                 lines.append("  (no statistics)")
+        from rtinfer.pass_manager.report import MatchReport
+
+        report = MatchReport.from_records(run.records)
+        if report.rules:
+            lines.append(report.text())
         run.write("\n".join(lines))
 
 

@@ -120,6 +120,9 @@ class Pass:
     requires: tuple[str, ...] = ()
     options: dict[str, Option] = field(default_factory=dict)
     version: int = 1
+    # Rules this pass expects to apply on the models it is meant for: the match report shows
+    # the closest near miss of each that did not (see ``PipelineResult.match_report``).
+    expects: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _KEBAB_RE.match(self.name):
@@ -129,6 +132,7 @@ class Pass:
             raise PipelineError(f"pass {self.name!r}: the summary must be one non-empty line")
         self.summary = self.summary.strip()
         self.requires = tuple(self.requires)
+        self.expects = tuple(self.expects)
         for opt in self.options:
             if not _KEBAB_RE.match(opt):
                 raise PipelineError(f"pass {self.name!r}: option name {opt!r} is not kebab-case")
@@ -166,6 +170,7 @@ class Pass:
         """Run the pass alone (no instruments) and return its context (stats, applications)."""
         if ctx is None:
             ctx = PassContext(pass_name=self.name)
+        ctx.expects |= set(self.expects)
         ctx.options = self.resolve_options({**ctx.options, **options})
         self.fn(graph, ctx)
         return ctx
@@ -201,7 +206,7 @@ def _close(name: str, names) -> str:
 
 def register_pass(p: Pass | str, fn: PassFn | None = None, /, *, summary: str = "",
                   requires: Sequence[str] = (), options: dict[str, Option] | None = None,
-                  version: int = 1, replace: bool = False):
+                  version: int = 1, replace: bool = False, expects: Sequence[str] = ()):
     """Register a pass, from inside rtinfer or out. Three spellings::
 
         register_pass(Pass("my-pass", fn, "summary"))          # a record
@@ -217,20 +222,22 @@ def register_pass(p: Pass | str, fn: PassFn | None = None, /, *, summary: str = 
     if fn is None:
         def decorator(f: PassFn) -> Pass:
             return register_pass(p, f, summary=summary, requires=requires, options=options,
-                                 version=version, replace=replace)
+                                 version=version, replace=replace, expects=expects)
         return decorator
     if not summary:
         doc = (fn.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else ""
-    return _add(Pass(p, fn, summary, tuple(requires), dict(options or {}), version), replace)
+    return _add(Pass(p, fn, summary, tuple(requires), dict(options or {}), version,
+                     tuple(expects)), replace)
 
 
 def graph_pass(name: str, *, summary: str = "", requires: Sequence[str] = (),
                options: dict[str, Option] | None = None, version: int = 1,
-               replace: bool = False) -> Callable[[PassFn], Pass]:
+               replace: bool = False, expects: Sequence[str] = ()
+               ) -> Callable[[PassFn], Pass]:
     """Decorator declaring ``def fn(graph, ctx) -> None`` as the pass ``name``."""
     return register_pass(name, summary=summary, requires=requires, options=options,
-                         version=version, replace=replace)
+                         version=version, replace=replace, expects=expects)
 
 
 def _add(p: Pass, replace: bool) -> Pass:

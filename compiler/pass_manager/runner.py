@@ -21,6 +21,7 @@ from rtinfer.pass_manager.instruments import (
     Verify,
 )
 from rtinfer.pass_manager.pipeline import PassInvocation, check_requirements, parse_pipeline
+from rtinfer.pass_manager.report import MatchReport
 
 if TYPE_CHECKING:
     from rtinfer.ir.graph import Graph
@@ -60,6 +61,12 @@ class PipelineResult:
     @property
     def declines(self) -> list[Decline]:
         return [d for r in self.passes for d in r.declines]
+
+    def match_report(self) -> MatchReport:
+        """Per rule: structural matches, applications and declines; for the expected rules
+        that never applied, why (the first decline, or the closest near miss). ``str()`` of
+        it is the text ``--stats`` prints."""
+        return MatchReport.from_records(self.passes)
 
     def stat(self, pass_name: str, key: str) -> int:
         """The statistic ``key`` summed over every run of ``pass_name``."""
@@ -101,14 +108,16 @@ def run_pipeline(graph: Graph, pipeline: Pipeline, *, verify_each: bool = False,
                  print_ir_after_change: bool = False, timing: bool = False,
                  stats: bool = False, check_numerics: bool | dict[str, Any] = False,
                  check_requires: bool = True, full_constants: bool = False,
-                 instruments: Sequence[Instrument] = (),
+                 instruments: Sequence[Instrument] = (), expect: Sequence[str] = (),
                  out: TextIO | None = None) -> PipelineResult:
     """Run ``pipeline`` on ``graph`` in place.
 
     ``check_numerics`` is True or ``{"rtol", "atol", "seed", "dims"}``. ``check_requires``: a pass
     whose ``requires`` did not run earlier in the pipeline is a ``PipelineError`` (nothing is
     inserted for you). Instrument output goes to ``out`` (default: stderr) and to
-    ``result.report``. A pass that raises is reported as ``PassError`` naming it.
+    ``result.report``. A pass that raises is reported as ``PassError`` naming it. ``expect``:
+    rules expected to apply on this graph (``rule`` or ``pass/rule``), on top of those the
+    passes declare; the match report explains the ones that did not.
     """
     invocations = parse_pipeline(pipeline)
     if check_requires:
@@ -123,7 +132,8 @@ def run_pipeline(graph: Graph, pipeline: Pipeline, *, verify_each: bool = False,
         inst.before_pipeline(run)
     print_before = _fingerprint(graph)
     for index, inv in enumerate(invocations):
-        ctx = PassContext(pass_name=inv.name, options=dict(inv.options))
+        ctx = PassContext(pass_name=inv.name, options=dict(inv.options),
+                          expects=set(inv.pass_.expects) | _expected(expect, inv.name))
         for inst in active:
             inst.before_pass(run, inv, ctx)
         start = time.perf_counter()
@@ -139,13 +149,24 @@ def run_pipeline(graph: Graph, pipeline: Pipeline, *, verify_each: bool = False,
         print_before = print_after
         record = PassRecord(index, inv.name, inv.label, dict(inv.options), dict(ctx.stats),
                             dict(ctx.applications), list(ctx.declines), changed, seconds,
-                            list(ctx.events))
+                            list(ctx.events), dict(ctx.matches),
+                            tuple(sorted(ctx.expects)), dict(ctx.near_misses))
         run.records.append(record)
         for inst in active:
             inst.after_pass(run, inv, ctx, record)
     for inst in active:
         inst.after_pipeline(run)
     return PipelineResult(graph, run.records, run.report)
+
+
+def _expected(expect: Sequence[str], pass_name: str) -> set[str]:
+    """The rules of ``expect`` (``rule`` or ``pass/rule``) that concern ``pass_name``."""
+    out = set()
+    for e in expect:
+        owner, sep, rule = e.rpartition("/")
+        if not sep or owner == pass_name:
+            out.add(rule)
+    return out
 
 
 def optimize(graph: Graph, pipeline: Pipeline, **instrument_options: Any) -> Graph:

@@ -7,11 +7,13 @@ from rtinfer.rewrite.pattern import (
     Const,
     ConstValue,
     Match,
+    NearMiss,
     OpBuilder,
     OpPattern,
     P,
     Pattern,
     Var,
+    explain_mismatch,
     match,
     match_node,
     ops,
@@ -20,7 +22,7 @@ from rtinfer.rewrite.pattern import (
 from rtinfer.rewrite.rewriter import Rewriter
 
 __all__ = [
-    "Action", "ActionResult", "AnyValue", "Const", "ConstValue", "Match", "OpBuilder",
-    "OpPattern", "P", "Pattern", "Rewriter", "Rule", "RuleSet", "Var", "match", "match_node",
-    "ops", "trace",
+    "Action", "ActionResult", "AnyValue", "Const", "ConstValue", "Match", "NearMiss", "OpBuilder",
+    "OpPattern", "P", "Pattern", "Rewriter", "Rule", "RuleSet", "Var", "explain_mismatch", "match",
+    "match_node", "ops", "trace",
 ]

@@ -33,6 +33,7 @@ from rtinfer.rewrite.pattern import (
     OpPattern,
     capture_names,
     check_pattern,
+    explain_mismatch,
     match_node,
 )
 from rtinfer.rewrite.rewriter import Rewriter
@@ -134,6 +135,12 @@ class RuleSet:
                     return count
                 m = match_node(rule.pattern, node)
                 if m is None:
+                    if rule.name in ctx.expects:
+                        miss = explain_mismatch(rule.pattern, node, rw.value_text)
+                        best = ctx.near_misses.get(rule.name)
+                        if best is None or miss.depth > best.depth:
+                            miss.node = rw.text(node)
+                            ctx.record_near_miss(rule.name, miss)
                     continue
                 ctx.matches[rule.name] += 1
                 applied = _apply(rule, m, rw)

@@ -495,3 +495,98 @@ def _attr_equal(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:
         return False
+
+
+# -- near misses --------------------------------------------------------------------------------
+
+
+@dataclass
+class NearMiss:
+    """How far a pattern got at a node: ``depth`` op patterns matched before ``reason``."""
+
+    depth: int
+    reason: str
+    node: str = ""  # IR text of the root tried
+
+
+def explain_mismatch(pattern: OpPattern, node: Node,
+                     name: Callable[[Value], str] | None = None) -> NearMiss:
+    """The deepest partial match of ``pattern`` at ``node`` and what failed there (for the match
+    report: "op mul expected, found add at %12"). Greedy: bindings are checked along the path
+    tried, commutative operands in both orders."""
+    name = name or (lambda v: f"%{v.name or v._id}")
+    depth, reason = _explain_op(pattern, node, {}, name)
+    return NearMiss(depth, reason or "matches")
+
+
+def _where(node: Node, name: Callable[[Value], str]) -> str:
+    outs = ", ".join(name(v) for v in node.outputs)
+    return f"{node.op} at {outs}" if outs else node.op
+
+
+def _explain_op(p: OpPattern, node: Node, b: dict, name: Callable[[Value], str]
+                ) -> tuple[int, str | None]:
+    ops = "|".join(sorted(p.ops))
+    if node.op not in p.ops:
+        return 0, f"op {ops} expected, found {_where(node, name)}"
+    n_in = len(p.inputs)
+    if len(node.inputs) < n_in or (len(node.inputs) > n_in and not p.rest):
+        return 0, (f"{n_in}{'+' if p.rest else ''} inputs expected, found "
+                   f"{len(node.inputs)} at {_where(node, name)}")
+    for k, want in p.attrs.items():
+        if k not in node.attrs or not _attr_ok(want, node.attrs[k]):
+            return 0, (f"attribute {k}={_attr_str(want)} expected, found "
+                       f"{k}={node.attrs.get(k)!r} at {_where(node, name)}")
+    if p.where is not None and not p.where(node):
+        return 0, (f"condition {getattr(p.where, '__name__', '<where>')} failed at "
+                   f"{_where(node, name)}")
+    if id(p) in b and b[id(p)] is not node:
+        return 0, f"the same node as before expected, found {_where(node, name)}"
+    b = {**b, id(p): node}
+    orders = [tuple(range(n_in))]
+    if n_in == 2 and len(node.inputs) == 2 and get_op(node.op).has(COMMUTATIVE):
+        orders.append((1, 0))
+    best: tuple[int, str | None] = (1, None)
+    for order in orders:
+        depth, why, bb = 1, None, dict(b)
+        for q, i in zip(p.inputs, order, strict=True):
+            d, why = _explain_value(q, node.inputs[i], bb, name)
+            depth += d
+            if why is not None:
+                break
+        if why is None:
+            return depth, None
+        if best[1] is None or depth > best[0]:
+            best = (depth, why)
+    return best
+
+
+def _explain_value(p: Pattern, v: Value, b: dict, name: Callable[[Value], str]
+                   ) -> tuple[int, str | None]:
+    where = v.producer and _where(v.producer, name) or f"the input {name(v)}"
+    if isinstance(p, AnyValue):
+        return 0, None
+    if isinstance(p, Var):
+        if p.where is not None and not p.where(v):
+            return 0, f"condition on {p.name} failed for {name(v)}"
+        if p.name in b and b[p.name] is not v:
+            return 0, f"{p.name} bound to {name(b[p.name])} and to {name(v)}"
+        b[p.name] = v
+        return 0, None
+    if isinstance(p, (Const, ConstValue)):
+        if not v.is_const:
+            return 0, f"a constant ({p}) expected, found {where}"
+        if isinstance(p, ConstValue) and not p.accepts(v.const_data):
+            return 0, f"a constant equal to {p.value!r} expected, found {name(v)}"
+        if isinstance(p, Const) and p.where is not None and not (
+                isinstance(v.const_data, np.ndarray) and p.where(v.const_data)):
+            return 0, f"condition on constant {p} failed for {name(v)}"
+        return 0, None
+    if isinstance(p, OpPattern):
+        if v.producer is None:
+            return 0, f"op {'|'.join(sorted(p.ops))} expected, found {where}"
+        if p.one_use and (len(v.uses) != 1 or v.producer.graph is not None
+                          and v.producer.graph.is_output(v)):
+            return 0, f"{name(v)} has other users (the pattern needs its only use)"
+        return _explain_op(p, v.producer, b, name)
+    return 0, f"unknown pattern {p!r}"

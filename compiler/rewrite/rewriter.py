@@ -208,6 +208,12 @@ class Rewriter:
         if old.producer is not None:
             self.touched.append(old.producer)
 
+    def move_before(self, node: Node, before: Node) -> None:
+        """Move ``node`` to just before ``before`` (the caller keeps the order topological)."""
+        self._will_mutate()
+        self._edits += 1
+        self.graph.move_before(node, before)
+
     def erase(self, node: Node) -> None:
         """Remove ``node``; its outputs must be unused."""
         self._will_mutate()

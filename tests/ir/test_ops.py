@@ -490,6 +490,155 @@ CASES += [
 ]
 
 
+def _body(text: str) -> Graph:
+    from rtinfer.ir.parser import parse
+
+    return parse(text)
+
+
+# fuse-elementwise: a subgraph as one node (two results: an intermediate used outside stays one)
+CASES += [
+    Case("fused_elementwise", [rand(2, 3, 4), rand(3, 1)],
+         {"body": _body("""
+             func @body(%a: f32[2,3,4], %b: f32[3,1]) -> (f32[2,3,4], f32[2,3,4]) {
+               %c = const f32[] dense<0.5>
+               %m = mul(%a, %b)
+               %s = add(%m, %c)
+               %r = relu(%s)
+               return %r, %m
+             }""")},
+         lambda a, b: [F.relu(a * b + 0.5), a * b]),
+]
+
+# layout="NHWC": x and the result channels last, weights and per-channel parameters unchanged
+_NHWC = (0, 2, 3, 1)
+CASES += [
+    Case("conv2d", [rand(2, 6, 6, 3), rand(4, 3, 3, 3), rand(4)],
+         {"pad": [1], "stride": [2], "layout": "NHWC"},
+         lambda x, w, b: F.conv2d(x.permute(0, 3, 1, 2), w, b, stride=2, padding=1)
+         .permute(*_NHWC), id="conv2d-nhwc"),
+    Case("fused_conv2d", [rand(2, 6, 6, 3), rand(4, 3, 3, 3), rand(4), rand(2, 6, 6, 4)],
+         {"pad": [1], "activation": "relu", "residual": "pre", "layout": "NHWC"},
+         lambda x, w, b, r: F.relu(F.conv2d(x.permute(0, 3, 1, 2), w, b, padding=1)
+                                   .permute(*_NHWC) + r), id="fused_conv2d-nhwc"),
+    Case("max_pool2d", [rand(2, 6, 6, 3)], {"kernel": [2], "layout": "NHWC"},
+         lambda x: F.max_pool2d(x.permute(0, 3, 1, 2), 2).permute(*_NHWC), id="max_pool2d-nhwc"),
+    Case("avg_pool2d", [rand(2, 6, 6, 3)], {"kernel": [3], "stride": [1], "layout": "NHWC"},
+         lambda x: F.avg_pool2d(x.permute(0, 3, 1, 2), 3, 1).permute(*_NHWC),
+         id="avg_pool2d-nhwc"),
+    Case("global_avg_pool2d", [rand(2, 5, 4, 3)], {"layout": "NHWC"},
+         lambda x: x.mean(dim=(1, 2), keepdim=True), id="global_avg_pool2d-nhwc"),
+    Case("adaptive_avg_pool2d", [rand(2, 6, 6, 3)], {"output_size": [2, 3], "layout": "NHWC"},
+         lambda x: F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), (2, 3)).permute(*_NHWC),
+         id="adaptive_avg_pool2d-nhwc"),
+    Case("batch_norm", [rand(2, 4, 4, 3), rand(3), pos(3), rand(3), rand(3)],
+         {"eps": 1e-3, "layout": "NHWC"},
+         lambda x, m, v, g, b: F.batch_norm(x.permute(0, 3, 1, 2), m, v, g, b, eps=1e-3)
+         .permute(*_NHWC), id="batch_norm-nhwc"),
+]
+
+
+def _onnx_resize(x: torch.Tensor, sizes, scales=None, roi=None, **attrs) -> np.ndarray:
+    """ONNX's own reference Resize (onnx.reference), the oracle where torch has no equivalent."""
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {"x": x.numpy(), "roi": np.asarray(roi or [], np.float32),
+             "scales": np.asarray(scales or [], np.float32)}
+    if sizes is not None:
+        feeds["sizes"] = np.asarray(sizes, np.int64)
+    node = helper.make_node("Resize", list(feeds), ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [
+        helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        for k, v in feeds.items()], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    return ReferenceEvaluator(model).run(None, feeds)[0]
+
+
+# trigonometry, bitwise ops, indexing, scatter, einsum, resize, 3-d windows (ONNX coverage)
+CASES += [Case(n, [rand(3, 5, lo=-0.9, hi=0.9)], {}, fn) for n, fn in [
+    ("tan", torch.tan), ("asin", torch.asin), ("acos", torch.acos), ("atan", torch.atan),
+    ("sinh", torch.sinh), ("cosh", torch.cosh), ("asinh", torch.asinh),
+    ("atanh", torch.atanh)]]
+U8 = np.uint8
+CASES += [
+    Case("acosh", [rand(3, 5, lo=1.0, hi=4.0)], {}, torch.acosh),
+    Case("bitwise_not", [ints(3, 5, lo=-100, hi=100, dtype=np.int32)], {}, torch.bitwise_not),
+    Case("bitwise_and", [ints(3, 5, lo=0, hi=255, dtype=U8), ints(5, lo=0, hi=255, dtype=U8)],
+         {}, torch.bitwise_and),
+    Case("bitwise_or", [ints(3, 5, lo=-99, hi=99), ints(5, lo=-99, hi=99)], {},
+         torch.bitwise_or),
+    Case("bitwise_xor", [ints(3, 5, lo=0, hi=255, dtype=U8), ints(3, 5, lo=0, hi=255, dtype=U8)],
+         {}, torch.bitwise_xor),
+    Case("shift_left", [ints(3, 5, lo=0, hi=255, dtype=U8), ints(5, lo=0, hi=8, dtype=U8)], {},
+         torch.bitwise_left_shift),
+    Case("shift_right", [ints(3, 5, lo=0, hi=255, dtype=U8), ints(5, lo=0, hi=8, dtype=U8)], {},
+         torch.bitwise_right_shift),
+    Case("cumprod", [rand(3, 5, lo=0.5, hi=1.5)], {"axis": 1}, lambda x: torch.cumprod(x, 1)),
+    Case("topk", [rand(4, 7)], {"k": 3}, lambda x: list(torch.topk(x, 3))),
+    Case("topk", [rand(6, 3)], {"k": 2, "axis": 0, "largest": False},
+         lambda x: list(torch.topk(x, 2, dim=0, largest=False)), id="topk-smallest"),
+    Case("hardmax", [rand(3, 6)], {"axis": 1},
+         lambda x: F.one_hot(x.argmax(1), 6).to(x.dtype)),
+    Case("scatter_elements", [rand(4, 5), np.array([[1, 0, 3], [2, 2, 0]]), rand(2, 3)],
+         {"axis": 0}, lambda x, i, u: x.scatter(0, i, u)),
+    Case("scatter_elements", [rand(4, 5), np.array([[1, 1], [4, 0]]), rand(2, 2)],
+         {"axis": 1, "reduction": "add"},
+         lambda x, i, u: x.scatter_add(1, i, u), id="scatter_elements-add"),
+    Case("scatter_nd", [rand(4, 3), np.array([[2], [0]]), rand(2, 3)], {},
+         lambda x, i, u: x.index_put((i[:, 0],), u)),
+    Case("scatter_nd", [rand(4, 3), np.array([[1, 2], [1, 2], [3, 0]]), rand(3)],
+         {"reduction": "add"}, lambda x, i, u: x.index_put((i[:, 0], i[:, 1]), u, accumulate=True),
+         id="scatter_nd-add"),
+    Case("gather_nd", [rand(4, 3, 2), np.array([[1, 2], [3, 0]])], {},
+         lambda x, i: x[i[:, 0], i[:, 1]]),
+    Case("gather_nd", [rand(2, 3, 4), np.array([[1], [2]])], {"batch_dims": 1},
+         lambda x, i: x[torch.arange(2), i[:, 0]], id="gather_nd-batch"),
+    Case("einsum", [rand(2, 3, 4), rand(2, 4, 5)], {"equation": "bij,bjk->bik"},
+         lambda a, b: torch.einsum("bij,bjk->bik", a, b)),
+    Case("einsum", [rand(3, 3)], {"equation": "ii"}, lambda a: torch.einsum("ii", a),
+         id="einsum-trace"),
+    Case("einsum", [rand(2, 3, 4), rand(4)], {"equation": "...j,j"},
+         lambda a, b: torch.einsum("...j,j", a, b), id="einsum-ellipsis"),
+    Case("resize", [rand(1, 2, 3, 4)], {"scales": [1.0, 1.0, 2.0, 2.0],
+                                        "coordinate_transformation_mode": "asymmetric",
+                                        "nearest_mode": "floor"},
+         lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest")),
+    Case("resize", [rand(1, 2, 4, 5)], {"sizes": [1, 2, 7, 3], "mode": "linear",
+                                        "coordinate_transformation_mode": "pytorch_half_pixel"},
+         lambda x: F.interpolate(x, size=(7, 3), mode="bilinear"), id="resize-linear-sizes"),
+    Case("resize", [rand(1, 2, 4, 5)], {"sizes": [1, 2, 8, 9], "mode": "linear",
+                                        "coordinate_transformation_mode": "align_corners"},
+         lambda x: F.interpolate(x, size=(8, 9), mode="bilinear", align_corners=True),
+         id="resize-align-corners"),
+    Case("resize", [rand(1, 2, 5, 6)], {"scales": [1.0, 1.0, 2.0, 2.0], "mode": "cubic"},
+         lambda x: F.interpolate(x, scale_factor=2.0, mode="bicubic"), id="resize-cubic"),
+    Case("resize", [rand(1, 2, 8, 8)], {"sizes": [1, 2, 3, 5], "mode": "linear",
+                                        "antialias": True},
+         lambda x: _onnx_resize(x, [1, 2, 3, 5], mode="linear", antialias=1),
+         id="resize-antialias"),  # torch's antialias kernel is PIL's, not ONNX's
+    Case("resize", [rand(1, 1, 4, 5)], {"sizes": [1, 1, 3, 3], "mode": "linear",
+                                        "coordinate_transformation_mode": "tf_crop_and_resize",
+                                        "roi": [0, 0, 0.2, 0.1, 1, 1, 0.9, 0.7],
+                                        "extrapolation_value": 10.0},
+         lambda x: _onnx_resize(x, [1, 1, 3, 3], None, [0, 0, 0.2, 0.1, 1, 1, 0.9, 0.7],
+                                mode="linear", extrapolation_value=10.0,
+                                coordinate_transformation_mode="tf_crop_and_resize"),
+         id="resize-tf-crop"),
+    Case("conv3d", [rand(2, 3, 5, 6, 4), rand(4, 3, 3, 2, 3), rand(4)],
+         {"stride": [1, 2, 1], "pad": [1, 0, 1]},
+         lambda x, w, b: F.conv3d(x, w, b, (1, 2, 1), (1, 0, 1))),
+    Case("conv_transpose3d", [rand(1, 4, 3, 4, 3), rand(4, 2, 2, 3, 2), rand(2)],
+         {"stride": [2]}, lambda x, w, b: F.conv_transpose3d(x, w, b, 2)),
+    Case("max_pool3d", [rand(2, 3, 5, 6, 7)], {"kernel": [2, 3, 2], "stride": [2],
+                                               "pad": [1, 1, 0, 1, 1, 0]},
+         lambda x: F.max_pool3d(x, (2, 3, 2), 2, (1, 1, 0))),
+    Case("avg_pool3d", [rand(2, 3, 5, 6, 7)], {"kernel": [3], "stride": [2], "pad": [1],
+                                               "count_include_pad": False},
+         lambda x: F.avg_pool3d(x, 3, 2, 1, count_include_pad=False)),
+]
+
+
 def _case_id(c: Case) -> str:
     return c.id or c.op
 
@@ -559,6 +708,11 @@ SYMBOLIC = [
      [f32(B, 16, sympy.floor(H / 2), sympy.floor(W / 2))]),
     ("global_avg_pool2d", [f32(B, 16, H, W)], {}, [f32(B, 16, 1, 1)]),
     ("interpolate", [f32(B, 3, H, W)], {"scale": [2.0]}, [f32(B, 3, 2 * H, 2 * W)]),
+    ("resize", [f32(B, 3, H, W)], {"scales": [1.0, 1.0, 2.0, 0.5]},
+     [f32(B, 3, 2 * H, sympy.floor(W / 2))]),
+    ("einsum", [f32(B, S, 8), f32(8, 4)], {"equation": "bsk,kn->bsn"}, [f32(B, S, 4)]),
+    ("gather_nd", [f32(B, 5, 8), TensorType(DType.i64, (B, 3, 1))], {"batch_dims": 1},
+     [f32(B, 3, 8)]),
     ("reduce_mean", [f32(B, S, 64)], {"axes": [-1], "keepdims": True}, [f32(B, S, 1)]),
     ("reduce_sum", [f32(B, S, 64)], {"axes": [0, 1]}, [f32(64)]),
     ("argmax", [f32(B, S, 10)], {"axis": -1}, [TensorType(DType.i64, (B, S))]),
@@ -730,6 +884,8 @@ def test_elementwise_ops_keep_0d_shapes():
         if not (opdef.has("elementwise") and opdef.infer.__module__.endswith("elementwise")):
             continue
         value = np.array(True) if opdef.name.startswith("logical") else np.array(0.5, np.float32)
+        if opdef.name.startswith(("bitwise", "shift")):
+            value = np.array(3, np.int32)
         arrays = [value] * opdef.n_required
         if opdef.name == "where":
             arrays[0] = np.array(True)

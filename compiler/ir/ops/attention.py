@@ -54,9 +54,12 @@ def _sdpa_ref(q, k, v, mask, scale: float, causal: bool) -> np.ndarray:
         s = np.where(np.tril(np.ones(s.shape[-2:], dtype=bool)), s, -np.inf)
     if mask is not None:
         s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + upcast(mask)
-    with np.errstate(invalid="ignore"):  # fully masked rows give NaN, as in torch
-        s = np.exp(s - s.max(axis=-1, keepdims=True))
-        p = s / s.sum(axis=-1, keepdims=True)
+    # fully masked rows (every score -inf) give zeros, as torch's SDPA does since 2.5
+    # (_safe_softmax); torch.onnx spells the same as where(isnan(p), 0, p)
+    dead = np.all(s == -np.inf, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        s = np.exp(s - np.where(dead, 0.0, s.max(axis=-1, keepdims=True)))
+        p = np.where(dead, 0.0, s / s.sum(axis=-1, keepdims=True))
     return np.matmul(p, upcast(v)).astype(q.dtype, copy=False)
 
 
@@ -87,4 +90,4 @@ op("scaled_dot_product_attention", ["q", "k", "v", "mask?"], _sdpa_infer, _sdpa_
    traits=[OPAQUE], channels=_sdpa_channels,
    doc="softmax(q @ k^T * scale + mask) @ v over [..., L, E], [..., S, E], [..., S, Ev] "
        "(torch SDPA; scale 0 = 1/sqrt(E); a bool mask keeps where true, a float mask adds; "
-       "causal masks j > i and combines with mask)")
+       "causal masks j > i and combines with mask; a fully masked row gives zeros, as in torch)")

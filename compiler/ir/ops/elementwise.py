@@ -33,7 +33,7 @@ from rtinfer.ir.ops.registry import (
 )
 from rtinfer.ir.types import DType, TensorType
 
-# What an op accepts: "float", "numeric" (not bool), "bool", or "any".
+# What an op accepts: "float", "numeric" (not bool), "bool", "int", or "any".
 Accept = str
 
 
@@ -44,6 +44,8 @@ def _check_dtype(t: TensorType, accept: Accept, what: str = "input") -> None:
         need_numeric(t, what)
     elif accept == "bool" and t.dtype is not DType.bool:
         raise IRError(f"{what} must be bool, got {t.dtype}")
+    elif accept == "int" and not t.dtype.is_int:
+        raise IRError(f"{what} must be an integer tensor, got {t.dtype}")
 
 
 def unary(name: str, ref: Callable[..., np.ndarray], *, accept: Accept = "float",
@@ -146,6 +148,15 @@ unary("erf", _erf, doc="the error function")
 unary("floor", np.floor, doc="round toward -inf")
 unary("ceil", np.ceil, doc="round toward +inf")
 unary("round", np.round, doc="round half to even (torch.round)")
+unary("tan", np.tan, doc="tangent")
+unary("asin", np.arcsin, doc="arcsine (NaN outside [-1, 1])")
+unary("acos", np.arccos, doc="arccosine (NaN outside [-1, 1])")
+unary("atan", np.arctan, doc="arctangent")
+unary("sinh", np.sinh, doc="hyperbolic sine")
+unary("cosh", np.cosh, doc="hyperbolic cosine")
+unary("asinh", np.arcsinh, doc="inverse hyperbolic sine")
+unary("acosh", np.arccosh, doc="inverse hyperbolic cosine (NaN below 1)")
+unary("atanh", np.arctanh, doc="inverse hyperbolic tangent (NaN outside [-1, 1])")
 
 # -- any dtype --------------------------------------------------------------------------------
 
@@ -203,6 +214,17 @@ binary("greater", np.greater, out_dtype=DType.bool, doc="a > b -> bool")
 binary("greater_equal", np.greater_equal, out_dtype=DType.bool, doc="a >= b -> bool")
 binary("logical_and", np.logical_and, accept="bool", commutative=True, doc="a and b (bool)")
 binary("logical_or", np.logical_or, accept="bool", commutative=True, doc="a or b (bool)")
+
+# -- bitwise (integers) -----------------------------------------------------------------------
+
+unary("bitwise_not", np.invert, accept="int", doc="~x, every bit flipped (two's complement)")
+binary("bitwise_and", np.bitwise_and, accept="int", commutative=True, doc="a & b")
+binary("bitwise_or", np.bitwise_or, accept="int", commutative=True, doc="a | b")
+binary("bitwise_xor", np.bitwise_xor, accept="int", commutative=True, doc="a ^ b")
+binary("shift_left", np.left_shift, accept="int",
+       doc="a << b (bits shifted past the top are lost; ONNX BitShift LEFT)")
+binary("shift_right", np.right_shift, accept="int",
+       doc="a >> b (arithmetic for signed a, logical for unsigned; ONNX BitShift RIGHT)")
 
 
 def _where_infer(ins: list[TensorType], attrs: dict) -> TensorType:

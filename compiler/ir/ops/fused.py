@@ -42,7 +42,7 @@ import numpy as np
 from rtinfer.errors import IRError
 from rtinfer.ir.ops import elementwise, linalg, nn  # noqa: F401  (the ops fused here)
 from rtinfer.ir.ops.common import need_float
-from rtinfer.ir.ops.registry import OUT_FUSABLE, Attr, PortAxis, get_op, op
+from rtinfer.ir.ops.registry import BROADCAST, OUT_FUSABLE, Attr, PortAxis, get_op, op
 from rtinfer.ir.types import TensorType, dims_equal
 
 # activation -> (the op-table op, its attributes from (alpha, beta), the attributes used)
@@ -176,3 +176,48 @@ _fused_heavy("matmul", bias_inline=False)
 
 FUSED_OPS = {"conv1d": "fused_conv1d", "conv2d": "fused_conv2d", "linear": "fused_linear",
              "matmul": "fused_matmul"}
+
+
+# -- fused_elementwise: a subgraph of elementwise/broadcast ops as one node --------------------
+
+
+def _fused_elementwise_infer(ins: list[TensorType], attrs: dict) -> list[TensorType]:
+    body = attrs["body"]
+    if len(ins) != len(body.inputs):
+        raise IRError(f"the body takes {len(body.inputs)} inputs, the node has {len(ins)}")
+    for i, (t, v) in enumerate(zip(ins, body.inputs, strict=True)):
+        if t != v.type:
+            raise IRError(f"input {i} is {t} but the body's parameter {i} is {v.type}")
+    if not body.outputs:
+        raise IRError("the body returns nothing")
+    return [v.type for v in body.outputs]
+
+
+def _fused_elementwise_ref(xs: list[np.ndarray], body: Any) -> list[np.ndarray]:
+    from rtinfer.ir.interpreter import interpret_values
+
+    values = interpret_values(body, xs)
+    return [values[v] for v in body.outputs]
+
+
+def _fused_elementwise_channels(ins: list[TensorType], attrs: dict
+                                ) -> list[frozenset[PortAxis]] | None:
+    """As an elementwise op when there is one output of the inputs' broadcast shape (every
+    axis then flows straight through the body's elementwise/broadcast ops); otherwise the
+    node blocks channel pruning."""
+    from rtinfer.ir.ops.common import broadcast_shapes
+    from rtinfer.ir.ops.registry import elementwise_channels
+
+    outs = attrs["body"].outputs
+    if len(outs) != 1 or not ins:
+        return None
+    shape = broadcast_shapes(*(t.shape for t in ins))
+    if len(shape) != outs[0].type.rank or not all(map(dims_equal, shape, outs[0].type.shape)):
+        return None
+    return elementwise_channels(ins, attrs)
+
+
+op("fused_elementwise", ["*xs"], _fused_elementwise_infer, _fused_elementwise_ref,
+   attrs={"body": Attr("graph")}, traits=[BROADCAST], channels=_fused_elementwise_channels,
+   doc="the elementwise/broadcast subgraph `body` (a func over the node's inputs, one result "
+       "per output) as one node; made by fuse-elementwise, interpreted op by op")

@@ -1,4 +1,5 @@
-"""Matrix products: matmul (numpy semantics), bmm (strict 3-d) and linear (torch F.linear)."""
+"""Matrix products: matmul (numpy semantics), bmm (strict 3-d), linear (torch F.linear) and
+einsum (numpy einsum over an equation)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from rtinfer.ir.ops.common import (
     same_dtype,
     upcast,
 )
-from rtinfer.ir.ops.registry import OUT_FUSABLE, PortAxis, op
+from rtinfer.ir.ops.registry import OPAQUE, OUT_FUSABLE, Attr, PortAxis, op
 from rtinfer.ir.types import TensorType, dims_equal
 
 
@@ -114,3 +115,60 @@ def _linear_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortA
 
 op("linear", ["x", "weight", "bias?"], _linear_infer, _linear_ref, traits=[OUT_FUSABLE],
    channels=_linear_channels, doc="x @ weight.T + bias, weight [out, in] (torch F.linear)")
+
+
+def _einsum_terms(eq: str, ins: list[TensorType]) -> tuple[list[str], str]:
+    """Input subscripts with ``...`` expanded to upper-case letters, and the output's
+    (implicit form: the letters used once, sorted, after the broadcast axes)."""
+    eq = eq.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ins):
+        raise IRError(f"equation {eq!r} has {len(terms)} operands, got {len(ins)} inputs")
+    n_ell = max((t.rank - len(s.replace("...", "")) for s, t in zip(terms, ins, strict=True)
+                 if "..." in s), default=0)
+    ell = "".join(chr(ord("A") + i) for i in range(n_ell))
+    out = []
+    for s, t in zip(terms, ins, strict=True):
+        if not s.replace("...", "").isalpha() and s.replace("...", ""):
+            raise IRError(f"bad subscripts {s!r} in {eq!r}")
+        k = t.rank - len(s.replace("...", ""))
+        s = s.replace("...", ell[n_ell - k:]) if "..." in s else s
+        if len(s) != t.rank:
+            raise IRError(f"subscripts {s!r} do not match {t}")
+        out.append(s)
+    if arrow:
+        res = rhs.replace("...", ell)
+    else:
+        letters = "".join(out)
+        res = ell + "".join(sorted(c for c in set(letters) if c.islower()
+                                   and letters.count(c) == 1))
+    return out, res
+
+
+def _einsum_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    dt = same_dtype(ins)
+    need_numeric(ins[0], "inputs")
+    need_no_quant(ins)
+    terms, res = _einsum_terms(attrs["equation"], ins)
+    size: dict[str, object] = {}
+    for s, t in zip(terms, ins, strict=True):
+        for c, d in zip(s, t.shape, strict=True):
+            if c not in size or size[c] == 1:
+                size[c] = d
+            elif d != 1 and not dims_equal(size[c], d):
+                raise IRError(f"subscript {c} is {size[c]} and {d} in {attrs['equation']!r}")
+    if len(set(res)) != len(res) or any(c not in size for c in res):
+        raise IRError(f"bad output subscripts {res!r} in {attrs['equation']!r}")
+    return TensorType(dt, tuple(size[c] for c in res))
+
+
+def _einsum_ref(xs: list[np.ndarray], equation: str) -> np.ndarray:
+    out = np.einsum(equation, *[upcast(x) for x in xs])
+    return np.asarray(out).astype(xs[0].dtype, copy=False)
+
+
+op("einsum", ["*xs"], _einsum_infer, _einsum_ref, attrs={"equation": Attr("str")},
+   traits=[OPAQUE],
+   doc="Einstein summation over the inputs by equation, as numpy.einsum (explicit '->' or "
+       "implicit output, '...' broadcasts) (ONNX Einsum, torch.einsum)")

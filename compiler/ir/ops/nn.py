@@ -29,6 +29,7 @@ from rtinfer.ir.ops.common import (
     torch_float,
     upcast,
 )
+from rtinfer.ir.ops.layouts import LAYOUT_ATTR, with_layout
 from rtinfer.ir.ops.registry import OPAQUE, OUT_FUSABLE, Attr, PortAxis, op
 from rtinfer.ir.types import Dim, TensorType, dims_equal, make_dim
 
@@ -122,10 +123,15 @@ def _conv(nd: int) -> None:
             return [batch, frozenset({("in", 0, 1), ("in", 1, 0), ("out", 0, 1)} | bias)]
         return [batch]  # grouped: channels couple per group, not index by index
 
-    op(f"conv{nd}d", ["x", "weight", "bias?"], infer, ref, attrs=_conv_attrs(nd),
+    attrs = _conv_attrs(nd)
+    if nd == 2:  # layout="NHWC": x and the result channels last (compiler/ir/ops/layouts.py)
+        attrs["layout"] = LAYOUT_ATTR
+        infer, ref, channels = with_layout(infer, ref, channels)
+    op(f"conv{nd}d", ["x", "weight", "bias?"], infer, ref, attrs=attrs,
        traits=[OUT_FUSABLE], channels=channels,
        doc=f"{nd}-d cross-correlation of x {_SPATIAL[nd]} with weight "
-           f"[O, C/groups, {', '.join('k' * nd)}] (torch F.conv{nd}d, ONNX pads)")
+           f"[O, C/groups, {', '.join('k' * nd)}] (torch F.conv{nd}d, ONNX pads)"
+           + ("; layout=NHWC: x and y channels last" if nd == 2 else ""))
 
 
 def _conv_transpose(nd: int) -> None:
@@ -156,7 +162,7 @@ def _conv_transpose(nd: int) -> None:
     def ref(x, w, b, stride, pad, output_padding, dilation, groups):
         stride, pads, dilation = _window(dict(stride=stride, pad=pad, dilation=dilation), nd)
         opad = expand_ints(output_padding, nd, "output_padding")
-        fn = F.conv_transpose1d if nd == 1 else F.conv_transpose2d
+        fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
         y = fn(torch_float(x), torch_float(w), None, stride, 0, 0, groups, dilation)
         # full output, zero-extended by output_padding at the end, then cropped by the pads
         y = F.pad(y, [p for i in reversed(range(nd)) for p in (0, opad[i])])
@@ -186,7 +192,7 @@ def _conv_transpose(nd: int) -> None:
            f"F.conv_transpose{nd}d; ONNX pads may be asymmetric)")
 
 
-for _nd in (1, 2):
+for _nd in (1, 2, 3):
     _conv(_nd)
     _conv_transpose(_nd)
 
@@ -266,13 +272,17 @@ def _pool(nd: int, kind: str) -> None:
     if kind == "avg":
         attrs["count_include_pad"] = Attr("bool", True)
     what = ("maximum" if kind == "max" else "average")
+    channels = lambda ins, a: _nc_groups(2)  # noqa: E731
+    if nd == 2:
+        attrs["layout"] = LAYOUT_ATTR
+        infer, ref, channels = with_layout(infer, ref, channels)
     op(f"{kind}_pool{nd}d", ["x"], infer, ref, attrs=attrs, traits=[OUT_FUSABLE],
-       channels=lambda ins, a: _nc_groups(2),
+       channels=channels,
        doc=f"{nd}-d {what} pooling over x {_SPATIAL[nd]}; stride [] means stride = kernel "
            f"(torch F.{kind}_pool{nd}d)")
 
 
-for _nd in (1, 2):
+for _nd in (1, 2, 3):
     _pool(_nd, "max")
     _pool(_nd, "avg")
 
@@ -292,9 +302,10 @@ def _adaptive_ref(x: np.ndarray, output_size: tuple[int, ...]) -> np.ndarray:
     return to_numpy(y).astype(x.dtype, copy=False)
 
 
-op("adaptive_avg_pool2d", ["x"], _adaptive_infer, _adaptive_ref,
-   attrs={"output_size": Attr("ints")}, traits=[OUT_FUSABLE],
-   channels=lambda ins, a: _nc_groups(2),
+_adaptive = with_layout(_adaptive_infer, _adaptive_ref, lambda ins, a: _nc_groups(2))
+op("adaptive_avg_pool2d", ["x"], _adaptive[0], _adaptive[1],
+   attrs={"output_size": Attr("ints"), "layout": LAYOUT_ATTR}, traits=[OUT_FUSABLE],
+   channels=_adaptive[2],
    doc="average pooling to a fixed output_size [oh, ow] (torch F.adaptive_avg_pool2d)")
 
 
@@ -304,9 +315,11 @@ def _global_infer(ins: list[TensorType], attrs: dict) -> TensorType:
     return ins[0].with_shape(ins[0].shape[:2] + (1, 1))
 
 
-op("global_avg_pool2d", ["x"], _global_infer,
-   lambda x: upcast(x).mean(axis=(2, 3), keepdims=True).astype(x.dtype),
-   traits=[OUT_FUSABLE], channels=lambda ins, a: _nc_groups(2),
+_global = with_layout(_global_infer,
+                      lambda x: upcast(x).mean(axis=(2, 3), keepdims=True).astype(x.dtype),
+                      lambda ins, a: _nc_groups(2))
+op("global_avg_pool2d", ["x"], _global[0], _global[1], attrs={"layout": LAYOUT_ATTR},
+   traits=[OUT_FUSABLE], channels=_global[2],
    doc="mean over H and W, keeping them as size 1: [N, C, H, W] -> [N, C, 1, 1]")
 
 # -- resizing ---------------------------------------------------------------------------------
@@ -362,3 +375,167 @@ op("interpolate", ["x"], _interp_infer, _interp_ref,
    traits=[OPAQUE], channels=lambda ins, a: _nc_groups(2),
    doc="resize the spatial axes to size, or by scale (out = floor(in * scale)); nearest or "
        "(bi/tri)linear (torch F.interpolate)")
+
+
+# ONNX Resize, axis by axis (the interpolation is separable): each output index maps to a source
+# coordinate by coordinate_transformation_mode, and mixes the input elements around it with the
+# mode's coefficients (nearest: 1 of 2; linear: 2; cubic: 4, Keys' kernel with coefficient a;
+# antialias widens linear/cubic kernels by 1/scale when downsampling).
+_COORD_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+                "asymmetric", "tf_crop_and_resize")
+_NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def _resize_geometry(shape, attrs: dict) -> tuple[tuple, tuple]:
+    """(output shape, scale per axis); scales give floor(in * scale), sizes give scale
+    size / in, both given are used as is."""
+    rank = len(shape)
+    scales, sizes = tuple(attrs["scales"]), tuple(attrs["sizes"])
+    if not scales and not sizes:
+        raise IRError("give scales or sizes")
+    if (scales and len(scales) != rank) or (sizes and len(sizes) != rank):
+        raise IRError(f"scales {list(scales)} and sizes {list(sizes)} need one value per axis "
+                      f"of a rank-{rank} input")
+    if any(v <= 0 for v in scales) or any(v < 0 for v in sizes):
+        raise IRError(f"scales must be positive and sizes non-negative, got {list(scales)}, "
+                      f"{list(sizes)}")
+    if sizes:
+        out = sizes
+        if not scales:
+            scales = tuple(o / d if isinstance(d, int) and d else
+                           (1.0 if dims_equal(d, o) else None) for o, d in zip(
+                               sizes, shape, strict=True))
+    else:
+        roi = attrs["roi"] or (0.0,) * rank + (1.0,) * rank
+        crop = attrs["coordinate_transformation_mode"] == "tf_crop_and_resize"
+        out = []
+        for i, (d, sc) in enumerate(zip(shape, scales, strict=True)):
+            f = sc * (roi[rank + i] - roi[i]) if crop else sc
+            if isinstance(d, int):
+                out.append(math.floor(d * f))
+            elif f == 1:
+                out.append(d)
+            else:
+                out.append(make_dim(sympy.floor(d * sympy.Rational(repr(f)))))
+        out = tuple(out)
+    return out, scales
+
+
+def _resize_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    x = ins[0]
+    need_no_quant(ins, "x")
+    if x.dtype.is_float is False and x.dtype.is_int is False:
+        raise IRError(f"x must be numeric, got {x.dtype}")
+    if attrs["antialias"] and attrs["mode"] == "nearest":
+        raise IRError("antialias applies to modes linear and cubic")
+    if attrs["roi"] and len(attrs["roi"]) != 2 * x.rank:
+        raise IRError(f"roi needs {2 * x.rank} values (starts then ends), got "
+                      f"{list(attrs['roi'])}")
+    out, scales = _resize_geometry(x.shape, attrs)
+    if None in scales:
+        raise IRError(f"sizes {list(attrs['sizes'])} resize a symbolic dim of {x}; give scales")
+    return x.with_shape(out)
+
+
+def _resize_coeffs(r: np.ndarray, scale: float, attrs: dict) -> np.ndarray:
+    """[n_out, n] interpolation weights for fractional offsets r in (0, 1] (1: on a pixel)."""
+    mode, a = attrs["mode"], attrs["cubic_coeff_a"]
+    on_pixel = r == 1.0
+    if mode == "nearest":
+        nm = attrs["nearest_mode"]
+        right = {"round_prefer_floor": r > 0.5, "round_prefer_ceil": r >= 0.5,
+                 "floor": np.zeros_like(on_pixel), "ceil": np.ones_like(on_pixel)}[nm]
+        right = right | on_pixel
+        return np.stack([~right, right], axis=-1).astype(np.float64)
+    if not attrs["antialias"] or scale >= 1:
+        if mode == "linear":
+            return np.stack([1 - r, r], axis=-1)
+        return np.stack([_keys(r + 1, a), _keys(r, a), _keys(1 - r, a), _keys(2 - r, a)], axis=-1)
+    half = 1 if mode == "linear" else 2  # the kernel's support, stretched by 1 / scale
+    start = int(np.floor(-half / scale) + 1)
+    taps = np.arange(start, 2 - start)
+    args = (taps[None, :] - r[:, None]) * scale
+    w = np.clip(1 - np.abs(args), 0, 1) if mode == "linear" else _keys(args, a)
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+def _keys(t: np.ndarray, a: float) -> np.ndarray:
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def _resize_axis(x: np.ndarray, axis: int, scale: float, n_out: int, roi, attrs: dict):
+    n_in = x.shape[axis]
+    y = np.arange(n_out, dtype=np.float64)
+    ctm = attrs["coordinate_transformation_mode"]
+    width = scale * n_in  # the unrounded output length
+    if ctm == "align_corners":
+        src = np.zeros(n_out) if width == 1 else y * (n_in - 1) / (width - 1)
+    elif ctm == "asymmetric":
+        src = y / scale
+    elif ctm == "tf_crop_and_resize":
+        lo, hi = roi
+        src = (np.full(n_out, (hi - lo) * (n_in - 1) / 2) if width == 1
+               else y * (hi - lo) * (n_in - 1) / (width - 1)) + lo * (n_in - 1)
+    elif ctm == "pytorch_half_pixel":
+        src = np.full(n_out, -0.5) if width == 1 else (y + 0.5) / scale - 0.5
+    elif ctm == "half_pixel":
+        src = (y + 0.5) / scale - 0.5
+    else:  # half_pixel_symmetric: the ROI's center maps to the output's center
+        src = n_in / 2 * (1 - n_out / width) + (y + 0.5) / scale - 0.5
+    base = np.floor(src)
+    r = np.where(src == base, 1.0, src - base)  # prefer the pixel on the left
+    w = _resize_coeffs(r, scale, attrs)
+    n = w.shape[1]
+    # the n taps nearest src, ties to the lower index (on a pixel, it is the right one of 2)
+    frac = src - base
+    if n % 2 == 0:
+        first = base + np.where(frac == 0, -(n // 2), 1 - n // 2)
+    else:
+        first = base + np.where(frac <= 0.5, -(n // 2), 1 - n // 2)
+    taps = first[:, None] + np.arange(n)[None, :]
+    if attrs["exclude_outside"]:
+        w = np.where((taps < 0) | (taps >= n_in), 0.0, w)
+        s = w.sum(axis=-1, keepdims=True)
+        w = w / np.where(s == 0, 1.0, s)
+    picked = np.take(x, np.clip(taps, 0, n_in - 1).astype(np.intp), axis=axis)
+    out = (picked * w.reshape((1,) * axis + w.shape + (1,) * (x.ndim - axis - 1))).sum(
+        axis=axis + 1)
+    if ctm == "tf_crop_and_resize":
+        outside = ((src < 0) | (src > n_in - 1)).reshape(
+            (1,) * axis + (n_out,) + (1,) * (x.ndim - axis - 1))
+        out = np.where(outside, attrs["extrapolation_value"], out)
+    return out
+
+
+def _resize_ref(x: np.ndarray, **attrs) -> np.ndarray:
+    out, scales = _resize_geometry(x.shape, attrs)
+    rank = x.ndim
+    roi = attrs["roi"] or (0.0,) * rank + (1.0,) * rank
+    y = x.astype(np.float64)
+    for ax in range(rank):
+        if out[ax] == y.shape[ax] and math.isclose(scales[ax], 1.0) and (
+                roi[ax], roi[rank + ax]) == (0.0, 1.0):
+            continue
+        y = _resize_axis(y, ax, float(scales[ax]), int(out[ax]), (roi[ax], roi[rank + ax]),
+                         attrs)
+    if x.dtype.kind in "iu":
+        info = np.iinfo(x.dtype)
+        y = np.clip(np.round(y), info.min, info.max)
+    return y.astype(x.dtype)
+
+
+op("resize", ["x"], _resize_infer, _resize_ref,
+   attrs={"scales": Attr("floats", ()), "sizes": Attr("ints", ()),
+          "mode": Attr("str", "nearest", ("nearest", "linear", "cubic")),
+          "coordinate_transformation_mode": Attr("str", "half_pixel", _COORD_MODES),
+          "nearest_mode": Attr("str", "round_prefer_floor", _NEAREST_MODES),
+          "cubic_coeff_a": Attr("float", -0.75), "exclude_outside": Attr("bool", False),
+          "extrapolation_value": Attr("float", 0.0), "antialias": Attr("bool", False),
+          "roi": Attr("floats", ())},
+   traits=[OPAQUE],
+   doc="ONNX Resize over every axis: scales (out = floor(in * scale)) or sizes (scale = size "
+       "/ in) or both, one per axis; modes nearest (nearest_mode), linear, cubic "
+       "(cubic_coeff_a, exclude_outside), antialias; roi for tf_crop_and_resize")

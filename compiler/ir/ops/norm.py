@@ -12,6 +12,7 @@ from rtinfer.ir.ops.common import (
     same_dtype,
     upcast,
 )
+from rtinfer.ir.ops.layouts import LAYOUT_ATTR, with_layout
 from rtinfer.ir.ops.registry import OPAQUE, Attr, PortAxis, op
 from rtinfer.ir.types import Dim, TensorType, dims_equal
 
@@ -69,10 +70,12 @@ def _bn_ref(x, mean, var, gamma, beta, eps: float) -> np.ndarray:
     return _affine(y, gamma, beta, s).astype(x.dtype, copy=False)
 
 
-op("batch_norm", ["x", "mean", "var", "gamma?", "beta?"], _bn_infer, _bn_ref,
-   attrs={"eps": Attr("float", 1e-5)}, traits=[OPAQUE],
-   channels=lambda ins, a: _channel_groups(ins, range(1, 5)),
-   doc="(x - mean) / sqrt(var + eps) * gamma + beta per channel (axis 1), inference form")
+_bn = with_layout(_bn_infer, _bn_ref, lambda ins, a: _channel_groups(ins, range(1, 5)))
+op("batch_norm", ["x", "mean", "var", "gamma?", "beta?"], _bn[0], _bn[1],
+   attrs={"eps": Attr("float", 1e-5), "layout": LAYOUT_ATTR}, traits=[OPAQUE],
+   channels=_bn[2],
+   doc="(x - mean) / sqrt(var + eps) * gamma + beta per channel (axis 1), inference form; "
+       "layout=NHWC: channels last")
 
 # -- layer_norm / rms_norm --------------------------------------------------------------------
 
@@ -214,3 +217,15 @@ op("softmax", ["x"], _softmax_infer, _softmax_ref, attrs={"axis": Attr("int", -1
    traits=[OPAQUE], channels=_all_axes, doc="exp(x) / sum(exp(x)) along axis")
 op("log_softmax", ["x"], _softmax_infer, _log_softmax_ref, attrs={"axis": Attr("int", -1)},
    traits=[OPAQUE], channels=_all_axes, doc="x - log(sum(exp(x))) along axis")
+
+
+def _hardmax_ref(x: np.ndarray, axis: int) -> np.ndarray:
+    i = np.expand_dims(np.argmax(x, axis=axis), axis)  # the first maximum wins a tie
+    out = np.zeros_like(x)
+    np.put_along_axis(out, i, 1, axis=axis)
+    return out
+
+
+op("hardmax", ["x"], _softmax_infer, _hardmax_ref, attrs={"axis": Attr("int", -1)},
+   traits=[OPAQUE], channels=_all_axes,
+   doc="1 at the first maximum along axis, 0 elsewhere (ONNX Hardmax)")

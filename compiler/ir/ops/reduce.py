@@ -113,3 +113,41 @@ def _cumsum_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortA
 
 op("cumsum", ["x"], _cumsum_infer, _cumsum_ref, attrs={"axis": Attr("int")}, traits=[OPAQUE],
    channels=_cumsum_channels, doc="inclusive running sum along axis")
+
+
+def _cumprod_ref(x: np.ndarray, axis: int) -> np.ndarray:
+    return np.cumprod(upcast(x), axis=axis).astype(x.dtype, copy=False)
+
+
+op("cumprod", ["x"], _cumsum_infer, _cumprod_ref, attrs={"axis": Attr("int")}, traits=[OPAQUE],
+   channels=_cumsum_channels, doc="inclusive running product along axis")
+
+
+def _topk_infer(ins: list[TensorType], attrs: dict) -> list[TensorType]:
+    x = ins[0]
+    need_no_quant(ins, "x")
+    if x.dtype is DType.bool:
+        raise IRError("topk needs a numeric input, got bool")
+    axis = norm_axis(attrs["axis"], x.rank)
+    k, n = attrs["k"], x.shape[axis]
+    if k < 0 or (isinstance(n, int) and k > n):
+        raise IRError(f"k={k} is out of range for axis {axis} of {x}")
+    shape = x.shape[:axis] + (k,) + x.shape[axis + 1:]
+    return [x.with_shape(shape), TensorType(DType.i64, shape)]
+
+
+def _topk_ref(x: np.ndarray, k: int, axis: int, largest: bool, sorted: bool):
+    # a stable sort keeps equal values in index order (ONNX: the lower index wins a tie)
+    key = upcast(x)
+    if largest:
+        key = -key if key.dtype.kind == "f" else ~key  # ~k = -k - 1 reverses ints, no overflow
+    idx = np.take(np.argsort(key, axis=axis, kind="stable"), np.arange(k), axis=axis)
+    return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
+
+
+op("topk", ["x"], _topk_infer, _topk_ref,
+   attrs={"k": Attr("int"), "axis": Attr("int", -1), "largest": Attr("bool", True),
+          "sorted": Attr("bool", True)},
+   traits=[OPAQUE], channels=_cumsum_channels,
+   doc="the k largest (or smallest) values along axis and their i64 indices, sorted; ties go "
+       "to the lower index (ONNX TopK, torch.topk)")

@@ -16,6 +16,7 @@ from rtinfer.errors import IRError
 from rtinfer.ir.ops.common import (
     concrete_shape,
     fmt_shapes,
+    need_no_quant,
     norm_axes,
     norm_axis,
     prefix_axis_map,
@@ -560,3 +561,107 @@ op("tile", ["x"], _tile_infer, lambda x, repeats: np.tile(x, repeats),
 op("shape", ["x"], lambda ins, a: TensorType(DType.i64, (ins[0].rank,)),
    lambda x: np.asarray(x.shape, dtype=np.int64), traits=[OPAQUE],
    doc="the dims of x as an i64 vector (folds to a constant only for static shapes)")
+
+# -- scatter / gather_nd ----------------------------------------------------------------------
+
+_REDUCTIONS = ("none", "add", "mul", "max", "min")
+_UFUNC = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _scatter_elements_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    x, idx, upd = ins
+    _need_index(idx)
+    same_dtype([x, upd], "x and updates")
+    if not (idx.rank == upd.rank == x.rank) or any(
+            not dims_equal(a, b) for a, b in zip(idx.shape, upd.shape, strict=True)):
+        raise IRError(f"indices {idx} and updates {upd} must share one shape of the rank of {x}")
+    norm_axis(attrs["axis"], x.rank)
+    need_no_quant(ins, "x and updates")
+    return TensorType(x.dtype, x.shape)
+
+
+def _scatter_elements_ref(x, indices, updates, axis: int, reduction: str) -> np.ndarray:
+    out = x.copy()
+    axis = axis % x.ndim
+    idx = np.where(indices < 0, indices + x.shape[axis], indices)
+    full = list(np.indices(idx.shape, sparse=True))
+    full[axis] = idx
+    where = tuple(np.broadcast_arrays(*full))
+    if reduction == "none":
+        out[where] = updates  # later duplicates win, as a sequential loop
+    else:
+        _UFUNC[reduction].at(out, where, updates)
+    return out
+
+
+op("scatter_elements", ["x", "indices", "updates"], _scatter_elements_infer,
+   _scatter_elements_ref,
+   attrs={"axis": Attr("int", 0), "reduction": Attr("str", "none", _REDUCTIONS)},
+   traits=[OPAQUE],
+   doc="a copy of x with out[..., indices[i, j, k], ...] = updates[i, j, k] along axis (or "
+       "combined by reduction add/mul/max/min); the inverse of gather_elements (ONNX "
+       "ScatterElements, torch scatter / scatter_reduce)")
+
+
+def _scatter_nd_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    x, idx, upd = ins
+    _need_index(idx)
+    same_dtype([x, upd], "x and updates")
+    if idx.rank < 1 or not isinstance(idx.shape[-1], int) or idx.shape[-1] > x.rank:
+        raise IRError(f"indices {idx} must end in a static dim of at most the rank of {x}")
+    want = idx.shape[:-1] + x.shape[idx.shape[-1]:]
+    if len(want) != upd.rank or any(
+            not dims_equal(a, b) for a, b in zip(want, upd.shape, strict=True)):
+        raise IRError(f"updates must be {_fmt(want)} for indices {idx} into {x}, got {upd}")
+    need_no_quant(ins, "x and updates")
+    return TensorType(x.dtype, x.shape)
+
+
+def _scatter_nd_ref(x, indices, updates, reduction: str) -> np.ndarray:
+    out = x.copy()
+    k = indices.shape[-1]
+    where = tuple(np.moveaxis(indices, -1, 0)) if k else ()
+    if reduction == "none":
+        out[where] = updates
+    else:
+        _UFUNC[reduction].at(out, where, updates)
+    return out
+
+
+op("scatter_nd", ["x", "indices", "updates"], _scatter_nd_infer, _scatter_nd_ref,
+   attrs={"reduction": Attr("str", "none", _REDUCTIONS)}, traits=[OPAQUE],
+   doc="a copy of x with out[indices[i, :]] = updates[i] (indices [..., k] address the first k "
+       "axes of x), or combined by reduction (ONNX ScatterND)")
+
+
+def _gather_nd_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    x, idx = ins
+    _need_index(idx)
+    b = attrs["batch_dims"]
+    if idx.rank < 1 or not isinstance(idx.shape[-1], int) or not 0 <= b < min(x.rank, idx.rank):
+        raise IRError(f"indices {idx} must end in a static dim and batch_dims={b} must be "
+                      f"below both ranks")
+    k = idx.shape[-1]
+    if b + k > x.rank:
+        raise IRError(f"indices address {b} + {k} axes of {x}")
+    if any(not dims_equal(a, c) for a, c in zip(x.shape[:b], idx.shape[:b], strict=True)):
+        raise IRError(f"the {b} batch dims of {x} and {idx} differ")
+    return TensorType(x.dtype, idx.shape[:-1] + x.shape[b + k:],
+                      _carry_quant(x, None, "gather_nd"))
+
+
+def _gather_nd_ref(x, indices, batch_dims: int) -> np.ndarray:
+    b = batch_dims
+    lead = x.shape[:b]
+    n = int(np.prod(lead))
+    xs = x.reshape((n,) + x.shape[b:])
+    ids = indices.reshape((n,) + indices.shape[b:])
+    outs = [xs[i][tuple(np.moveaxis(ids[i], -1, 0))] for i in range(n)]
+    out = np.stack(outs) if outs else np.empty((0,), x.dtype)
+    return out.reshape(indices.shape[:-1] + x.shape[b + indices.shape[-1]:])
+
+
+op("gather_nd", ["x", "indices"], _gather_nd_infer, _gather_nd_ref,
+   attrs={"batch_dims": Attr("int", 0)}, traits=[INJECTIVE],
+   doc="out[i] = x[indices[i, :]]: the last axis of indices addresses the first k axes of x "
+       "(after batch_dims shared leading axes) (ONNX GatherND)")
