@@ -1,6 +1,8 @@
 """rtinfer: a graph compiler for real-time deep-learning inference."""
 
 from rtinfer import ir
+from rtinfer.bisector import BisectResult, bisect
+from rtinfer.compile import CompiledModel, compile, load
 from rtinfer.errors import RtinferError
 from rtinfer.frontends import capture, export_onnx
 from rtinfer.pass_manager import (
@@ -16,6 +18,7 @@ from rtinfer.pass_manager import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Option", "PassContext", "RtinferError", "__version__", "capture", "export_onnx",
-    "graph_pass", "ir", "optimize", "register_pass", "register_pipeline", "run_pipeline",
+    "BisectResult", "CompiledModel", "Option", "PassContext", "RtinferError", "__version__",
+    "bisect", "capture", "compile", "export_onnx", "graph_pass", "ir", "load", "optimize",
+    "register_pass", "register_pipeline", "run_pipeline",
 ]

@@ -36,7 +36,8 @@ def _dims(text: str) -> dict[str, int]:
 
 
 def load_graph(path: str):
-    """Read a graph from a ``.ir`` text file (``-``: standard input)."""
+    """Read a graph from a ``.ir`` text file (``-``: standard input) or an ``.onnx`` model
+    (through ``rtinfer.capture``)."""
     from rtinfer.ir.parser import parse
 
     if path == "-":
@@ -46,6 +47,10 @@ def load_graph(path: str):
         raise CLIError(f"no such file: {path}")
     if p.is_dir():
         raise CLIError(f"{path} is a directory, not an IR file")
+    if p.suffix == ".onnx":
+        from rtinfer.frontends import capture
+
+        return capture(str(p))
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -74,7 +79,8 @@ def _cmd_opt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         print_ir_before=args.print_ir_before, print_ir_after=args.print_ir_after,
         print_ir_after_change=args.print_ir_after_change, timing=args.timing, stats=args.stats,
         check_numerics=numerics, check_requires=not args.no_check_requires,
-        full_constants=args.full_constants, out=stderr)
+        full_constants=args.full_constants, out=stderr,
+        expect=[r.strip() for r in args.expect.split(",") if r.strip()])
     text = print_graph(result.graph, full_constants=args.full_constants,
                        provenance=args.provenance)
     if args.output:
@@ -85,6 +91,23 @@ def _cmd_opt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     else:
         stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
+
+
+def _cmd_bisect(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from rtinfer.bisector import bisect
+    from rtinfer.errors import VerifyError
+    from rtinfer.ir.verifier import verify
+
+    graph = load_graph(args.file)
+    try:
+        verify(graph)
+    except VerifyError as e:
+        raise VerifyError(f"{args.file}: the input graph is invalid: {e}") from None
+    result = bisect(graph, args.pipeline, rtol=args.rtol, atol=args.atol, seed=args.seed,
+                    dims=args.dims, check_requires=not args.no_check_requires,
+                    log=lambda line: stderr.write(line + "\n"))
+    stdout.write(result.text())
+    return 1 if result.diverged else 0
 
 
 def format_passes() -> str:
@@ -157,7 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print constant data in full instead of eliding large tensors")
     opt.add_argument("--provenance", action="store_true",
                      help="print where each node came from")
+    opt.add_argument("--expect", default="", metavar="RULE[,RULE]",
+                     help="rules (rule or pass/rule) expected to apply: --stats explains the "
+                          "ones that did not (closest near miss or decline)")
     opt.set_defaults(run=_cmd_opt)
+
+    bis = sub.add_parser(
+        "bisect", help="find the pass and the rule application that change a model's outputs",
+        description="Run the pipeline pass by pass on the reference interpreter; name the first "
+                    "pass whose outputs diverge from the unoptimized model's, then the first "
+                    "rule application in it (binary search over the rewrite budget), and print "
+                    "that rewrite's IR before and after. Exit status 0: nothing diverges; 1: a "
+                    "divergence was found (or an error).")
+    bis.add_argument("file", metavar="MODEL", help="IR text file or .onnx model")
+    bis.add_argument("-p", "--pipeline", required=True, help='e.g. "O3" or "cse,my-pass"')
+    bis.add_argument("--rtol", type=float, default=1e-4, help="rtol (1e-4)")
+    bis.add_argument("--atol", type=float, default=1e-5, help="atol (1e-5)")
+    bis.add_argument("--seed", type=int, default=0, help="input seed (0)")
+    bis.add_argument("--dims", type=_dims, default=None, metavar="B=2,S=16",
+                     help="sizes of symbolic dims for the inputs")
+    bis.add_argument("--no-check-requires", action="store_true",
+                     help="allow passes whose required passes did not run earlier")
+    bis.set_defaults(run=_cmd_bisect)
 
     passes = sub.add_parser("passes", help="list the passes and named pipelines")
     passes.set_defaults(run=_cmd_passes)

@@ -200,6 +200,6 @@ def minilm_inputs(texts: list[str] | None = None, seq: int = 16) -> dict[str, An
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
-    texts = texts or ["rtinfer compiles a sentence encoder for real-time inference"]
+    texts = texts or ["a graph compiler for real-time inference"]
     enc = tok(texts, padding="max_length", max_length=seq, truncation=True, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

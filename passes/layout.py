@@ -158,7 +158,7 @@ def _sink_one(rw: Rewriter, f: Node) -> Value | None:
 
 def rules(target: str, left: list[Node]) -> RuleSet:
     sinkable = frozenset(o.name for o in OPS if (o.has(ELEMENTWISE) or o.has(BROADCAST))
-                         and o.name not in KEEP and o.name != "const")
+                         and o.name not in KEEP and o.name not in ("const", "fused_elementwise"))
     x = P.var("x")
     return RuleSet("layout", [
         # op(x) {layout=L} -> T_back(op(T_to(x)) {layout=target})

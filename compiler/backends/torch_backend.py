@@ -85,6 +85,7 @@ class EmitContext:
     # the node's input/output types as the emitter sees them (channels-first for NHWC nodes)
     types: tuple[list[TensorType], list[TensorType]] | None = None
     taken: set[str] = field(default_factory=set)
+    const_names: dict[int, str] = field(default_factory=dict)  # id(const Value) -> attribute
     # symbol -> (proxy of a tensor, axis) whose size is the symbol's value at run time
     sym_sources: dict[sympy.Symbol, tuple[Proxy, int]] = field(default_factory=dict)
     sym_cache: dict[sympy.Symbol, Proxy] = field(default_factory=dict)
@@ -294,14 +295,7 @@ def _general_pool(x: torch.Tensor, kind: str, kernel, stride, pads, dilation, ce
 
 
 def _pool_emitter(nd: int, kind: str) -> Emitter:
-    def emit(cx: EmitContext, x, kernel, stride, pad, ceil_mode, dilation=(1,),
-             count_include_pad=True):
-        kernel, stride, pads, dilation = _pool_geometry(nd, kernel, stride, pad, dilation)
-        dtype = cx.in_types[0].dtype
-        if kind == "max" and not dtype.is_float:  # integer (quantized) max pooling
-            wide = torch.float64 if dtype.bits > 16 else torch.float32
-            y = emit(cx, x.to(wide), kernel, stride, pad, ceil_mode, dilation)
-            return y.to(TORCH_DTYPES[dtype])
+    def pool(cx: EmitContext, x, kernel, stride, pads, dilation, ceil_mode, count_include_pad):
         if _torch_pool_ok(kernel, pads, nd):
             if kind == "max":
                 fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
@@ -310,6 +304,17 @@ def _pool_emitter(nd: int, kind: str) -> Emitter:
             return fn(x, kernel, stride, pads[:nd], ceil_mode, count_include_pad)
         return cx.call(_general_pool, x, kind, kernel, stride, pads, dilation, ceil_mode,
                        count_include_pad)
+
+    def emit(cx: EmitContext, x, kernel, stride, pad, ceil_mode, dilation=(1,),
+             count_include_pad=True):
+        geometry = _pool_geometry(nd, kernel, stride, pad, dilation)
+        dtype = cx.in_types[0].dtype
+        if dtype.is_float:
+            return pool(cx, x, *geometry, ceil_mode, count_include_pad)
+        # integer (quantized) max pooling, exact in a wide enough float
+        wide = torch.float64 if dtype.bits > 16 else torch.float32
+        y = pool(cx, x.to(wide), *geometry, ceil_mode, count_include_pad)
+        return y.to(TORCH_DTYPES[dtype])
     return emit
 
 
@@ -382,10 +387,6 @@ def _resize_emit(cx: EmitContext, x, **attrs):
 
 
 # -- normalization ----------------------------------------------------------------------------
-
-
-def _param_shape(rank: int) -> tuple[int, ...]:
-    return (1, -1) + (1,) * (rank - 2)
 
 
 @emits("batch_norm")
@@ -776,8 +777,8 @@ def _fused_emitter(base: str) -> Emitter:
     base_attr_names = tuple(base_def.attrs)
     conv_nd = {"conv1d": 1, "conv2d": 2}.get(base)
 
-    def emit(cx: EmitContext, x, w, bias, residual, **attrs):
-        base_attrs = {k: attrs[k] for k in base_attr_names}
+    def emit(cx: EmitContext, x, w, bias, residual, /, **attrs):
+        base_attrs = {k: attrs[k] for k in base_attr_names if k in attrs}
         act, alpha, beta = attrs["activation"], attrs["alpha"], attrs["beta"]
         mk_attr, mk_scalars, mk_alg = MKLDNN_ACTIVATIONS[act]
         mkl = _use_mkldnn(cx)
@@ -832,22 +833,31 @@ def _fused_elementwise(cx: EmitContext, xs, body: Graph):
 # -- the reference fallback -------------------------------------------------------------------
 
 
-def _reference_call(op_name: str, attrs: dict, in_types: list[TensorType], variadic: bool,
-                    *tensors: Any) -> Any:
-    """Run an op's NumPy reference on torch tensors (no autograd)."""
-    flat = list(tensors[-1]) if variadic else []
-    fixed = list(tensors[:-1]) if variadic else list(tensors)
-    arrays = [None if t is None else to_numpy(t.detach()) for t in fixed + flat]
-    present = [a for a in arrays if a is not None]
-    outs = get_op(op_name).evaluate(present, attrs, in_types)
-    outs = [to_torch(np.array(o)) for o in outs]
-    return outs[0] if len(outs) == 1 else tuple(outs)
+class ReferenceOp(torch.nn.Module):
+    """Runs one node's NumPy reference on torch tensors (no autograd, no speed)."""
+
+    def __init__(self, op: str, attrs: dict, in_types: list[TensorType], n_outputs: int):
+        super().__init__()
+        self.op, self.attrs, self.in_types, self.n_outputs = op, attrs, in_types, n_outputs
+
+    def forward(self, *tensors: Any) -> Any:
+        opdef = get_op(self.op)
+        flat = list(tensors[:-1]) + list(tensors[-1]) if opdef.variadic else list(tensors)
+        arrays = [to_numpy(t.detach()) for t in flat if t is not None]
+        outs = [to_torch(np.array(o)) for o in opdef.evaluate(arrays, self.attrs, self.in_types)]
+        return outs[0] if self.n_outputs == 1 else tuple(outs)
+
+    def extra_repr(self) -> str:
+        return self.op
 
 
 def _reference_emitter(cx: EmitContext, *inputs: Any, **attrs: Any) -> Any:
-    opdef = cx.node.opdef
-    out = cx.call(_reference_call, cx.node.op, attrs, cx.in_types, opdef.variadic, *inputs)
-    n = len(cx.node.outputs)
+    node = cx.node
+    name = _attr_name(f"reference_{node.op}", cx.taken, "reference")
+    cx.root.add_module(name, ReferenceOp(node.op, attrs, [v.type for v in node.inputs],
+                                         len(node.outputs)))
+    out = cx.tracer.create_proxy("call_module", name, inputs, {})
+    n = len(node.outputs)
     return out if n == 1 else [out[i] for i in range(n)]
 
 
@@ -911,10 +921,12 @@ def build_module(graph: Graph, *, trainable: bool = False, mkldnn: bool | None =
         _note_symbols(cx, v.type, p)
     emit_nodes(cx, graph, env)
     fx_graph.output(tuple(env[id(v)].node for v in graph.outputs))
-    fx_graph.eliminate_dead_code()
     module = TorchModule(cx.root, fx_graph,
                          class_name=f"rtinfer_{_IDENT.sub('_', graph.name)}")
+    if module.graph.eliminate_dead_code():  # e.g. sizes read for a symbol and not used
+        module.recompile()
     module.rtinfer_fallback_ops = missing
+    module.rtinfer_constants = cx.const_names
     module.rtinfer_mkldnn = cx.mkldnn and not trainable
     return module
 
@@ -995,6 +1007,7 @@ def _emit_const(cx: EmitContext, node: Node) -> Proxy:
                            f"load the graph with its weights")
     t = to_torch(np.array(value))
     name = _attr_name(node.out.name, cx.taken, "const")
+    cx.const_names[id(node.out)] = name
     if cx.trainable and t.is_floating_point():
         cx.root.register_parameter(name, torch.nn.Parameter(t))
     else:

@@ -966,7 +966,7 @@ def test_attention_block_graph_with_symbolic_dims():
     qt, kt, vt = (t.reshape(2, 5, 4, 8).transpose(1, 2)
                   for t in F.linear(T(xs), T(w)).split(32, -1))
     ref = SDPA(qt, kt, vt, is_causal=True).transpose(1, 2).reshape(2, 5, 32)
-    assert_allclose(out, ref.numpy(), rtol=1e-5, atol=1e-5)
+    assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_quantized_types_flow_through_injective_ops():

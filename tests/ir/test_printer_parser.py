@@ -26,11 +26,13 @@ from rtinfer.ir import (
     tensor_digest,
     verify,
 )
-from rtinfer.ir.ops import OPS, Attr, op
+from rtinfer.ir.ops import Attr, op
 
 # -- test-only ops: every attribute kind, two results, a quantized result ---------------------
 
-if "test_ir_attrs" not in OPS:
+@pytest.fixture(autouse=True, scope="module")
+def _test_ops():
+    """Declared for this module only (tests/conftest.py restores the op table after it)."""
     op("test_ir_attrs", ["x"], lambda ins, a: ins[0], lambda x, **a: x.copy(),
        attrs={"i": Attr("int", 0), "f": Attr("float", 0.5), "b": Attr("bool", False),
               "s": Attr("str", "a"), "ints": Attr("ints", ()), "floats": Attr("floats", ()),

@@ -61,7 +61,7 @@ def test_resnet_block_through_o2():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("pipeline", ["O0", "O1", "O2"])
+@pytest.mark.parametrize("pipeline", ["O0", "O1", "O2", "O3"])
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(graph=graphs())
 def test_named_pipelines_preserve_outputs(pipeline, graph):

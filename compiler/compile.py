@@ -1,0 +1,464 @@
+"""``rtinfer.compile``: capture, optimize and generate code in one call; ``CompiledModel``;
+``save`` / ``load`` of compiled artifacts.
+
+    cm = rtinfer.compile(model, example_inputs=x)        # nn.Module, GraphModule, ONNX, Graph
+    y = cm(x)                                             # torch in -> torch out, numpy -> numpy
+    print(cm.report())                                    # passes, fusions, fallbacks, timings
+    cm.save("out/"); cm2 = rtinfer.load("out/")
+
+An artifact directory holds ``graph.ir`` (the optimized IR; constants of more than 16 elements
+elided to their digests), ``weights.npz`` (the elided constants' bytes, keyed by digest) and
+``manifest.json`` (format version, rtinfer/torch versions, compile options, the eager model's
+input/output structure and the sha256 of both files). Loading checks all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from rtinfer.errors import ArtifactError, BackendError, ParseError, RtinferError
+from rtinfer.ir.graph import Graph, Value
+
+FORMAT = "rtinfer.compiled-model"
+FORMAT_VERSION = 1
+TARGETS = ("cpu",)
+
+
+def default_pipeline() -> str:
+    """O3 where it is registered, else O2."""
+    from rtinfer.pass_manager import get_pipeline
+
+    return "O3" if get_pipeline("O3") is not None else "O2"
+
+
+@dataclass
+class CompileInfo:
+    """What happened during compilation (``CompiledModel.report()`` prints it)."""
+
+    frontend: str = ""
+    pipeline: str = ""
+    backend: str = "torch"
+    backend_requested: str = "torch"
+    trainable: bool = False
+    mkldnn: bool = False
+    fallbacks: list[str] = field(default_factory=list)
+    passes: list[tuple[str, bool, dict[str, int], float]] = field(default_factory=list)
+    ops_before: dict[str, int] = field(default_factory=dict)
+    ops_after: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class CompiledModel:
+    """A compiled model: call it like the eager model.
+
+    ``ir`` is the optimized graph, ``module`` the generated ``torch.fx.GraphModule`` (its
+    parameters are trainable when compiled with ``trainable=True``).
+    """
+
+    def __init__(self, graph: Graph, module: torch.nn.Module, info: CompileInfo):
+        self.ir = graph
+        self.module = module
+        self.info = info
+        self._names = _input_names(graph)
+
+    # -- calling ------------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        flat = self._flat_inputs(args, kwargs)
+        as_numpy = bool(flat) and all(isinstance(a, np.ndarray) for a in flat)
+        tensors = self._check_inputs(flat)
+        if self.info.trainable and torch.is_grad_enabled():
+            outs = self.module(*tensors)
+        else:
+            with torch.no_grad():
+                outs = self.module(*tensors)
+        outs = [o.detach().numpy() if as_numpy else o for o in outs]
+        if as_numpy:
+            outs = [_numpy_out(o, v) for o, v in zip(outs, self.ir.outputs, strict=True)]
+        if "torch" in self.ir.meta:
+            from rtinfer.frontends.torch_frontend import unflatten_outputs
+
+            return unflatten_outputs(self.ir, outs)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _flat_inputs(self, args: tuple, kwargs: dict) -> list[Any]:
+        n = len(self.ir.inputs)
+        meta = self.ir.meta.get("torch")
+        if meta is not None and meta.get("in_spec") is not None:
+            kw_names = list(meta["in_spec"].child(1).context)
+            unknown = sorted(set(kwargs) - set(kw_names))
+            if unknown:
+                raise BackendError(f"unexpected input(s) {', '.join(map(repr, unknown))}; "
+                                   f"the model takes {self._expected()}")
+            ordered = {k: kwargs[k] for k in kw_names if k in kwargs}
+            leaves = pytree.tree_leaves((tuple(args), ordered))
+            if len(leaves) == len(meta["input_kinds"]):
+                return [x for x, k in zip(leaves, meta["input_kinds"], strict=True)
+                        if k == "tensor"]
+            if not kwargs and len(args) == n:  # the graph's inputs, positionally
+                return list(args)
+            raise BackendError(f"expected {n} input(s) {self._expected()}, got "
+                               f"{len(leaves)}")
+        if kwargs:
+            unknown = sorted(set(kwargs) - set(self._names))
+            if unknown:
+                raise BackendError(f"unexpected input(s) {', '.join(map(repr, unknown))}; "
+                                   f"the model takes {self._expected()}")
+            given = dict(zip(self._names, args, strict=False)) | kwargs
+            missing = [k for k in self._names if k not in given]
+            if missing or len(args) > n:
+                raise BackendError(f"expected {n} input(s) {self._expected()}, got "
+                                   f"{len(args) + len(kwargs)}"
+                                   + (f" (missing {', '.join(missing)})" if missing else ""))
+            return [given[k] for k in self._names]
+        if len(args) != n:
+            raise BackendError(f"expected {n} input(s) {self._expected()}, got {len(args)}")
+        return list(args)
+
+    def _expected(self) -> str:
+        return "(" + ", ".join(f"{k}: {v.type}" for k, v in zip(
+            self._names, self.ir.inputs, strict=True)) + ")"
+
+    def _check_inputs(self, flat: list[Any]) -> list[torch.Tensor]:
+        """Each input's dtype, rank and static dims, then the symbolic dims bound consistently
+        across inputs; errors name the input, the expected type and the given one."""
+        from rtinfer.backends.torch_backend import TORCH_DTYPES
+        from rtinfer.ir.interpreter import bind_dims
+        from rtinfer.ir.ops.common import to_torch
+
+        tensors = []
+        for name, v, x in zip(self._names, self.ir.inputs, flat, strict=True):
+            if isinstance(x, np.ndarray):
+                x = to_torch(x)
+            if not isinstance(x, torch.Tensor):
+                raise BackendError(f"input {name!r}: expected {v.type}, got a "
+                                   f"{type(x).__name__} (pass a torch tensor or numpy array)")
+            t = v.type
+            ok = x.dtype == TORCH_DTYPES[t.dtype] and x.dim() == t.rank and all(
+                not isinstance(d, int) or d == n for d, n in zip(t.shape, x.shape, strict=True))
+            if not ok:
+                raise BackendError(f"input {name!r}: expected {t}, got {_describe(x)}")
+            tensors.append(x)
+        try:
+            bind_dims([v.type for v in self.ir.inputs], [tuple(x.shape) for x in tensors])
+        except ValueError as e:
+            i = getattr(e, "index", 0)
+            raise BackendError(f"input {self._names[i]!r}: expected {self.ir.inputs[i].type}, "
+                               f"got {_describe(tensors[i])} ({e})") from None
+        return tensors
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    @property
+    def fused_ops(self) -> dict[str, int]:
+        return {k: v for k, v in sorted(self.info.ops_after.items()) if k.startswith("fused_")}
+
+    def report(self) -> str:
+        i = self.info
+        nodes_before, nodes_after = sum(i.ops_before.values()), sum(i.ops_after.values())
+        lines = [f"rtinfer compiled model @{self.ir.name}",
+                 f"  frontend: {i.frontend}",
+                 f"  pipeline: {i.pipeline or '(none)'}: {nodes_before} -> {nodes_after} nodes"]
+        for label, changed, stats, seconds in i.passes:
+            st = ", ".join(f"{k}={v}" for k, v in stats.items() if v)
+            lines.append(f"    {label:<24} {'changed' if changed else '-':<8} "
+                         f"{seconds * 1e3:8.2f} ms  {st}")
+        fused = self.fused_ops
+        lines.append("  fused ops: " + (", ".join(f"{k} x{v}" for k, v in fused.items())
+                                        or "none"))
+        backend = i.backend if i.backend_requested == i.backend else \
+            f"{i.backend} ({i.backend_requested} -> {i.backend})"
+        lines.append(f"  backend: {backend}; TVM and native C++/CUDA backends come later")
+        lines.append(f"  oneDNN fused primitives: {'yes' if i.mkldnn else 'no'}"
+                     + (" (trainable: differentiable ATen path)" if i.trainable else ""))
+        lines.append("  fallbacks: " + (", ".join(i.fallbacks) + " (NumPy reference, not "
+                                                                  "differentiable)"
+                                        if i.fallbacks else "none"))
+        lines.append("  timings: " + ", ".join(f"{k} {v * 1e3:.1f} ms"
+                                               for k, v in i.timings.items()))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"<CompiledModel @{self.ir.name}: {len(self.ir.inputs)} inputs, "
+                f"{len(self.ir.nodes)} nodes, backend {self.info.backend}>")
+
+    # -- export, save ---------------------------------------------------------------------------
+
+    def export_onnx(self, path: str | os.PathLike, **options: Any):
+        """The optimized IR as an ONNX model (``rtinfer.export_onnx`` options)."""
+        from rtinfer.frontends import export_onnx
+
+        return export_onnx(self._graph_with_current_weights(), path, **options)
+
+    def _graph_with_current_weights(self) -> Graph:
+        """The IR, with the module's (possibly fine-tuned) parameters as its constants."""
+        if not self.info.trainable:
+            return self.ir
+        g = self.ir.clone()
+        state = dict(self.module.named_parameters())
+        names = getattr(self.module, "rtinfer_constants", {})
+        for old, new in zip(self.ir.nodes, g.nodes, strict=True):
+            name = names.get(id(old.out)) if old.op == "const" else None
+            if name in state:
+                arr = state[name].detach().numpy().copy()
+                arr.setflags(write=False)
+                new.attrs["value"] = arr
+        return g
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the artifact directory (created if needed) and return its path."""
+        from rtinfer import __version__
+        from rtinfer.ir.constants import tensor_digest
+        from rtinfer.ir.printer import print_graph
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        g = self._graph_with_current_weights()
+        text = print_graph(g)
+        # every constant's bytes by digest; the IR text elides the larger ones to their digest
+        arrays = {tensor_digest(n.attrs["value"]): np.frombuffer(
+            np.ascontiguousarray(n.attrs["value"]).tobytes(), np.uint8) for n in g.constants()}
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        files = {"graph.ir": text.encode(), "weights.npz": buf.getvalue()}
+        for name, blob in files.items():
+            (out / name).write_bytes(blob)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "rtinfer_version": __version__, "torch_version": torch.__version__,
+            "numpy_version": np.__version__,
+            "backend": self.info.backend, "pipeline": self.info.pipeline,
+            "trainable": self.info.trainable, "mkldnn": self.info.mkldnn,
+            "input_names": self._names,
+            "torch_io": _dump_torch_meta(g.meta.get("torch")),
+            "files": {k: {"sha256": hashlib.sha256(v).hexdigest(), "bytes": len(v)}
+                      for k, v in files.items()},
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return out
+
+
+def _describe(x: torch.Tensor) -> str:
+    from rtinfer.backends.torch_backend import TORCH_DTYPES
+    from rtinfer.ir.types import TensorType
+
+    inv = {v: k for k, v in TORCH_DTYPES.items()}
+    dt = inv.get(x.dtype)
+    if dt is None:
+        return f"a {x.dtype} tensor of shape {list(x.shape)}"
+    return str(TensorType(dt, tuple(int(n) for n in x.shape)))
+
+
+def _numpy_out(a: np.ndarray, v: Value) -> np.ndarray:
+    # torch has no bfloat16 numpy view; hand back the IR's numpy dtype
+    return a if a.dtype == v.type.dtype.np else a.astype(v.type.dtype.np)
+
+
+def _input_names(graph: Graph) -> list[str]:
+    meta = graph.meta.get("torch")
+    if meta is not None and len(meta.get("input_names", ())) == len(graph.inputs):
+        return list(meta["input_names"])
+    return [v.name or f"input_{i}" for i, v in enumerate(graph.inputs)]
+
+
+# -- compile ----------------------------------------------------------------------------------
+
+
+def compile(model: Any, target: str = "cpu", example_inputs: Any = None,
+            pipeline: str | None = None, backend: str = "auto", dynamic_dims: Any = None,
+            strict: bool = False, trainable: bool = False, mkldnn: bool | None = None,
+            verify_each: bool = False) -> CompiledModel:
+    """Compile ``model`` (``nn.Module``, ``torch.fx.GraphModule``, ``onnx.ModelProto``, a path
+    to an ``.onnx`` file, or an rtinfer ``Graph``) for ``target``.
+
+    ``pipeline``: a pipeline string or named pipeline (default: O3 where registered, else O2).
+    ``backend``: ``"auto"`` (the torch backend for now) or ``"torch"``. ``dynamic_dims``:
+    ``{input: {axis: "B"}}`` for the torch frontend, ``{input: {axis: "B"}}`` or names for ONNX.
+    ``strict``: an op the backend has no lowering for is an error instead of running its
+    reference. ``trainable``: parameters require grad and the module stays differentiable
+    (no oneDNN inference-only primitives). The user's model is never modified.
+    """
+    from rtinfer.backends import resolve_backend
+    from rtinfer.backends.torch_backend import build_module
+    from rtinfer.pass_manager import run_pipeline
+
+    if target not in TARGETS:
+        raise BackendError(f"unknown target {target!r}; rtinfer compiles for: "
+                           f"{', '.join(TARGETS)} (CUDA comes with the native backend)")
+    resolved = resolve_backend(backend)
+    info = CompileInfo(backend=resolved, backend_requested=backend, trainable=trainable)
+    t0 = time.perf_counter()
+    if isinstance(model, Graph):
+        graph, info.frontend = model.clone(), "rtinfer IR"
+    else:
+        from rtinfer.frontends import capture
+
+        graph = capture(model, example_inputs, dynamic_dims=dynamic_dims)
+        info.frontend = ("torch" if isinstance(model, torch.nn.Module) else "onnx")
+    t1 = time.perf_counter()
+    info.ops_before = graph.op_counts()
+    info.pipeline = default_pipeline() if pipeline is None else pipeline
+    result = run_pipeline(graph, info.pipeline, verify_each=verify_each)
+    info.passes = [(r.label, r.changed, dict(r.stats), r.seconds) for r in result.passes]
+    info.ops_after = graph.op_counts()
+    t2 = time.perf_counter()
+    module = build_module(graph, trainable=trainable, mkldnn=mkldnn, strict=strict)
+    info.fallbacks = list(module.rtinfer_fallback_ops)
+    info.mkldnn = bool(module.rtinfer_mkldnn)
+    t3 = time.perf_counter()
+    info.timings = {f"capture ({info.frontend})": t1 - t0, "optimize": t2 - t1,
+                    "codegen": t3 - t2, "total": t3 - t0}
+    return CompiledModel(graph, module, info)
+
+
+# -- load -------------------------------------------------------------------------------------
+
+
+def load(directory: str | os.PathLike, *, mkldnn: bool | None = None) -> CompiledModel:
+    """Load an artifact written by ``CompiledModel.save``; a missing, corrupted or
+    incompatible artifact is an ``ArtifactError``."""
+    from rtinfer.backends.torch_backend import build_module
+    from rtinfer.ir.constants import ElidedTensor
+    from rtinfer.ir.parser import parse
+    from rtinfer.ir.verifier import verify
+
+    root = Path(directory)
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise ArtifactError(f"{root} is not a saved rtinfer model (no manifest.json)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath} is corrupted: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{mpath} is not an rtinfer compiled-model manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ArtifactError(f"{root} has artifact format version {version!r} (written by "
+                            f"rtinfer {manifest.get('rtinfer_version', '?')}); this rtinfer "
+                            f"reads format versions 1 to {FORMAT_VERSION}")
+    blobs = {}
+    for name in ("graph.ir", "weights.npz"):
+        entry = manifest.get("files", {}).get(name)
+        path = root / name
+        if entry is None or not path.is_file():
+            raise ArtifactError(f"{root}: {name} is missing")
+        blob = path.read_bytes()
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != entry.get("sha256"):
+            raise ArtifactError(f"{path} is corrupted: its sha256 is {digest[:16]}..., the "
+                                f"manifest records {str(entry.get('sha256'))[:16]}...")
+        blobs[name] = blob
+    try:
+        graph = parse(blobs["graph.ir"].decode(), source=str(root / "graph.ir"))
+        with np.load(io.BytesIO(blobs["weights.npz"]), allow_pickle=False) as npz:
+            weights = {k: npz[k] for k in npz.files}
+    except (ParseError, ValueError, OSError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{root} could not be read: {e}") from None
+    for node in graph.nodes:
+        value = node.attrs["value"] if node.op == "const" else None
+        if not isinstance(value, ElidedTensor):
+            continue
+        raw = weights.get(value.digest)
+        if raw is None:
+            raise ArtifactError(f"{root}: weights.npz lacks constant {value}")
+        arr = np.frombuffer(raw.tobytes(), value.dtype.np)
+        if arr.size != int(np.prod(value.shape)) or not value.matches(
+                arr.reshape(value.shape)):
+            raise ArtifactError(f"{root}: the data of constant {value} does not match its "
+                                f"digest")
+        arr = arr.reshape(value.shape)
+        arr.setflags(write=False)
+        node.attrs["value"] = arr
+    try:
+        verify(graph)
+    except RtinferError as e:
+        raise ArtifactError(f"{root}: the saved IR does not verify: {e}") from None
+    torch_meta = _load_torch_meta(manifest.get("torch_io"))
+    if torch_meta is not None:
+        graph.meta["torch"] = torch_meta
+    info = CompileInfo(frontend=f"loaded from {root}", pipeline=manifest.get("pipeline", ""),
+                       backend=manifest.get("backend", "torch"),
+                       backend_requested=manifest.get("backend", "torch"),
+                       trainable=bool(manifest.get("trainable")))
+    info.ops_before = info.ops_after = graph.op_counts()
+    t0 = time.perf_counter()
+    module = build_module(graph, trainable=info.trainable, mkldnn=mkldnn)
+    info.fallbacks = list(module.rtinfer_fallback_ops)
+    info.mkldnn = bool(module.rtinfer_mkldnn)
+    info.timings = {"codegen": time.perf_counter() - t0}
+    cm = CompiledModel(graph, module, info)
+    names = manifest.get("input_names")
+    if isinstance(names, list) and len(names) == len(graph.inputs):
+        cm._names = [str(n) for n in names]
+    return cm
+
+
+def _dump_torch_meta(meta: dict | None) -> dict | None:
+    if meta is None:
+        return None
+    try:
+        out = {"in_spec": pytree.treespec_dumps(meta["in_spec"]),
+               "out_spec": pytree.treespec_dumps(meta["out_spec"]),
+               "input_names": list(meta["input_names"]),
+               "input_kinds": list(meta["input_kinds"]),
+               "outputs": [list(t) for t in meta["outputs"]]}
+        json.dumps(out)
+        return out
+    except Exception as e:  # an unserializable output structure: save flat outputs
+        warnings.warn(f"the eager output structure cannot be saved ({e}); the loaded model "
+                      f"returns a flat tuple", stacklevel=3)
+        return None
+
+
+def _load_torch_meta(saved: dict | None) -> dict | None:
+    if not saved:
+        return None
+    try:
+        specs = {k: _treespec_loads(saved[k]) for k in ("in_spec", "out_spec")}
+    except Exception as e:
+        warnings.warn(f"the saved output structure cannot be rebuilt ({e}); returning a flat "
+                      f"tuple", stacklevel=3)
+        return None
+    return {**specs, "input_names": saved["input_names"], "input_kinds": saved["input_kinds"],
+            "outputs": [tuple(t) for t in saved["outputs"]]}
+
+
+def _treespec_loads(text: str):
+    try:
+        return pytree.treespec_loads(text)
+    except Exception:
+        # a type registered by a library not imported yet (transformers' ModelOutput classes):
+        # import the modules the spec names from transformers, then retry
+        for name in set(_spec_types(json.loads(text))):
+            module = name.rpartition(".")[0]
+            if module.split(".")[0] == "transformers":
+                importlib.import_module(module)
+        return pytree.treespec_loads(text)
+
+
+def _spec_types(node: Any):
+    if isinstance(node, dict):
+        if isinstance(node.get("type"), str):
+            yield node["type"]
+        for child in node.get("children_spec", []):
+            yield from _spec_types(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _spec_types(child)
+
+
+__all__ = ["FORMAT_VERSION", "CompiledModel", "compile", "default_pipeline", "load"]
