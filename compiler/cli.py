@@ -1,6 +1,7 @@
 """The ``rtinfer`` command line: an ``mlir-opt`` for rtinfer.
 
     rtinfer opt model.ir --pipeline "cse,dce" --verify-each --print-ir-after-change --stats
+    rtinfer optimize model.onnx --out out/
     rtinfer passes
 
 Every rtinfer error is printed as ``rtinfer: error: <message>`` (exit status 1; 2 for usage
@@ -202,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     bis.add_argument("--no-check-requires", action="store_true",
                      help="allow passes whose required passes did not run earlier")
     bis.set_defaults(run=_cmd_bisect)
+
+    from rtinfer import optimize_cmd
+
+    optz = sub.add_parser(
+        "optimize", help="compile a model and measure it before and after",
+        description="Capture, optimize and build MODEL, then measure latency (p50/p90) before "
+                    "(eager torch, ONNX Runtime for an .onnx file) and after, the speedup, the "
+                    "model size and the output fidelity; write DIR/artifact/, DIR/report.md "
+                    "and DIR/report.json.")
+    optimize_cmd.add_arguments(optz, _dims)
+    optz.set_defaults(run=optimize_cmd.run)
 
     passes = sub.add_parser("passes", help="list the passes and named pipelines")
     passes.set_defaults(run=_cmd_passes)

@@ -59,6 +59,10 @@ class CompileInfo:
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    cache: str = "off"  # "hit", "miss" or "off"
+    cache_key: str = ""
+    cache_dir: str = ""
+    cold_timings: dict[str, float] = field(default_factory=dict)  # of the compile that stored
 
 
 class CompiledModel:
@@ -181,7 +185,7 @@ class CompiledModel:
                                         or "none"))
         backend = i.backend if i.backend_requested == i.backend else \
             f"{i.backend} ({i.backend_requested} -> {i.backend})"
-        lines.append(f"  backend: {backend}; TVM and native C++/CUDA backends come later")
+        lines.append(f"  backend: {backend}; the native C++/CUDA backend comes later")
         lines.append(f"  oneDNN fused primitives: {'yes' if i.mkldnn else 'no'}"
                      + (" (trainable: differentiable ATen path)" if i.trainable else ""))
         lines.append("  fallbacks: " + (", ".join(i.fallbacks) + " (NumPy reference, not "
@@ -189,7 +193,20 @@ class CompiledModel:
                                         if i.fallbacks else "none"))
         lines.append("  timings: " + ", ".join(f"{k} {v * 1e3:.1f} ms"
                                                for k, v in i.timings.items()))
+        lines.append("  " + self._cache_line())
         return "\n".join(lines)
+
+    def _cache_line(self) -> str:
+        i = self.info
+        if i.cache == "off":
+            return "cache: off"
+        where = f"key {i.cache_key[:12]} in {i.cache_dir}"
+        total = i.timings.get("total", 0.0) * 1e3
+        if i.cache == "hit":
+            cold = i.cold_timings.get("total", 0.0) * 1e3
+            return (f"cache: hit ({where}; pipeline skipped): cold compile {cold:.1f} ms, "
+                    f"this warm compile {total:.1f} ms")
+        return f"cache: miss ({where}; stored): cold compile {total:.1f} ms"
 
     def __repr__(self) -> str:
         return (f"<CompiledModel @{self.ir.name}: {len(self.ir.inputs)} inputs, "
@@ -220,35 +237,42 @@ class CompiledModel:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the artifact directory (created if needed) and return its path."""
-        from rtinfer import __version__
-        from rtinfer.ir.constants import tensor_digest
-        from rtinfer.ir.printer import print_graph
+        return write_artifact(Path(directory), self._graph_with_current_weights(), self.info,
+                              self._names)
 
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        g = self._graph_with_current_weights()
-        text = print_graph(g)
-        # every constant's bytes by digest; the IR text elides the larger ones to their digest
-        arrays = {tensor_digest(n.attrs["value"]): np.frombuffer(
-            np.ascontiguousarray(n.attrs["value"]).tobytes(), np.uint8) for n in g.constants()}
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        files = {"graph.ir": text.encode(), "weights.npz": buf.getvalue()}
-        for name, blob in files.items():
-            (out / name).write_bytes(blob)
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "rtinfer_version": __version__, "torch_version": torch.__version__,
-            "numpy_version": np.__version__,
-            "backend": self.info.backend, "pipeline": self.info.pipeline,
-            "trainable": self.info.trainable, "mkldnn": self.info.mkldnn,
-            "input_names": self._names,
-            "torch_io": _dump_torch_meta(g.meta.get("torch")),
-            "files": {k: {"sha256": hashlib.sha256(v).hexdigest(), "bytes": len(v)}
-                      for k, v in files.items()},
-        }
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        return out
+
+def write_artifact(out: Path, g: Graph, info: CompileInfo, names: list[str],
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Write ``g`` as an artifact directory (``save``, and the compile cache's entries, which
+    add ``extra`` fields to the manifest)."""
+    from rtinfer import __version__
+    from rtinfer.ir.constants import tensor_digest
+    from rtinfer.ir.printer import print_graph
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = print_graph(g)
+    # every constant's bytes by digest; the IR text elides the larger ones to their digest
+    arrays = {tensor_digest(n.attrs["value"]): np.frombuffer(
+        np.ascontiguousarray(n.attrs["value"]).tobytes(), np.uint8) for n in g.constants()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    files = {"graph.ir": text.encode(), "weights.npz": buf.getvalue()}
+    for name, blob in files.items():
+        (out / name).write_bytes(blob)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "rtinfer_version": __version__, "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "backend": info.backend, "pipeline": info.pipeline,
+        "trainable": info.trainable, "mkldnn": info.mkldnn,
+        "input_names": names,
+        "torch_io": _dump_torch_meta(g.meta.get("torch")),
+        "files": {k: {"sha256": hashlib.sha256(v).hexdigest(), "bytes": len(v)}
+                  for k, v in files.items()},
+        **(extra or {}),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
 
 
 def _describe(x: torch.Tensor) -> str:
@@ -277,28 +301,34 @@ def _input_names(graph: Graph) -> list[str]:
 # -- compile ----------------------------------------------------------------------------------
 
 
-def compile(model: Any, target: str = "cpu", example_inputs: Any = None,
+def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
             pipeline: str | None = None, backend: str = "auto", dynamic_dims: Any = None,
             strict: bool = False, trainable: bool = False, mkldnn: bool | None = None,
-            verify_each: bool = False) -> CompiledModel:
+            verify_each: bool = False,
+            cache: bool | str | os.PathLike = True) -> CompiledModel:
     """Compile ``model`` (``nn.Module``, ``torch.fx.GraphModule``, ``onnx.ModelProto``, a path
     to an ``.onnx`` file, or an rtinfer ``Graph``) for ``target``.
 
     ``pipeline``: a pipeline string or named pipeline (default: O3 where registered, else O2).
-    ``backend``: ``"auto"`` (the torch backend for now) or ``"torch"``. ``dynamic_dims``:
+    ``backend``: ``"auto"`` (the torch backend for now), ``"torch"`` or ``"tvm"`` (whose
+    ``target`` may also be an LLVM target string or a ``tvm.target.Target``). ``dynamic_dims``:
     ``{input: {axis: "B"}}`` for the torch frontend, ``{input: {axis: "B"}}`` or names for ONNX.
     ``strict``: an op the backend has no lowering for is an error instead of running its
     reference. ``trainable``: parameters require grad and the module stays differentiable
-    (no oneDNN inference-only primitives). The user's model is never modified.
+    (no oneDNN inference-only primitives). ``cache``: ``True`` (``$RTINFER_CACHE_DIR``, else
+    ``~/.cache/rtinfer``), a directory, or ``False``: a model compiled before with the same
+    captured IR, target, backend, pipeline and versions skips the pipeline (``rtinfer.cache``;
+    ``verify_each`` always runs it). The user's model is never modified.
     """
+    from rtinfer import cache as compile_cache
     from rtinfer.backends import resolve_backend
     from rtinfer.backends.torch_backend import build_module
     from rtinfer.pass_manager import run_pipeline
 
-    if target not in TARGETS:
+    resolved = resolve_backend(backend)
+    if resolved != "tvm" and target not in TARGETS:  # the TVM backend checks its own targets
         raise BackendError(f"unknown target {target!r}; rtinfer compiles for: "
                            f"{', '.join(TARGETS)} (CUDA comes with the native backend)")
-    resolved = resolve_backend(backend)
     info = CompileInfo(backend=resolved, backend_requested=backend, trainable=trainable)
     t0 = time.perf_counter()
     if isinstance(model, Graph):
@@ -311,17 +341,42 @@ def compile(model: Any, target: str = "cpu", example_inputs: Any = None,
     t1 = time.perf_counter()
     info.ops_before = graph.op_counts()
     info.pipeline = default_pipeline() if pipeline is None else pipeline
-    result = run_pipeline(graph, info.pipeline, verify_each=verify_each)
-    info.passes = [(r.label, r.changed, dict(r.stats), r.seconds) for r in result.passes]
-    info.ops_after = graph.op_counts()
+    root = compile_cache.cache_dir(cache)
+    hit = None
+    if root is not None:
+        info.cache, info.cache_dir = "miss", str(root)
+        info.cache_key = compile_cache.cache_key(graph, str(target), info.pipeline, resolved)
+        hit = None if verify_each else compile_cache.lookup(root, info.cache_key)
+    if hit is not None:
+        cached, stored = hit
+        cached.meta = dict(graph.meta)  # the eager I/O structure, as captured just now
+        graph, info.cache = cached, "hit"
+        info.passes = [tuple(p) for p in stored.get("passes", [])]
+        info.ops_before = stored.get("ops_before", info.ops_before)
+        info.ops_after = graph.op_counts()
+        info.cold_timings = dict(stored.get("cold_timings", {}))
+    else:
+        result = run_pipeline(graph, info.pipeline, verify_each=verify_each)
+        info.passes = [(r.label, r.changed, dict(r.stats), r.seconds) for r in result.passes]
+        info.ops_after = graph.op_counts()
     t2 = time.perf_counter()
-    module = build_module(graph, trainable=trainable, mkldnn=mkldnn, strict=strict)
+    if resolved == "tvm":
+        from rtinfer.backends.tvm_backend import build_tvm_module
+
+        module = build_tvm_module(graph, target=target, strict=strict)
+    else:
+        module = build_module(graph, trainable=trainable, mkldnn=mkldnn, strict=strict)
     info.fallbacks = list(module.rtinfer_fallback_ops)
     info.mkldnn = bool(module.rtinfer_mkldnn)
     t3 = time.perf_counter()
-    info.timings = {f"capture ({info.frontend})": t1 - t0, "optimize": t2 - t1,
+    info.timings = {f"capture ({info.frontend})": t1 - t0,
+                    "cache lookup" if info.cache == "hit" else "optimize": t2 - t1,
                     "codegen": t3 - t2, "total": t3 - t0}
-    return CompiledModel(graph, module, info)
+    cm = CompiledModel(graph, module, info)
+    if info.cache == "miss":
+        info.cold_timings = dict(info.timings)
+        compile_cache.store(root, info.cache_key, graph, info, cm._names)
+    return cm
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -331,11 +386,38 @@ def load(directory: str | os.PathLike, *, mkldnn: bool | None = None) -> Compile
     """Load an artifact written by ``CompiledModel.save``; a missing, corrupted or
     incompatible artifact is an ``ArtifactError``."""
     from rtinfer.backends.torch_backend import build_module
+
+    root = Path(directory)
+    graph, manifest = read_artifact(root)
+    torch_meta = _load_torch_meta(manifest.get("torch_io"))
+    if torch_meta is not None:
+        graph.meta["torch"] = torch_meta
+    info = CompileInfo(frontend=f"loaded from {root}", pipeline=manifest.get("pipeline", ""),
+                       backend=manifest.get("backend", "torch"),
+                       backend_requested=manifest.get("backend", "torch"),
+                       trainable=bool(manifest.get("trainable")))
+    info.ops_before = info.ops_after = graph.op_counts()
+    t0 = time.perf_counter()
+    module = build_module(graph, trainable=info.trainable, mkldnn=mkldnn)
+    info.fallbacks = list(module.rtinfer_fallback_ops)
+    info.mkldnn = bool(module.rtinfer_mkldnn)
+    info.timings = {"codegen": time.perf_counter() - t0}
+    cm = CompiledModel(graph, module, info)
+    names = manifest.get("input_names")
+    if isinstance(names, list) and len(names) == len(graph.inputs):
+        cm._names = [str(n) for n in names]
+    return cm
+
+
+def read_artifact(root: Path, check_digests: bool = True) -> tuple[Graph, dict[str, Any]]:
+    """The verified graph (weights restored) and the manifest of an artifact directory; a
+    missing, corrupted or incompatible one is an ``ArtifactError``. ``check_digests=False``
+    trusts weights.npz to match the IR's digests once its sha256 matched the manifest's (the
+    compile cache, which wrote both)."""
     from rtinfer.ir.constants import ElidedTensor
     from rtinfer.ir.parser import parse
     from rtinfer.ir.verifier import verify
 
-    root = Path(directory)
     mpath = root / "manifest.json"
     if not mpath.is_file():
         raise ArtifactError(f"{root} is not a saved rtinfer model (no manifest.json)")
@@ -376,8 +458,8 @@ def load(directory: str | os.PathLike, *, mkldnn: bool | None = None) -> Compile
         if raw is None:
             raise ArtifactError(f"{root}: weights.npz lacks constant {value}")
         arr = np.frombuffer(raw.tobytes(), value.dtype.np)
-        if arr.size != int(np.prod(value.shape)) or not value.matches(
-                arr.reshape(value.shape)):
+        if arr.size != int(np.prod(value.shape)) or (check_digests and not value.matches(
+                arr.reshape(value.shape))):
             raise ArtifactError(f"{root}: the data of constant {value} does not match its "
                                 f"digest")
         arr = arr.reshape(value.shape)
@@ -387,24 +469,7 @@ def load(directory: str | os.PathLike, *, mkldnn: bool | None = None) -> Compile
         verify(graph)
     except RtinferError as e:
         raise ArtifactError(f"{root}: the saved IR does not verify: {e}") from None
-    torch_meta = _load_torch_meta(manifest.get("torch_io"))
-    if torch_meta is not None:
-        graph.meta["torch"] = torch_meta
-    info = CompileInfo(frontend=f"loaded from {root}", pipeline=manifest.get("pipeline", ""),
-                       backend=manifest.get("backend", "torch"),
-                       backend_requested=manifest.get("backend", "torch"),
-                       trainable=bool(manifest.get("trainable")))
-    info.ops_before = info.ops_after = graph.op_counts()
-    t0 = time.perf_counter()
-    module = build_module(graph, trainable=info.trainable, mkldnn=mkldnn)
-    info.fallbacks = list(module.rtinfer_fallback_ops)
-    info.mkldnn = bool(module.rtinfer_mkldnn)
-    info.timings = {"codegen": time.perf_counter() - t0}
-    cm = CompiledModel(graph, module, info)
-    names = manifest.get("input_names")
-    if isinstance(names, list) and len(names) == len(graph.inputs):
-        cm._names = [str(n) for n in names]
-    return cm
+    return graph, manifest
 
 
 def _dump_torch_meta(meta: dict | None) -> dict | None:

@@ -13,10 +13,12 @@ from rtinfer.passes import (
     fuse_epilogue,
     fuse_gelu,
     fuse_layernorm,
+    fuse_mha,
     layout,
+    merge_parallel_linears,
     pipelines,
 )
 
 __all__ = ["canonicalize", "cse", "dce", "fold_batchnorm", "fold_constants",
            "fuse_attention", "fuse_elementwise", "fuse_epilogue", "fuse_gelu", "fuse_layernorm",
-           "layout", "pipelines"]
+           "fuse_mha", "layout", "merge_parallel_linears", "pipelines"]

@@ -4,8 +4,8 @@
     matmul(softmax(matmul(q, kT) * s + mask), v)      -> scaled_dot_product_attention(q, k, v, mask)
                                                                                   {scale=s}
 
-q is ``[..., L, E]``, kT ``[..., E, S]``, v ``[..., S, Ev]``; the projections and the head
-split/merge around the core stay as they are. The scores are spelled
+q is ``[..., L, E]``, kT ``[..., E, S]``, v ``[..., S, Ev]``; the head split/merge around
+the core is fuse-mha's, the Q/K/V projections merge-parallel-linears'. The scores are spelled
 
 - ``(q * s1) @ (kT * s2)``: torch.onnx's SDPA (both sides scaled by sqrt(scale)); scale = s1 * s2
 - ``(q @ kT) * s`` or ``(q @ kT) / s``: Hugging Face eager attention; scale = s or 1 / s

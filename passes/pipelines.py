@@ -1,6 +1,8 @@
 """Named pipelines. Each name can stand in any pipeline string (``"O1,my-pass"``).
 
-O3 runs the pattern fusions (fuse-gelu, fuse-layernorm, fuse-attention) before O2, and
+O3 runs the pattern fusions (fuse-gelu, fuse-layernorm, fuse-attention, fuse-mha) before O2,
+merge-parallel-linears after it (on ONNX captures the Q/K/V biases are separate adds until
+fuse-epilogue folds them in; a merge before it would strand them behind the split), and
 fuse-elementwise last, on what the other fusions left. ``layout`` (NCHW -> NHWC) is not in O3: it
 pays on conv-heavy graphs with channels-last kernels only, so it is opt-in: run it before
 fuse-elementwise, e.g. ``"O2,layout,fuse-elementwise,dce"`` (transposes do not sink through
@@ -14,8 +16,10 @@ register_pipeline("O1", "fold-constants,canonicalize,cse,dce",
                   "cheap cleanups: fold constants, canonicalize, merge duplicates, drop dead nodes")
 register_pipeline("O2", "O1,fold-batchnorm,fuse-epilogue,dce",
                   "O1, then fold batch norms and fuse conv/linear/matmul epilogues")
-register_pipeline("O3", "O1,fuse-gelu,fuse-layernorm,fuse-attention,dce,O2,fuse-elementwise,dce",
+register_pipeline("O3", "O1,fuse-gelu,fuse-layernorm,fuse-attention,fuse-mha,dce,O2,"
+                        "merge-parallel-linears,fuse-elementwise,dce",
                   "O1, then fuse GELU, LayerNorm/RMSNorm and attention spelled out into single "
-                  "ops (before fuse-epilogue would split them), then O2, then fuse the remaining "
-                  "elementwise chains")
+                  "ops (before fuse-epilogue would split them) and attention with its head "
+                  "split/merge into multi_head_attention, then O2, then merge the Q/K/V "
+                  "projections, then fuse the remaining elementwise chains")
 

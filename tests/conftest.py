@@ -13,3 +13,17 @@ def _restore_op_table():
     yield
     OPS._ops.clear()
     OPS._ops.update(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_compile_cache(tmp_path_factory):
+    """``rtinfer.compile`` caches by default; tests use a cache of their own, not the user's."""
+    import os
+
+    old = os.environ.get("RTINFER_CACHE_DIR")
+    os.environ["RTINFER_CACHE_DIR"] = str(tmp_path_factory.mktemp("rtinfer-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RTINFER_CACHE_DIR", None)
+    else:
+        os.environ["RTINFER_CACHE_DIR"] = old

@@ -156,5 +156,9 @@ def test_demo_subcommand_when_present(capsys):
     if importlib.util.find_spec("rtinfer.demo") is None:
         assert main(["demo"]) == 2  # not registered
         return
-    assert main(["demo"]) == 0
-    assert "Traceback" not in capsys.readouterr().err
+    assert main(["demo", "--quick"]) == 0  # the real demo, with small inputs and 3 runs
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    for text in ("all-MiniLM-L6-v2", "ResNet-18", "eager p50", "rtinfer p50", "cosine",
+                 "fused_conv2d", "fused_linear"):
+        assert text in out

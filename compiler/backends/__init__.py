@@ -1,17 +1,16 @@
 """Backends: generate executable code from an optimized IR graph.
 
 ``torch``: a ``torch.fx.GraphModule`` calling ATen and oneDNN's fused primitives; every other
-backend falls back to it for ops it cannot lower. ``auto`` is ``torch`` for now (TVM and the
-native C++/CUDA backend come later).
+backend falls back to it for ops it cannot lower. ``tvm``: a TVM Relax module run by the Relax
+VM (``tvm_backend``). ``auto`` is ``torch`` for now (the native C++/CUDA backend comes later).
 """
 
 from __future__ import annotations
 
 from rtinfer.errors import BackendError
 
-BACKENDS = ("torch",)
-PLANNED = {"tvm": "the TVM Relax backend is not available yet",
-           "native": "the native C++/CUDA backend is not available yet"}
+BACKENDS = ("torch", "tvm")
+PLANNED = {"native": "the native C++/CUDA backend is not available yet"}
 
 
 def resolve_backend(name: str) -> str:

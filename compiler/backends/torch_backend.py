@@ -678,6 +678,20 @@ def _sdpa_emit(cx: EmitContext, q, k, v, mask, scale, causal):
     return cx.call(_sdpa, q, k, v, mask, scale, causal)
 
 
+@emits("multi_head_attention")
+def _mha_emit(cx: EmitContext, q, k, v, mask, num_heads, scale, causal):
+    # [..., S, H*D] -> [..., H, S, D], the SDPA core, and back to [..., L, H*Dv]
+    q4, k4, v4 = (t.unflatten(-1, (num_heads, -1)).transpose(-3, -2) for t in (q, k, v))
+    ts = cx.in_types
+    if ts[0].rank == ts[1].rank == ts[2].rank and ts[1].shape[:-2] == ts[0].shape[:-2] == \
+            ts[2].shape[:-2] and not (causal and mask is not None):
+        o = F.scaled_dot_product_attention(q4, k4, v4, mask, is_causal=causal,
+                                           scale=scale or None)
+    else:
+        o = cx.call(_sdpa, q4, k4, v4, mask, scale, causal)
+    return o.transpose(-3, -2).flatten(-2)
+
+
 # -- quantization -----------------------------------------------------------------------------
 
 

@@ -607,6 +607,28 @@ def _sdpa(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
     return e.op("MatMul", [e.op("Softmax", [scores], {"axis": -1}), v])
 
 
+def _mha(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+    # [..., S, H*D] -> Reshape [..., S, H, D] -> Transpose [..., H, S, D], the SDPA formula, and
+    # back; Reshape's 0 copies a dim, so symbolic batch and sequence dims need no shape math
+    h = s.attrs["num_heads"]
+    heads, ins = [], []
+    for t, tt in zip(x[:3], s.in_types[:3], strict=True):
+        perm = list(range(tt.rank + 1))
+        perm[-3:-1] = perm[-2], perm[-3]
+        split = e.op("Reshape", [t, e.ints([0] * (tt.rank - 1) + [h, -1])])
+        heads.append(e.op("Transpose", [split], {"perm": perm}))
+        d = tt.shape[-1]
+        d = d // h if isinstance(d, int) else sympy.expand(d / h)
+        ins.append(TensorType(tt.dtype, tt.shape[:-2] + (h, tt.shape[-2], d)))
+    core = Site(s.node, s.name, ins + s.in_types[3:], s.out_types,
+                {"scale": s.attrs["scale"], "causal": s.attrs["causal"]})
+    o = _sdpa(e, core, heads + x[3:])
+    perm = list(range(s.out.rank + 1))
+    perm[-3:-1] = perm[-2], perm[-3]
+    merged = e.op("Transpose", [o], {"perm": perm})
+    return e.op("Reshape", [merged, e.ints([0] * (s.out.rank - 1) + [-1])])
+
+
 def _fused(base: str) -> Rule:
     """fused_<base>: the base op's rule, + bias, then the epilogue through the rules of add and
     the activation (act(y + r), act(y) + r or act(y))."""
@@ -847,6 +869,7 @@ RULES: dict[str, Rule] = {
     "shape": simple("Shape"),
     # attention (the Attention op needs opset 23; the formula runs everywhere)
     "scaled_dot_product_attention": _sdpa,
+    "multi_head_attention": _mha,
     # fused heavy ops (fuse-epilogue), spelled out again
     **{fused: _fused(base) for base, fused in FUSED_OPS.items()},
     "fused_elementwise": _fused_elementwise,  # fuse-elementwise: the body, inlined

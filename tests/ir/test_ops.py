@@ -422,6 +422,29 @@ CASES += [
          {}, _sdpa_manual, id="sdpa-broadcast-batch"),
 ]
 
+
+def _mha(heads: int, **kw) -> Callable:
+    """torch's multi-head attention core: split [B, S, H*D] into heads, SDPA, merge."""
+    def fn(q, k, v, mask=None):
+        split = [t.unflatten(-1, (heads, -1)).transpose(-3, -2) for t in (q, k, v)]
+        return SDPA(*split, mask, **kw).transpose(-3, -2).flatten(-2)
+    return fn
+
+
+CASES += [
+    Case("multi_head_attention", [rand(2, 5, 24), rand(2, 7, 24), rand(2, 7, 12)],
+         {"num_heads": 4}, _mha(4)),
+    Case("multi_head_attention",
+         [rand(2, 6, 16), rand(2, 6, 16), rand(2, 6, 16), rand(2, 1, 6, 6)],
+         {"num_heads": 2, "scale": 0.5}, _mha(2, scale=0.5), id="mha-float-mask"),
+    Case("multi_head_attention",
+         [rand(1, 6, 8), rand(1, 6, 8), rand(1, 6, 8),
+          np.tril(np.ones((6, 6), bool))[None, None] | bools(1, 2, 6, 6)],
+         {"num_heads": 2}, _mha(2), id="mha-bool-mask-per-head"),
+    Case("multi_head_attention", [rand(1, 6, 12), rand(1, 6, 12), rand(1, 6, 12)],
+         {"num_heads": 3, "causal": True}, _mha(3, is_causal=True), id="mha-causal"),
+]
+
 # quantization
 _QX = np.concatenate([rand(3, 4, 5, lo=-3, hi=3).ravel(), [0.25, 0.75, -0.25, 40, -40]])
 _QX = _QX.astype(np.float32)
@@ -734,6 +757,9 @@ SYMBOLIC = [
     ("softmax", [f32(B, 12, S, S)], {}, [f32(B, 12, S, S)]),
     ("layer_norm", [f32(B, S, 64), f32(64), f32(64)], {}, [f32(B, S, 64)]),
     ("scaled_dot_product_attention", [f32(B, 12, S, 64)] * 3, {}, [f32(B, 12, S, 64)]),
+    ("multi_head_attention", [f32(B, S, 384)] * 3, {"num_heads": 12}, [f32(B, S, 384)]),
+    ("multi_head_attention", [f32(B, S, 12 * H)] * 3 + [TensorType(DType.bool, (B, 1, 1, S))],
+     {"num_heads": 12}, [f32(B, S, 12 * H)]),
     ("embedding", [f32(1000, 64), TensorType(DType.i64, (B, S))], {}, [f32(B, S, 64)]),
     ("gather", [f32(B, S, 64), TensorType(DType.i64, ())], {"axis": 1}, [f32(B, 64)]),
     ("pad", [f32(B, 3, H, W)], {"pads": [0, 0, 1, 1, 0, 0, 1, 1]}, [f32(B, 3, H + 2, W + 2)]),
@@ -827,6 +853,8 @@ ERRORS = [
      "head dim"),
     ("scaled_dot_product_attention", [f32(2, 5, 8), f32(2, 7, 8), f32(2, 7, 4), f32(5, 6)],
      {}, "mask .* does not broadcast"),
+    ("multi_head_attention", [f32(2, 5, 10)] * 3, {"num_heads": 4}, "does not split into 4"),
+    ("multi_head_attention", [f32(2, 5, S)] * 3, {"num_heads": 4}, "does not split into 4"),
     ("quantize", [f32(2, 3)], {"scale": [0.1, 0.2]}, "takes one scale"),
     ("quantize", [f32(2, 3)], {"scale": [0.1], "zero_point": [300]}, "do not fit i8"),
     ("quantize", [f32(2, 3)], {"scale": [0.1, 0.2], "axis": [1]}, "2 scales for 3 channels"),

@@ -1,10 +1,12 @@
-"""Attention: scaled dot-product attention with torch SDPA semantics."""
+"""Attention: scaled dot-product attention with torch SDPA semantics, and its multi-head form
+over [..., S, H*D] activations (the head split and merge inside the op)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import sympy
 
 from rtinfer.errors import IRError
 from rtinfer.ir.ops.common import (
@@ -16,7 +18,7 @@ from rtinfer.ir.ops.common import (
     upcast,
 )
 from rtinfer.ir.ops.registry import OPAQUE, Attr, PortAxis, op
-from rtinfer.ir.types import DType, TensorType, dims_equal
+from rtinfer.ir.types import DType, TensorType, dims_equal, make_dim
 
 
 def _sdpa_infer(ins: list[TensorType], attrs: dict) -> TensorType:
@@ -91,3 +93,81 @@ op("scaled_dot_product_attention", ["q", "k", "v", "mask?"], _sdpa_infer, _sdpa_
    doc="softmax(q @ k^T * scale + mask) @ v over [..., L, E], [..., S, E], [..., S, Ev] "
        "(torch SDPA; scale 0 = 1/sqrt(E); a bool mask keeps where true, a float mask adds; "
        "causal masks j > i and combines with mask; a fully masked row gives zeros, as in torch)")
+
+
+# -- multi-head attention over [..., S, H*D] activations ---------------------------------------
+
+
+def _head_dim(d, heads: int, what: str):
+    """``d / heads``: the per-head size of a [..., S, H*D] axis, which must split evenly."""
+    if isinstance(d, int):
+        if d % heads:
+            raise IRError(f"{what} of size {d} does not split into {heads} heads")
+        return d // heads
+    e = sympy.expand(d / heads)
+    if not all(c.is_integer for c in e.as_coefficients_dict().values()):
+        raise IRError(f"{what} of size {d} does not split into {heads} heads")
+    return make_dim(e)
+
+
+def _heads(t: TensorType, heads: int, what: str) -> TensorType:
+    """[..., S, H*D] -> [..., H, S, D], the per-head view the SDPA core sees."""
+    if t.rank < 2:
+        raise IRError(f"{what} [..., S, H*D] must have rank >= 2, got {t}")
+    d = _head_dim(t.shape[-1], heads, what)
+    return TensorType(t.dtype, t.shape[:-2] + (heads, t.shape[-2], d), t.quant)
+
+
+def _mha_infer(ins: list[TensorType], attrs: dict) -> TensorType:
+    h = attrs["num_heads"]
+    if h < 1:
+        raise IRError(f"num_heads must be >= 1, got {h}")
+    q, k, v = (_heads(t, h, w) for t, w in zip(ins[:3], ("q", "k", "v"), strict=True))
+    out = _sdpa_infer([q, k, v, *ins[3:]], attrs)  # [..., H, L, Dv]
+    return TensorType(out.dtype, out.shape[:-3] + (out.shape[-2], v.shape[-3] * v.shape[-1]))
+
+
+def _split_heads(a: np.ndarray, heads: int) -> np.ndarray:
+    return np.swapaxes(a.reshape(a.shape[:-1] + (heads, a.shape[-1] // heads)), -3, -2)
+
+
+def _mha_ref(q, k, v, mask, num_heads: int, scale: float, causal: bool) -> np.ndarray:
+    o = _sdpa_ref(*(_split_heads(t, num_heads) for t in (q, k, v)), mask, scale, causal)
+    o = np.swapaxes(o, -3, -2)  # [..., L, H, Dv]
+    return np.ascontiguousarray(o).reshape(o.shape[:-2] + (-1,))
+
+
+def _mha_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis]]:
+    # Heads live inside the last axes: channel c = h * D + d of q pairs with channel c of k
+    # (one dot product per head), channel c of v with channel c of the output. Pruning must keep
+    # the head structure (whole heads, or the same d in every head) for num_heads to stay valid.
+    nb = max(t.rank for t in ins[:3]) - 2
+    groups: dict[str, set] = {f"b{ax}": {("out", 0, ax)} for ax in range(nb)}
+    groups.update({"L": {("out", 0, nb)}, "S": set(), "H": set(),
+                   "E": set(), "Ev": {("out", 0, nb + 1)}})
+    for i, t in enumerate(ins[:3]):
+        groups["E" if i < 2 else "Ev"].add(("in", i, t.rank - 1))
+        for a in range(t.rank - 1):
+            if t.shape[a] == 1:
+                continue
+            ax = a + (nb + 2 - t.rank)
+            key = ("L" if i == 0 else "S") if ax == nb else f"b{ax}"
+            groups[key].add(("in", i, a))
+    if len(ins) > 3:  # the mask broadcasts to [..., H, L, S]
+        m = ins[3]
+        for a in range(m.rank):
+            if m.shape[a] == 1:
+                continue
+            ax = a + (nb + 3 - m.rank)
+            key = {nb: "H", nb + 1: "L", nb + 2: "S"}.get(ax, f"b{ax}")
+            groups[key].add(("in", 3, a))
+    return [frozenset(g) for g in groups.values() if g]
+
+
+op("multi_head_attention", ["q", "k", "v", "mask?"], _mha_infer, _mha_ref,
+   attrs={"num_heads": Attr("int"), "scale": Attr("float", 0.0), "causal": Attr("bool", False)},
+   traits=[OPAQUE], channels=_mha_channels,
+   doc="scaled_dot_product_attention over heads packed in the last axis: q [..., L, H*E], "
+       "k [..., S, H*E], v [..., S, H*Ev] are split into H = num_heads heads "
+       "([..., L, H*E] -> [..., H, L, E]), attended per head (scale 0 = 1/sqrt(E); the mask "
+       "broadcasts to the per-head scores [..., H, L, S]) and merged back to [..., L, H*Ev]")

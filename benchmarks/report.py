@@ -1,0 +1,219 @@
+"""Reports of a benchmark run: ``latest.json``, ``latest.md``, ``latest.png`` and the README
+table. Everything here reads the JSON document that ``run.py`` builds, so a saved
+``latest.json`` can be re-rendered without rerunning."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+WRONG = "⚠"  # outputs differ from eager beyond the fidelity tolerance
+CAPPED = "†"  # fewer iterations than asked: the system exceeded its time budget
+
+
+def _systems(doc: dict[str, Any]) -> list[str]:
+    return list(doc["systems"])
+
+
+def _cell(rec: dict[str, Any] | None, key: str = "median_ms", ratio: str = "vs_eager") -> str:
+    if rec is None:
+        return "-"
+    if rec.get("status") != "ok" or key not in rec:
+        return rec.get("status", "-").replace("unavailable", "n/a")
+    text = f"{rec[key]:.3g}" if rec[key] < 10 else f"{rec[key]:.1f}"
+    if ratio in rec:
+        text += f" (×{rec[ratio]:.2f})"
+    if rec.get("fidelity_ok") is False:
+        text += f" {WRONG}"
+    if rec.get("capped"):
+        text += f" {CAPPED}"
+    return text
+
+
+def _table(doc: dict[str, Any], key: str, ratio: str) -> list[str]:
+    names = _systems(doc)
+    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for model, m in doc["models"].items():
+        cells = [_cell(m["results"].get(n), key, ratio) for n in names]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _peer_table(doc: dict[str, Any]) -> list[str]:
+    ours = [n for n, s in doc["systems"].items() if s["rtinfer"]]
+    lines = ["| model | best peer | its median ms | " + " | ".join(ours) + " |",
+             "|---|---|---:|" + "---:|" * len(ours)]
+    for model, m in doc["models"].items():
+        peer = m.get("best_peer")
+        peer_ms = f"{m['results'][peer]['median_ms']:.3g}" if peer else "-"
+        cells = []
+        for n in ours:
+            rec = m["results"].get(n, {})
+            cells.append(f"×{rec['vs_best_peer']:.2f}" if "vs_best_peer" in rec
+                         else _cell(rec or None))
+        lines.append(f"| {model} | {peer or '-'} | {peer_ms} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _setup_table(doc: dict[str, Any]) -> list[str]:
+    names = _systems(doc)
+    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for model, m in doc["models"].items():
+        cells = [f"{m['results'][n]['setup_s']:.1f}" if "setup_s" in m["results"].get(n, {})
+                 else "-" for n in names]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def targets(doc: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """The tracked targets of the torch backend: never slower than eager on any model, at
+    least 1.3x faster than eager on ResNet-18 and MobileNetV2 (medians)."""
+    out = []
+    for model, m in doc["models"].items():
+        rec = m["results"].get("rtinfer-torch", {})
+        need = 1.3 if model in ("resnet18", "mobilenet_v2") else 1.0
+        ratio = rec.get("vs_eager")
+        ok = None if ratio is None else (ratio >= need and rec.get("fidelity_ok") is not False)
+        got = "not measured" if ratio is None else f"×{ratio:.2f}"
+        out.append((f"rtinfer-torch ≥ ×{need:.1f} eager on {model}", ok, got))
+    return out
+
+
+def _header(doc: dict[str, Any]) -> list[str]:
+    mach, st, v = doc["machine"], doc["settings"], doc["versions"]
+    versions = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    load = mach.get("loadavg")
+    busy = load and mach.get("logical_cores") and load[0] > 0.5 * mach["logical_cores"]
+    warning = ["", f"**The machine was busy (load average {load[0]:.2f} on "
+                   f"{mach['logical_cores']} cores at the start): multi-threaded runtimes "
+                   f"suffer most from sharing cores, so these ratios are not meaningful.**"
+               ] if busy else []
+    return [f"{mach['cpu']} ({mach['logical_cores']} logical cores), {st['threads']} threads, "
+            f"batch 1; {doc['date']}, rtinfer {doc.get('git') or '?'}"
+            + (f"; load average {load[0]:.2f} at start" if load else "")
+            + (" — **quick run: the numbers are noise**" if st.get("quick") else ""),
+            "",
+            f"Medians over {st['rounds']} interleaved rounds of {st['iters_per_round']} calls "
+            f"per system (after {st['warmup']} warm-up calls). {versions}.", *warning]
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = ["# rtinfer benchmark", "", *_header(doc), "",
+             "## Median latency, ms (× eager: above 1 is faster than eager)", "",
+             *_table(doc, "median_ms", "vs_eager"), "",
+             "## Minimum latency, ms (× eager's minimum)", "",
+             *_table(doc, "min_ms", "vs_eager_min"), "",
+             "## rtinfer against the best peer (median; the best non-rtinfer system with "
+             "correct outputs)", "", *_peer_table(doc), "",
+             "## Targets", ""]
+    for name, ok, got in targets(doc):
+        mark = "–" if ok is None else ("✓" if ok else "✗")
+        lines.append(f"- {mark} {name}: {got}")
+    lines += ["", "## Setup time, s (ONNX export or capture, compile, first call)", "",
+              *_setup_table(doc), "", "## Notes", "",
+              f"- {WRONG}: outputs differ from eager by more than "
+              f"{doc['settings']['fidelity_rtol']:g} of the largest eager output; "
+              f"{CAPPED}: fewer samples than asked (the time budget of "
+              f"{doc['settings']['max_seconds']:g} s per system and model); n/a: unavailable "
+              f"here; error: failed on this model."]
+    for name, s in doc["systems"].items():
+        lines.append(f"- **{name}**: {s['summary']}")
+    for model, m in doc["models"].items():
+        for name, rec in m["results"].items():
+            if rec.get("status") != "ok":
+                lines.append(f"- {model} / {name}: {rec['status']}: {rec.get('reason', '')}")
+            elif rec.get("fidelity_ok") is False:
+                lines.append(f"- {model} / {name}: wrong outputs, max abs error "
+                             f"{rec.get('max_abs_err')} ({rec.get('fidelity', '')})")
+            elif rec.get("capped"):
+                lines.append(f"- {model} / {name}: capped at {rec['samples']} samples")
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(doc: dict[str, Any]) -> str:
+    """The part of the report the project README shows."""
+    return "\n".join([*_header(doc), "", "Median latency, ms (× eager; above 1 is faster):", "",
+                      *_table(doc, "median_ms", "vs_eager"), "",
+                      "rtinfer against the best peer:", "", *_peer_table(doc), "",
+                      "Full report (minimums, setup times, notes): "
+                      "[benchmarks/results/latest.md](benchmarks/results/latest.md)."])
+
+
+def update_readme(readme: Path, block: str) -> None:
+    """Replace what lies between the bench markers in ``readme`` with ``block``."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers; add them "
+                         f"where the benchmark table belongs")
+    head = text[:start + len(README_START)]
+    readme.write_text(head + "\n" + block.strip() + "\n" + text[end:])
+
+
+def chart(doc: dict[str, Any], path: Path) -> Path | None:
+    """Grouped bars: median latency per model and system, log scale, minimums as ticks."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install -e '.[bench]')",
+              file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models, names = list(doc["models"]), _systems(doc)
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(models) * len(names) / 3), 5))
+    cmap = plt.get_cmap("tab10")
+    for j, name in enumerate(names):
+        xs, ys, mins = [], [], []
+        for i, model in enumerate(models):
+            rec = doc["models"][model]["results"].get(name, {})
+            if "median_ms" in rec:
+                xs.append(i + (j - (len(names) - 1) / 2) * width)
+                ys.append(rec["median_ms"])
+                mins.append(rec["min_ms"])
+        rtinfer = doc["systems"][name]["rtinfer"]
+        ax.bar(xs, ys, width, label=name, color=cmap(j % 10),
+               edgecolor="black" if rtinfer else "none", linewidth=1.2 if rtinfer else 0)
+        ax.scatter(xs, mins, marker="_", color="black", s=40, zorder=3)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("latency, ms (log; bar: median, tick: min)")
+    mach, st = doc["machine"], doc["settings"]
+    ax.set_title(f"batch 1, {st['threads']} threads, {mach['cpu']}"
+                 + (" (quick run)" if st.get("quick") else ""), fontsize=9)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(4, len(names)), loc="upper right")
+    ys_all = [r["median_ms"] for m in doc["models"].values() for r in m["results"].values()
+              if "median_ms" in r]
+    if ys_all:
+        ax.set_ylim(min(ys_all) / 2, max(ys_all) * 10 ** math.ceil(len(names) / 4))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_all(doc: dict[str, Any], out: Path, png: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "latest.json", out / "latest.md"]
+    # lists of numbers (the samples) on one line each
+    text = re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]",
+                  json.dumps(doc, indent=1))
+    paths[0].write_text(text + "\n")
+    paths[1].write_text(markdown(doc))
+    if png and (p := chart(doc, out / "latest.png")) is not None:
+        paths.append(p)
+    return paths
+
+
+if __name__ == "__main__":  # re-render a saved run: python benchmarks/report.py latest.json
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json")
+    write_all(json.loads(src.read_text()), src.parent)

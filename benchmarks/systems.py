@@ -1,0 +1,250 @@
+"""The systems the benchmark compares: one small adapter each, in one table.
+
+An adapter's ``setup(workload, settings)`` compiles or loads the workload's model and returns a
+``Prepared``: a zero-argument callable that runs one inference on the workload's fixed inputs,
+and a function that turns that call's result into the first output as a NumPy array (the
+fidelity check compares it with eager). A system that cannot run here raises ``Unavailable``
+with the reason (a package that is not installed, a backend not written yet); any other
+exception is recorded as an error of that system on that model.
+
+Inputs are converted to each system's own tensor type once, in ``setup``: the timed call is
+the inference itself, as a deployed model would make it. The harness turns autograd off
+globally (``torch.set_grad_enabled(False)``) before any setup.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from workloads import Workload
+
+
+class Unavailable(Exception):
+    """The system cannot run on this machine (the message says why)."""
+
+
+@dataclass
+class Settings:
+    threads: int
+    pipeline: str | None = None  # rtinfer's pipeline; None: its default (O3)
+
+
+@dataclass
+class Prepared:
+    run: Callable[[], Any]
+    output: Callable[[Any], np.ndarray]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    summary: str
+    setup: Callable[[Workload, Settings], Prepared]
+    rtinfer: bool = False  # one of ours: not a peer
+    slow: bool = False  # untuned and slow on convolutions: --skip-slow leaves it out
+    needs_onnx: bool = False  # runs the workload's ONNX export
+
+
+def first_output(out: Any) -> np.ndarray:
+    """The first tensor of a result (torch, NumPy, TVM or OpenVINO tensors; tuples, lists and
+    TVM arrays of them) as a NumPy array."""
+    while True:
+        if isinstance(out, torch.Tensor):
+            return out.detach().numpy()
+        if isinstance(out, np.ndarray):
+            return out
+        if hasattr(out, "numpy") and callable(out.numpy):
+            return np.asarray(out.numpy())
+        if hasattr(out, "data") and isinstance(out.data, np.ndarray):
+            return out.data
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+            continue
+        out = out[0]
+
+
+def _require(module: str, pip_name: str) -> Any:
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as e:
+        raise Unavailable(f"{pip_name} is not installed ({e}); pip install {pip_name}") from None
+
+
+def version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# -- PyTorch ----------------------------------------------------------------------------------
+
+
+def setup_eager(w: Workload, s: Settings) -> Prepared:
+    model, inputs = w.model, w.inputs
+
+    def run():
+        return model(*inputs)
+
+    return Prepared(run, first_output)
+
+
+def _setup_torch_compile(w: Workload, options: dict[str, Any] | None) -> Prepared:
+    # a private copy: dynamo keys its cache on the module's code, and each torch.compile call
+    # gets its own backend object, so two configurations never share a compiled graph
+    model = copy.deepcopy(w.model)
+    compiled = torch.compile(model, backend="inductor", options=options)
+    inputs = w.inputs
+
+    def run():
+        return compiled(*inputs)
+
+    return Prepared(run, first_output)  # compiles on the first call (counted in setup time)
+
+
+def setup_torch_compile(w: Workload, s: Settings) -> Prepared:
+    return _setup_torch_compile(w, None)
+
+
+def setup_torch_compile_freezing(w: Workload, s: Settings) -> Prepared:
+    # torch._inductor.config.freezing: weights become constants, conv/linear weights are
+    # prepacked for oneDNN and constant subgraphs are folded
+    return _setup_torch_compile(w, {"freezing": True})
+
+
+# -- ONNX Runtime, OpenVINO -------------------------------------------------------------------
+
+
+def _feeds(w: Workload, names: list[str]) -> dict[str, np.ndarray]:
+    arrays = dict(zip(w.input_names, w.numpy_inputs(), strict=True))
+    if set(names) <= set(arrays):
+        return {n: arrays[n] for n in names}
+    return dict(zip(names, w.numpy_inputs(), strict=False))  # exporter renamed: by position
+
+
+def setup_onnxruntime(w: Workload, s: Settings) -> Prepared:
+    ort = _require("onnxruntime", "onnxruntime")
+    path, exporter = w.onnx()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = s.threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feeds = _feeds(w, [i.name for i in sess.get_inputs()])
+
+    def run():
+        return sess.run(None, feeds)
+
+    return Prepared(run, first_output, [f"ONNX exporter: {exporter}"])
+
+
+def setup_openvino(w: Workload, s: Settings) -> Prepared:
+    ov = _require("openvino", "openvino")
+    path, exporter = w.onnx()
+    core = ov.Core()
+    # f32 inference: on CPUs with bf16 units OpenVINO otherwise defaults to bf16, which is
+    # another precision than every other column
+    config = {"INFERENCE_NUM_THREADS": s.threads, "NUM_STREAMS": 1,
+              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = core.compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    feeds = _feeds(w, [p.get_any_name() for p in compiled.inputs])
+    out0 = compiled.output(0)
+
+    def run():
+        return request.infer(feeds)
+
+    return Prepared(run, lambda r: np.array(r[out0]),
+                    [f"ONNX exporter: {exporter}", "OpenVINO CPU, f32 precision hint"])
+
+
+# -- TVM's own path ---------------------------------------------------------------------------
+
+
+def tvm_target() -> Any:
+    """``llvm`` for this host's CPU. TVM 0.27 takes targets as dicts and maps ``mcpu=native``
+    to ``generic``, so the host CPU is named explicitly."""
+    import tvm
+    from tvm.target import codegen
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())})
+
+
+def setup_tvm_relax(w: Workload, s: Settings) -> Prepared:
+    tvm = _require("tvm", "apache-tvm")
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    exported = torch.export.export(w.model, w.inputs)
+    mod = from_exported_program(exported)
+    target = tvm_target()
+    vm = relax.VirtualMachine(relax.build(mod, target), tvm.cpu())
+    main = vm["main"]
+    args = [tvm.runtime.tensor(x) for x in w.numpy_inputs()]
+
+    def run():
+        return main(*args)
+
+    return Prepared(run, first_output,
+                    [f"target {target.attrs.get('mcpu', '?')}, untuned (no MetaSchedule)"])
+
+
+# -- rtinfer ----------------------------------------------------------------------------------
+
+
+def _setup_rtinfer(w: Workload, s: Settings, backend: str) -> Prepared:
+    import rtinfer
+    from rtinfer.errors import BackendError
+
+    try:
+        cm = rtinfer.compile(w.model, example_inputs=w.inputs, backend=backend,
+                             pipeline=s.pipeline)
+    except BackendError as e:
+        if "not available" in str(e) or "unknown backend" in str(e):
+            raise Unavailable(str(e)) from None
+        raise
+    inputs = w.inputs
+
+    def run():
+        return cm(*inputs)
+
+    info = cm.info
+    notes = [f"pipeline {info.pipeline}, backend {info.backend}"]
+    if info.fallbacks:
+        notes.append("reference fallbacks: " + ", ".join(info.fallbacks))
+    return Prepared(run, first_output, notes)
+
+
+def setup_rtinfer_torch(w: Workload, s: Settings) -> Prepared:
+    return _setup_rtinfer(w, s, "torch")
+
+
+def setup_rtinfer_tvm(w: Workload, s: Settings) -> Prepared:
+    return _setup_rtinfer(w, s, "tvm")
+
+
+SYSTEMS: dict[str, System] = {sys.name: sys for sys in [
+    System("eager", "PyTorch eager, autograd off", setup_eager),
+    System("torch.compile", "torch.compile, inductor, default mode", setup_torch_compile),
+    System("torch.compile+freezing", "torch.compile, inductor with "
+           "torch._inductor.config.freezing = True", setup_torch_compile_freezing),
+    System("onnxruntime", "ONNX Runtime CPU, ORT_ENABLE_ALL, on the torch.onnx.export "
+           "(dynamo) model", setup_onnxruntime, needs_onnx=True),
+    System("openvino", "OpenVINO CPU (LATENCY hint, f32) on the same ONNX model",
+           setup_openvino, needs_onnx=True),
+    System("tvm-relax", "TVM's own path: from_exported_program + relax.build for llvm "
+           "(host CPU), untuned, no rtinfer passes", setup_tvm_relax, slow=True),
+    System("rtinfer-torch", "rtinfer.compile(backend='torch'), default pipeline (O3)",
+           setup_rtinfer_torch, rtinfer=True),
+    System("rtinfer-tvm", "rtinfer.compile(backend='tvm'), default pipeline (O3)",
+           setup_rtinfer_tvm, rtinfer=True),
+]}
+

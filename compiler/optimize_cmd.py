@@ -1,0 +1,396 @@
+"""``rtinfer optimize MODEL``: capture, optimize, build, then measure the model before and after.
+
+MODEL is an ``.onnx`` file, an ``.ir`` file or a built-in name (``resnet18``, ``mobilenet_v2``,
+``minilm``). "Before" is eager torch for a built-in, ONNX Runtime for an ONNX file, and the
+unoptimized IR on the torch backend for an IR file. The command prints a table and writes
+``DIR/artifact/`` (``rtinfer.load`` reads it), ``DIR/report.md`` and ``DIR/report.json``.
+
+Latency: ``--warmup`` calls of each, then ``--runs`` calls interleaved (before, after, before...)
+so that both see the same machine state; p50 and p90 of the per-call wall times.
+Fidelity: on the same inputs (generated with ``--seed``, or ``--inputs FILE.npz``), the largest
+absolute difference and the cosine similarity of each output, the worst over the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtinfer.errors import RtinferError
+
+BUILTINS = ("resnet18", "mobilenet_v2", "minilm")
+
+
+class OptimizeError(RtinferError):
+    """A bad model argument or input specification for ``rtinfer optimize``."""
+
+
+@dataclass
+class Measured:
+    """What ``rtinfer optimize`` measured; ``report.json`` is this record."""
+
+    model: str
+    kind: str  # builtin, onnx, ir
+    baseline: str
+    target: str
+    pipeline: str
+    backend: str
+    inputs: dict[str, list[int]]
+    runs: int
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    speedup_p50: float = 0.0
+    size_bytes: dict[str, int] = field(default_factory=dict)
+    fidelity: dict[str, float] = field(default_factory=dict)
+    nodes: dict[str, int] = field(default_factory=dict)
+    fused_ops: dict[str, int] = field(default_factory=dict)
+    compile_seconds: float = 0.0
+    cache: str = "off"
+    artifact: str = ""
+
+
+@dataclass
+class _Subject:
+    """A model made ready: what to compile, the baseline to call, the inputs."""
+
+    kind: str
+    baseline_name: str
+    compile_arg: Any
+    example: Any  # example_inputs for compile
+    feeds: list[np.ndarray] | None  # flat numpy inputs (ONNX, IR)
+    baseline: Callable[[], list[np.ndarray]]
+    shapes: dict[str, list[int]]
+    weight_bytes: int  # the model's weights before rtinfer
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``input=1x3x224x224`` -> ("input", (1, 3, 224, 224))."""
+    name, eq, dims = text.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not eq or not name.strip() or not shape or any(d < 0 for d in shape):
+        raise OptimizeError(f"--input-shape expects NAME=D0xD1x..., e.g. input=1x3x224x224, "
+                            f"got {text!r}")
+    return name.strip(), shape
+
+
+def _progress(total: int, desc: str, unit: str = "it"):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None,
+                dynamic_ncols=True)
+
+
+def _flat(out: Any) -> list[np.ndarray]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out.detach().float().numpy() if out.dtype.is_floating_point
+                else out.detach().numpy()]
+    if isinstance(out, np.ndarray):
+        return [out]
+    if isinstance(out, dict):
+        return [a for v in out.values() for a in _flat(v)]
+    if isinstance(out, (list, tuple)):
+        return [a for v in out for a in _flat(v)]
+    return []
+
+
+def _builtin(name: str, seq: int) -> _Subject:
+    import torch
+
+    from rtinfer import models
+
+    torch.manual_seed(0)
+    if name == "minilm":
+        model = models.minilm()
+        example: Any = models.minilm_inputs(seq=seq)
+    else:
+        model = models.randomize_batchnorm(getattr(models, name)())
+        example = models.image_input()
+
+    def baseline() -> list[np.ndarray]:
+        with torch.no_grad():
+            return _flat(model(**example) if isinstance(example, dict) else model(example))
+
+    shapes = ({k: list(v.shape) for k, v in example.items()} if isinstance(example, dict)
+              else {"x": list(example.shape)})
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return _Subject("builtin", "eager torch", model, example, None, baseline, shapes, size)
+
+
+def _bind_shapes(graph: Any, shapes: dict[str, tuple[int, ...]],
+                 dims: dict[str, int]) -> dict[str, int]:
+    """Symbolic dims bound by ``--input-shape`` (and ``--dims``) for ``graph``'s inputs."""
+    names = [v.name for v in graph.inputs]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise OptimizeError(f"--input-shape names unknown input(s) {', '.join(unknown)}; the "
+                            f"model's inputs: {', '.join(map(str, names))}")
+    out = dict(dims)
+    for v in graph.inputs:
+        if v.name not in shapes:
+            continue
+        shape = shapes[v.name]
+        if len(shape) != v.type.rank:
+            raise OptimizeError(f"--input-shape {v.name}: {len(shape)} dims given, the input "
+                                f"is {v.type}")
+        for d, n in zip(v.type.shape, shape, strict=True):
+            if isinstance(d, int):
+                if d != n:
+                    raise OptimizeError(f"--input-shape {v.name}: {list(shape)} does not fit "
+                                        f"{v.type}")
+            elif d.is_Symbol:
+                out[d.name] = n
+    return out
+
+
+def _file_inputs(graph: Any, path: str | None, seed: int,
+                 dims: dict[str, int]) -> list[np.ndarray]:
+    from rtinfer.ir import random_inputs
+
+    if path is None:
+        return random_inputs(graph, seed=seed, dims=dims)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            given = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise OptimizeError(f"cannot read --inputs {path}: {e}") from None
+    names = [v.name for v in graph.inputs]
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise OptimizeError(f"--inputs {path} lacks input(s) {', '.join(missing)}")
+    return [given[n] for n in names]
+
+
+def _onnx(path: Path, shapes: dict, dims: dict, seed: int, inputs: str | None) -> _Subject:
+    from rtinfer.frontends import capture
+
+    graph = capture(str(path))
+    feeds = _file_inputs(graph, inputs, seed, _bind_shapes(graph, shapes, dims))
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OptimizeError("measuring an ONNX model needs onnxruntime as the baseline: pip "
+                            "install onnxruntime") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    feed = dict(zip(names, feeds, strict=True))
+
+    def baseline() -> list[np.ndarray]:
+        return [np.asarray(o) for o in sess.run(None, feed)]
+
+    return _Subject("onnx", "ONNX Runtime", str(path), None, feeds, baseline,
+                    {n: list(a.shape) for n, a in feed.items()}, _const_bytes(graph))
+
+
+def _ir(path: Path, shapes: dict, dims: dict, seed: int, inputs: str | None) -> _Subject:
+    from rtinfer.cli import load_graph
+    from rtinfer.compile import compile as rt_compile
+
+    graph = load_graph(str(path))
+    feeds = _file_inputs(graph, inputs, seed, _bind_shapes(graph, shapes, dims))
+    plain = rt_compile(graph, pipeline="O0", cache=False)
+
+    def baseline() -> list[np.ndarray]:
+        return _flat(plain(*feeds))
+
+    return _Subject("ir", "unoptimized IR (torch backend)", graph, None, feeds, baseline,
+                    {str(v.name): list(a.shape) for v, a in zip(graph.inputs, feeds,
+                                                                 strict=True)},
+                    _const_bytes(graph))
+
+
+def _subject(model: str, args: Any) -> _Subject:
+    shapes = dict(parse_shape(s) for s in args.input_shape or [])
+    dims = args.dims or {}
+    if model in BUILTINS:
+        if shapes or args.inputs:
+            raise OptimizeError(f"{model} is a built-in model with fixed example inputs; "
+                                f"--input-shape and --inputs are for .onnx and .ir files")
+        return _builtin(model, args.seq)
+    path = Path(model)
+    if not path.exists():
+        raise OptimizeError(f"no such model: {model} (give an .onnx or .ir file, or one of the "
+                            f"built-in models: {', '.join(BUILTINS)})")
+    if path.is_dir():
+        raise OptimizeError(f"{model} is a directory, not a model file")
+    if path.suffix == ".onnx":
+        return _onnx(path, shapes, dims, args.seed, args.inputs)
+    return _ir(path, shapes, dims, args.seed, args.inputs)
+
+
+def _fidelity(want: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    if len(want) != len(got):
+        raise OptimizeError(f"the compiled model returned {len(got)} outputs, the baseline "
+                            f"{len(want)}")
+    worst_err, worst_cos = 0.0, 1.0
+    for a, b in zip(want, got, strict=True):
+        a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+        if a64.shape != b64.shape:
+            raise OptimizeError(f"an output has {b64.size} elements, the baseline's {a64.size}")
+        if a64.size == 0:
+            continue
+        worst_err = max(worst_err, float(np.max(np.abs(a64 - b64))))
+        na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+        cos = 1.0 if na == nb == 0 else float(a64 @ b64 / max(na * nb, 1e-300))
+        worst_cos = min(worst_cos, cos)
+    return {"max_abs_error": worst_err, "cosine_similarity": worst_cos}
+
+
+def _percentiles(times: list[float]) -> dict[str, float]:
+    a = np.asarray(times) * 1e3
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "mean": float(a.mean())}
+
+
+def _const_bytes(graph: Any) -> int:
+    return int(sum(np.asarray(n.attrs["value"]).nbytes for n in graph.constants()))
+
+
+def run(args: Any, stdout: Any, stderr: Any) -> int:
+    import torch
+
+    import rtinfer
+
+    if args.runs < 1 or args.warmup < 0:
+        raise OptimizeError("--runs must be at least 1 and --warmup at least 0")
+    steps = _progress(4, f"rtinfer optimize {args.model}", "step")
+    steps.set_postfix_str("load")
+    subject = _subject(args.model, args)
+    steps.update()
+    steps.set_postfix_str("capture, optimize, build")
+    t0 = time.perf_counter()
+    cm = rtinfer.compile(subject.compile_arg, target=args.target,
+                         example_inputs=subject.example, pipeline=args.pipeline,
+                         backend=args.backend, cache=not args.no_cache)
+    compile_s = time.perf_counter() - t0
+    steps.update()
+
+    if subject.feeds is not None:
+        feeds = subject.feeds
+
+        def after() -> list[np.ndarray]:
+            return _flat(cm(*feeds))
+    else:
+        example = subject.example
+
+        def after() -> list[np.ndarray]:
+            return _flat(cm(**example) if isinstance(example, dict) else cm(example))
+
+    steps.set_postfix_str("measure")
+    want, got = subject.baseline(), after()
+    fidelity = _fidelity(want, got)
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    bench = _progress(args.warmup + args.runs, "latency (before/after interleaved)", "run")
+    with torch.no_grad():
+        for i in range(args.warmup + args.runs):
+            for key, fn in (("before", subject.baseline), ("after", after)):
+                t = time.perf_counter()
+                fn()
+                if i >= args.warmup:
+                    times[key].append(time.perf_counter() - t)
+            bench.update()
+    bench.close()
+    steps.update()
+
+    steps.set_postfix_str("save")
+    out = Path(args.out) if args.out else Path(f"{Path(args.model).stem}.rtinfer")
+    artifact = cm.save(out / "artifact")
+    on_disk = sum(p.stat().st_size for p in artifact.iterdir() if p.is_file())
+    info = cm.info
+    m = Measured(
+        model=args.model, kind=subject.kind, baseline=subject.baseline_name,
+        target=args.target, pipeline=info.pipeline, backend=info.backend,
+        inputs=subject.shapes, runs=args.runs,
+        latency_ms={k: _percentiles(v) for k, v in times.items()},
+        size_bytes={"weights_before": subject.weight_bytes, "weights_after": _const_bytes(cm.ir),
+                    "artifact": on_disk},
+        fidelity=fidelity,
+        nodes={"before": sum(info.ops_before.values()), "after": sum(info.ops_after.values())},
+        fused_ops=cm.fused_ops, compile_seconds=compile_s, cache=info.cache,
+        artifact=str(artifact))
+    m.speedup_p50 = m.latency_ms["before"]["p50"] / max(m.latency_ms["after"]["p50"], 1e-12)
+    (out / "report.json").write_text(json.dumps(asdict(m), indent=2) + "\n")
+    (out / "report.md").write_text(markdown(m, cm.report()))
+    steps.update()
+    steps.close()
+    stdout.write(table(m) + f"\nwrote {out}{os.sep}: artifact/, report.md, report.json\n")
+    return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def rows(m: Measured) -> list[tuple[str, str, str]]:
+    b, a = m.latency_ms["before"], m.latency_ms["after"]
+    return [
+        ("latency p50", f"{b['p50']:.3f} ms", f"{a['p50']:.3f} ms"),
+        ("latency p90", f"{b['p90']:.3f} ms", f"{a['p90']:.3f} ms"),
+        ("speedup (p50)", "", f"{m.speedup_p50:.2f}x"),
+        ("nodes", str(m.nodes["before"]), str(m.nodes["after"])),
+        ("weights", _mb(m.size_bytes["weights_before"]), _mb(m.size_bytes["weights_after"])),
+        ("artifact on disk", "", _mb(m.size_bytes["artifact"])),
+        ("max abs error", "", f"{m.fidelity['max_abs_error']:.3g}"),
+        ("cosine similarity", "", f"{m.fidelity['cosine_similarity']:.6f}"),
+    ]
+
+
+def table(m: Measured) -> str:
+    head = (f"rtinfer optimize {m.model}: target {m.target}, pipeline {m.pipeline}, backend "
+            f"{m.backend}; compiled in {m.compile_seconds:.2f} s (cache {m.cache}); "
+            f"{m.runs} runs")
+    cols = ("", f"before ({m.baseline})", "after (rtinfer)")
+    body = rows(m)
+    w = [max(len(r[i]) for r in [cols, *body]) for i in range(3)]
+    line = "-+-".join("-" * n for n in w)
+    out = [head, line, " | ".join(c.ljust(n) for c, n in zip(cols, w, strict=True)), line]
+    out += [" | ".join(c.ljust(n) for c, n in zip(r, w, strict=True)) for r in body]
+    out.append(line)
+    if m.fused_ops:
+        out.append("fused: " + ", ".join(f"{k} x{v}" for k, v in m.fused_ops.items()))
+    return "\n".join(out)
+
+
+def markdown(m: Measured, compile_report: str) -> str:
+    lines = [f"# rtinfer optimize {m.model}", "",
+             f"target `{m.target}`, pipeline `{m.pipeline}`, backend `{m.backend}`; inputs "
+             + ", ".join(f"`{k}` {v}" for k, v in m.inputs.items())
+             + f"; {m.runs} interleaved runs; compiled in {m.compile_seconds:.2f} s "
+               f"(cache {m.cache}).", "",
+             f"| | before ({m.baseline}) | after (rtinfer) |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(m)]
+    lines += ["", "## Compilation", "", "```", compile_report, "```", ""]
+    return "\n".join(lines)
+
+
+def add_arguments(p: Any, dims_type: Callable[[str], dict[str, int]]) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help=f"an .onnx file, an .ir file, or a built-in: {', '.join(BUILTINS)}")
+    p.add_argument("--target", default="cpu", help="target (cpu)")
+    p.add_argument("-p", "--pipeline", default="O3", help="pipeline (O3)")
+    p.add_argument("--backend", default="auto", help="backend (auto)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output directory (default: MODEL.rtinfer)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=1x3x224x224",
+                   help="the shape of an input with symbolic dims (repeatable)")
+    p.add_argument("--dims", type=dims_type, default=None, metavar="B=1,S=16",
+                   help="sizes of symbolic dims (default 2)")
+    p.add_argument("--inputs", metavar="FILE.npz", default=None,
+                   help="inputs to measure on, by input name (default: seeded random)")
+    p.add_argument("--seed", type=int, default=0, help="seed of generated inputs (0)")
+    p.add_argument("--seq", type=int, default=16, help="minilm: sequence length (16)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs of each (50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs of each (5)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the compile cache")
