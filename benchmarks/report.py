@@ -5,7 +5,6 @@ table. Everything here reads the JSON document that ``run.py`` builds, so a save
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -169,7 +168,8 @@ def chart(doc: dict[str, Any], path: Path) -> Path | None:
 
     models, names = list(doc["models"]), _systems(doc)
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(models) * len(names) / 3), 5))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 0.35 * len(models) * len(names))),
+                                    5.5))
     cmap = plt.get_cmap("tab10")
     for j, name in enumerate(names):
         xs, ys, mins = [], [], []
@@ -190,11 +190,8 @@ def chart(doc: dict[str, Any], path: Path) -> Path | None:
     ax.set_title(f"batch 1, {st['threads']} threads, {mach['cpu']}"
                  + (" (quick run)" if st.get("quick") else ""), fontsize=9)
     ax.grid(axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(4, len(names)), loc="upper right")
-    ys_all = [r["median_ms"] for m in doc["models"].values() for r in m["results"].values()
-              if "median_ms" in r]
-    if ys_all:
-        ax.set_ylim(min(ys_all) / 2, max(ys_all) * 10 ** math.ceil(len(names) / 4))
+    ax.legend(fontsize=8, ncol=min(4, len(names)), loc="upper center",
+              bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
