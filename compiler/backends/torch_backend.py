@@ -89,6 +89,10 @@ class EmitContext:
     # symbol -> (proxy of a tensor, axis) whose size is the symbol's value at run time
     sym_sources: dict[sympy.Symbol, tuple[Proxy, int]] = field(default_factory=dict)
     sym_cache: dict[sympy.Symbol, Proxy] = field(default_factory=dict)
+    # (constant attribute, packing key) -> attribute of its weight prepacked for oneDNN
+    packed: dict[tuple, str] = field(default_factory=dict)
+    # fx nodes whose run-time value is known to be channels-last (NHWC strides)
+    channels_last: set[torch.fx.Node] = field(default_factory=set)
 
     @property
     def in_types(self) -> list[TensorType]:
@@ -211,6 +215,12 @@ def _torch_pads(pads: Sequence[int]) -> list[int]:
 def _conv_emitter(nd: int) -> Emitter:
     def emit(cx: EmitContext, x, weight, bias, stride, pad, dilation, groups):
         pads = expand_pads(pad, nd)
+        if nd == 2 and pads[:nd] == pads[nd:] and _use_mkldnn(cx):
+            geo = (list(pads[:nd]), list(expand_ints(stride, nd, "stride")),
+                   list(expand_ints(dilation, nd, "dilation")), groups)
+            y = _mkldnn_conv(cx, x, weight, bias, geo, None, "none", [], None)
+            if y is not None:
+                return y
         if pads[:nd] != pads[nd:]:
             x, pads = F.pad(x, _torch_pads(pads)), (0,) * (2 * nd)
         return _CONV[nd](x, weight, bias, expand_ints(stride, nd, "stride"), pads[:nd],
@@ -786,6 +796,109 @@ def _use_mkldnn(cx: EmitContext) -> bool:
             and mkldnn_available())
 
 
+# -- weight prepacking and channels-last activations (inference only) --------------------------
+#
+# With oneDNN (``trainable=False``) a constant conv2d weight is reordered once, at build time,
+# into the blocked layout oneDNN's convolution wants for the node's (static) input size, and a
+# constant linear weight into the layout for its (static) row count; the packed tensors are
+# plain (non-buffer) attributes of the module, so its buffers and state_dict stay the IR's
+# constants.
+# A conv's input is made channels-last (a no-op when it already is: every oneDNN conv's output
+# is), so activations stay NHWC from conv to conv; the graph's 4-d outputs are made contiguous.
+# The packed weights are a snapshot: writing into the module's constant buffers afterwards does
+# not change them (``trainable=True`` modules use the buffers / parameters directly).
+
+
+def _const_of(cx: EmitContext, proxy: Any) -> torch.Tensor | None:
+    """The tensor behind ``proxy`` if it is a constant (non-parameter) attribute of the module."""
+    if not isinstance(proxy, Proxy) or proxy.node.op != "get_attr":
+        return None
+    t = getattr(cx.root, proxy.node.target, None)
+    if not isinstance(t, torch.Tensor) or isinstance(t, torch.nn.Parameter) or t.is_mkldnn:
+        return None
+    return t
+
+
+def _packed(cx: EmitContext, proxy: Any, key: tuple, make: Callable) -> Proxy | None:
+    """A proxy of ``make(constant)``, made once per (constant, key); None if not a constant."""
+    t = _const_of(cx, proxy)
+    if t is None or t.dtype != torch.float32:
+        return None
+    k = (proxy.node.target, *key)
+    name = cx.packed.get(k)
+    if name is None:
+        try:
+            packed = make(t)
+        except RuntimeError:  # a geometry this oneDNN build does not pack: the plain weight
+            return None
+        name = _attr_name(f"{proxy.node.target}_packed", cx.taken, "packed")
+        setattr(cx.root, name, packed)
+        cx.packed[k] = name
+    return Proxy(cx.graph.get_attr(name), cx.tracer)
+
+
+def _static_shape(t: TensorType) -> list[int] | None:
+    if all(isinstance(d, (int, np.integer)) for d in t.shape):
+        return [int(d) for d in t.shape]
+    return None
+
+
+def _channels_last(cx: EmitContext, x: Any) -> Any:
+    """``x`` with NHWC strides (a copy only the first time an NCHW tensor meets a conv)."""
+    if not isinstance(x, Proxy) or x.node in cx.channels_last:
+        return x
+    y = x.contiguous(memory_format=torch.channels_last)
+    cx.channels_last.add(y.node)
+    return y
+
+
+def _mkldnn_conv(cx: EmitContext, x, w, bias, geo, residual, attr, scalars, algorithm, *,
+                 packed_only: bool = True) -> Proxy | None:
+    """oneDNN's conv2d (with ``residual`` added before ``attr`` when given) on a prepacked
+    weight and channels-last activations. A weight that is not a constant: the plain weight
+    (or None when ``packed_only``)."""
+    ops = torch.ops.mkldnn
+    pads, stride, dilation, groups = geo
+    size = _static_shape(cx.in_types[0])
+    if len(pads) != 2:  # conv1d: oneDNN's plain path
+        pw = None
+    elif size is not None:
+        pw = _packed(cx, w, ("conv", *map(tuple, geo[:3]), groups, tuple(size)),
+                     lambda t: ops._reorder_convolution_weight(t, pads, stride, dilation,
+                                                               groups, size))
+    else:  # dynamic sizes: oneDNN picks the blocking per call, NHWC weights still help
+        pw = _packed(cx, w, ("channels_last",),
+                     lambda t: t.contiguous(memory_format=torch.channels_last))
+    if pw is None:
+        if packed_only:
+            return None
+        pw = w
+    else:
+        x = _channels_last(cx, x)
+        if residual is not None:
+            residual = _channels_last(cx, residual)
+    if residual is not None:
+        y = cx.call(ops._convolution_pointwise.binary, x, residual, pw, bias, *geo, "add", None,
+                    attr, scalars, algorithm)
+    else:
+        y = cx.call(ops._convolution_pointwise.default, x, pw, bias, *geo, attr, scalars,
+                    algorithm)
+    if pw is not w:
+        cx.channels_last.add(y.node)
+    return y
+
+
+def _packed_linear_weight(cx: EmitContext, x, w) -> Any:
+    """``w`` reordered for oneDNN's linear at the input's (static) row count, else as is."""
+    shape = _static_shape(cx.in_types[0])
+    if shape is None or len(shape) < 2:
+        return w
+    rows = math.prod(shape[:-1])
+    pw = _packed(cx, w, ("linear", rows),
+                 lambda t: torch.ops.mkldnn._reorder_linear_weight(t, rows))
+    return w if pw is None else pw
+
+
 def _fused_emitter(base: str) -> Emitter:
     base_def = get_op(base)
     base_attr_names = tuple(base_def.attrs)
@@ -803,18 +916,18 @@ def _fused_emitter(base: str) -> Emitter:
             if pads[:nd] == pads[nd:]:
                 geo = (list(pads[:nd]), list(expand_ints(attrs["stride"], nd, "stride")),
                        list(expand_ints(attrs["dilation"], nd, "dilation")), attrs["groups"])
-                ops = torch.ops.mkldnn
                 if pre:
                     unary = MKLDNN_BINARY_ACTIVATIONS.get(act)
-                    y = cx.call(ops._convolution_pointwise.binary, x, residual, w, bias, *geo,
-                                "add", None, unary, [], None)
+                    y = _mkldnn_conv(cx, x, w, bias, geo, residual, unary, [], None,
+                                     packed_only=False)
                     return _add_act(cx, y, residual, attrs, done_pre=True,
                                     done_act=act in MKLDNN_BINARY_ACTIVATIONS)
-                y = cx.call(ops._convolution_pointwise.default, x, w, bias, *geo, mk_attr,
-                            mk_scalars(alpha, beta), mk_alg)
+                y = _mkldnn_conv(cx, x, w, bias, geo, None, mk_attr, mk_scalars(alpha, beta),
+                                 mk_alg, packed_only=False)
                 return _add_act(cx, y, residual, attrs, done_pre=True, done_act=True)
         if mkl and base == "linear":
             ops = torch.ops.mkldnn
+            w = _packed_linear_weight(cx, x, w)
             if pre:
                 y = cx.call(ops._linear_pointwise.binary, x, residual, w, bias, "add")
                 return _add_act(cx, y, residual, attrs, done_pre=True, done_act=False)
@@ -934,7 +1047,11 @@ def build_module(graph: Graph, *, trainable: bool = False, mkldnn: bool | None =
         env[id(v)] = p
         _note_symbols(cx, v.type, p)
     emit_nodes(cx, graph, env)
-    fx_graph.output(tuple(env[id(v)].node for v in graph.outputs))
+    outs = [env[id(v)] for v in graph.outputs]
+    if cx.channels_last:  # NCHW results, as the eager model gives
+        outs = [o.contiguous() if isinstance(o, Proxy) and v.type.rank == 4 else o
+                for o, v in zip(outs, graph.outputs, strict=True)]
+    fx_graph.output(tuple(o.node for o in outs))
     module = TorchModule(cx.root, fx_graph,
                          class_name=f"rtinfer_{_IDENT.sub('_', graph.name)}")
     if module.graph.eliminate_dead_code():  # e.g. sizes read for a symbol and not used
