@@ -13,7 +13,9 @@ Constants become buffers of the generated module, or parameters (float ones) wit
 ``trainable=True``, so gradients flow to them. With ``trainable=False`` the fused ops
 (``fused_conv1d/2d``, ``fused_linear``) lower to oneDNN's fused primitives
 (``torch.ops.mkldnn._convolution_pointwise`` / ``_linear_pointwise``), which have no autograd
-kernel; with ``trainable=True`` they lower to ATen conv/linear plus the epilogue.
+kernel; with ``trainable=True`` they lower to ATen conv/linear plus the epilogue. For inference,
+constant conv2d/linear weights are also prepacked once for oneDNN and conv activations kept
+channels-last (see "weight prepacking" below).
 
 An op with no emitter runs its op-table reference (NumPy) at run time: correct, but neither
 differentiable nor fast. ``fallback_ops(graph)`` names those ops; ``UNSUPPORTED`` gives the
@@ -1056,6 +1058,10 @@ def build_module(graph: Graph, *, trainable: bool = False, mkldnn: bool | None =
                          class_name=f"rtinfer_{_IDENT.sub('_', graph.name)}")
     if module.graph.eliminate_dead_code():  # e.g. sizes read for a symbol and not used
         module.recompile()
+    for name in cx.packed.values():  # GraphModule made them buffers: plain attributes again
+        packed = getattr(module, name)
+        delattr(module, name)
+        setattr(module, name, packed)
     module.rtinfer_fallback_ops = missing
     module.rtinfer_constants = cx.const_names
     module.rtinfer_mkldnn = cx.mkldnn and not trainable

@@ -328,3 +328,114 @@ def test_op_without_emitter_runs_its_reference(monkeypatch):
     assert module.rtinfer_fallback_ops == ["linear"]
     x = np.ones((2, 16), np.float32)
     np.testing.assert_allclose(run_module(module, [x])[0], interpret(g, x), rtol=1e-5)
+
+
+# -- prepacked oneDNN weights, channels-last activations ---------------------------------------
+
+# static sizes (so conv weights are reordered for the input size); odd sizes, strides, dilation,
+# groups, depthwise, plain and fused convs, a residual before and after the activation, pooling,
+# a 4-d output and a linear head
+PACKED_CNN = """
+func @packed_cnn(%x: f32[2,3,17,13]) -> (f32[2,12,5,7], f32[2,7]) {
+  %w1 = const f32[12,3,5,3] random(seed=0)
+  %b1 = const f32[12] random(seed=1)
+  %w2 = const f32[12,1,3,3] random(seed=2)
+  %b2 = const f32[12] random(seed=3)
+  %w3 = const f32[12,4,3,3] random(seed=4)
+  %w4 = const f32[12,12,1,1] random(seed=5)
+  %b4 = const f32[12] random(seed=6)
+  %w5 = const f32[12,6,3,3] random(seed=7)
+  %b5 = const f32[12] random(seed=8)
+  %fc = const f32[7,12] random(seed=9)
+  %fcb = const f32[7] random(seed=10)
+  %a = fused_conv2d(%x, %w1, %b1) {stride=[2, 1], pad=[2, 1], activation="relu"}
+  %b = fused_conv2d(%a, %w2, %b2) {pad=[1], groups=12, activation="clip", alpha=0.0, beta=6.0}
+  %c = conv2d(%b, %w3) {pad=[2], dilation=[2], groups=3}
+  %d = fused_conv2d(%c, %w4, %b4, %a) {activation="relu", residual="pre"}
+  %e = max_pool2d(%d) {kernel=[3], stride=[2], pad=[1]}
+  %f = fused_conv2d(%e, %w5, %b5, %e) {pad=[1], groups=2, activation="silu", residual="post"}
+  %g = conv2d(%f, %w4, %b4) {stride=[2, 2], pad=[1]}
+  %p = global_avg_pool2d(%g)
+  %q = flatten(%p)
+  %y = fused_linear(%q, %fc, %fcb) {activation="tanh"}
+  return %f, %y
+}
+"""
+
+PACKED_MLP = """
+func @packed_mlp(%x: f32[3,5,13]) -> f32[3,5,6] {
+  %w1 = const f32[33,13] random(seed=0)
+  %b1 = const f32[33] random(seed=1)
+  %w2 = const f32[6,33] random(seed=2)
+  %b2 = const f32[6] random(seed=3)
+  %r = const f32[3,5,6] random(seed=4)
+  %h = fused_linear(%x, %w1, %b1) {activation="gelu"}
+  %y = fused_linear(%h, %w2, %b2, %r) {residual="pre"}
+  return %y
+}
+"""
+
+
+def _pack_input(g: Graph) -> np.ndarray:
+    shape = tuple(int(d) for d in g.inputs[0].type.shape)
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.skipif(not mkldnn_available(), reason="no oneDNN fused ops in this torch build")
+@pytest.mark.parametrize("text", [PACKED_CNN, PACKED_MLP], ids=["cnn", "mlp"])
+def test_prepacked_weights_match_interpreter(text):
+    g = parse(text)
+    x = _pack_input(g)
+    module = build_module(g, strict=True)
+    packed = [n.target for n in module.graph.nodes if n.op == "get_attr"
+              and getattr(module, n.target).is_mkldnn]
+    assert packed, module.code
+    if "cnn" in g.name:  # every conv, plain ones included, on a packed weight
+        assert "torch.conv2d" not in module.code
+        # w4 serves two geometries (a 1x1 conv and a strided 3x3 one): two packings
+        assert len(packed) == 7 and "fc_packed" in packed
+        assert "channels_last" in module.code
+    # the constants stay plain buffers; the packed copies are no part of the state
+    assert not any(t.is_mkldnn for t in module.state_dict().values())
+    with torch.no_grad():
+        outs = module(torch.from_numpy(x))
+    want = interpret(g, x)
+    want = list(want) if isinstance(want, tuple) else [want]
+    for o, w in zip(outs, want, strict=True):
+        assert o.is_contiguous()  # NCHW out, as eager gives
+        np.testing.assert_allclose(o.numpy(), w, rtol=1e-5, atol=1e-5)
+    # the same graph on ATen (no oneDNN) agrees to fp32 rounding
+    aten = run_module(build_module(g, mkldnn=False), [x])
+    for o, a in zip(outs, aten, strict=True):
+        np.testing.assert_allclose(o.numpy(), a, rtol=1e-5, atol=1e-5)
+
+
+def test_prepacked_cnn_channels_last_input():
+    """An input already in channels-last memory gives the same results."""
+    g = parse(PACKED_CNN)
+    x = torch.from_numpy(_pack_input(g))
+    module = build_module(g)
+    with torch.no_grad():
+        a = module(x)
+        b = module(x.contiguous(memory_format=torch.channels_last))
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("text", [PACKED_CNN, PACKED_MLP], ids=["cnn", "mlp"])
+def test_trainable_static_model_has_gradients_and_no_packing(text):
+    g = parse(text)
+    module = build_module(g, trainable=True)
+    assert "mkldnn" not in module.code and "channels_last" not in module.code
+    x = torch.from_numpy(_pack_input(g)).requires_grad_()
+    outs = module(x)
+    sum((o ** 2).sum() for o in outs).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
+    assert grads["w1"].abs().sum() > 0  # flows back through every layer
+    with torch.no_grad():
+        want = interpret(g, x.detach().numpy())
+        want = list(want) if isinstance(want, tuple) else [want]
+        for o, w in zip(outs, want, strict=True):
+            np.testing.assert_allclose(o.detach().numpy(), w, rtol=1e-4, atol=1e-4)
