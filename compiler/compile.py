@@ -77,6 +77,10 @@ class CompiledModel:
         self.module = module
         self.info = info
         self._names = _input_names(graph)
+        # checked once here rather than on every call: with no symbolic dims there is nothing
+        # to bind across inputs
+        self._symbolic = any(not v.type.is_static for v in graph.inputs)
+        self._expect: list[tuple] | None = None
 
     # -- calling ------------------------------------------------------------------------------
 
@@ -102,6 +106,11 @@ class CompiledModel:
         n = len(self.ir.inputs)
         meta = self.ir.meta.get("torch")
         if meta is not None and meta.get("in_spec") is not None:
+            kinds = meta["input_kinds"]
+            if not kwargs and len(args) == len(kinds) == n and all(
+                    k == "tensor" for k in kinds) and all(
+                    isinstance(a, (torch.Tensor, np.ndarray)) for a in args):
+                return list(args)  # the common call: tensors, positionally (no pytree walk)
             kw_names = list(meta["in_spec"].child(1).context)
             unknown = sorted(set(kwargs) - set(kw_names))
             if unknown:
@@ -143,19 +152,28 @@ class CompiledModel:
         from rtinfer.ir.interpreter import bind_dims
         from rtinfer.ir.ops.common import to_torch
 
+        if self._expect is None:  # (name, type, torch dtype, static shape or None) per input
+            self._expect = [(name, v.type, TORCH_DTYPES[v.type.dtype],
+                             tuple(v.type.shape) if v.type.is_static else None)
+                            for name, v in zip(self._names, self.ir.inputs, strict=True)]
         tensors = []
-        for name, v, x in zip(self._names, self.ir.inputs, flat, strict=True):
+        for (name, t, dtype, static), x in zip(self._expect, flat, strict=True):
             if isinstance(x, np.ndarray):
                 x = to_torch(x)
             if not isinstance(x, torch.Tensor):
-                raise BackendError(f"input {name!r}: expected {v.type}, got a "
+                raise BackendError(f"input {name!r}: expected {t}, got a "
                                    f"{type(x).__name__} (pass a torch tensor or numpy array)")
-            t = v.type
-            ok = x.dtype == TORCH_DTYPES[t.dtype] and x.dim() == t.rank and all(
-                not isinstance(d, int) or d == n for d, n in zip(t.shape, x.shape, strict=True))
+            if static is not None:
+                ok = x.dtype == dtype and x.shape == static
+            else:
+                ok = x.dtype == dtype and x.dim() == t.rank and all(
+                    not isinstance(d, int) or d == n
+                    for d, n in zip(t.shape, x.shape, strict=True))
             if not ok:
                 raise BackendError(f"input {name!r}: expected {t}, got {_describe(x)}")
             tensors.append(x)
+        if not self._symbolic:
+            return tensors
         try:
             bind_dims([v.type for v in self.ir.inputs], [tuple(x.shape) for x in tensors])
         except ValueError as e:

@@ -1212,6 +1212,9 @@ def unflatten_outputs(graph: Graph, arrays: Any, as_torch: bool = False) -> Any:
     if not isinstance(arrays, (list, tuple)):
         arrays = [arrays]
     arrays = [torch.from_numpy(np.array(a)) if as_torch else a for a in arrays]
+    spec, outputs = meta["out_spec"], meta["outputs"]
+    if spec.is_leaf() and len(outputs) == 1 and outputs[0][0] == "out":
+        return arrays[outputs[0][1]]  # a model returning one tensor: no tree to rebuild
     flat = [arrays[i] if kind == "out" else i for kind, i in meta["outputs"]]
     return pytree.tree_unflatten(flat, meta["out_spec"])
 
