@@ -7,7 +7,12 @@ VM (``tvm_backend``). ``auto`` is ``torch`` for now (the native C++/CUDA backend
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from rtinfer.errors import BackendError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 BACKENDS = ("torch", "tvm")
 PLANNED = {"native": "the native C++/CUDA backend is not available yet"}
@@ -24,4 +29,18 @@ def resolve_backend(name: str) -> str:
     raise BackendError(f"unknown backend {name!r}; valid: auto, {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "resolve_backend"]
+def registrar(table: dict[str, Any], what: str) -> Callable[..., Callable[[F], F]]:
+    """A decorator factory filling a backend's op table (``@emits("add", "sub")``); an op given
+    two entries is an error at import."""
+    def register(*names: str) -> Callable[[F], F]:
+        def deco(fn: F) -> F:
+            for n in names:
+                if n in table:
+                    raise ValueError(f"op {n!r} has two {what}s")
+                table[n] = fn
+            return fn
+        return deco
+    return register
+
+
+__all__ = ["BACKENDS", "registrar", "resolve_backend"]

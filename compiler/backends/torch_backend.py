@@ -39,6 +39,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch.fx.proxy import GraphAppendingTracer, Proxy
 
+from rtinfer.backends import registrar
 from rtinfer.errors import BackendError
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node
@@ -61,14 +62,7 @@ EMITTERS: dict[str, Emitter] = {}
 UNSUPPORTED: dict[str, str] = {}
 
 
-def emits(*names: str) -> Callable[[Emitter], Emitter]:
-    def deco(fn: Emitter) -> Emitter:
-        for n in names:
-            if n in EMITTERS:
-                raise ValueError(f"op {n!r} has two emitters")
-            EMITTERS[n] = fn
-        return fn
-    return deco
+emits = registrar(EMITTERS, "emitter")
 
 
 # -- the conversion context -------------------------------------------------------------------

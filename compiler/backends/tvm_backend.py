@@ -39,6 +39,7 @@ import numpy as np
 import sympy
 import torch
 
+from rtinfer.backends import registrar
 from rtinfer.errors import BackendError
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node
@@ -89,14 +90,7 @@ class Unsupported(Exception):
     """Raised by a lowering for a node it cannot lower (the node then falls back)."""
 
 
-def lowers(*names: str) -> Callable[[Lowering], Lowering]:
-    def deco(fn: Lowering) -> Lowering:
-        for n in names:
-            if n in LOWERINGS:
-                raise ValueError(f"op {n!r} has two lowerings")
-            LOWERINGS[n] = fn
-        return fn
-    return deco
+lowers = registrar(LOWERINGS, "lowering")
 
 
 # -- the lowering context ---------------------------------------------------------------------

@@ -254,11 +254,25 @@ def eager_outputs(model: torch.nn.Module, inputs: Any) -> list:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
+def max_abs_error(got: list, want: list) -> float:
+    """Largest |interpreter - eager| over all outputs; a count or shape mismatch raises."""
+    import numpy as np
+
+    if len(got) != len(want):
+        raise AssertionError(f"{len(got)} outputs, eager has {len(want)}")
+    err = 0.0
+    for a, b in zip(got, want, strict=True):
+        b = b.numpy()
+        if a.shape != b.shape:
+            raise AssertionError(f"output shape {a.shape} != eager {b.shape}")
+        if a.size:
+            err = max(err, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+    return err
+
+
 def run_model(name: str) -> dict[str, Any]:
     """Capture ``ZOO[name]`` and compare the reference interpreter with eager torch."""
     import time
-
-    import numpy as np
 
     import rtinfer
     from rtinfer.frontends.torch_frontend import flatten_inputs
@@ -274,15 +288,7 @@ def run_model(name: str) -> dict[str, Any]:
     got = interpret(g, *[a.numpy() for a in args])
     got = list(got) if isinstance(got, tuple) else [got]
     want = eager_outputs(model, inputs)
-    if len(got) != len(want):
-        raise AssertionError(f"{len(got)} outputs, eager has {len(want)}")
-    err = 0.0
-    for a, b in zip(got, want, strict=True):
-        b = b.numpy()
-        if a.shape != b.shape:
-            raise AssertionError(f"output shape {a.shape} != eager {b.shape}")
-        if a.size:
-            err = max(err, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+    err = max_abs_error(got, want)
     return {"graph": g, "nodes": len(g.nodes), "ops": len(g.op_counts()), "max_abs_err": err,
             "capture_s": t_capture, "outputs": got, "eager": want}
 
@@ -324,7 +330,6 @@ def export_onnx_bytes(name: str) -> tuple[bytes, list[torch.Tensor], list]:
 def run_model_onnx(name: str) -> dict[str, Any]:
     """torch -> ONNX (torch.onnx.export) -> rtinfer's ONNX frontend -> reference interpreter,
     compared with eager torch."""
-    import numpy as np
     import onnx
 
     import rtinfer
@@ -335,15 +340,7 @@ def run_model_onnx(name: str) -> dict[str, Any]:
     verify(g)
     got = interpret(g, *[a.numpy() for a in args])
     got = list(got) if isinstance(got, tuple) else [got]
-    if len(got) != len(want):
-        raise AssertionError(f"{len(got)} outputs, eager has {len(want)}")
-    err = 0.0
-    for a, b in zip(got, want, strict=True):
-        b = b.numpy()
-        if a.shape != b.shape:
-            raise AssertionError(f"output shape {a.shape} != eager {b.shape}")
-        if a.size:
-            err = max(err, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+    err = max_abs_error(got, want)
     return {"graph": g, "nodes": len(g.nodes), "max_abs_err": err, "eager": want}
 
 
