@@ -1,0 +1,65 @@
+// rtinfer's own CPU kernels: each add_* appends one Step to a Plan (see plan.h). fp32 unless a
+// signature says otherwise; shapes are static and baked into the step's closure. Every step is
+// safe to run from several calls at once: per-call temporaries live in thread_local buffers.
+#pragma once
+
+#include "plan.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rtinfer {
+
+// y = (x - mean) / sqrt(var + eps) * gamma + beta per row of [rows, cols] (two-pass);
+// rms: y = x / sqrt(mean(x^2) + eps) * gamma (+ beta).
+void add_layer_norm(Plan& p, const std::string& name, int x, int y, int64_t rows, int64_t cols,
+                    std::optional<torch::Tensor> gamma, std::optional<torch::Tensor> beta,
+                    double eps, bool rms);
+
+// softmax (log: log_softmax) over the last axis of [rows, cols]; a row of -inf gives NaN, as
+// torch.softmax.
+void add_softmax(Plan& p, const std::string& name, int x, int y, int64_t rows, int64_t cols,
+                 bool log);
+
+// y = softmax(q k^T * scale + mask) v per (b, h); strides in elements ([b, h, s], d contiguous;
+// mask: [b, h, q, k], 0 broadcasts). mask_kind 0 none, 1 bool (true attends), 2 float additive.
+// causal: key j attends to query i when j <= i (top-left, as torch). A row with no key left
+// (all masked) gives zeros, as torch's SDPA does.
+void add_attention(Plan& p, const std::string& name, int q, int k, int v, int mask, int y,
+                   int64_t B, int64_t H, int64_t Sq, int64_t Skv, int64_t D,
+                   std::vector<int64_t> q_strides, std::vector<int64_t> k_strides,
+                   std::vector<int64_t> v_strides, std::vector<int64_t> y_strides, int mask_kind,
+                   std::vector<int64_t> mask_strides, double scale, bool causal);
+
+// max/avg pooling of [N, C, H, W] (nhwc: [N, H, W, C]) into OH x OW; pad_end defaults to
+// pad_begin. Windows are clipped to the padded input; avg divides as torch's avg_pool2d.
+void add_pool2d(Plan& p, const std::string& name, int x, int y, int64_t N, int64_t C, int64_t H,
+                int64_t W, int64_t OH, int64_t OW, std::vector<int64_t> kernel,
+                std::vector<int64_t> stride, std::vector<int64_t> pad_begin,
+                std::vector<int64_t> dilation, const std::string& kind, bool count_include_pad,
+                bool nhwc, std::optional<std::vector<int64_t>> pad_end);
+
+// reduce the middle axis of [outer, extent, inner]: sum, mean, max, min (NaN propagates).
+void add_reduce(Plan& p, const std::string& name, int x, int y, int64_t outer, int64_t extent,
+                int64_t inner, const std::string& kind);
+
+// y[i, :] = weight[indices[i], :]; indices in [-vocab, vocab) (negative counts from the end, as
+// numpy take); any other throws std::out_of_range (IndexError in Python).
+void add_embedding(Plan& p, const std::string& name, int weight, int indices, int y,
+                   int64_t num_indices, int64_t dim, int64_t vocab,
+                   torch::ScalarType index_dtype, int64_t elem_size);
+
+// y[out_offset + sum(i_d * out_strides[d])] = x[in_offset + sum(i_d * in_strides[d])] over
+// sizes (rank <= 8, strides and offsets in elements of elem_size bytes: 1, 2, 4 or 8).
+void add_copy(Plan& p, const std::string& name, int x, int y, int64_t elem_size,
+              std::vector<int64_t> sizes, std::vector<int64_t> in_strides, int64_t in_offset,
+              std::vector<int64_t> out_strides, int64_t out_offset);
+
+// fn(ins, out, begin, end) over [0, n) in parallel chunks (a kernels/codegen.py function).
+using ElementwiseFn = void (*)(const char* const* ins, char* out, int64_t begin, int64_t end);
+void add_elementwise(Plan& p, const std::string& name, uintptr_t fn, std::vector<int> inputs,
+                     int y, int64_t n);
+
+}  // namespace rtinfer

@@ -1,0 +1,429 @@
+// oneDNN steps: convolution and matmul with their fused epilogue (compiler/ir/ops/fused.py)
+//
+//     y = op(x, w) + bias;   residual "pre": y = act(y + r);   "post": y = act(y) + r;   else act(y)
+//
+// as one oneDNN primitive: the bias is the primitive's own, the residual a binary_add post-op whose
+// src1 is the residual slot (it has exactly the output's shape and layout) and the activation an
+// eltwise post-op, ordered as the mode says. Everything is decided when the plan is built: the
+// primitive is created once, constant weights are reordered once into the layout its
+// implementation asked for (format_tag::any), and its scratchpad is the call's ctx.scratch. A
+// call only points the step's memory objects at the call's slots and executes (through the C
+// API: no maps, no allocation).
+#include "plan.h"
+
+#include <dnnl.hpp>
+#include <oneapi/dnnl/dnnl_debug.h>
+
+#include <omp.h>
+
+#include <atomic>
+#include <cstring>
+#include <optional>
+#include <stdexcept>
+
+namespace rtinfer {
+
+dnnl::engine& cpu_engine();
+
+namespace {
+
+using dnnl::memory;
+using Dims = memory::dims;
+constexpr auto f32 = memory::data_type::f32;
+
+std::string str(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+[[noreturn]] void invalid(const std::string& name, const std::string& what) {
+  throw std::invalid_argument(name + ": " + what);
+}
+
+std::runtime_error dnnl_failure(const std::string& name, const dnnl::error& e) {
+  return std::runtime_error(name + ": oneDNN failed (" + dnnl_status2str(e.status) + "): " +
+                            e.what());
+}
+
+// A row-major contiguous descriptor of any rank.
+memory::desc plain(const Dims& dims) {
+  Dims strides(dims.size(), 1);
+  for (int i = (int)dims.size() - 2; i >= 0; --i) strides[i] = strides[i + 1] * dims[i + 1];
+  return memory::desc(dims, f32, strides);
+}
+
+struct Eltwise {
+  bool on = false;
+  dnnl::algorithm alg = dnnl::algorithm::undef;
+  float alpha = 0.f, beta = 0.f;
+};
+
+// fused.py's activation table in oneDNN's eltwise terms.
+Eltwise eltwise(const std::string& name, const std::string& act, float alpha, float beta) {
+  using A = dnnl::algorithm;
+  if (act == "none") return {};
+  if (act == "relu") return {true, A::eltwise_relu, 0.f, 0.f};
+  if (act == "leaky_relu") return {true, A::eltwise_relu, alpha, 0.f};  // alpha: the slope
+  if (act == "clip") {
+    if (!(alpha <= beta))
+      invalid(name, "clip needs alpha (min) <= beta (max), got " + std::to_string(alpha) + " > " +
+                        std::to_string(beta));
+    return {true, A::eltwise_clip, alpha, beta};
+  }
+  if (act == "gelu") return {true, A::eltwise_gelu_erf, 0.f, 0.f};
+  if (act == "gelu_tanh") return {true, A::eltwise_gelu_tanh, 0.f, 0.f};
+  if (act == "silu") return {true, A::eltwise_swish, 1.f, 0.f};  // y * sigmoid(alpha * y)
+  if (act == "sigmoid") return {true, A::eltwise_logistic, 0.f, 0.f};
+  // oneDNN 3.x: y * min(max(alpha * y + beta, 0), 1) = y * relu6(y + 3) / 6
+  if (act == "hardswish") return {true, A::eltwise_hardswish, 1.f / 6.f, 0.5f};
+  if (act == "tanh") return {true, A::eltwise_tanh, 0.f, 0.f};
+  invalid(name, "unknown activation '" + act +
+                    "' (none, relu, leaky_relu, clip, gelu, gelu_tanh, silu, sigmoid, hardswish, "
+                    "tanh)");
+}
+
+// The epilogue's attributes; residual_arg is the execute() argument of the residual (0: none).
+struct Epilogue {
+  dnnl::primitive_attr attr;
+  int residual_arg = 0;
+};
+
+Epilogue epilogue(const std::string& name, const std::string& activation, double alpha,
+                  double beta, const std::string& residual_mode, int residual,
+                  const memory::desc& dst) {
+  Eltwise act = eltwise(name, activation, (float)alpha, (float)beta);
+  if (residual_mode != "none" && residual_mode != "pre" && residual_mode != "post")
+    invalid(name, "unknown residual mode '" + residual_mode + "' (none, pre, post)");
+  bool has_residual = residual_mode != "none";
+  if (has_residual && residual < 0)
+    invalid(name, "residual mode '" + residual_mode + "' needs a residual slot");
+  if (!has_residual && residual >= 0)
+    invalid(name, "a residual slot was given with residual mode 'none'");
+  Epilogue e;
+  dnnl::post_ops ops;
+  if (act.on && residual_mode == "post") ops.append_eltwise(act.alg, act.alpha, act.beta);
+  if (has_residual) {
+    e.residual_arg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(ops.len()) | DNNL_ARG_SRC_1;
+    ops.append_binary(dnnl::algorithm::binary_add, dst);
+  }
+  if (act.on && residual_mode != "post") ops.append_eltwise(act.alg, act.alpha, act.beta);
+  e.attr.set_post_ops(ops);
+  e.attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return e;
+}
+
+void check_weight(const std::string& name, const char* what, const torch::Tensor& t) {
+  if (t.scalar_type() != torch::kFloat32 || !t.device().is_cpu())
+    invalid(name, std::string(what) + " must be a float32 CPU tensor, got " +
+                      std::string(c10::toString(t.scalar_type())) + " on " + t.device().str());
+}
+
+// `w` (any strides) reordered once into `packed`, the layout the primitive chose.
+memory pack(const torch::Tensor& w, const memory::desc& user, const memory::desc& packed) {
+  auto wc = w.detach().contiguous();
+  memory src(user, cpu_engine(), wc.data_ptr());
+  memory dst(packed, cpu_engine());
+  dnnl::stream s(cpu_engine());
+  dnnl::reorder(src, dst).execute(s, src, dst);
+  s.wait();
+  return dst;
+}
+
+memory copy_bias(const torch::Tensor& b, const memory::desc& md) {
+  auto bc = b.detach().contiguous();
+  memory m(md, cpu_engine());
+  std::memcpy(m.get_data_handle(), bc.data_ptr(), md.get_size());
+  return m;
+}
+
+// A built step: the primitive, its constant operands, and the operands bound to slots per call.
+struct Kernel {
+  struct Bound {
+    int arg;
+    int slot;  // -1: the call's scratch
+    memory::desc md;
+  };
+  std::string name;
+  dnnl::primitive prim;
+  std::vector<Bound> bound;                   // src, dst, residual, non-constant weights, scratch
+  std::vector<std::pair<int, memory>> fixed;  // packed weights, bias
+  // Memory objects for `bound`, made once: a call that finds them free only swaps their
+  // pointers (10 ns against 200 ns to create one); a concurrent call creates its own.
+  std::vector<memory> cached;
+  mutable std::atomic<bool> busy{false};
+
+  void execute(Ctx& ctx, dnnl_exec_arg_t* args, int n) const {
+    dnnl::stream& s = native_stream(ctx);
+    dnnl_status_t st = dnnl_primitive_execute(prim.get(), s.get(), n, args);
+    if (st != dnnl_success)
+      throw std::runtime_error(name + ": oneDNN execute failed (" + dnnl_status2str(st) + ")");
+    s.wait();
+  }
+
+  static void* where(const Bound& b, Ctx& ctx) {
+    return b.slot < 0 ? ctx.scratch : static_cast<void*>(ctx.ptr[b.slot]);
+  }
+
+  void run(Ctx& ctx) const {
+    constexpr int kMax = 8;
+    dnnl_exec_arg_t args[kMax];
+    int n = 0;
+    for (const auto& f : fixed) args[n++] = {f.first, f.second.get()};
+    if (!busy.exchange(true, std::memory_order_acquire)) {
+      struct Release {
+        std::atomic<bool>& b;
+        ~Release() { b.store(false, std::memory_order_release); }
+      } release{busy};
+      for (size_t i = 0; i < bound.size(); ++i) {
+        dnnl_memory_set_data_handle(cached[i].get(), where(bound[i], ctx));
+        args[n++] = {bound[i].arg, cached[i].get()};
+      }
+      execute(ctx, args, n);
+      return;
+    }
+    struct Owned {
+      dnnl_memory_t m[kMax];
+      int n = 0;
+      ~Owned() {
+        for (int i = 0; i < n; ++i) dnnl_memory_destroy(m[i]);
+      }
+    } owned;
+    for (const auto& b : bound) {
+      dnnl_memory_t m = nullptr;
+      dnnl_status_t st = dnnl_memory_create(&m, b.md.get(), cpu_engine().get(), where(b, ctx));
+      if (st != dnnl_success)
+        throw std::runtime_error(name + ": oneDNN memory_create failed (" +
+                                 dnnl_status2str(st) + ")");
+      owned.m[owned.n++] = m;
+      args[n++] = {b.arg, m};
+    }
+    execute(ctx, args, n);
+  }
+};
+
+// The thread count a primitive is planned for is the one current when it is created (oneDNN
+// sizes its work split then and keeps it): `threads`, or 1 for work too small to pay for a
+// parallel region.
+struct CreationThreads {
+  int old;
+  CreationThreads(int threads, double macs) : old(omp_get_max_threads()) {
+    int n = threads > 0 ? threads : old;
+    if (macs < kSerialMacs) n = 1;
+    omp_set_num_threads(n);
+  }
+  ~CreationThreads() { omp_set_num_threads(old); }
+  // about a microsecond of one core's work: less than a fork/join costs
+  static constexpr double kSerialMacs = 1 << 17;
+};
+
+// Registers the step (scratchpad included) and returns the implementation oneDNN picked.
+template <typename PD>
+std::string finish(Plan& plan, std::shared_ptr<Kernel> k, const PD& pd) {
+  memory::desc scratch = pd.scratchpad_desc();
+  plan.need_scratch((int64_t)scratch.get_size());
+  if (scratch.get_size() > 0) k->bound.push_back({DNNL_ARG_SCRATCHPAD, -1, scratch});
+  for (const auto& b : k->bound) k->cached.emplace_back(b.md, cpu_engine(), nullptr);
+  std::string impl = pd.impl_info_str();
+  std::shared_ptr<const Kernel> kc = std::move(k);
+  plan.add_step({kc->name, [kc](Ctx& ctx) { kc->run(ctx); }});
+  return impl;
+}
+
+std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int residual,
+                     std::vector<int64_t> src_shape, torch::Tensor weight,
+                     std::optional<torch::Tensor> bias, std::vector<int64_t> stride,
+                     std::vector<int64_t> pad_begin, std::vector<int64_t> pad_end,
+                     std::vector<int64_t> dilation, int64_t groups, const std::string& activation,
+                     double alpha, double beta, const std::string& residual_mode, bool src_nhwc,
+                     bool dst_nhwc, int threads) try {
+  const size_t rank = src_shape.size();
+  if (rank != 3 && rank != 4)
+    invalid(name, "conv src must be [N, C, L] or [N, C, H, W], got " + str(src_shape));
+  const size_t sp = rank - 2;
+  if (stride.size() != sp || pad_begin.size() != sp || pad_end.size() != sp ||
+      dilation.size() != sp)
+    invalid(name, "stride, pad_begin, pad_end and dilation need " + std::to_string(sp) +
+                      " values each, got " + str(stride) + ", " + str(pad_begin) + ", " +
+                      str(pad_end) + ", " + str(dilation));
+  if (src < 0 || dst < 0) invalid(name, "src and dst must be slots");
+  check_weight(name, "the weight", weight);
+  if ((size_t)weight.dim() != rank)
+    invalid(name, "the weight must have rank " + std::to_string(rank) + ", got " +
+                      str(weight.sizes().vec()));
+  for (auto d : src_shape)
+    if (d <= 0) invalid(name, "bad src shape " + str(src_shape));
+  const int64_t N = src_shape[0], C = src_shape[1], O = weight.size(0);
+  if (groups < 1 || C % groups != 0 || O % groups != 0 || weight.size(1) * groups != C)
+    invalid(name, "groups=" + std::to_string(groups) + " does not fit src channels " +
+                      std::to_string(C) + " and weight " + str(weight.sizes().vec()));
+  // as 2-D: conv1d is a conv2d over [N, C, 1, L]
+  auto lift = [&](const std::vector<int64_t>& v, int64_t h) {
+    return sp == 2 ? v : std::vector<int64_t>{h, v[0]};
+  };
+  std::vector<int64_t> in = sp == 2 ? std::vector<int64_t>{src_shape[2], src_shape[3]}
+                                    : std::vector<int64_t>{1, src_shape[2]};
+  std::vector<int64_t> k = {sp == 2 ? weight.size(2) : 1, weight.size(rank - 1)};
+  auto st = lift(stride, 1), pb = lift(pad_begin, 0), pe = lift(pad_end, 0),
+       dil = lift(dilation, 1);
+  std::vector<int64_t> out(2);
+  for (int i = 0; i < 2; ++i) {
+    if (st[i] < 1 || dil[i] < 1 || pb[i] < 0 || pe[i] < 0)
+      invalid(name, "stride and dilation must be >= 1 and pads >= 0, got stride " + str(stride) +
+                        ", dilation " + str(dilation) + ", pads " + str(pad_begin) + " " +
+                        str(pad_end));
+    int64_t span = dil[i] * (k[i] - 1) + 1;
+    out[i] = (in[i] + pb[i] + pe[i] - span) / st[i] + 1;
+    if (in[i] + pb[i] + pe[i] < span || out[i] < 1)
+      invalid(name, "the kernel " + str(weight.sizes().vec()) + " does not fit the padded src " +
+                        str(src_shape));
+  }
+  if (bias) {
+    check_weight(name, "the bias", *bias);
+    if (bias->numel() != O)
+      invalid(name, "the bias must have " + std::to_string(O) + " values, got " +
+                        str(bias->sizes().vec()));
+  }
+
+  using tag = memory::format_tag;
+  Dims src_dims = {N, C, in[0], in[1]}, dst_dims = {N, O, out[0], out[1]};
+  memory::desc src_md(src_dims, f32, src_nhwc ? tag::nhwc : tag::nchw);
+  memory::desc dst_md(dst_dims, f32, dst_nhwc ? tag::nhwc : tag::nchw);
+  Dims w_dims = groups == 1 ? Dims{O, C, k[0], k[1]}
+                            : Dims{groups, O / groups, C / groups, k[0], k[1]};
+  memory::desc w_user(w_dims, f32, groups == 1 ? tag::oihw : tag::goihw);
+  memory::desc w_any(w_dims, f32, tag::any);
+  memory::desc b_md = bias ? memory::desc({O}, f32, tag::a) : memory::desc();
+
+  Epilogue e = epilogue(name, activation, alpha, beta, residual_mode, residual, dst_md);
+  double macs = (double)N * O * out[0] * out[1] * (C / groups) * k[0] * k[1];
+  CreationThreads creation(threads, macs);
+  dnnl::convolution_forward::primitive_desc pd(
+      cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+      src_md, w_any, b_md, dst_md, Dims{st[0], st[1]}, Dims{dil[0] - 1, dil[1] - 1},
+      Dims{pb[0], pb[1]}, Dims{pe[0], pe[1]}, e.attr);
+  auto kern = std::make_shared<Kernel>();
+  kern->name = name;
+  kern->prim = dnnl::convolution_forward(pd);
+  kern->bound.push_back({DNNL_ARG_SRC, src, pd.src_desc()});
+  kern->bound.push_back({DNNL_ARG_DST, dst, pd.dst_desc()});
+  if (e.residual_arg) kern->bound.push_back({e.residual_arg, residual, dst_md});
+  kern->fixed.emplace_back(DNNL_ARG_WEIGHTS,
+                           pack(weight.reshape(w_dims), w_user, pd.weights_desc()));
+  if (bias) kern->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
+  return finish(plan, std::move(kern), pd);
+} catch (const dnnl::error& err) {  // at plan-build time: name the step
+  throw dnnl_failure(name, err);
+}
+
+std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int dst, int residual,
+                       std::vector<int64_t> a_shape, std::vector<int64_t> b_shape,
+                       std::optional<torch::Tensor> weight, std::optional<torch::Tensor> bias,
+                       const std::string& activation, double alpha, double beta,
+                       const std::string& residual_mode, int threads) try {
+  const size_t ra = a_shape.size(), rb = b_shape.size();
+  if (ra < 2 || rb < 2)
+    invalid(name, "matmul operands need rank >= 2, got " + str(a_shape) + " @ " + str(b_shape));
+  const size_t r = std::max(ra, rb);
+  for (auto d : a_shape)
+    if (d <= 0) invalid(name, "bad a shape " + str(a_shape));
+  for (auto d : b_shape)
+    if (d <= 0) invalid(name, "bad b shape " + str(b_shape));
+  const int64_t M = a_shape[ra - 2], K = a_shape[ra - 1], N = b_shape[rb - 1];
+  if (b_shape[rb - 2] != K)
+    invalid(name, "inner dimensions differ: " + str(a_shape) + " @ " + str(b_shape));
+  if (a < 0 || dst < 0) invalid(name, "a and dst must be slots");
+  if ((b < 0) == !weight)
+    invalid(name, weight ? "give either the b slot or a constant weight, not both"
+                         : "b is neither a slot nor a constant weight");
+  if (weight) {
+    check_weight(name, "the weight", *weight);
+    if (weight->sizes().vec() != b_shape)
+      invalid(name, "the weight has shape " + str(weight->sizes().vec()) + ", b_shape says " +
+                        str(b_shape));
+  }
+  if (bias) {
+    check_weight(name, "the bias", *bias);
+    if (bias->dim() != 1 || bias->size(0) != N)
+      invalid(name, "the bias must be [" + std::to_string(N) + "], got " +
+                        str(bias->sizes().vec()));
+  }
+  // batch dims, right-aligned and padded with 1 to rank r; numpy broadcasting
+  Dims ab(r, 1), bb(r, 1), ob(r, 1);
+  for (size_t i = 0; i < ra - 2; ++i) ab[r - ra + i] = a_shape[i];
+  for (size_t i = 0; i < rb - 2; ++i) bb[r - rb + i] = b_shape[i];
+  bool b_flat = true;
+  for (size_t i = 0; i + 2 < r; ++i) {
+    if (ab[i] != bb[i] && ab[i] != 1 && bb[i] != 1)
+      invalid(name, "batch dimensions do not broadcast: " + str(a_shape) + " @ " + str(b_shape));
+    ob[i] = std::max(ab[i], bb[i]);
+    b_flat = b_flat && bb[i] == 1;
+  }
+
+  if (!b_flat && r > DNNL_MAX_NDIMS)
+    invalid(name, "a batched matmul of rank " + std::to_string(r) + " exceeds oneDNN's " +
+                      std::to_string(DNNL_MAX_NDIMS));
+  Dims a_dims, b_dims, d_dims;
+  if (b_flat) {  // one [K, N] for every row of a: fold a's batch into M (a is contiguous)
+    int64_t rows = M;
+    for (size_t i = 0; i < ra - 2; ++i) rows *= a_shape[i];
+    a_dims = {rows, K};
+    b_dims = {K, N};
+    d_dims = {rows, N};
+  } else {
+    a_dims = ab, b_dims = bb, d_dims = ob;
+    a_dims[r - 2] = M, a_dims[r - 1] = K;
+    b_dims[r - 2] = K, b_dims[r - 1] = N;
+    d_dims[r - 2] = M, d_dims[r - 1] = N;
+  }
+  const size_t rank = a_dims.size();
+  memory::desc a_md = plain(a_dims), b_user = plain(b_dims), dst_md = plain(d_dims);
+  memory::desc b_md = weight ? memory::desc(b_dims, f32, memory::format_tag::any) : b_user;
+  Dims bias_dims(rank, 1);
+  bias_dims[rank - 1] = N;
+  memory::desc bias_md = bias ? plain(bias_dims) : memory::desc();
+
+  Epilogue e = epilogue(name, activation, alpha, beta, residual_mode, residual, dst_md);
+  double macs = (double)K * N;
+  for (size_t i = 0; i + 1 < rank; ++i) macs *= d_dims[i];
+  CreationThreads creation(threads, macs);
+  dnnl::matmul::primitive_desc pd(cpu_engine(), a_md, b_md, bias_md, dst_md, e.attr);
+  auto kern = std::make_shared<Kernel>();
+  kern->name = name;
+  kern->prim = dnnl::matmul(pd);
+  kern->bound.push_back({DNNL_ARG_SRC, a, pd.src_desc()});
+  kern->bound.push_back({DNNL_ARG_DST, dst, pd.dst_desc()});
+  if (e.residual_arg) kern->bound.push_back({e.residual_arg, residual, dst_md});
+  if (weight)
+    kern->fixed.emplace_back(DNNL_ARG_WEIGHTS,
+                             pack(weight->reshape(b_dims), b_user, pd.weights_desc()));
+  else
+    kern->bound.push_back({DNNL_ARG_WEIGHTS, b, pd.weights_desc()});
+  if (bias) kern->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
+  return finish(plan, std::move(kern), pd);
+} catch (const dnnl::error& err) {  // at plan-build time: name the step
+  throw dnnl_failure(name, err);
+}
+
+}  // namespace
+
+void bind_dnnl(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("add_conv", &add_conv, py::arg("plan"), py::arg("name"), py::arg("src"), py::arg("dst"),
+        py::arg("residual"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
+        py::arg("stride"), py::arg("pad_begin"), py::arg("pad_end"), py::arg("dilation"),
+        py::arg("groups"), py::arg("activation") = "none", py::arg("alpha") = 0.0,
+        py::arg("beta") = 0.0, py::arg("residual_mode") = "none", py::arg("src_nhwc") = false,
+        py::arg("dst_nhwc") = false, py::arg("threads") = 0,
+        "A oneDNN convolution step (conv2d on [N,C,H,W], conv1d on [N,C,L]) with its fused "
+        "epilogue; returns the oneDNN implementation chosen.");
+  m.def("add_matmul", &add_matmul, py::arg("plan"), py::arg("name"), py::arg("a"), py::arg("b"),
+        py::arg("dst"), py::arg("residual"), py::arg("a_shape"), py::arg("b_shape"),
+        py::arg("weight"), py::arg("bias"), py::arg("activation") = "none",
+        py::arg("alpha") = 0.0, py::arg("beta") = 0.0, py::arg("residual_mode") = "none",
+        py::arg("threads") = 0,
+        "A oneDNN matmul step [..., M, K] @ [..., K, N] (batch dims broadcast) with its fused "
+        "epilogue; b = -1 with a constant weight; returns the oneDNN implementation chosen.");
+}
+
+}  // namespace rtinfer

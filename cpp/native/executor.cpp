@@ -1,0 +1,231 @@
+// The plan executor (see plan.h) and the Python module rtinfer_native.
+#include "plan.h"
+
+#include <dnnl.hpp>
+#include <omp.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace rtinfer {
+
+namespace {
+constexpr int64_t kAlign = 64;
+
+int64_t round_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+struct AlignedFree {
+  void operator()(char* p) const { std::free(p); }
+};
+
+std::unique_ptr<char, AlignedFree> aligned_bytes(int64_t n) {
+  if (n <= 0) return nullptr;
+  void* p = std::aligned_alloc(kAlign, (size_t)round_up(n));
+  if (p == nullptr) throw std::bad_alloc();
+  return std::unique_ptr<char, AlignedFree>(static_cast<char*>(p));
+}
+}  // namespace
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+// One call's private memory: the arena, the scratch and a oneDNN stream; pooled by the plan so
+// a steady stream of calls allocates nothing.
+struct Arena {
+  std::unique_ptr<char, AlignedFree> data, scratch;
+  std::unique_ptr<dnnl::stream> stream;
+  Ctx ctx;
+};
+
+dnnl::stream& native_stream(Ctx& ctx) {
+  if (ctx.stream == nullptr) throw std::logic_error("rtinfer: a call without a oneDNN stream");
+  return *ctx.stream;
+}
+
+Plan::Plan() = default;
+Plan::~Plan() = default;
+
+int Plan::add_slot(int kind, int64_t offset, int base) {
+  if (kind < INPUT || kind > ALIAS) throw std::invalid_argument("rtinfer: bad slot kind");
+  if (kind == ALIAS && (base < 0 || base >= (int)slots_.size()))
+    throw std::invalid_argument("rtinfer: an alias slot must name an earlier slot");
+  Slot s;
+  s.kind = static_cast<SlotKind>(kind);
+  s.offset = offset;
+  s.base = base;
+  slots_.push_back(std::move(s));
+  return (int)slots_.size() - 1;
+}
+
+int Plan::add_const(torch::Tensor t) {
+  Slot s;
+  s.kind = CONST;
+  s.tensor = t.contiguous();
+  slots_.push_back(std::move(s));
+  return (int)slots_.size() - 1;
+}
+
+std::vector<std::string> Plan::step_names() const {
+  std::vector<std::string> out;
+  for (const auto& s : steps_) out.push_back(s.name);
+  return out;
+}
+
+int64_t Plan::pooled_arenas() const {
+  std::lock_guard<std::mutex> lock(const_cast<std::mutex&>(pool_mu_));
+  return (int64_t)pool_.size();
+}
+
+std::unique_ptr<Arena> Plan::acquire() {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    if (!pool_.empty()) {
+      auto a = std::move(pool_.back());
+      pool_.pop_back();
+      return a;
+    }
+  }
+  auto a = std::make_unique<Arena>();
+  a->data = aligned_bytes(arena_bytes_);
+  a->scratch = aligned_bytes(scratch_bytes_);
+  a->stream = std::make_unique<dnnl::stream>(cpu_engine());
+  a->ctx.ptr.assign(slots_.size(), nullptr);
+  a->ctx.scratch = a->scratch.get();
+  a->ctx.stream = a->stream.get();
+  return a;
+}
+
+void Plan::release(std::unique_ptr<Arena> a) {
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  pool_.push_back(std::move(a));
+}
+
+void Plan::bind(Ctx& ctx, Arena& a, const std::vector<torch::Tensor>& inputs,
+                std::vector<torch::Tensor>& outputs) {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    switch (s.kind) {
+      case INPUT: ctx.ptr[i] = static_cast<char*>(inputs[s.base].data_ptr()); break;
+      case OUTPUT: ctx.ptr[i] = static_cast<char*>(outputs[s.base].data_ptr()); break;
+      case CONST: ctx.ptr[i] = static_cast<char*>(s.tensor.data_ptr()); break;
+      case ARENA: ctx.ptr[i] = a.data.get() + s.offset; break;
+      case ALIAS: ctx.ptr[i] = ctx.ptr[s.base] + s.offset; break;
+    }
+  }
+}
+
+std::vector<torch::Tensor> Plan::run(const std::vector<torch::Tensor>& inputs, int threads) {
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(out_types_.size());
+  for (size_t i = 0; i < out_types_.size(); ++i)
+    outputs.push_back(torch::empty(out_shapes_[i], torch::TensorOptions().dtype(out_types_[i])));
+  auto arena = acquire();
+  Ctx& ctx = arena->ctx;
+  ctx.threads = threads;
+  bind(ctx, *arena, inputs, outputs);
+  {
+    pybind11::gil_scoped_release nogil;
+    if (threads > 0) omp_set_num_threads(threads);
+    try {
+      for (const auto& s : steps_) s.run(ctx);
+    } catch (const std::exception& e) {
+      pybind11::gil_scoped_acquire gil;
+      release(std::move(arena));
+      throw;
+    }
+  }
+  release(std::move(arena));
+  return outputs;
+}
+
+std::vector<double> Plan::profile(const std::vector<torch::Tensor>& inputs, int threads,
+                                  int iters) {
+  std::vector<double> seconds(steps_.size(), 0.0);
+  std::vector<torch::Tensor> outputs;
+  for (size_t i = 0; i < out_types_.size(); ++i)
+    outputs.push_back(torch::empty(out_shapes_[i], torch::TensorOptions().dtype(out_types_[i])));
+  auto arena = acquire();
+  Ctx& ctx = arena->ctx;
+  ctx.threads = threads;
+  bind(ctx, *arena, inputs, outputs);
+  {
+    pybind11::gil_scoped_release nogil;
+    if (threads > 0) omp_set_num_threads(threads);
+    for (int it = 0; it < iters; ++it) {
+      for (size_t k = 0; k < steps_.size(); ++k) {
+        auto t0 = std::chrono::steady_clock::now();
+        steps_[k].run(ctx);
+        seconds[k] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+    }
+  }
+  release(std::move(arena));
+  for (auto& s : seconds) s /= std::max(iters, 1);
+  return seconds;
+}
+
+// A step that runs a Python callable (the torch backend's code for a node the native kernels
+// do not cover): fn(*inputs) -> tensor or tuple of tensors, copied into the output slots.
+void add_python_step(Plan& p, const std::string& name, pybind11::function fn,
+                     std::vector<int> in_slots, std::vector<torch::ScalarType> in_types,
+                     std::vector<std::vector<int64_t>> in_shapes, std::vector<int> out_slots,
+                     std::vector<torch::ScalarType> out_types,
+                     std::vector<std::vector<int64_t>> out_shapes) {
+  auto holder = std::make_shared<pybind11::function>(std::move(fn));
+  p.add_step({name, [=](Ctx& ctx) {
+    pybind11::gil_scoped_acquire gil;
+    pybind11::tuple args(in_slots.size());
+    for (size_t i = 0; i < in_slots.size(); ++i)
+      args[i] = torch::from_blob(ctx.ptr[in_slots[i]], in_shapes[i],
+                                 torch::TensorOptions().dtype(in_types[i]));
+    pybind11::object r = (*holder)(*args);
+    std::vector<torch::Tensor> outs;
+    if (pybind11::isinstance<pybind11::tuple>(r) || pybind11::isinstance<pybind11::list>(r)) {
+      for (auto item : r) outs.push_back(item.cast<torch::Tensor>());
+    } else {
+      outs.push_back(r.cast<torch::Tensor>());
+    }
+    if (outs.size() != out_slots.size())
+      throw std::runtime_error(name + ": the fallback returned " + std::to_string(outs.size()) +
+                               " tensors, expected " + std::to_string(out_slots.size()));
+    for (size_t i = 0; i < out_slots.size(); ++i) {
+      auto dst = torch::from_blob(ctx.ptr[out_slots[i]], out_shapes[i],
+                                  torch::TensorOptions().dtype(out_types[i]));
+      dst.copy_(outs[i].reshape(out_shapes[i]));
+    }
+  }});
+}
+
+}  // namespace rtinfer
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using rtinfer::Plan;
+  namespace py = pybind11;
+  py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
+      .def(py::init<>())
+      .def("add_slot", &Plan::add_slot, py::arg("kind"), py::arg("offset") = 0,
+           py::arg("base") = -1)
+      .def("add_const", &Plan::add_const)
+      .def("need_scratch", &Plan::need_scratch)
+      .def("set_arena_bytes", &Plan::set_arena_bytes)
+      .def("add_output", &Plan::add_output)
+      .def("run", &Plan::run)
+      .def("profile", &Plan::profile)
+      .def_property_readonly("num_steps", &Plan::num_steps)
+      .def_property_readonly("step_names", &Plan::step_names)
+      .def_property_readonly("arena_bytes", &Plan::arena_bytes)
+      .def_property_readonly("scratch_bytes", &Plan::scratch_bytes)
+      .def_property_readonly("pooled_arenas", &Plan::pooled_arenas);
+  m.def("add_python_step", &rtinfer::add_python_step);
+  m.def("max_threads", []() { return omp_get_max_threads(); });
+  m.def("dnnl_version", []() {
+    auto v = dnnl::version();
+    return std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+           std::to_string(v->patch);
+  });
+  rtinfer::bind_dnnl(m);
+  rtinfer::bind_cpu_kernels(m);
+}
