@@ -102,7 +102,8 @@ def setup_system(system: System, w: Workload, settings: Settings
         t1 = time.perf_counter()
         out = prepared.run()
         t2 = time.perf_counter()
-        rec.update(setup_s=export_s + t2 - t0, first_call_s=t2 - t1, notes=prepared.notes)
+        rec.update(setup_s=export_s + t2 - t0, first_call_s=t2 - t1, notes=prepared.notes,
+                   **prepared.info)
         return prepared, rec | {"_first": prepared.output(out)}
     except Unavailable as e:
         return None, {"status": "unavailable", "reason": str(e)}
@@ -280,6 +281,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "iterations (marked capped)")
     ap.add_argument("--minilm-seq", type=int, default=128)
     ap.add_argument("--pipeline", default=None, help="rtinfer pipeline (default: O3)")
+    ap.add_argument("--tune-trials", type=int, default=64,
+                    help="MetaSchedule trials (in all, per model) of the tuned TVM systems, "
+                         "tvm-relax-tuned and rtinfer-tvm-tuned; 0 leaves them out")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: --warmup 1 --iters 3 --rounds 2 --max-seconds 3")
@@ -295,6 +299,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.max_seconds = min(args.max_seconds, 3.0)
     if min(args.threads, args.iters, args.rounds) < 1:
         ap.error("--threads, --iters and --rounds must be at least 1")
+    if args.tune_trials < 0:
+        ap.error("--tune-trials must be at least 0")
     return args
 
 
@@ -308,7 +314,8 @@ def select_systems(args: argparse.Namespace) -> list[System]:
                          f"{', '.join(SYSTEMS)}")
     skip = set(filter(None, args.skip.split(",")))
     chosen = [SYSTEMS[n] for n in names if n not in skip
-              and not (args.skip_slow and SYSTEMS[n].slow)]
+              and not (args.skip_slow and SYSTEMS[n].slow)
+              and not (args.tune_trials == 0 and SYSTEMS[n].tuned)]
     if "eager" not in [s.name for s in chosen]:
         chosen.insert(0, SYSTEMS["eager"])  # the reference of every ratio and fidelity check
     return chosen
@@ -346,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         pass  # already set
     torch.set_grad_enabled(False)
-    settings = Settings(threads=args.threads, pipeline=args.pipeline)
+    settings = Settings(threads=args.threads, pipeline=args.pipeline,
+                        tune_trials=args.tune_trials)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -365,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                      "iters_per_round": args.iters, "rounds": args.rounds,
                      "block_warmup": args.block_warmup, "max_seconds": args.max_seconds,
                      "minilm_seq": args.minilm_seq, "quick": args.quick,
-                     "pipeline": args.pipeline, "fidelity_rtol": FIDELITY_RTOL,
+                     "pipeline": args.pipeline, "tune_trials": args.tune_trials,
+                     "fidelity_rtol": FIDELITY_RTOL,
                      "thread_env": thread_env(args.threads),
                      "torch_threads": torch.get_num_threads(),
                      "inductor_cache": "warm" if inductor_cache is None else "cold"},

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ class Unavailable(Exception):
 class Settings:
     threads: int
     pipeline: str | None = None  # rtinfer's pipeline; None: its default (O3)
+    tune_trials: int = 0  # MetaSchedule trials of the tuned TVM systems (0: they are left out)
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Prepared:
     run: Callable[[], Any]
     output: Callable[[Any], np.ndarray]
     notes: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # recorded with the result as is
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class System:
     rtinfer: bool = False  # one of ours: not a peer
     slow: bool = False  # untuned and slow on convolutions: --skip-slow leaves it out
     needs_onnx: bool = False  # runs the workload's ONNX export
+    tuned: bool = False  # tunes with MetaSchedule (Settings.tune_trials; minutes of setup)
 
 
 def first_output(out: Any) -> np.ndarray:
@@ -197,6 +202,44 @@ def setup_tvm_relax(w: Workload, s: Settings) -> Prepared:
                     [f"target {target.attrs.get('mcpu', '?')}, untuned (no MetaSchedule)"])
 
 
+def _tuned_info(report: Any) -> dict[str, Any]:
+    return {"tune_trials": report.trials, "tune_trials_run": report.trials_run,
+            "tune_tasks": report.tasks, "tune_s": report.seconds}
+
+
+def setup_tvm_relax_tuned(w: Workload, s: Settings) -> Prepared:
+    """TVM's own tuning flow (``relax.pipeline.static_shape_tuning_pipeline``: decompose for
+    inference, legalize, FuseOps, FuseTIR, tune, apply the database) on its own import of the
+    model, tuned by the same MetaSchedule settings as rtinfer's (``rtinfer.backends.tvm_tune``):
+    only the kernels, the tasks, differ."""
+    tvm = _require("tvm", "apache-tvm")
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from rtinfer.backends import tvm_tune
+
+    exported = torch.export.export(w.model, w.inputs)
+    mod = from_exported_program(exported)
+    target = tvm_tune.tuning_target(tvm_target())
+    with target:
+        mod = tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero")])(mod)
+    with tempfile.TemporaryDirectory(prefix="rtinfer-bench-tune-") as tmp:
+        report = tvm_tune.tune_module(mod, target, s.tune_trials, Path(tmp))
+        vm = relax.VirtualMachine(tvm_tune.build_tuned(mod, target, Path(tmp)), tvm.cpu())
+    main = vm["main"]
+    args = [tvm.runtime.tensor(x) for x in w.numpy_inputs()]
+
+    def run():
+        return main(*args)
+
+    return Prepared(run, first_output,
+                    [f"target {target.attrs.get('mcpu', '?')}, MetaSchedule: "
+                     f"{report.trials_run} trials over {report.tasks} tasks in "
+                     f"{report.seconds:.0f} s"], _tuned_info(report))
+
+
 # -- rtinfer ----------------------------------------------------------------------------------
 
 
@@ -223,12 +266,34 @@ def _setup_rtinfer(w: Workload, s: Settings, backend: str) -> Prepared:
     return Prepared(run, first_output, notes)
 
 
+def setup_rtinfer_tvm_tuned(w: Workload, s: Settings) -> Prepared:
+    import rtinfer
+
+    # cache=False: a fresh tuning database, so the tuning time is a real one
+    cm = rtinfer.compile(w.model, example_inputs=w.inputs, backend="tvm", target=tvm_target(),
+                         pipeline=s.pipeline, tune=s.tune_trials, cache=False)
+    inputs, report = w.inputs, cm.module.tuning
+
+    def run():
+        return cm(*inputs)
+
+    notes = [f"pipeline {cm.info.pipeline}, MetaSchedule: {report.trials_run} trials over "
+             f"{report.tasks} tasks in {report.seconds:.0f} s"]
+    if cm.info.fallbacks:
+        notes.append("reference fallbacks: " + ", ".join(cm.info.fallbacks))
+    return Prepared(run, first_output, notes, _tuned_info(report))
+
+
 def setup_rtinfer_torch(w: Workload, s: Settings) -> Prepared:
     return _setup_rtinfer(w, s, "torch")
 
 
 def setup_rtinfer_tvm(w: Workload, s: Settings) -> Prepared:
     return _setup_rtinfer(w, s, "tvm")
+
+
+def setup_rtinfer_native(w: Workload, s: Settings) -> Prepared:
+    return _setup_rtinfer(w, s, "native")
 
 
 SYSTEMS: dict[str, System] = {sys.name: sys for sys in [
@@ -242,9 +307,18 @@ SYSTEMS: dict[str, System] = {sys.name: sys for sys in [
            setup_openvino, needs_onnx=True),
     System("tvm-relax", "TVM's own path: from_exported_program + relax.build for llvm "
            "(host CPU), untuned, no rtinfer passes", setup_tvm_relax, slow=True),
+    System("tvm-relax-tuned", "TVM's own path tuned: from_exported_program, TVM's "
+           "static-shape tuning flow (FuseOps, MetaSchedule with --tune-trials trials in all)",
+           setup_tvm_relax_tuned, tuned=True),
     System("rtinfer-torch", "rtinfer.compile(backend='torch'), default pipeline (O3)",
            setup_rtinfer_torch, rtinfer=True),
     System("rtinfer-tvm", "rtinfer.compile(backend='tvm'), default pipeline (O3)",
            setup_rtinfer_tvm, rtinfer=True),
+    System("rtinfer-tvm-tuned", "rtinfer.compile(backend='tvm', tune=--tune-trials): "
+           "MetaSchedule on rtinfer's fused kernels, same trial budget as tvm-relax-tuned",
+           setup_rtinfer_tvm_tuned, rtinfer=True, tuned=True),
+    System("rtinfer-native", "rtinfer.compile(backend='native'): rtinfer's C++ executor, "
+           "oneDNN conv/matmul, own kernels, default pipeline (O3)",
+           setup_rtinfer_native, rtinfer=True),
 ]}
 

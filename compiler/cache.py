@@ -11,9 +11,18 @@ An entry is keyed by the sha256 of
 - the rtinfer, torch, TVM and numpy versions, and this cache's format version.
 
 An entry is a saved artifact (``graph.ir``, ``weights.npz``, ``manifest.json`` with checksums)
-of the optimized IR, plus what the pipeline reported (``compile_info`` in the manifest). Capture
-runs on every compile (the key needs the captured IR); a hit skips the pipeline and reloads the
-optimized IR. A corrupted or unreadable entry is a warning and a miss, never a wrong answer.
+of the optimized IR, plus what the pipeline reported (``compile_info`` in the manifest, with the
+backend ``backend="auto"`` chose: the key holds ``"auto"``, not the outcome). A hit skips the
+pipeline and reloads the optimized IR. A corrupted or unreadable entry is a warning and a miss,
+never a wrong answer.
+
+Capture (``torch.export``) is most of a warm compile, so a second key is computed before it: the
+model's fingerprint (``model_fingerprint``: the code of its classes, every attribute of every
+submodule, parameters and buffers byte for byte, the example inputs' structure, dtypes and
+shapes; an ONNX model's bytes) with the same settings. A fingerprint entry,
+``models/<key>.json``, names the capture-keyed entry and holds the eager model's input/output
+structure, so a warm compile loads both and never captures. Whatever the fingerprint cannot
+vouch for makes it give up, and the compile keys on the captured IR as before.
 
 The cache lives in ``$RTINFER_CACHE_DIR``, else ``~/.cache/rtinfer``; ``compile(cache=False)``
 turns it off, ``compile(cache="dir")`` puts it elsewhere.
@@ -21,11 +30,16 @@ turns it off, ``compile(cache="dir")`` puts it elsewhere.
 
 from __future__ import annotations
 
+import enum
+import functools
 import hashlib
 import inspect
 import json
+import linecache
 import os
 import shutil
+import sys
+import types
 import uuid
 import warnings
 from functools import cache as _memo
@@ -142,7 +156,8 @@ def store(root: Path, key: str, graph: Graph, info: Any, names: list[str]) -> bo
 
     stored = {"frontend": info.frontend, "pipeline": info.pipeline,
               "passes": [list(p) for p in info.passes], "ops_before": info.ops_before,
-              "ops_after": info.ops_after, "cold_timings": info.timings}
+              "ops_after": info.ops_after, "cold_timings": info.timings,
+              "auto": getattr(info, "auto", None) or None}
     tmp = root / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -159,5 +174,408 @@ def store(root: Path, key: str, graph: Graph, info: Any, names: list[str]) -> bo
         return False
 
 
+# -- the model fingerprint: a key computed before capture --------------------------------------
+#
+# What capturing a module reads: the code of every class it is made of (the file defining it,
+# its package's version, the bytecode actually running), every attribute of every submodule
+# (parameters and buffers byte for byte), the example inputs' structure, dtypes and shapes,
+# ``dynamic_dims``, the default dtype and the sources of rtinfer's frontends. Whatever the hasher
+# cannot vouch for (an object without a ``__dict__``, a class without source, a tensor subclass)
+# makes it give up.
+
+
+class _Doubt(Exception):
+    """The fingerprint cannot vouch for something in the model."""
+
+
+# nn.Module bookkeeping that does not change what forward computes (under no_grad)
+_MODULE_SKIP = frozenset({"_backward_hooks", "_backward_pre_hooks", "_is_full_backward_hook",
+                          "_state_dict_hooks", "_state_dict_pre_hooks",
+                          "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+                          "_non_persistent_buffers_set"})
+# a GraphModule's code is its ``code``; these are the graph, caches and hooks behind it
+_FX_SKIP = frozenset({"_graph", "_lineno_map", "_prologue_start", "_tracer_cls",
+                      "_tracer_extras", "meta", "shape_env", "_replace_hooks",
+                      "_create_node_hooks", "_erase_node_hooks", "_deepcopy_hooks"})
+# class attributes with no bearing on behaviour (or that hold C-level state)
+_CLASS_SKIP = frozenset({"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__",
+                         "__annotations__", "__slotnames__", "__parameters__", "__orig_bases__",
+                         "__abstractmethods__", "_abc_impl", "__firstlineno__",
+                         "__static_attributes__", "__match_args__", "__dataclass_fields__",
+                         "__dataclass_params__", "__hash__"})
+_PRIMITIVES = (type(None), bool, int, float, complex, str, bytes, range, slice, type(...))
+_TORCH_ATOMS = (torch.dtype, torch.device, torch.layout, torch.memory_format, torch.Size)
+_MAX_DEPTH = 64
+
+
+class _Hasher:
+    """Feeds a canonical encoding of Python objects into one hash; ``_Doubt`` where it cannot
+    give one. Objects met twice (tied weights, a config shared by every layer) are encoded
+    once and then referred to by their visiting order."""
+
+    def __init__(self, tensor_values: bool = True, lenient: bool = False):
+        self.h = hashlib.sha256()
+        self.tensor_values = tensor_values
+        # code's own state (a decorator's closure, class attributes): what cannot be hashed
+        # stands as its type; the source and bytecode already pin the behaviour
+        self.lenient = lenient
+        self.seen: dict[int, int] = {}
+        self.alive: list[Any] = []  # what ``seen`` refers to stays alive: ids stay unique
+        self.depth = 0
+
+    def put(self, *parts: Any) -> None:
+        for p in parts:
+            self.h.update(f"{p}\x1f".encode())
+
+    def value(self, x: Any) -> None:
+        if type(x) in _PRIMITIVES or isinstance(x, (*_TORCH_ATOMS, np.generic, np.dtype)):
+            self.put(type(x).__name__, repr(x))
+            return
+        if isinstance(x, enum.Enum):
+            self.put("enum", _qualname(type(x)), x.name)
+            return
+        if isinstance(x, (types.FunctionType, types.MethodType, type)) or \
+                _is_builtin_function(x):
+            self.put("code", _code_digest(x))
+            owner = getattr(x, "__self__", None)  # a bound method: its object's state too
+            if not isinstance(x, type) and not isinstance(owner, (types.ModuleType, type)) \
+                    and owner is not None:
+                self.value(owner)
+            return
+        ref = self.seen.get(id(x))
+        if ref is not None:
+            self.put("ref", ref)
+            return
+        self.seen[id(x)] = len(self.seen)
+        self.alive.append(x)
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise _Doubt("too deeply nested")
+        try:
+            self._compound(x)
+        except _Doubt:
+            if not self.lenient:
+                raise
+            self.put("opaque", _qualname(type(x)))
+        finally:
+            self.depth -= 1
+
+    def _compound(self, x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            self.tensor(x)
+        elif isinstance(x, np.ndarray):
+            self.array(x)
+        elif type(x) in (tuple, list) or (isinstance(x, tuple) and hasattr(x, "_fields")):
+            self.put(_qualname(type(x)), len(x))
+            for v in x:
+                self.value(v)
+        elif isinstance(x, dict) and type(x).__module__ in ("builtins", "collections"):
+            self.put(_qualname(type(x)), len(x))
+            self.value(getattr(x, "default_factory", None))
+            self.items(x)
+        elif type(x) in (set, frozenset):
+            subs = []
+            for v in x:
+                sub = _Hasher(self.tensor_values, self.lenient)
+                sub.value(v)
+                subs.append(sub.h.hexdigest())
+            self.put(type(x).__name__, *sorted(subs))
+        elif isinstance(x, functools.cached_property):
+            self.value(x.func)
+        elif isinstance(x, functools.partial):
+            self.put("partial")
+            self.value(x.func)
+            self.value(x.args)
+            self.value(x.keywords)
+        elif isinstance(x, torch.nn.Module):
+            self.module(x)
+        else:
+            self.obj(x)
+
+    def items(self, d: dict) -> None:
+        for k, v in d.items():
+            self.value(k)
+            self.value(v)
+
+    def tensor(self, t: torch.Tensor) -> None:
+        if type(t) not in (torch.Tensor, torch.nn.Parameter) or t.layout != torch.strided \
+                or t.is_quantized or t.device.type not in ("cpu", "cuda"):
+            raise _Doubt(f"a {type(t).__name__} ({t.layout}, {t.device})")
+        self.put("tensor", t.dtype, tuple(t.shape), t.device.type, t.requires_grad)
+        if self.tensor_values:
+            flat = t.detach().contiguous().cpu().reshape(-1)
+            self.h.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+
+    def array(self, a: np.ndarray) -> None:
+        if a.dtype.hasobject:
+            raise _Doubt("an object array")
+        self.put("ndarray", a.dtype.str, a.shape)
+        if self.tensor_values:
+            self.h.update(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+
+    def module(self, m: torch.nn.Module) -> None:
+        skip = _MODULE_SKIP
+        if isinstance(m, torch.fx.GraphModule):
+            self.put("fx-code", m.code)
+            skip = skip | _FX_SKIP | {"_code"}
+        self.obj(m, skip)
+
+    def obj(self, x: Any, skip: frozenset[str] = frozenset()) -> None:
+        """An instance of a user class: the class's code, then its attributes."""
+        cls = type(x)
+        if cls.__module__ == "builtins":
+            raise _Doubt(f"a {cls.__name__}")
+        self.put("obj", _code_digest(cls))
+        state = getattr(x, "__dict__", None)
+        slots = [s for k in cls.__mro__ for s in vars(k).get("__slots__", ())
+                 if s not in ("__dict__", "__weakref__")]
+        if state is None and not slots:
+            raise _Doubt(f"a {_qualname(cls)} without a __dict__")
+        for k, v in (state or {}).items():
+            if k not in skip:
+                self.put(k)
+                self.value(v)
+        for s in slots:
+            self.put(s)
+            self.value(getattr(x, s, _MISSING))
+        # a subclass of a builtin: its value too (a str subclass's text is not in __dict__)
+        for base in (int, float, complex, str, bytes):
+            if isinstance(x, base):
+                self.put("value", base.__repr__(x))
+        # a container subclass (transformers' ModelOutput is an OrderedDict): its items too
+        if isinstance(x, dict):
+            self.put("items", len(x))
+            self.items(x)
+        elif isinstance(x, (list, tuple)):
+            self.put("elements", len(x))
+            for v in x:
+                self.value(v)
+        elif isinstance(x, (set, frozenset)):
+            raise _Doubt(f"a {_qualname(cls)}")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _is_builtin_function(x: Any) -> bool:
+    return isinstance(x, (types.BuiltinFunctionType, types.BuiltinMethodType,
+                          types.MethodWrapperType, types.WrapperDescriptorType,
+                          types.MethodDescriptorType, types.ClassMethodDescriptorType))
+
+
+_ACTIVE: set[int] = set()  # functions and classes being digested (a method's __class__ cell)
+
+
+def _code_digest(x: Any) -> str:
+    """What a function, method or class runs. Functions: their bytecode, constants, names,
+    defaults and closure. Classes: see ``_class_digest``."""
+    if isinstance(x, types.MethodType):
+        return "method:" + _code_digest(x.__func__)
+    if _is_builtin_function(x):
+        owner = getattr(x, "__self__", None)
+        owner = owner if isinstance(owner, types.ModuleType) or owner is None else type(owner)
+        return f"builtin:{getattr(owner, '__name__', '')}.{getattr(x, '__qualname__', x)}"
+    if not isinstance(x, (type, types.FunctionType)):
+        raise _Doubt(f"a callable {type(x).__name__}")
+    if id(x) in _ACTIVE:  # met again while digesting itself
+        return f"recursive:{x.__module__}.{x.__qualname__}"
+    _ACTIVE.add(id(x))
+    try:
+        if isinstance(x, type):
+            return _class_digest(x)
+        h = _Hasher(lenient=True)
+        h.put("fn", x.__module__, x.__qualname__, _bytecode(x.__code__))
+        h.value(x.__defaults__)
+        h.value(x.__kwdefaults__)
+        for cell in x.__closure__ or ():
+            try:
+                h.value(cell.cell_contents)
+            except ValueError:  # an empty cell
+                h.put("<empty cell>")
+        return h.h.hexdigest()
+    finally:
+        _ACTIVE.discard(id(x))
+
+
+@_memo  # code objects are immutable (a function's __code__ can be swapped, not edited)
+def _bytecode(code: types.CodeType) -> str:
+    parts = [code.co_code.hex(), repr(code.co_names), repr(code.co_varnames)]
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            parts.append(_bytecode(c))
+        elif isinstance(c, frozenset):  # `x in {"a", "b"}`: ordered by hash, which varies
+            parts.append(repr(sorted(map(repr, c))))
+        else:
+            parts.append(repr(c))
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _class_digest(cls: type) -> str:
+    """A class: its qualified name and, unless torch's or the standard library's (their versions
+    are in the key), the source of the file defining it (a superset of the class's own source:
+    ``inspect.getsource`` parses the whole file for each class, 1.5 s for MiniLM's 25), its
+    package's version and every attribute and method of every class of its MRO (the bytecode
+    running, should it differ from the file). Not memoized: class attributes can be set."""
+    top = cls.__module__.split(".")[0]
+    if top == "torch" or top in sys.stdlib_module_names:
+        return "class:" + _qualname(cls)
+    path = _class_file(cls)
+    mtime = os.path.getmtime(path) if path and os.path.exists(path) else None
+    h = _Hasher(lenient=True)
+    h.put("class", _qualname(cls), _source_digest(cls, path, mtime),
+          _package_version(cls.__module__.split(".")[0]))
+    for k in cls.__mro__[1:]:
+        h.put("base", _code_digest(k))
+    for name, attr in vars(cls).items():
+        if name in _CLASS_SKIP:
+            continue
+        h.put(name)
+        if isinstance(attr, (staticmethod, classmethod)):
+            attr = attr.__func__
+        elif isinstance(attr, property):
+            attr = (attr.fget, attr.fset)
+        h.value(attr)
+    return h.h.hexdigest()
+
+
+def _source_digest(cls: type, path: str | None, mtime: float | None) -> str:
+    """The hash of the file defining ``cls`` (from disk, else as ``linecache`` holds it: a
+    notebook cell); ``_Doubt`` when there is none."""
+    digest = _file_hash(path, mtime) if path and mtime is not None else ""
+    if not digest and path:
+        lines = linecache.getlines(path)
+        digest = hashlib.sha256("".join(lines).encode()).hexdigest()[:16] if lines else ""
+    if not digest:
+        raise _Doubt(f"no source for {_qualname(cls)}")
+    return digest
+
+
+def _class_file(cls: type) -> str | None:
+    try:
+        return inspect.getsourcefile(cls)
+    except TypeError:
+        return None
+
+
+@_memo
+def _package_version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except (PackageNotFoundError, ValueError):
+        return ""
+
+
+def _frontend_sources() -> list[tuple[str, str]]:
+    """The hash of each source file capture runs (rtinfer's frontends and IR)."""
+    root = Path(__file__).parent
+    out = []
+    for sub in ("frontends", "ir"):
+        for path in sorted((root / sub).rglob("*.py")):
+            out.append((str(path.relative_to(root)), _file_hash(str(path),
+                                                                 os.path.getmtime(path))))
+    return out
+
+
+def model_fingerprint(model: Any, example_inputs: Any = None,
+                      dynamic_dims: Any = None) -> str | None:
+    """A digest that differs whenever capturing ``model`` with these inputs could give another
+    IR, computed without capturing it; None when the hasher cannot vouch for the model (the
+    compile then keys on the captured IR). ``model``: an ``nn.Module``, an ``onnx.ModelProto``
+    or the path of an ``.onnx`` file (with its external data files)."""
+    h = _Hasher()
+    try:
+        if isinstance(model, (str, os.PathLike)):
+            h.put("onnx-file", _package_version("onnx"))
+            _onnx_file(h, Path(model))
+        elif type(model).__name__ == "ModelProto":
+            from onnx.external_data_helper import uses_external_data
+
+            if any(uses_external_data(t) for t in model.graph.initializer):
+                return None  # its external data would be read relative to the working dir
+            h.put("onnx-proto", _package_version("onnx"))
+            h.h.update(model.SerializeToString())
+        elif isinstance(model, torch.nn.Module):
+            h.put("torch-module", torch.get_default_dtype(), sys.version)
+            h.value(model)
+            mm = torch.nn.modules.module
+            h.value([mm._global_forward_hooks, mm._global_forward_pre_hooks])
+            inputs = _Hasher(tensor_values=False)  # their values do not shape the capture
+            inputs.value(example_inputs)
+            h.put("inputs", inputs.h.hexdigest())
+        else:
+            return None
+        h.value(dynamic_dims)
+        h.put(*_frontend_sources())
+    except _Doubt:
+        return None
+    except Exception:  # noqa: BLE001  (a model the hasher trips on: capture decides)
+        return None
+    return h.h.hexdigest()
+
+
+def _onnx_file(h: _Hasher, path: Path) -> None:
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    blob = path.read_bytes()
+    h.h.update(blob)
+    model = onnx.load_model_from_string(blob)
+    files = sorted({ExternalDataInfo(t).location for t in model.graph.initializer
+                    if uses_external_data(t)})
+    for name in files:
+        h.put("external", name)
+        h.h.update((path.parent / name).read_bytes())
+
+
+def model_key(fingerprint: str, target: str, pipeline: str, backend: str) -> str:
+    """The key of a fingerprint entry: the model's fingerprint with the compile settings."""
+    fields = {"model": fingerprint, "target": target, "backend": backend,
+              "pipeline": pipeline_fingerprint(pipeline), "versions": versions()}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def lookup_model(root: Path, key: str) -> tuple[str, dict | None] | None:
+    """The capture-keyed entry and the eager I/O structure that fingerprint entry ``key``
+    names, or None."""
+    path = root / "models" / f"{key}.json"
+    try:
+        saved = json.loads(path.read_text())
+        entry, torch_io = saved["cache_key"], saved["torch_io"]
+        if not isinstance(entry, str) or not (torch_io is None or isinstance(torch_io, dict)):
+            raise ValueError("malformed")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    return entry, torch_io
+
+
+def store_model(root: Path, key: str, entry: str, torch_io: dict | None) -> bool:
+    """Write fingerprint entry ``key`` (atomically) naming entry ``entry``."""
+    folder = root / "models"
+    tmp = folder / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"cache_key": entry, "torch_io": torch_io}) + "\n")
+        os.replace(tmp, folder / f"{key}.json")
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+
+
 __all__ = ["CACHE_FORMAT_VERSION", "cache_dir", "cache_key", "graph_digest", "lookup",
-           "pipeline_fingerprint", "store", "versions"]
+           "lookup_model", "model_fingerprint", "model_key", "pipeline_fingerprint", "store",
+           "store_model", "versions"]

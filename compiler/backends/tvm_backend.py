@@ -1,7 +1,10 @@
 """The TVM backend: an IR graph becomes a Relax module, built for an LLVM target, run by the
 Relax VM.
 
-    build_tvm_module(graph, target="cpu", strict=False) -> TVMModule
+    build_tvm_module(graph, target="cpu", strict=False, tune=0) -> TVMModule
+
+Untuned, the kernels keep the naive loop nests of Relax's legalization (convolutions run ~100x
+slower than oneDNN's); ``tune=N`` has MetaSchedule tune them first (``tvm_tune``).
 
 ``LOWERINGS`` is one table, op name -> lowering. A lowering receives the context and the node's
 inputs as Relax expressions (``None`` for a missing optional input; variadic inputs as one
@@ -31,8 +34,10 @@ import itertools
 import json
 import math
 import operator
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,9 +74,12 @@ TVM_DTYPES: dict[DType, str] = {
 
 Lowering = Callable[..., Any]
 LOWERINGS: dict[str, Lowering] = {}
-# ops lowered inside a Primitive function of their own: one fused kernel each
+# ops lowered inside a Primitive function of their own: one fused kernel each (the fused ops,
+# and the ops whose lowering adds their bias after the base op: otherwise a second kernel, and
+# a second tuning task)
 GROUPED = frozenset({"fused_conv1d", "fused_conv2d", "fused_linear", "fused_matmul",
-                     "fused_elementwise"})
+                     "fused_elementwise", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                     "conv_transpose2d", "conv_transpose3d", "linear"})
 
 
 # op -> why it has no lowering (it then runs in the torch backend)
@@ -307,7 +315,9 @@ def _channel_bias(cx: LowerContext, y: Any, bias: Any, rank: int, layout: str) -
         return y
     if layout == "NHWC":
         return R.add(cx.emit(y), bias)
-    return R.add(cx.emit(y), cx.emit(R.reshape(bias, [-1] + [1] * (rank - 2))))
+    # [C] -> [C, 1, ..., 1] by expand_dims, not reshape: reshape's TIR indexes the bias
+    # modulo C, which MetaSchedule cannot inline into the conv's epilogue
+    return R.add(cx.emit(y), cx.emit(R.expand_dims(bias, list(range(1, rank - 1)))))
 
 
 def _conv(nd: int) -> Lowering:
@@ -376,10 +386,9 @@ def _batch_norm(cx: LowerContext, x, mean, var, gamma, beta, eps, layout):
     # (x - mean) * (gamma / sqrt(var + eps)) + beta, per channel
     R = _R()
     rank = cx.in_types[0].rank
-    shape = [-1] if layout == "NHWC" else [-1] + [1] * (rank - 2)
 
     def per_channel(v):
-        return cx.emit(R.reshape(v, shape)) if layout != "NHWC" else v
+        return v if layout == "NHWC" else cx.emit(R.expand_dims(v, list(range(1, rank - 1))))
 
     s = cx.emit(R.rsqrt(cx.emit(R.add(var, _scalar(cx, eps)))))
     if gamma is not None:
@@ -864,6 +873,7 @@ class TVMModule:
         self.rtinfer_mkldnn = False
         self.n_fused_kernels = lowered.n_kernels_fused
         self.n_outputs = n_outputs
+        self.tuning: Any = None  # a tvm_tune.TuneReport when built with tune=N
 
     def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self._main(*[_to_tvm(t) for t in tensors])
@@ -889,22 +899,49 @@ def _to_tvm(t: torch.Tensor) -> Any:
         return tvm_ffi.from_dlpack(t.clone(), require_alignment=64, require_contiguous=True)
 
 
-def build_tvm_module(graph: Graph, *, target: Any = "cpu", strict: bool = False
-                     ) -> TVMModule:
-    """Lower ``graph`` to Relax, build it for ``target`` and load it in the Relax VM."""
+def build_tvm_module(graph: Graph, *, target: Any = "cpu", strict: bool = False,
+                     tune: int = 0, tune_root: str | os.PathLike | None = None) -> TVMModule:
+    """Lower ``graph`` to Relax, build it for ``target`` and load it in the Relax VM.
+
+    ``tune=N``: MetaSchedule tunes the kernels first, N measured trials in all, and the build
+    applies its best schedules; the records persist in ``tvm_tune.database_dir(tune_root,
+    target)`` (``tune_root``: the rtinfer cache directory by default), so kernels tuned before
+    are not tuned again. ``TVMModule.tuning`` says what was done."""
     _tvm()
     from tvm import relax
 
+    from rtinfer.backends import tvm_tune
+
+    tune = tvm_tune.check_tune(tune, "tvm")
     t = resolve_target(target)
+    if tune:
+        t = tvm_tune.tuning_target(t)
+        if not all(v.type.is_static for v in graph.inputs):
+            raise BackendError("TVM backend: tune=N needs static input shapes (MetaSchedule "
+                               "tunes kernels for one shape); compile without dynamic dims")
     lowered = lower_graph(graph, strict=strict)
+    tuning = None
     try:
         with t:
             mod = relax_pipeline()(lowered.mod)
-        executable = relax.build(mod, t)
+        if tune:
+            from rtinfer.cache import cache_dir
+
+            root = Path(tune_root) if tune_root is not None else cache_dir(True)
+            db_dir = tvm_tune.database_dir(root, t)
+            tuning = tvm_tune.tune_module(mod, t, tune, db_dir)
+            executable = tvm_tune.build_tuned(mod, t, db_dir)
+        else:
+            executable = relax.build(mod, t)
+    except BackendError:
+        raise
     except Exception as e:
-        raise BackendError(f"TVM backend: building @{graph.name} for {t} failed: "
+        what = "tuning or building" if tune else "building"
+        raise BackendError(f"TVM backend: {what} @{graph.name} for {t} failed: "
                            f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
-    return TVMModule(lowered, executable, t, len(graph.outputs))
+    module = TVMModule(lowered, executable, t, len(graph.outputs))
+    module.tuning = tuning
+    return module
 
 
 def coverage() -> tuple[int, int, list[str]]:
