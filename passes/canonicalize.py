@@ -166,6 +166,26 @@ def _no_op_slice(node: Node) -> bool:
     return _same_type(node) and all(s > 0 for s in steps)
 
 
+def _zero_spatial_pad(node: Node) -> bool:
+    """A constant-zero pad of only the spatial axes of an NC... tensor, no negative pads."""
+    pads, rank = node.attrs["pads"], node.inputs[0].type.rank
+    return (node.attrs["mode"] == "constant" and node.attrs["value"] == 0.0
+            and all(p >= 0 for p in pads) and not any(pads[a] or pads[rank + a] for a in (0, 1)))
+
+
+def pad_into_conv(rw: Rewriter, x: Value, p: Node, conv: Node) -> Value | None:
+    if conv.attrs.get("layout", "NCHW") != "NCHW":
+        return rw.decline("an NHWC convolution (its spatial axes are 1..n)")
+    rank, nd = x.type.rank, x.type.rank - 2
+    pads = p.attrs["pads"]
+    own = list(conv.attrs["pad"])
+    if len(own) != 2 * nd:
+        own = [own[0]] * (2 * nd) if len(own) == 1 else own + own
+    new = [own[i] + pads[2 + i] for i in range(nd)] + [own[nd + i] + pads[rank + 2 + i]
+                                                        for i in range(nd)]
+    return rw.op(conv.op, x, *conv.inputs[1:], **{**conv.attrs, "pad": tuple(new)})
+
+
 def _const_left(node: Node) -> bool:
     a, b = node.inputs
     return a.is_const and not b.is_const
@@ -219,6 +239,13 @@ def _rules() -> list[Rule]:
         Rule("unsqueeze-squeeze",
              P.op("unsqueeze", P.op("squeeze", x, name="inner"), name="outer"),
              unsqueeze_squeeze),
+        # conv(pad(x, zeros around the spatial axes), w, b) -> conv(x, w, b){pad += those}
+        #                                 (TF "SAME" padding as exporters spell it)
+        Rule("pad-into-conv",
+             P.op(("conv1d", "conv2d", "conv3d"), P.op("pad", x, name="p",
+                                                       where=_zero_spatial_pad), ...,
+                  name="conv"),
+             pad_into_conv),
         # x - c -> x + (-c)
         Rule("sub-const-to-add", P.op("sub", x, c), sub_const_to_add),
         # x / c -> x * (1/c)              (c a power of two: exact)

@@ -483,6 +483,28 @@ def _matmul_step(cx: Lowerer, node: Node, a: View, b: View | None, weight, b_sha
             [y.buf])
 
 
+@lowers("conv1d", "fused_conv1d")
+def _conv1d(cx: Lowerer, node: Node) -> None:
+    a = node.attrs
+    x = cx.plain(node.inputs[0])
+    _need_f32(x)
+    w = cx.const_tensor(node.inputs[1])
+    bias = cx.const_tensor(node.inputs[2]) if len(node.inputs) > 2 else None
+    if w is None or (len(node.inputs) > 2 and bias is None):
+        raise NotLowerable("the weight or bias is not a constant")
+    mode = a.get("residual", "none")
+    y = cx.new_value(node.out)
+    residual = cx.plain(node.inputs[3]) if mode != "none" else None
+    res_buf = residual.buf if residual is not None else -1
+    pad = list(a["pad"])
+    args = (x.buf, y.buf, res_buf, list(x.shape), w, bias, list(a["stride"]), pad[:1], pad[1:],
+            list(a["dilation"]), int(a["groups"]), a.get("activation", "none"),
+            float(a.get("alpha", 0.0)), float(a.get("beta", 0.0)), mode, False, False,
+            cx.threads)
+    cx.step("oneDNN conv", lambda ext, plan, name: ext.add_conv(plan, name, *args),
+            [x.buf] + ([res_buf] if residual is not None else []), [y.buf])
+
+
 @lowers("linear", "fused_linear")
 def _linear(cx: Lowerer, node: Node) -> None:
     x = cx.plain(node.inputs[0])
@@ -755,6 +777,23 @@ def _embedding(cx: Lowerer, node: Node) -> None:
             w.dtype.np.itemsize)
     cx.step("embedding", lambda ext, plan, name: ext.add_embedding(plan, name, *args),
             [w.buf, idx.buf], [y.buf])
+
+
+@lowers("gather")
+def _gather(cx: Lowerer, node: Node) -> None:
+    # gather along axis 0 is a row gather: rows of prod(x.shape[1:]) elements, any dtype
+    x = cx.plain(node.inputs[0])
+    idx = cx.plain(node.inputs[1])
+    if node.attrs["axis"] % len(x.shape) != 0:
+        raise NotLowerable("gather along an axis other than 0")
+    if idx.dtype not in (DType.i64, DType.i32):
+        raise NotLowerable(f"{idx.dtype} indices")
+    vocab, dim = x.shape[0], math.prod(x.shape[1:])
+    y = cx.new_value(node.out)
+    args = (x.buf, idx.buf, y.buf, idx.numel, dim, vocab, TORCH_DTYPE_OF(idx.dtype),
+            x.dtype.np.itemsize)
+    cx.step("gather rows", lambda ext, plan, name: ext.add_embedding(plan, name, *args),
+            [x.buf, idx.buf], [y.buf])
 
 
 # -- views: no data moves until a consumer needs it contiguous ---------------------------------

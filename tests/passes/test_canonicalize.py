@@ -135,3 +135,38 @@ def test_lossless_casts():
                 narrow is DType.bool or np.array_equal(
                     vals.astype(wide.np).astype(np.float64), vals.astype(np.float64)))
             assert represents(wide, narrow) == exact, (wide, narrow)
+
+
+PAD_CONV = """func @main(%x: f32[1,3,8,8]) -> {out} {{
+  %w = const f32[4,3,3,3] random(seed=0)
+  %b = const f32[4] random(seed=1)
+  %p = pad(%x) {{pads=[{pads}], mode="{mode}", value={value}}}
+  %y = conv2d(%p, %w, %b) {{stride=[2, 2], pad=[1, 0, 0, 1]}}
+  return %y
+}}"""
+
+
+def test_pad_into_conv():
+    # TF "SAME" padding (bottom/right one more), on top of the conv's own pads
+    before = PAD_CONV.format(out="f32[1,4,4,5]", pads="0, 0, 0, 1, 0, 0, 1, 2",
+                             mode="constant", value=0.0)
+    after = """func @main(%x: f32[1,3,8,8]) -> f32[1,4,4,5] {
+  %w = const f32[4,3,3,3] random(seed=0)
+  %b = const f32[4] random(seed=1)
+  %y = conv2d(%x, %w, %b) {stride=[2, 2], pad=[1, 1, 1, 3]}
+  return %y
+}"""
+    check_rewrite("canonicalize,dce", before, after, numerics={"rtol": 1e-5, "atol": 1e-5})
+
+
+@pytest.mark.parametrize("pads,mode,value,why", [
+    ("0, 0, 0, 1, 0, 0, 1, 2", "constant", 1.0, "a non-zero pad value"),
+    ("0, 0, 0, 1, 0, 0, 1, 2", "reflect", 0.0, "a reflect pad"),
+    ("0, 1, 0, 1, 0, 0, 1, 2", "constant", 0.0, "a channel pad"),
+])
+def test_pad_into_conv_no(pads, mode, value, why):
+    ch = 4 if why == "a channel pad" else 3
+    ir = PAD_CONV.format(out="f32[1,4,4,5]", pads=pads, mode=mode, value=value)
+    if ch == 4:
+        ir = ir.replace("f32[4,3,3,3]", "f32[4,4,3,3]")
+    check_rewrite("canonicalize,dce", ir, ir, numerics={"rtol": 0, "atol": 0})
