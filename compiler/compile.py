@@ -720,24 +720,30 @@ def _measure_inputs(graph: Graph, module: Any, example_inputs: Any) -> list[torc
 # -- load -------------------------------------------------------------------------------------
 
 
-def load(directory: str | os.PathLike, *, mkldnn: bool | None = None) -> CompiledModel:
+def load(directory: str | os.PathLike, *, mkldnn: bool | None = None,
+         backend: str | None = None) -> CompiledModel:
     """Load an artifact written by ``CompiledModel.save``; a missing, corrupted or
-    incompatible artifact is an ``ArtifactError``."""
-    from rtinfer.backends.torch_backend import build_module
-
+    incompatible artifact is an ``ArtifactError``. ``backend``: the backend to build (default:
+    the one that compiled it when that is torch or native; a TVM-compiled model runs in the
+    torch backend, and the report says so)."""
     root = Path(directory)
     graph, manifest = read_artifact(root)
     torch_meta = _load_torch_meta(manifest.get("torch_io"))
     if torch_meta is not None:
         graph.meta["torch"] = torch_meta
-    # a loaded model runs in the torch backend, whichever one (backend="auto" may have picked
-    # TVM) compiled it: the report says so
+    saved = str(manifest.get("backend", "torch"))
+    trainable = bool(manifest.get("trainable"))
+    chosen = backend or (saved if saved in ("torch", "native") else "torch")
+    if chosen not in ("torch", "native"):
+        raise BackendError(f"load(backend={chosen!r}): a loaded model builds with 'torch' or "
+                           f"'native'")
     info = CompileInfo(frontend=f"loaded from {root}", pipeline=manifest.get("pipeline", ""),
-                       backend="torch", backend_requested=str(manifest.get("backend", "torch")),
-                       trainable=bool(manifest.get("trainable")))
+                       backend=chosen, backend_requested=saved, trainable=trainable)
     info.ops_before = info.ops_after = graph.op_counts()
     t0 = time.perf_counter()
-    module = build_module(graph, trainable=info.trainable, mkldnn=mkldnn)
+    module = _build(chosen, graph, target="cpu", trainable=trainable, mkldnn=mkldnn,
+                    strict=False)
+    info.backend = getattr(module, "rtinfer_backend", chosen)
     info.fallbacks = list(module.rtinfer_fallback_ops)
     info.mkldnn = bool(module.rtinfer_mkldnn)
     info.timings = {"codegen": time.perf_counter() - t0}

@@ -149,8 +149,9 @@ def test_compile_leaves_the_users_model_unchanged():
 
 def test_report_names_passes_fusions_fallbacks_and_timings(cnn):
     text = cnn[1].report()
+    chosen = cnn[1].info.backend  # auto measured the candidates
     for needle in ("pipeline: O3" if rtinfer.pass_manager.get_pipeline("O3") else "pipeline: O2",
-                   "fold-batchnorm", "fused_conv2d x2", "backend: torch (auto -> torch)",
+                   "fold-batchnorm", "fused_conv2d x2", f"backend: {chosen} (auto -> {chosen})",
                    "fallbacks: none", "timings:", "codegen"):
         assert needle in text, needle
 
@@ -260,9 +261,12 @@ def test_onnx_file_matches_onnxruntime(tmp_path):
 
 
 def test_unknown_backend_and_target():
-    with pytest.raises(BackendError, match="native"):
-        rtinfer.compile(rtinfer.ir.parse(
-            "func @f(%x: f32[2]) -> f32[2] {\n %y = relu(%x)\n return %y\n}"), backend="native")
+    relu = "func @f(%x: f32[2]) -> f32[2] {\n %y = relu(%x)\n return %y\n}"
+    with pytest.raises(BackendError, match="unknown backend 'nope'; valid: auto, torch, tvm, "
+                                           "native"):
+        rtinfer.compile(rtinfer.ir.parse(relu), backend="nope")
+    with pytest.raises(BackendError, match="backend='native' compiles for target 'cpu'"):
+        rtinfer.compile(rtinfer.ir.parse(relu), backend="native", target="cuda")
     with pytest.raises(BackendError, match="unknown target"):
         rtinfer.compile(_model(MLP), target="cuda", example_inputs=(torch.randn(2, 16),))
 

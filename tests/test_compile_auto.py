@@ -102,7 +102,8 @@ def test_auto_picks_the_faster_backend_and_the_cache_remembers_it(fake_backends,
 
     warm = rtinfer.compile(m, example_inputs=x, cache=tmp_path)
     assert warm.info.cache == "hit" and warm.info.backend == "tvm"
-    assert builds == ["torch", "tvm", "tvm"] and len(measured) == 2  # built once, not timed
+    # load() built torch; the warm compile builds the remembered tvm once and times nothing
+    assert builds == ["torch", "tvm", "torch", "tvm"] and len(measured) == 2
     assert "remembered from the cold compile" in warm.report()
     assert torch.equal(warm(x), cold(x))
 
@@ -194,7 +195,7 @@ def test_auto_with_the_real_tvm_backend():
     pytest.importorskip("tvm")
     m, x = _mlp()
     cm = rtinfer.compile(m, example_inputs=x, cache=False)
-    assert set(cm.info.auto["ms"]) == {"torch", "tvm"}
+    assert {"torch", "tvm"} <= set(cm.info.auto["ms"])  # and native, where it builds
     ms = cm.info.auto["ms"]
     assert cm.info.backend == min(ms, key=ms.__getitem__)
     torch.testing.assert_close(cm(x), m(x), rtol=1e-4, atol=1e-5)

@@ -177,3 +177,27 @@ def test_user_model_untouched():
     before = {k: v.clone() for k, v in m.state_dict().items()}
     compile_native(m, (torch.randn(1, 64),))
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_save_load_rebuilds_native_and_gives_identical_results(tmp_path):
+    torch.manual_seed(0)
+    m = MLP().eval()
+    x = torch.randn(1, 64)
+    cm = compile_native(m, (x,))
+    loaded = rtinfer.load(cm.save(tmp_path / "mlp"))
+    assert loaded.info.backend == "native"
+    assert torch.equal(loaded(x), cm(x))
+    assert rtinfer.load(tmp_path / "mlp", backend="torch").info.backend == "torch"
+
+
+def test_thread_count_change_gets_its_own_plan():
+    m = MLP().eval()
+    x = torch.randn(4, 64)
+    cm = compile_native(m, (x,))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        close(cm(x), m(x))
+    finally:
+        torch.set_num_threads(before)
+    assert {threads for _, threads in cm.module._plans} >= {1}
