@@ -84,6 +84,53 @@ def targets(doc: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     return out
 
 
+def _gflops_table(doc: dict[str, Any]) -> list[str]:
+    """Achieved GFLOP/s (the model's convolution/matmul/attention FLOPs over the median)."""
+    names = _systems(doc)
+    lines = ["| model | GFLOP | " + " | ".join(names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for model, m in doc["models"].items():
+        gflop = next((r["gflop"] for r in m["results"].values() if r.get("gflop")), None)
+        if not gflop:
+            continue
+        cells = [f"{gflop / (rec['median_ms'] / 1e3):.0f}" if rec.get("status") == "ok"
+                 and "median_ms" in rec else "-"
+                 for rec in (m["results"].get(n, {}) for n in names)]
+        lines.append(f"| {model} | {gflop:.3g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def native_targets(doc: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """The native backend's targets: faster than ONNX Runtime and OpenVINO on ResNet-18,
+    MobileNetV2 and MiniLM, or within 5% of the sgemm ceiling where compute-bound; on the MLP,
+    latency minus kernel time <= 20 us."""
+    out = []
+    ceiling = doc["machine"].get("sgemm_gflops")
+    for model, m in doc["models"].items():
+        rec = m["results"].get("rtinfer-native", {})
+        if "median_ms" not in rec:
+            continue
+        if model == "mlp":
+            over = (rec["median_ms"] - rec.get("kernel_ms", 0.0)) * 1e3
+            out.append(("rtinfer-native per-call overhead ≤ 20 µs on mlp", over <= 20.0,
+                        f"{over:.1f} µs ({rec['median_ms'] * 1e3:.1f} µs a call, kernels "
+                        f"{rec.get('kernel_ms', 0.0) * 1e3:.1f} µs)"))
+            continue
+        peers = {p: m["results"][p]["median_ms"] for p in ("onnxruntime", "openvino")
+                 if "median_ms" in m["results"].get(p, {})}
+        faster = all(rec["median_ms"] < v for v in peers.values())
+        rate = rec.get("gflop", 0) / (rec["median_ms"] / 1e3) if rec.get("gflop") else None
+        near = bool(rate and ceiling and rate >= 0.95 * ceiling)
+        got = ", ".join(f"×{v / rec['median_ms']:.2f} vs {p}" for p, v in peers.items())
+        if rate:
+            got += f"; {rate:.0f} GFLOP/s" + (f" = {rate / ceiling:.0%} of sgemm" if ceiling
+                                               else "")
+        out.append((f"rtinfer-native faster than ONNX Runtime and OpenVINO on {model} (or "
+                    f"≥95% of the sgemm ceiling)", (faster or near) and bool(peers)
+                    and rec.get("fidelity_ok") is not False, got))
+    return out
+
+
 def _header(doc: dict[str, Any]) -> list[str]:
     mach, st, v = doc["machine"], doc["settings"], doc["versions"]
     versions = ", ".join(f"{k} {val}" for k, val in v.items() if val)
@@ -110,10 +157,11 @@ def markdown(doc: dict[str, Any]) -> str:
              *_table(doc, "min_ms", "vs_eager_min"), "",
              "## rtinfer against the best peer (median; the best non-rtinfer system with "
              "correct outputs)", "", *_peer_table(doc), "",
-             "## Targets", ""]
-    for name, ok, got in targets(doc):
-        mark = "–" if ok is None else ("✓" if ok else "✗")
-        lines.append(f"- {mark} {name}: {got}")
+             "## Achieved GFLOP/s (convolution, matmul and attention FLOPs / median)", "",
+             f"The measured sgemm ceiling (torch.mm 1536³, best of 15, same threads): "
+             f"{doc['machine'].get('sgemm_gflops', 0):.0f} GFLOP/s.", "", *_gflops_table(doc),
+             "", "## Targets", ""]
+    lines += _target_lines(doc)
     lines += ["", "## Setup time, s (ONNX export or capture, compile, first call)", "",
               *_setup_table(doc), "", "## Notes", "",
               f"- {WRONG}: outputs differ from eager by more than "
@@ -135,11 +183,19 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _target_lines(doc: dict[str, Any]) -> list[str]:
+    return [f"- {'–' if ok is None else ('✓' if ok else '✗')} {name}: {got}"
+            for name, ok, got in targets(doc) + native_targets(doc)]
+
+
 def readme_block(doc: dict[str, Any]) -> str:
     """The part of the report the project README shows."""
     return "\n".join([*_header(doc), "", "Median latency, ms (× eager; above 1 is faster):", "",
                       *_table(doc, "median_ms", "vs_eager"), "",
                       "rtinfer against the best peer:", "", *_peer_table(doc), "",
+                      f"Achieved GFLOP/s (sgemm ceiling measured here: "
+                      f"{doc['machine'].get('sgemm_gflops', 0):.0f}):", "",
+                      *_gflops_table(doc), "", "Targets:", "", *_target_lines(doc), "",
                       "Full report (minimums, setup times, notes): "
                       "[benchmarks/results/latest.md](benchmarks/results/latest.md)."])
 

