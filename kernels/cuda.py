@@ -75,17 +75,14 @@ def _require() -> str:
 def _build_dir(nvcc_path: str) -> Path:
     """Keyed by what the objects depend on besides the sources (ninja tracks those): flags,
     torch, nvcc and the GPU's architecture."""
-    from rtinfer.cache import cache_dir
+    from rtinfer.kernels.build import build_dir
 
     version = subprocess.run([nvcc_path, "--version"], capture_output=True, text=True).stdout
     major, minor = torch.cuda.get_device_capability()
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST") or f"sm_{major}{minor}"
     key = hashlib.sha256("|".join(
         [*CUDA_FLAGS, *CFLAGS, torch.__version__, version, arch]).encode()).hexdigest()[:16]
-    root = cache_dir(True) or Path.home() / ".cache" / "rtinfer"
-    out = Path(root) / "cuda" / key
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return build_dir(f"cuda-{key}")  # beside the CPU extension, outside the compile cache
 
 
 def load(verbose: bool = False) -> ModuleType:

@@ -704,18 +704,21 @@ def _pool_window(node: Node, nd: int = 2):
     return kernel, stride, pad, dil
 
 
-@lowers("max_pool2d", "avg_pool2d")
-def _pool2d(cx: Lowerer, node: Node) -> None:
+def _pool_input(cx: Lowerer, node: Node) -> View:
+    """A pool's input as it lies: NHWC (from a conv) or plain NCHW."""
     if node.attrs.get("layout", "NCHW") != "NCHW":
         raise NotLowerable("an NHWC-attributed pool")
     x = cx.view(node.inputs[0])
-    if not x.nhwc:
-        x = cx.plain(node.inputs[0])
+    x = x if x.nhwc else cx.plain(node.inputs[0])
     _need_f32(x)
+    return x
+
+
+@lowers("max_pool2d", "avg_pool2d")
+def _pool2d(cx: Lowerer, node: Node) -> None:
+    x = _pool_input(cx, node)
     kernel, stride, pad, dil = _pool_window(node)
-    y = cx.new_value(node.out, nhwc=x.nhwc)
-    if y.nhwc != x.nhwc:  # a 1x1 result from NHWC: write NHWC bytes, which are the same
-        pass
+    y = cx.new_value(node.out, nhwc=x.nhwc)  # a 1x1 result is the same bytes either way
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
     kind = "max" if node.op == "max_pool2d" else "avg"
@@ -727,12 +730,7 @@ def _pool2d(cx: Lowerer, node: Node) -> None:
 
 @lowers("global_avg_pool2d")
 def _global_avg_pool(cx: Lowerer, node: Node) -> None:
-    if node.attrs.get("layout", "NCHW") != "NCHW":
-        raise NotLowerable("an NHWC-attributed pool")
-    x = cx.view(node.inputs[0])
-    if not x.nhwc:
-        x = cx.plain(node.inputs[0])
-    _need_f32(x)
+    x = _pool_input(cx, node)
     n, c, h, w = x.shape
     y = cx.new_value(node.out)
     outer, extent, inner = (n, h * w, c) if x.nhwc else (n * c, h * w, 1)

@@ -201,3 +201,20 @@ def test_thread_count_change_gets_its_own_plan():
     finally:
         torch.set_num_threads(before)
     assert {threads for _, threads in cm.module._plans} >= {1}
+
+
+def test_no_compiler_means_a_clear_message_and_the_torch_backend(monkeypatch):
+    monkeypatch.setattr(build, "_module", None)  # as on a machine that never built it
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    m = MLP().eval()
+    x = torch.randn(1, 64)
+    with pytest.warns(UserWarning, match="needs a C\\+\\+ compiler.*torch backend instead"):
+        cm = compile_native(m, (x,))
+    assert cm.info.backend == "torch"
+    close(cm(x), m(x))
+    with pytest.raises(build.NativeUnavailable, match="needs a C\\+\\+ compiler"):
+        compile_native(m, (x,), strict=True)
+    # and auto leaves it out
+    from rtinfer.backends import auto_candidates
+
+    assert "native" not in [c.name for c in auto_candidates("cpu")]
