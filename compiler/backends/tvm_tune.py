@@ -167,15 +167,15 @@ def tune_module(mod: Any, target: Any, trials: int, db_dir: Path,
         report.seconds = time.perf_counter() - t0
         return report
     per_round = trials_per_round(trials, len(todo))
+    search = {"population_size": population_size(per_round), **SEARCH}
     log(f"rtinfer tune: {len(todo)} of {len(tasks)} tasks to tune ({report.tasks_reused} "
         f"reused), {trials} trials, {per_round} per round (search population "
-        f"{population_size(per_round)}); database {db_dir}")
+        f"{search['population_size']}); database {db_dir}")
     _quiet_console_logging()
     with _only_host_tensor_intrinsics(target):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             todo, work_dir=str(db_dir),
-            strategy=ms.search_strategy.EvolutionarySearch(**{
-                "population_size": population_size(per_round), **SEARCH}))
+            strategy=ms.search_strategy.EvolutionarySearch(**search))
     cores = int(target.attrs["num-cores"])
     progress = _progress_callback(trials, log)
     ms.tune.tune_tasks(
