@@ -85,37 +85,47 @@ def build_dir(key: str) -> Path:
     return d
 
 
+def build_extension(name: str, what: str, out: Path, error: type[BackendError],
+                    verbose: bool = False, **options) -> ModuleType:
+    """``cpp_extension.load(name, **options)`` into ``out``, saying so on stderr while a fresh
+    build runs; a failed build (a compile error, no ninja, a toolkit torch cannot find) is an
+    ``error`` naming the build directory, never a traceback from inside torch."""
+    import subprocess
+
+    from torch.utils import cpp_extension
+
+    fresh = not any(out.glob(f"{name}*.so"))
+    if fresh:
+        print(f"rtinfer: building the {what} (once, about a minute) in {out} ...",
+              file=sys.stderr, flush=True)
+    try:
+        module = cpp_extension.load(name=name, build_directory=str(out), verbose=verbose,
+                                    **options)
+    except (RuntimeError, OSError, ImportError, subprocess.CalledProcessError) as e:
+        raise error(f"building the {what} failed ({e}); the build log is in {out}; use "
+                    f"backend='torch' meanwhile") from None
+    if fresh:
+        print(f"rtinfer: {what} built", file=sys.stderr, flush=True)
+    return module
+
+
 def load(verbose: bool = False) -> ModuleType:
     """The native extension, built on first use (about a minute) and cached."""
     global _module
     if _module is not None:
         return _module
     with _lock:
-        if _module is not None:
-            return _module
-        cxx = compiler()
-        prefix = onednn_prefix()
-        key = fingerprint(f"{cxx}|{prefix}|{NATIVE_DIR}")
-        out = build_dir(key)
-        name = "rtinfer_native"
-        fresh = not any(out.glob(f"{name}*.so"))
-        if fresh:
-            print(f"rtinfer: building the native kernels (once, about a minute) in {out} ...",
-                  file=sys.stderr, flush=True)
-        from torch.utils import cpp_extension
-
-        try:
-            _module = cpp_extension.load(
-                name=name, sources=[str(NATIVE_DIR / s) for s in SOURCES],
-                extra_cflags=CFLAGS, extra_include_paths=[str(prefix / "include")],
-                extra_ldflags=[f"-L{prefix / 'lib'}", "-ldnnl", f"-Wl,-rpath,{prefix / 'lib'}"],
-                build_directory=str(out), verbose=verbose)
-        except (RuntimeError, OSError, ImportError) as e:  # a compile error: say where
-            raise NativeUnavailable(f"building the native kernels failed ({e}); the build log "
-                                    f"is in {out}; use backend='torch' meanwhile") from None
-        if fresh:
-            print("rtinfer: native kernels built", file=sys.stderr, flush=True)
+        if _module is None:
+            cxx = compiler()
+            prefix = onednn_prefix()
+            lib = prefix / "lib"
+            _module = build_extension(
+                "rtinfer_native", "native kernels",
+                build_dir(fingerprint(f"{cxx}|{prefix}|{NATIVE_DIR}")), NativeUnavailable,
+                verbose, sources=[str(NATIVE_DIR / s) for s in SOURCES], extra_cflags=CFLAGS,
+                extra_include_paths=[str(prefix / "include")],
+                extra_ldflags=[f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"])
         return _module
 
 
-__all__ = ["NativeUnavailable", "load", "onednn_prefix"]
+__all__ = ["NativeUnavailable", "build_dir", "build_extension", "load", "onednn_prefix"]

@@ -13,7 +13,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from functools import cache
 from pathlib import Path
@@ -91,28 +90,14 @@ def load(verbose: bool = False) -> ModuleType:
     if _module is not None:
         return _module
     with _lock:
-        if _module is not None:
-            return _module
-        nvcc_path = _require()
-        out = _build_dir(nvcc_path)
-        name = "rtinfer_cuda"
-        fresh = not any(out.glob(f"{name}*.so"))
-        if fresh:
-            print(f"rtinfer: building the CUDA kernels (once, a minute or two) in {out} ...",
-                  file=sys.stderr, flush=True)
-        from torch.utils import cpp_extension
+        if _module is None:
+            from rtinfer.kernels.build import build_extension
 
-        try:
-            _module = cpp_extension.load(
-                name=name, sources=[str(CUDA_DIR / s) for s in SOURCES],
-                extra_cflags=CFLAGS, extra_cuda_cflags=CUDA_FLAGS,
-                extra_include_paths=[str(CUDA_DIR)], build_directory=str(out), verbose=verbose)
-        except (RuntimeError, OSError, ImportError, subprocess.CalledProcessError) as e:
-            # a compile error, no ninja, or a CUDA_HOME torch cannot find: say where
-            raise CudaUnavailable(f"building rtinfer's CUDA kernels failed ({e}); the build "
-                                  f"log is in {out}") from None
-        if fresh:
-            print("rtinfer: CUDA kernels built", file=sys.stderr, flush=True)
+            nvcc_path = _require()
+            _module = build_extension(
+                "rtinfer_cuda", "CUDA kernels", _build_dir(nvcc_path), CudaUnavailable, verbose,
+                sources=[str(CUDA_DIR / s) for s in SOURCES], extra_cflags=CFLAGS,
+                extra_cuda_cflags=CUDA_FLAGS, extra_include_paths=[str(CUDA_DIR)])
         return _module
 
 

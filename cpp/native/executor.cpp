@@ -117,23 +117,28 @@ void Plan::bind(Ctx& ctx, Arena& a, const std::vector<torch::Tensor>& inputs,
   }
 }
 
-std::vector<torch::Tensor> Plan::run(const std::vector<torch::Tensor>& inputs, int threads) {
-  std::vector<torch::Tensor> outputs;
+std::unique_ptr<Arena> Plan::start(const std::vector<torch::Tensor>& inputs, int threads,
+                                   std::vector<torch::Tensor>& outputs) {
   outputs.reserve(out_types_.size());
   for (size_t i = 0; i < out_types_.size(); ++i)
     outputs.push_back(torch::empty(out_shapes_[i], torch::TensorOptions().dtype(out_types_[i])));
   auto arena = acquire();
+  arena->ctx.threads = threads;
+  bind(arena->ctx, *arena, inputs, outputs);
+  return arena;
+}
+
+std::vector<torch::Tensor> Plan::run(const std::vector<torch::Tensor>& inputs, int threads) {
+  std::vector<torch::Tensor> outputs;
+  auto arena = start(inputs, threads, outputs);
   Ctx& ctx = arena->ctx;
-  ctx.threads = threads;
-  bind(ctx, *arena, inputs, outputs);
   {
     pybind11::gil_scoped_release nogil;
     if (threads > 0) omp_set_num_threads(threads);
     try {
       for (const auto& s : steps_) s.run(ctx);
-    } catch (const std::exception& e) {
-      pybind11::gil_scoped_acquire gil;
-      release(std::move(arena));
+    } catch (...) {
+      release(std::move(arena));  // the arena stays reusable; the error goes to the caller
       throw;
     }
   }
@@ -145,12 +150,8 @@ std::vector<double> Plan::profile(const std::vector<torch::Tensor>& inputs, int 
                                   int iters) {
   std::vector<double> seconds(steps_.size(), 0.0);
   std::vector<torch::Tensor> outputs;
-  for (size_t i = 0; i < out_types_.size(); ++i)
-    outputs.push_back(torch::empty(out_shapes_[i], torch::TensorOptions().dtype(out_types_[i])));
-  auto arena = acquire();
+  auto arena = start(inputs, threads, outputs);
   Ctx& ctx = arena->ctx;
-  ctx.threads = threads;
-  bind(ctx, *arena, inputs, outputs);
   {
     pybind11::gil_scoped_release nogil;
     if (threads > 0) omp_set_num_threads(threads);

@@ -84,6 +84,9 @@ class Plan {
 
  private:
   std::unique_ptr<Arena> acquire();
+  // a call's outputs allocated, an arena borrowed and every slot bound
+  std::unique_ptr<Arena> start(const std::vector<torch::Tensor>& inputs, int threads,
+                               std::vector<torch::Tensor>& outputs);
   void release(std::unique_ptr<Arena> a);
   void bind(Ctx& ctx, Arena& a, const std::vector<torch::Tensor>& inputs,
             std::vector<torch::Tensor>& outputs);

@@ -218,3 +218,12 @@ def test_no_compiler_means_a_clear_message_and_the_torch_backend(monkeypatch):
     from rtinfer.backends import auto_candidates
 
     assert "native" not in [c.name for c in auto_candidates("cpu")]
+
+
+def test_bad_index_is_an_error_naming_the_step_and_the_model_keeps_working():
+    emb = torch.nn.Embedding(10, 4).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    cm = compile_native(emb, (ids,))
+    with pytest.raises(IndexError, match="embedding.*index 12"):
+        cm(torch.tensor([[1, 12, 3]]))
+    close(cm(ids), emb(ids))  # the call's arena went back to the pool
