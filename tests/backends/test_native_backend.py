@@ -227,3 +227,24 @@ def test_bad_index_is_an_error_naming_the_step_and_the_model_keeps_working():
     with pytest.raises(IndexError, match="embedding.*index 12"):
         cm(torch.tensor([[1, 12, 3]]))
     close(cm(ids), emb(ids))  # the call's arena went back to the pool
+
+
+def test_onnx_model_on_native(tmp_path):
+    class ConvNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x)).mean(dim=(2, 3))
+            return torch.softmax(self.fc(y), dim=-1)
+
+    torch.manual_seed(0)
+    m = ConvNet().eval()
+    x = torch.randn(2, 3, 12, 12)
+    path = tmp_path / "convnet.onnx"
+    torch.onnx.export(m, (x,), str(path), dynamo=False, opset_version=17)
+    cm = rtinfer.compile(str(path), backend="native", cache=False)
+    assert cm.info.backend == "native" and cm.info.fallbacks == []
+    close(cm(x.numpy()), m(x).detach())
