@@ -199,14 +199,12 @@ class Lowerer:
         view = self.view(v) if isinstance(v, Value) else v
         if view.contiguous:
             return view
-        key = id(view)
         if isinstance(v, Value) and id(v) in self._plain_cache:
             return self._plain_cache[id(v)]
         out = self.scratch_view(view.shape, view.dtype)
         self.copy(view, out, "reorder" if view.nhwc else "copy")
         if isinstance(v, Value):
             self._plain_cache[id(v)] = out
-        del key
         return out
 
     def as_nhwc(self, v: Value) -> View:
@@ -264,15 +262,21 @@ class Lowerer:
                                                 contiguous_strides(shape))
                 continue
             fn = LOWERINGS.get(node.op)
-            n_steps = len(self.steps)
-            n_bufs = len(self.bufs)
+            # a lowering that gives up half way leaves nothing behind: its steps, buffers and
+            # the copies it cached (they would name removed buffers) go
+            saved = (len(self.steps), len(self.bufs), dict(self._plain_cache),
+                     dict(self._nhwc_cache), dict(self.kernels), dict(self.ew_sources))
             try:
                 if fn is None:
                     raise NotLowerable(f"no native kernel for {node.op}")
                 fn(self, node)
             except NotLowerable as e:
-                del self.steps[n_steps:]  # a lowering that gave up half way
+                n_steps, n_bufs, plain, nhwc, kernels, sources = saved
+                del self.steps[n_steps:]
                 del self.bufs[n_bufs:]
+                self._plain_cache, self._nhwc_cache, self.kernels = plain, nhwc, kernels
+                self.ew_sources.clear()
+                self.ew_sources.update(sources)
                 for v in node.outputs:
                     self.views.pop(id(v), None)
                     self._outputs_done.discard(id(v))

@@ -248,3 +248,17 @@ def test_onnx_model_on_native(tmp_path):
     cm = rtinfer.compile(str(path), backend="native", cache=False)
     assert cm.info.backend == "native" and cm.info.fallbacks == []
     close(cm(x.numpy()), m(x).detach())
+
+
+def test_a_lowering_that_gives_up_leaves_no_stale_copies():
+    # softmax over a non-last axis copies its transposed input, then falls back; the exp after
+    # it needs the same copy and must not be handed the removed one
+    class M(torch.nn.Module):
+        def forward(self, x):
+            t = x.transpose(1, 2)
+            return torch.softmax(t, dim=1) + t.exp()
+
+    x = torch.randn(2, 5, 7)
+    cm = compile_native(M(), (x,))
+    assert "softmax" in cm.info.fallbacks
+    close(cm(x), M()(x))
