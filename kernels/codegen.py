@@ -576,22 +576,38 @@ def generate(node_or_body: Node | Graph, in_shapes: Sequence[Sequence[int]] | No
         if data is not None and not isinstance(data, ElidedTensor):
             consts[id(p)] = np.asarray(data)
 
-    logical_out = _static_shape(result, "the output")
-    shape_of = {id(p): _static_shape(p, "an input") for p in params}
-    if out_shape is not None or in_shapes is not None:
-        out_shape = tuple(int(d) for d in (out_shape if out_shape is not None else logical_out))
-        if math.prod(out_shape) != math.prod(logical_out):
-            raise ValueError(f"out_shape {list(out_shape)} does not hold the result's "
-                             f"{list(logical_out)}")
+    symbolic = not (result.type.is_static and all(p.type.is_static for p in params))
+    logical_out: tuple[int, ...] | None
+    if symbolic and out_shape is not None and in_shapes is not None:
+        # symbolic IR dims with concrete shapes given (a plan for one input shape): trust
+        # them; the IR's shape is unknown, so body constants must be scalars (as when relaid)
+        logical_out, out_shape = None, tuple(int(d) for d in out_shape)
+        shape_of = {id(p): tuple(int(d) for d in s)
+                    for p, s in zip(params, in_shapes, strict=True)}
         for i, p in enumerate(params):
-            phys = tuple(int(d) for d in (in_shapes[i] if in_shapes is not None
-                                          else shape_of[id(p)]))
-            if math.prod(phys) != math.prod(shape_of[id(p)]) or not _broadcasts(phys, out_shape):
-                raise ValueError(f"input {i}: shape {list(phys)} does not hold "
-                                 f"{list(shape_of[id(p)])} or broadcast to {list(out_shape)}")
-            shape_of[id(p)] = phys
+            if not _broadcasts(shape_of[id(p)], out_shape):
+                raise ValueError(f"input {i}: shape {list(shape_of[id(p)])} does not "
+                                 f"broadcast to {list(out_shape)}")
     else:
-        out_shape = logical_out
+        logical_out = _static_shape(result, "the output")
+        shape_of = {id(p): _static_shape(p, "an input") for p in params}
+        if out_shape is not None or in_shapes is not None:
+            out_shape = tuple(int(d) for d in (out_shape if out_shape is not None
+                                               else logical_out))
+            if math.prod(out_shape) != math.prod(logical_out):
+                raise ValueError(f"out_shape {list(out_shape)} does not hold the result's "
+                                 f"{list(logical_out)}")
+            for i, p in enumerate(params):
+                phys = tuple(int(d) for d in (in_shapes[i] if in_shapes is not None
+                                              else shape_of[id(p)]))
+                if math.prod(phys) != math.prod(shape_of[id(p)]) or not _broadcasts(
+                        phys, out_shape):
+                    raise ValueError(f"input {i}: shape {list(phys)} does not hold "
+                                     f"{list(shape_of[id(p)])} or broadcast to "
+                                     f"{list(out_shape)}")
+                shape_of[id(p)] = phys
+        else:
+            out_shape = logical_out
     relaid = out_shape != logical_out
     out_dtype = result.type.dtype
     ctype(out_dtype, "the output")
@@ -601,7 +617,10 @@ def generate(node_or_body: Node | Graph, in_shapes: Sequence[Sequence[int]] | No
             raise Unsupported(n.op)
         for v in (*n.inputs, *n.outputs):
             ctype(v.type.dtype, n.op)
-            _static_shape(v, n.op)
+            if not symbolic:
+                _static_shape(v, n.op)
+            elif v.type.quant is not None:
+                raise Unsupported(n.op, f"quantized {v.type}")
 
     # the values read from memory or inlined
     leaves: list[_Leaf] = []

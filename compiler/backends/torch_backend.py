@@ -172,7 +172,7 @@ EMITTERS.update({
     "elu": lambda cx, x, alpha: F.elu(x, alpha),
     "gelu": lambda cx, x, approximate: F.gelu(x, approximate=approximate),
     "softplus": lambda cx, x, beta, threshold: F.softplus(x, beta, threshold),
-    "clip": lambda cx, x, min, max: torch.clamp(
+    "clip": lambda cx, x, min, max: x if min == -math.inf and max == math.inf else torch.clamp(
         x, None if min == -math.inf else min, None if max == math.inf else max),
     "identity": lambda cx, x: x,
     "cast": lambda cx, x, dtype: x.to(TORCH_DTYPES[dtype]),

@@ -262,3 +262,27 @@ def test_a_lowering_that_gives_up_leaves_no_stale_copies():
     cm = compile_native(M(), (x,))
     assert "softmax" in cm.info.fallbacks
     close(cm(x), M()(x))
+
+
+def test_symbolic_dims_keep_elementwise_native():
+    from rtinfer.ir import parse
+
+    g = parse("func @f(%x: f32[B,3], %z: f32[3]) -> f32[B,3] {\n"
+              "  %y = clip(%x) {min=-1.0, max=0.5}\n  %w = add(%y, %z)\n  return %w\n}")
+    cm = rtinfer.compile(g, backend="native", cache=False, pipeline="O0")
+    z = torch.randn(3)
+    for b in (1, 4):
+        x = torch.randn(b, 3)
+        close(cm(x, z), x.clamp(-1, 0.5) + z)
+    assert cm.info.fallbacks == []
+    assert cm.module.stats.kernels == {"elementwise": 2}
+
+
+def test_clip_without_bounds_is_identity_in_the_fallback_too():
+    from rtinfer.ir import parse
+
+    g = parse("func @f(%x: f32[2,3]) -> f32[2,3] {\n  %y = clip(%x) {min=-inf, max=inf}\n"
+              "  %w = cumsum(%y) {axis=1}\n  return %w\n}")
+    cm = rtinfer.compile(g, backend="torch", cache=False, pipeline="O0")
+    x = torch.randn(2, 3)
+    close(cm(x), x.cumsum(1))
