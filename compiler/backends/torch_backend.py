@@ -1126,12 +1126,7 @@ def _as_list(out: Any) -> list[Any]:
 
 
 def _node_args(node: Node, env: dict[int, Any]) -> list[Any]:
-    opdef = node.opdef
-    vals = [env[id(v)] for v in node.inputs]
-    if opdef.variadic:
-        fixed = len(opdef.inputs) - 1
-        return vals[:fixed] + [vals[fixed:]]
-    return vals + [None] * (len(opdef.inputs) - len(vals))
+    return node.opdef.positional([env[id(v)] for v in node.inputs])
 
 
 def _note_symbols(cx: EmitContext, t: TensorType, proxy: Any) -> None:

@@ -636,12 +636,7 @@ def _const_expr(cx: LowerContext, node: Node) -> Any:
 
 
 def _node_args(node: Node, env: dict[int, Any]) -> list[Any]:
-    opdef = node.opdef
-    vals = [env[id(v)] for v in node.inputs]
-    if opdef.variadic:
-        fixed = len(opdef.inputs) - 1
-        return vals[:fixed] + [vals[fixed:]]
-    return vals + [None] * (len(opdef.inputs) - len(vals))
+    return node.opdef.positional([env[id(v)] for v in node.inputs])
 
 
 def _lower_node(cx: LowerContext, node: Node, env: dict[int, Any]) -> None:

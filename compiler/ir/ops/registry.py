@@ -205,6 +205,14 @@ class OpDef:
             raise IRError(f"{self.name}: {e}") from None
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
+    def positional(self, values: list[Any]) -> list[Any]:
+        """A node's input values as the op's signature takes them: absent optional inputs
+        as None, a variadic tail (``*xs``) as one list (references and backend emitters)."""
+        if self.variadic:
+            fixed = len(self.inputs) - 1
+            return values[:fixed] + [values[fixed:]]
+        return values + [None] * (len(self.inputs) - len(values))
+
     def evaluate(self, arrays: list[np.ndarray], attrs: dict[str, Any],
                  in_types: list[TensorType] | None = None,
                  dims: dict | None = None) -> list[np.ndarray]:
@@ -223,13 +231,7 @@ class OpDef:
                 raise IRError(f"{self.name}: the reference implementation needs the input "
                               f"types (pass in_types)")
             attrs = {**attrs, "in_types": list(in_types)}
-        args: list[Any] = list(arrays)
-        if not self.variadic:
-            args += [None] * (len(self.inputs) - len(args))
-            out = self.ref(*args, **attrs)
-        else:
-            fixed = len(self.inputs) - 1
-            out = self.ref(*args[:fixed], list(args[fixed:]), **attrs)
+        out = self.ref(*self.positional(list(arrays)), **attrs)
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
         return [np.asarray(o) for o in outs]
 
