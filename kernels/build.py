@@ -24,7 +24,6 @@ CPP_DIR = Path(__file__).resolve().parent.parent / "cpp"
 # $RTINFER_NATIVE_SRC: build another copy of cpp/native (kernel development)
 NATIVE_DIR = Path(os.environ.get("RTINFER_NATIVE_SRC") or CPP_DIR / "native").resolve()
 SOURCES = ("executor.cpp", "dnnl_ops.cpp", "cpu_kernels.cpp")
-HEADERS = ("plan.h", "cpu_kernels.h")
 CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-march=native", "-ffp-contract=fast",
           "-Wno-unused-function"]
 

@@ -48,6 +48,7 @@ from rtinfer.errors import BackendError
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.types import DType
+from rtinfer.kernels.build import CPP_DIR
 
 # -fno-trapping-math: the selects in the prelude's branch-free math only vectorize when
 # computing both arms may raise no FP exception; -fwrapv: integer ops wrap, as numpy's
@@ -120,29 +121,9 @@ PRELUDE = r"""
 
 #define RT_INLINE static inline __attribute__((always_inline))
 
+@RT_EXP@
 namespace rt {
 
-// e^x = 2^n e^r, |r| <= ln2/2 (Cephes expf, ~1 ulp); x < -87 gives 0, NaN stays NaN
-RT_INLINE float exp(float x) {
-  float xc = x < -87.0f ? -87.0f : x;
-  xc = xc > 88.72283935546875f ? 88.72283935546875f : xc;
-  float fn = std::nearbyint(xc * 1.44269504088896341f);
-  float r = xc - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  uint32_t bits = (uint32_t)((int32_t)fn + 126) << 23;
-  float s;
-  std::memcpy(&s, &bits, 4);
-  float y = (p * 2.0f) * s;
-  y = x < -87.0f ? 0.0f : y;
-  return x > 88.72283935546875f ? __builtin_inff() : y;
-}
 RT_INLINE double exp(double x) { return std::exp(x); }
 
 // log x = e ln2 + log(1 + f), sqrt(1/2) <= 1 + f < sqrt(2) (Cephes logf, ~1 ulp)
@@ -318,6 +299,8 @@ RT_INLINE To cast(From x) {
 }  // namespace rt
 #endif  // RTINFER_EW_PRELUDE
 """
+# rt::exp(float) comes from the header the native kernels use too: both round alike
+PRELUDE = PRELUDE.replace("@RT_EXP@", (CPP_DIR / "native" / "rt_exp.h").read_text())
 
 
 # -- the emitters -------------------------------------------------------------------------------

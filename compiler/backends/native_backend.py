@@ -131,6 +131,7 @@ class Lowerer:
         self.fallbacks: dict[str, int] = {}
         self.kernels: dict[str, int] = {}
         self.ew_sources: dict[str, str] = {}  # generated elementwise functions
+        self.ew_functions: dict[str, int] = {}  # their addresses, compiled once in build()
         self._plain_cache: dict[int, View] = {}
         self._nhwc_cache: dict[int, View] = {}
         self._out_index: dict[int, int] = {}
@@ -346,6 +347,10 @@ class Lowerer:
         return size
 
     def build(self, ext: Any):
+        if self.ew_sources:  # every generated function of the plan in one shared object
+            from rtinfer.kernels import codegen
+
+            self.ew_functions = codegen.compile_functions(self.ew_sources)
         plan = ext.Plan()
         arena = self.plan_memory()
         for b in self.bufs:
@@ -919,15 +924,13 @@ def _elementwise(cx: Lowerer, node: Node) -> None:
         except (codegen.Unsupported, ValueError) as e:
             raise NotLowerable(str(e)) from None
     bufs = [_offset_buf(cx, v) for v in ins_p]
-    sources = cx.ew_sources
     for (fname, source), v, shape in zip(gens, node.outputs, out_shapes, strict=True):
         y = cx.new_value(v, nhwc=nhwc)
-        sources[fname] = source
+        cx.ew_sources[fname] = source
         n = math.prod(shape)
 
         def make(ext, plan, name, fname=fname, y=y, n=n):
-            fn = codegen.compile_functions(sources)[fname]
-            ext.add_elementwise(plan, name, fn, bufs, y.buf, n)
+            ext.add_elementwise(plan, name, cx.ew_functions[fname], bufs, y.buf, n)
 
         cx.step("elementwise", make, bufs, [y.buf])
 

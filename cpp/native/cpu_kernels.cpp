@@ -5,6 +5,7 @@
 // has it; portable loops otherwise. Shapes are static: everything that depends only on them is
 // computed when the step is added, so a call does the arithmetic and nothing else.
 #include "cpu_kernels.h"
+#include "rt_exp.h"
 
 #include <omp.h>
 
@@ -91,31 +92,9 @@ std::vector<float> float_vector(const std::optional<torch::Tensor>& t, int64_t n
   return std::vector<float>(d, d + n);
 }
 
-// -- exp (Cephes expf: 2^n e^r, |r| <= ln2/2, ~1 ulp) ------------------------------------------
-// Inputs below -87 give 0 (instead of a denormal), above ln(FLT_MAX) +inf; NaN stays NaN.
+// -- exp: rt::exp (rt_exp.h) for scalars; the same polynomial 16 lanes at a time ----------------
 
 constexpr float kExpLo = -87.0f, kExpHi = 88.72283935546875f;
-
-inline float exp_f(float x) {
-  float xc = x < kExpLo ? kExpLo : x;
-  xc = xc > kExpHi ? kExpHi : xc;
-  float fn = std::nearbyint(xc * 1.44269504088896341f);
-  float r = xc - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  uint32_t bits = (uint32_t)((int32_t)fn + 126) << 23;  // 2^(n-1): n - 1 fits a normal exponent
-  float s;
-  std::memcpy(&s, &bits, 4);
-  float y = (p * 2.0f) * s;
-  y = x < kExpLo ? 0.0f : y;
-  return x > kExpHi ? kInf : y;
-}
 
 #ifdef RTINFER_AVX512
 inline __m512 exp512(__m512 x) {
@@ -182,7 +161,7 @@ float exp_sub_sum(const float* x, float* y, int64_t n, float m) {
   float s = 0.0f;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < n; ++j) {
-    float e = exp_f(x[j] - m);
+    float e = rt::exp(x[j] - m);
     y[j] = e;
     s += e;
   }
