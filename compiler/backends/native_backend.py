@@ -35,6 +35,7 @@ import torch
 from rtinfer.backends import registrar
 from rtinfer.errors import BackendError
 from rtinfer.ir.graph import Graph, Node, Value
+from rtinfer.ir.ops.common import expand_ints, expand_pads
 from rtinfer.ir.types import DType
 
 INPUT, OUTPUT, CONST, ARENA, ALIAS = range(5)
@@ -447,13 +448,7 @@ def _conv2d(cx: Lowerer, node: Node) -> None:
         raise NotLowerable("the bias is not a constant")
     mode = a.get("residual", "none")
     act, alpha, beta = a.get("activation", "none"), a.get("alpha", 0.0), a.get("beta", 0.0)
-    stride, pad, dil = list(a["stride"]), list(a["pad"]), list(a["dilation"])
-    if len(stride) == 1:
-        stride = stride * 2
-    if len(dil) == 1:
-        dil = dil * 2
-    if len(pad) == 2:
-        pad = [pad[0], pad[0], pad[1], pad[1]]
+    stride, pad, dil = _conv_window(a, 2)
     if a.get("layout", "NCHW") == "NHWC":
         # the IR itself is channels-last: x is a plain [N, H, W, C] buffer
         xp = cx.plain(node.inputs[0])
@@ -507,9 +502,9 @@ def _conv1d(cx: Lowerer, node: Node) -> None:
     y = cx.new_value(node.out)
     residual = cx.plain(node.inputs[3]) if mode != "none" else None
     res_buf = residual.buf if residual is not None else -1
-    pad = list(a["pad"])
-    args = (x.buf, y.buf, res_buf, list(x.shape), w, bias, list(a["stride"]), pad[:1], pad[1:],
-            list(a["dilation"]), int(a["groups"]), a.get("activation", "none"),
+    stride, pad, dil = _conv_window(a, 1)
+    args = (x.buf, y.buf, res_buf, list(x.shape), w, bias, stride, pad[:1], pad[1:],
+            dil, int(a["groups"]), a.get("activation", "none"),
             float(a.get("alpha", 0.0)), float(a.get("beta", 0.0)), mode, False, False,
             cx.threads)
     cx.step("oneDNN conv", lambda ext, plan, name: ext.add_conv(plan, name, *args),
@@ -696,20 +691,18 @@ def _offset_buf(cx: Lowerer, v: View) -> int:
     return b
 
 
+def _conv_window(a: dict, nd: int) -> tuple[list[int], list[int], list[int]]:
+    """A conv's (stride, pads in ONNX layout, dilation), each expanded to ``nd`` axes."""
+    return (list(expand_ints(a["stride"], nd, "stride")), list(expand_pads(a["pad"], nd)),
+            list(expand_ints(a["dilation"], nd, "dilation")))
+
+
 def _pool_window(node: Node, nd: int = 2):
     a = node.attrs
-    kernel = list(a["kernel"]) * (nd if len(a["kernel"]) == 1 else 1)
-    stride = list(a["stride"] or kernel)
-    if len(stride) == 1:
-        stride = stride * nd
-    pad = list(a["pad"])
-    if len(pad) == 1:
-        pad = pad * 2 * nd
-    elif len(pad) == nd:
-        pad = pad + pad
-    dil = list(a.get("dilation", (1,) * nd))
-    if len(dil) == 1:
-        dil = dil * nd
+    kernel = list(expand_ints(a["kernel"], nd, "kernel"))
+    stride = list(expand_ints(a["stride"] or kernel, nd, "stride"))
+    pad = list(expand_pads(a["pad"], nd))
+    dil = list(expand_ints(a.get("dilation", (1,)), nd, "dilation"))
     return kernel, stride, pad, dil
 
 

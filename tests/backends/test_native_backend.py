@@ -286,3 +286,23 @@ def test_clip_without_bounds_is_identity_in_the_fallback_too():
     cm = rtinfer.compile(g, backend="torch", cache=False, pipeline="O0")
     x = torch.randn(2, 3)
     close(cm(x), x.cumsum(1))
+
+
+@pytest.mark.parametrize("nd,pad", [(2, (1,)), (2, (1, 2)), (2, (0, 1, 2, 1)),
+                                    (1, (2,)), (1, (1, 0))])
+def test_conv_pads_in_every_form_the_ir_allows(nd, pad):
+    # one value pads every side, one per axis pads both sides alike, 2*nd are begins then ends
+    from rtinfer.ir import Graph, TensorType
+    from rtinfer.ir.interpreter import interpret
+    from rtinfer.ir.types import DType
+
+    rng = np.random.default_rng(0)
+    spatial = (7, 9)[:nd]
+    g = Graph()
+    x = g.add_input(TensorType(DType.f32, (1, 3, *spatial)), "x")
+    w = g.add_const(rng.standard_normal((4, 3, *(3,) * nd)).astype(np.float32))
+    op = "conv2d" if nd == 2 else "conv1d"
+    g.set_outputs([g.add_op(op, x, w, stride=(1,), pad=pad, dilation=(1,), groups=1)])
+    cm = rtinfer.compile(g, backend="native", cache=False, pipeline="O0", strict=True)
+    xin = rng.standard_normal((1, 3, *spatial)).astype(np.float32)
+    close(cm(torch.from_numpy(xin)), interpret(g, xin))
