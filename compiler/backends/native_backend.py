@@ -119,12 +119,14 @@ class Lowerer:
     """Builds the plan description of one graph at concrete input shapes."""
 
     def __init__(self, graph: Graph, shapes: Sequence[tuple[int, ...]], strict: bool = False,
-                 threads: int = 1):
+                 threads: int = 1, ext: Any = None):
         from rtinfer.ir.interpreter import bind_dims
 
         self.graph = graph
         self.strict = strict
         self.threads = threads  # oneDNN fixes a primitive's thread count when it is created
+        self.ext = ext  # the extension, for lowerings that ask oneDNN what it would pick
+        self.fused_away: set[int] = set()  # nodes a lowering of an earlier node computed
         self.env = bind_dims([v.type for v in graph.inputs], [tuple(s) for s in shapes])
         self.bufs: list[Buf] = []
         self.steps: list[StepRec] = []
@@ -256,6 +258,8 @@ class Lowerer:
             self.views[id(v)] = View(buf, shape, v.type.dtype, contiguous_strides(shape))
         for node in self.graph.nodes:
             self.node = node
+            if id(node) in self.fused_away:
+                continue
             if node.op == "const":
                 t = self.const_tensor(node.out)
                 buf = self.new_buf(CONST, t.numel() * t.element_size(), tensor=t)
@@ -435,8 +439,68 @@ def _need_f32(*views: View) -> None:
             raise NotLowerable(f"native kernels take f32 here, got {v.dtype}")
 
 
+def _dw_partner(cx: Lowerer, node: Node) -> Node | None:
+    """The depthwise 3x3 convolution (stride 1 or 2, padding 1) that alone reads this 1x1
+    convolution's output, when both have constant weights and no residual."""
+    def plain_conv(n: Node) -> bool:
+        return (n.op in ("conv2d", "fused_conv2d") and n.attrs.get("layout", "NCHW") == "NCHW"
+                and n.attrs.get("residual", "none") == "none"
+                and all(v.is_const for v in n.inputs[1:3]))
+
+    if cx.ext is None or not plain_conv(node) or cx.graph.is_output(node.out):
+        return None
+    stride, pad, dil = _conv_window(node.attrs, 2)
+    w = node.inputs[1].type.shape
+    if (stride, pad, dil, node.attrs["groups"]) != ([1, 1], [0] * 4, [1, 1], 1) \
+            or tuple(w[2:]) != (1, 1) or len(node.out.uses) != 1:
+        return None
+    dw, slot = node.out.uses[0]
+    if slot != 0 or not plain_conv(dw):
+        return None
+    stride, pad, dil = _conv_window(dw.attrs, 2)
+    o = w[0]
+    if (tuple(dw.inputs[1].type.shape) != (o, 1, 3, 3) or dw.attrs["groups"] != o
+            or stride not in ([1, 1], [2, 2]) or pad != [1] * 4 or dil != [1, 1]):
+        return None
+    return dw
+
+
+def _conv_dw(cx: Lowerer, node: Node) -> bool:
+    """A 1x1 convolution and the depthwise convolution after it as one oneDNN step, where
+    oneDNN fuses the pair for real (MobileNetV2's first expansion: the 4.8 MB expanded
+    activation is never written whole). False: lower the two apart."""
+    dw = _dw_partner(cx, node)
+    if dw is None:
+        return False
+    src = cx.as_nhwc(node.inputs[0])
+    _need_f32(src)
+    w, dw_w = cx.const_tensor(node.inputs[1]), cx.const_tensor(dw.inputs[1])
+    b = cx.const_tensor(node.inputs[2]) if len(node.inputs) > 2 else None
+    dw_b = cx.const_tensor(dw.inputs[2]) if len(dw.inputs) > 2 else None
+    a, da = node.attrs, dw.attrs
+    stride = int(_conv_window(da, 2)[0][0])
+    epilogues = (a.get("activation", "none"), float(a.get("alpha", 0.0)),
+                 float(a.get("beta", 0.0)), dw_w, dw_b, stride,
+                 da.get("activation", "none"), float(da.get("alpha", 0.0)),
+                 float(da.get("beta", 0.0)), cx.threads)
+    try:
+        impl = cx.ext.add_conv_dw(None, "probe", -1, -1, list(src.shape), w, b, *epilogues)
+    except (RuntimeError, ValueError):
+        return False
+    if impl.startswith("ref"):
+        return False
+    y = cx.new_value(dw.out, nhwc=True)
+    args = (src.buf, y.buf, list(src.shape), w, b, *epilogues)
+    cx.step("oneDNN conv+dw", lambda ext, plan, name: ext.add_conv_dw(plan, name, *args),
+            [src.buf], [y.buf])
+    cx.fused_away.add(id(dw))
+    return True
+
+
 @lowers("conv2d", "fused_conv2d")
 def _conv2d(cx: Lowerer, node: Node) -> None:
+    if _conv_dw(cx, node):
+        return
     a = node.attrs
     x = cx.view(node.inputs[0])
     w = cx.const_tensor(node.inputs[1])
@@ -985,7 +1049,7 @@ class NativeModule:
             plan = self._plans.get(key)
             if plan is None:
                 shapes, threads = key
-                lw = Lowerer(self.graph, shapes, self.strict, threads)
+                lw = Lowerer(self.graph, shapes, self.strict, threads, self.ext)
                 lw.lower()
                 plan = lw.build(self.ext)
                 self.stats = NativeStats(dict(lw.fallbacks), dict(lw.kernels), plan.arena_bytes,

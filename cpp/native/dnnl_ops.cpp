@@ -316,6 +316,89 @@ std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int 
   throw dnnl_failure(name, err);
 }
 
+// A 1x1 convolution whose output only a depthwise 3x3 convolution reads (MobileNet's expansion
+// and depthwise pair), as one oneDNN primitive with a depthwise post-op: the expanded activation
+// is made and consumed a few rows at a time and never written out whole. NHWC in and out;
+// stride 1 and no padding for the 1x1, padding 1 for the depthwise. `plan` null: a dry run
+// that only reports the implementation oneDNN would pick (it fuses for real only where the
+// expanded activation is large against the L2 caches; "ref_fused..." runs the two apart).
+std::string add_conv_dw(Plan* plan, const std::string& name, int src, int dst,
+                        std::vector<int64_t> src_shape, torch::Tensor weight,
+                        std::optional<torch::Tensor> bias, const std::string& activation,
+                        double alpha, double beta, torch::Tensor dw_weight,
+                        std::optional<torch::Tensor> dw_bias, int64_t dw_stride,
+                        const std::string& dw_activation, double dw_alpha, double dw_beta,
+                        int threads) try {
+  if (src_shape.size() != 4) invalid(name, "src must be [N, C, H, W], got " + str(src_shape));
+  for (auto d : src_shape)
+    if (d <= 0) invalid(name, "bad src shape " + str(src_shape));
+  if (plan && (src < 0 || dst < 0)) invalid(name, "src and dst must be slots");
+  check_weight(name, "the weight", weight);
+  check_weight(name, "the depthwise weight", dw_weight);
+  const int64_t N = src_shape[0], C = src_shape[1], H = src_shape[2], W = src_shape[3];
+  const int64_t O = weight.size(0);
+  if (weight.sizes().vec() != std::vector<int64_t>{O, C, 1, 1})
+    invalid(name, "the weight must be [O, " + std::to_string(C) + ", 1, 1], got " +
+                      str(weight.sizes().vec()));
+  if (dw_weight.sizes().vec() != std::vector<int64_t>{O, 1, 3, 3})
+    invalid(name, "the depthwise weight must be [" + std::to_string(O) + ", 1, 3, 3], got " +
+                      str(dw_weight.sizes().vec()));
+  if (dw_stride != 1 && dw_stride != 2)
+    invalid(name, "the depthwise stride must be 1 or 2, got " + std::to_string(dw_stride));
+  for (auto [b, n] : {std::pair{&bias, "the bias"}, std::pair{&dw_bias, "the depthwise bias"}})
+    if (*b) {
+      check_weight(name, n, **b);
+      if ((*b)->numel() != O)
+        invalid(name, std::string(n) + " must have " + std::to_string(O) + " values, got " +
+                          str((*b)->sizes().vec()));
+    }
+  using tag = memory::format_tag;
+  // padding 1 on both sides: ceil(H / stride) rows out, which is what oneDNN's fused
+  // depthwise computes (its right padding follows)
+  const int64_t Ho = (H + dw_stride - 1) / dw_stride, Wo = (W + dw_stride - 1) / dw_stride;
+  memory::desc src_md({N, C, H, W}, f32, tag::nhwc), mid_md({N, O, H, W}, f32, tag::nhwc);
+  memory::desc want_dst({N, O, Ho, Wo}, f32, tag::nhwc);
+  memory::desc w_user({O, C, 1, 1}, f32, tag::oihw), w_any({O, C, 1, 1}, f32, tag::any);
+  memory::desc b_md({O}, f32, tag::a);
+  Eltwise act = eltwise(name, activation, (float)alpha, (float)beta);
+  Eltwise dw_act = eltwise(name, dw_activation, (float)dw_alpha, (float)dw_beta);
+  dnnl::post_ops ops;
+  if (act.on) ops.append_eltwise(act.alg, act.alpha, act.beta);
+  ops.append_dw(f32, f32, f32, 3, dw_stride, 1);
+  if (dw_act.on) ops.append_eltwise(dw_act.alg, dw_act.alpha, dw_act.beta);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  double macs = (double)N * O * H * W * C + (double)N * O * Ho * Wo * 9;
+  CreationThreads creation(threads, macs);
+  dnnl::convolution_forward::primitive_desc pd(
+      cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+      src_md, w_any, b_md, mid_md, Dims{1, 1}, Dims{0, 0}, Dims{0, 0}, attr);
+  std::string impl = pd.impl_info_str();
+  if (pd.dst_desc() != want_dst)
+    invalid(name, "oneDNN's fused depthwise output is not [N, O, ceil(H/s), ceil(W/s)] NHWC");
+  if (!plan) return impl;
+  const int dw_w = DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_WEIGHTS;
+  const int dw_b = DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_BIAS;
+  auto kern = std::make_shared<Kernel>();
+  kern->name = name;
+  kern->prim = dnnl::convolution_forward(pd);
+  kern->bound.push_back({DNNL_ARG_SRC, src, pd.src_desc()});
+  kern->bound.push_back({DNNL_ARG_DST, dst, pd.dst_desc()});
+  kern->fixed.emplace_back(DNNL_ARG_WEIGHTS, pack(weight, w_user, pd.weights_desc()));
+  auto zeros = torch::zeros({O}, torch::kFloat32);
+  kern->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(bias ? *bias : zeros, pd.bias_desc()));
+  memory::desc dw_user({O, 1, 1, 3, 3}, f32, tag::goihw);
+  kern->fixed.emplace_back(dw_w, pack(dw_weight.reshape({O, 1, 1, 3, 3}), dw_user,
+                                      pd.query_md(dnnl::query::exec_arg_md, dw_w)));
+  kern->fixed.emplace_back(dw_b, copy_bias(dw_bias ? *dw_bias : zeros,
+                                           pd.query_md(dnnl::query::exec_arg_md, dw_b)));
+  finish(*plan, std::move(kern), pd);
+  return impl;
+} catch (const dnnl::error& err) {  // at plan-build time: name the step
+  throw dnnl_failure(name, err);
+}
+
 std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int dst, int residual,
                        std::vector<int64_t> a_shape, std::vector<int64_t> b_shape,
                        std::optional<torch::Tensor> weight, std::optional<torch::Tensor> bias,
@@ -417,6 +500,13 @@ void bind_dnnl(pybind11::module_& m) {
         py::arg("dst_nhwc") = false, py::arg("threads") = 0,
         "A oneDNN convolution step (conv2d on [N,C,H,W], conv1d on [N,C,L]) with its fused "
         "epilogue; returns the oneDNN implementation chosen.");
+  m.def("add_conv_dw", &add_conv_dw, py::arg("plan"), py::arg("name"), py::arg("src"),
+        py::arg("dst"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
+        py::arg("activation"), py::arg("alpha"), py::arg("beta"), py::arg("dw_weight"),
+        py::arg("dw_bias"), py::arg("dw_stride"), py::arg("dw_activation"), py::arg("dw_alpha"),
+        py::arg("dw_beta"), py::arg("threads") = 0,
+        "A 1x1 convolution and the depthwise 3x3 convolution after it as one oneDNN step "
+        "(NHWC); plan=None only returns the implementation oneDNN would pick.");
   m.def("add_matmul", &add_matmul, py::arg("plan"), py::arg("name"), py::arg("a"), py::arg("b"),
         py::arg("dst"), py::arg("residual"), py::arg("a_shape"), py::arg("b_shape"),
         py::arg("weight"), py::arg("bias"), py::arg("activation") = "none",

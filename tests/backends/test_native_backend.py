@@ -306,3 +306,51 @@ def test_conv_pads_in_every_form_the_ir_allows(nd, pad):
     cm = rtinfer.compile(g, backend="native", cache=False, pipeline="O0", strict=True)
     xin = rng.standard_normal((1, 3, *spatial)).astype(np.float32)
     close(cm(torch.from_numpy(xin)), interpret(g, xin))
+
+
+class ExpandDepthwise(torch.nn.Module):
+    """MobileNetV2's expansion (1x1 + ReLU6) and depthwise 3x3 (+ ReLU6), then a projection."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.expand = torch.nn.Conv2d(16, 96, 1)
+        self.dw = torch.nn.Conv2d(96, 96, 3, stride, 1, groups=96)
+        self.project = torch.nn.Conv2d(96, 8, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.relu6(self.expand(x))
+        return self.project(torch.nn.functional.relu6(self.dw(y)))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_expansion_and_depthwise_fuse_where_onednn_fuses_them(native_ext, stride):
+    # odd sizes: the depthwise's right padding is partly unread at stride 2
+    torch.manual_seed(0)
+    m = ExpandDepthwise(stride).eval()
+    x = torch.randn(1, 16, 113, 111)
+    cm = compile_native(m, (x,))
+    close(cm(x), m(x))
+    kernels = cm.module.stats.kernels
+    # oneDNN fuses where the expanded activation (4.8 MB here) is large against the L2 caches
+    w = m.expand.weight.detach()
+    impl = native_ext.add_conv_dw(None, "probe", -1, -1, [1, 16, 113, 111], w, None, "none", 0.0,
+                                  0.0, m.dw.weight.detach(), None, stride, "none", 0.0, 0.0,
+                                  torch.get_num_threads())
+    if impl.startswith("ref"):
+        assert "oneDNN conv+dw" not in kernels
+    else:
+        assert kernels["oneDNN conv+dw"] == 1 and kernels["oneDNN conv"] == 1, kernels
+
+
+def test_expansion_read_twice_is_not_fused():
+    class M(ExpandDepthwise):
+        def forward(self, x):
+            y = torch.nn.functional.relu6(self.expand(x))
+            return self.dw(y).sum() + y.sum()
+
+    torch.manual_seed(0)
+    m = M(1).eval()
+    x = torch.randn(1, 16, 113, 111)
+    cm = compile_native(m, (x,))
+    close(cm(x), m(x))
+    assert "oneDNN conv+dw" not in cm.module.stats.kernels
