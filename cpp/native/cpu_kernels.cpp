@@ -752,20 +752,30 @@ void copy_run(const CopyGeom& g, const char* xb, char* yb, int nt) {
   int64_t outer = 1;
   for (int d = 0; d < last; ++d) outer *= g.size[d];
   const int64_t n = g.size[last], is = g.is[last], os = g.os[last];
-  parallel_for(nt, outer, [&](int64_t b, int64_t e) {
+  // few long rows (a 3-channel image's planes): split them too, or a thread gets 2 of 3
+  int64_t pieces = 1;
+  if (outer < 4 * nt)
+    pieces = std::max<int64_t>(1, std::min((n + 1023) / 1024, (4 * nt + outer - 1) / outer));
+  const int64_t piece = (n + pieces - 1) / pieces;
+  parallel_for(nt, outer * pieces, [&](int64_t b, int64_t e) {
     Odometer od(last, g.size, g.is, g.os);
-    od.seek(b);
-    for (int64_t o = b; o < e; ++o, od.next()) {
-      const T* xi = x + od.ioff;
-      T* yo = y + od.ooff;
-      if (is == 1 && os == 1) {
-        std::memcpy(yo, xi, n * sizeof(T));
+    int64_t cur = b / pieces;
+    od.seek(cur);
+    for (int64_t task = b; task < e; ++task) {
+      for (; cur < task / pieces; ++cur) od.next();
+      const int64_t j0 = task % pieces * piece, m = std::min(n, j0 + piece) - j0;
+      const T* xi = x + od.ioff + j0 * is;
+      T* yo = y + od.ooff + j0 * os;
+      if (m <= 0) {
+        continue;
+      } else if (is == 1 && os == 1) {
+        std::memcpy(yo, xi, m * sizeof(T));
       } else if (is == 0 && os == 1) {
         const T v = *xi;
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) yo[j] = v;
+        for (int64_t j = 0; j < m; ++j) yo[j] = v;
       } else {
-        for (int64_t j = 0; j < n; ++j) yo[j * os] = xi[j * is];
+        for (int64_t j = 0; j < m; ++j) yo[j * os] = xi[j * is];
       }
     }
   });

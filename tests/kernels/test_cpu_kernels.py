@@ -333,7 +333,9 @@ def copy(native, x, view, out_shape=None, out_strides=None, out_offset=0, out=No
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.float16, torch.int64])
-@pytest.mark.parametrize("shape", [(1, 64, 56, 56), (2, 3, 5, 7), (1, 17, 33, 40)])
+# (1, 3, 61, 67): three long rows, each split in uneven pieces across the threads
+@pytest.mark.parametrize("shape", [(1, 64, 56, 56), (2, 3, 5, 7), (1, 17, 33, 40),
+                                   (1, 3, 61, 67), (1, 3, 224, 224)])
 def test_copy_nchw_nhwc_both_ways(native, dtype, shape):
     x = (torch.randn(shape) * 50).to(dtype)
     nhwc = copy(native, x, x.permute(0, 2, 3, 1))
