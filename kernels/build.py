@@ -10,6 +10,7 @@ ships, so oneDNN, torch and rtinfer's own kernels share one thread pool.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -20,7 +21,21 @@ from types import ModuleType
 
 from rtinfer.errors import BackendError
 
-CPP_DIR = Path(__file__).resolve().parent.parent / "cpp"
+
+def _cpp_dir() -> Path:
+    """``cpp/``: beside the package in a checkout (and an editable install), or the
+    ``rtinfer._cpp`` package data of an installed wheel."""
+    here = Path(__file__).resolve().parent.parent / "cpp"
+    if (here / "native").is_dir():
+        return here
+    spec = importlib.util.find_spec("rtinfer._cpp")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(loc) / "native").is_dir():
+            return Path(loc)
+    return here
+
+
+CPP_DIR = _cpp_dir()
 # $RTINFER_NATIVE_SRC: build another copy of cpp/native (kernel development)
 NATIVE_DIR = Path(os.environ.get("RTINFER_NATIVE_SRC") or CPP_DIR / "native").resolve()
 SOURCES = ("executor.cpp", "dnnl_ops.cpp", "cpu_kernels.cpp")

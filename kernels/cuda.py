@@ -21,8 +21,9 @@ from types import ModuleType
 import torch
 
 from rtinfer.errors import BackendError
+from rtinfer.kernels.build import CPP_DIR
 
-CUDA_DIR = Path(__file__).resolve().parent.parent / "cpp" / "cuda"
+CUDA_DIR = CPP_DIR / "cuda"
 SOURCES = ("elementwise.cu", "layernorm.cu", "softmax.cu", "attention.cu", "bindings.cpp")
 HEADERS = ("rtinfer_cuda.h", "common.cuh")
 CUDA_FLAGS = ["-O3", "-std=c++17"]
