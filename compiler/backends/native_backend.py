@@ -521,6 +521,8 @@ def _conv2d(cx: Lowerer, node: Node) -> None:
         y = cx.new_value(node.out)
         residual = cx.plain(node.inputs[3]) if mode != "none" else None
         dst_nhwc = True
+        yn, yh, yw, yc = y.shape
+        dst_shape = [yn, yc, yh, yw]
     else:
         # oneDNN's fast convolutions read NHWC (an NCHW source takes its reference kernel:
         # 5 s for ResNet-18's stem), so the image is reordered once
@@ -531,10 +533,11 @@ def _conv2d(cx: Lowerer, node: Node) -> None:
         if mode != "none":
             residual = cx.as_nhwc(node.inputs[3]) if y.nhwc else cx.plain(node.inputs[3])
         dst_nhwc = y.nhwc
+        dst_shape = list(y.shape)
     res_buf = residual.buf if residual is not None else -1
     args = (src.buf, y.buf, res_buf, src_shape, w, bias, stride, pad[:2], pad[2:], dil,
             int(a["groups"]), act, float(alpha), float(beta), mode, src_nhwc, dst_nhwc,
-            cx.threads)
+            cx.threads, dst_shape)
     cx.step("oneDNN conv", lambda ext, plan, name: ext.add_conv(plan, name, *args),
             [src.buf] + ([res_buf] if residual is not None else []), [y.buf])
 
@@ -570,7 +573,7 @@ def _conv1d(cx: Lowerer, node: Node) -> None:
     args = (x.buf, y.buf, res_buf, list(x.shape), w, bias, stride, pad[:1], pad[1:],
             dil, int(a["groups"]), a.get("activation", "none"),
             float(a.get("alpha", 0.0)), float(a.get("beta", 0.0)), mode, False, False,
-            cx.threads)
+            cx.threads, list(y.shape))
     cx.step("oneDNN conv", lambda ext, plan, name: ext.add_conv(plan, name, *args),
             [x.buf] + ([res_buf] if residual is not None else []), [y.buf])
 

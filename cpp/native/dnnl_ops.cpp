@@ -236,7 +236,7 @@ std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int 
                      std::vector<int64_t> pad_begin, std::vector<int64_t> pad_end,
                      std::vector<int64_t> dilation, int64_t groups, const std::string& activation,
                      double alpha, double beta, const std::string& residual_mode, bool src_nhwc,
-                     bool dst_nhwc, int threads) try {
+                     bool dst_nhwc, int threads, std::vector<int64_t> dst_shape) try {
   const size_t rank = src_shape.size();
   if (rank != 3 && rank != 4)
     invalid(name, "conv src must be [N, C, L] or [N, C, H, W], got " + str(src_shape));
@@ -284,6 +284,12 @@ std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int 
       invalid(name, "the bias must have " + std::to_string(O) + " values, got " +
                         str(bias->sizes().vec()));
   }
+  // the dst slot was sized for dst_shape: a window that gives another shape would write past it
+  std::vector<int64_t> computed = {N, O};
+  for (size_t i = 2 - sp; i < 2; ++i) computed.push_back(out[i]);
+  if (!dst_shape.empty() && dst_shape != computed)
+    invalid(name, "the window gives an output of " + str(computed) + ", the dst is " +
+                      str(dst_shape));
 
   using tag = memory::format_tag;
   Dims src_dims = {N, C, in[0], in[1]}, dst_dims = {N, O, out[0], out[1]};
@@ -498,8 +504,10 @@ void bind_dnnl(pybind11::module_& m) {
         py::arg("groups"), py::arg("activation") = "none", py::arg("alpha") = 0.0,
         py::arg("beta") = 0.0, py::arg("residual_mode") = "none", py::arg("src_nhwc") = false,
         py::arg("dst_nhwc") = false, py::arg("threads") = 0,
+        py::arg("dst_shape") = std::vector<int64_t>{},
         "A oneDNN convolution step (conv2d on [N,C,H,W], conv1d on [N,C,L]) with its fused "
-        "epilogue; returns the oneDNN implementation chosen.");
+        "epilogue; returns the oneDNN implementation chosen. dst_shape (logical NCHW / NCL), "
+        "when given, must be the shape the window gives.");
   m.def("add_conv_dw", &add_conv_dw, py::arg("plan"), py::arg("name"), py::arg("src"),
         py::arg("dst"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
         py::arg("activation"), py::arg("alpha"), py::arg("beta"), py::arg("dw_weight"),

@@ -351,3 +351,20 @@ def test_planned_thread_count(native, threads):
     y, z = run_plan(native, [a, x], [[64, 192], [1, 32, 20, 20]], steps)
     torch.testing.assert_close(y, a @ w, **TOL)
     torch.testing.assert_close(z, F.conv2d(x, k, padding=1), **TOL)
+
+
+def test_conv_whose_window_does_not_give_the_dst_shape_is_refused(native):
+    # the dst slot is sized for dst_shape; writing another shape would run past it
+    plan = native.Plan()
+    src, dst = plan.add_slot(INPUT, 0, 0), plan.add_slot(INPUT, 0, 1)
+    w = torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match=r"gives an output of \[1, 4, 8, 8\], the dst is "
+                                         r"\[1, 4, 6, 8\]"):
+        native.add_conv(plan, "conv", src, dst, -1, [1, 3, 8, 8], w, None, [1, 1], [1, 1],
+                        [1, 1], [1, 1], 1, dst_shape=[1, 4, 6, 8])
+    native.add_conv(plan, "conv", src, dst, -1, [1, 3, 8, 8], w, None, [1, 1], [1, 1], [1, 1],
+                    [1, 1], 1, dst_shape=[1, 4, 8, 8])
+    x, y = torch.randn(1, 3, 8, 8), torch.empty(1, 4, 8, 8)
+    plan.run([x, y], 1)
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1),
+                               rtol=1e-4, atol=1e-4)
