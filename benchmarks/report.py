@@ -158,7 +158,8 @@ def markdown(doc: dict[str, Any]) -> str:
              "## rtinfer against the best peer (median; the best non-rtinfer system with "
              "correct outputs)", "", *_peer_table(doc), "",
              "## Achieved GFLOP/s (convolution, matmul and attention FLOPs / median)", "",
-             f"The measured sgemm ceiling (torch.mm 1536³, best of 15, same threads): "
+             f"The measured sgemm ceiling (torch.mm 1536³, best of 15, same threads; the "
+             f"better of the measurements at the start and at the end): "
              f"{doc['machine'].get('sgemm_gflops', 0):.0f} GFLOP/s.", "", *_gflops_table(doc),
              "", "## Targets", ""]
     lines += _target_lines(doc)
