@@ -1065,33 +1065,4 @@ void add_elementwise(Plan& p, const std::string& name, uintptr_t fn, std::vector
   }});
 }
 
-void bind_cpu_kernels(pybind11::module_& m) {
-  namespace py = pybind11;
-  m.def("add_layer_norm", &add_layer_norm, py::arg("plan"), py::arg("name"), py::arg("x"),
-        py::arg("y"), py::arg("rows"), py::arg("cols"), py::arg("gamma"), py::arg("beta"),
-        py::arg("eps"), py::arg("rms"));
-  m.def("add_softmax", &add_softmax, py::arg("plan"), py::arg("name"), py::arg("x"),
-        py::arg("y"), py::arg("rows"), py::arg("cols"), py::arg("log"));
-  m.def("add_attention", &add_attention, py::arg("plan"), py::arg("name"), py::arg("q"),
-        py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("y"), py::arg("B"), py::arg("H"),
-        py::arg("Sq"), py::arg("Skv"), py::arg("D"), py::arg("q_strides"),
-        py::arg("k_strides"), py::arg("v_strides"), py::arg("y_strides"), py::arg("mask_kind"),
-        py::arg("mask_strides"), py::arg("scale"), py::arg("causal"));
-  m.def("add_pool2d", &add_pool2d, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
-        py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("OH"), py::arg("OW"),
-        py::arg("kernel"), py::arg("stride"), py::arg("pad_begin"), py::arg("dilation"),
-        py::arg("kind"), py::arg("count_include_pad"), py::arg("nhwc"),
-        py::arg("pad_end") = py::none());
-  m.def("add_reduce", &add_reduce, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
-        py::arg("outer"), py::arg("extent"), py::arg("inner"), py::arg("kind"));
-  m.def("add_embedding", &add_embedding, py::arg("plan"), py::arg("name"), py::arg("weight"),
-        py::arg("indices"), py::arg("y"), py::arg("num_indices"), py::arg("dim"),
-        py::arg("vocab"), py::arg("index_dtype"), py::arg("elem_size") = 4);
-  m.def("add_copy", &add_copy, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
-        py::arg("elem_size"), py::arg("sizes"), py::arg("in_strides"), py::arg("in_offset"),
-        py::arg("out_strides"), py::arg("out_offset"));
-  m.def("add_elementwise", &add_elementwise, py::arg("plan"), py::arg("name"), py::arg("fn"),
-        py::arg("inputs"), py::arg("y"), py::arg("n"));
-}
-
 }  // namespace rtinfer

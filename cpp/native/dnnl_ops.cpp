@@ -9,7 +9,7 @@
 // implementation asked for (format_tag::any), and its scratchpad is the call's ctx.scratch. A
 // call only points the step's memory objects at the call's slots and executes (through the C
 // API: no maps, no allocation).
-#include "plan.h"
+#include "dnnl_ops.h"
 
 #include <dnnl.hpp>
 #include <oneapi/dnnl/dnnl_debug.h>
@@ -229,6 +229,8 @@ std::string finish(Plan& plan, std::shared_ptr<Kernel> k, const PD& pd) {
   plan.add_step({kc->name, [kc](Ctx& ctx) { kc->run(ctx); }});
   return impl;
 }
+
+}  // namespace
 
 std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int residual,
                      std::vector<int64_t> src_shape, torch::Tensor weight,
@@ -492,36 +494,6 @@ std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int ds
   return finish(plan, std::move(kern), pd);
 } catch (const dnnl::error& err) {  // at plan-build time: name the step
   throw dnnl_failure(name, err);
-}
-
-}  // namespace
-
-void bind_dnnl(pybind11::module_& m) {
-  namespace py = pybind11;
-  m.def("add_conv", &add_conv, py::arg("plan"), py::arg("name"), py::arg("src"), py::arg("dst"),
-        py::arg("residual"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
-        py::arg("stride"), py::arg("pad_begin"), py::arg("pad_end"), py::arg("dilation"),
-        py::arg("groups"), py::arg("activation") = "none", py::arg("alpha") = 0.0,
-        py::arg("beta") = 0.0, py::arg("residual_mode") = "none", py::arg("src_nhwc") = false,
-        py::arg("dst_nhwc") = false, py::arg("threads") = 0,
-        py::arg("dst_shape") = std::vector<int64_t>{},
-        "A oneDNN convolution step (conv2d on [N,C,H,W], conv1d on [N,C,L]) with its fused "
-        "epilogue; returns the oneDNN implementation chosen. dst_shape (logical NCHW / NCL), "
-        "when given, must be the shape the window gives.");
-  m.def("add_conv_dw", &add_conv_dw, py::arg("plan"), py::arg("name"), py::arg("src"),
-        py::arg("dst"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
-        py::arg("activation"), py::arg("alpha"), py::arg("beta"), py::arg("dw_weight"),
-        py::arg("dw_bias"), py::arg("dw_stride"), py::arg("dw_activation"), py::arg("dw_alpha"),
-        py::arg("dw_beta"), py::arg("threads") = 0,
-        "A 1x1 convolution and the depthwise 3x3 convolution after it as one oneDNN step "
-        "(NHWC); plan=None only returns the implementation oneDNN would pick.");
-  m.def("add_matmul", &add_matmul, py::arg("plan"), py::arg("name"), py::arg("a"), py::arg("b"),
-        py::arg("dst"), py::arg("residual"), py::arg("a_shape"), py::arg("b_shape"),
-        py::arg("weight"), py::arg("bias"), py::arg("activation") = "none",
-        py::arg("alpha") = 0.0, py::arg("beta") = 0.0, py::arg("residual_mode") = "none",
-        py::arg("threads") = 0,
-        "A oneDNN matmul step [..., M, K] @ [..., K, N] (batch dims broadcast) with its fused "
-        "epilogue; b = -1 with a constant weight; returns the oneDNN implementation chosen.");
 }
 
 }  // namespace rtinfer

@@ -1,4 +1,10 @@
-// The plan executor (see plan.h) and the Python module rtinfer_native.
+// The plan executor (see plan.h) and the Python module rtinfer_native: every binding is here,
+// so this is the one translation unit that includes torch/extension.h (it alone takes about
+// 27 s of a build to parse; the kernel files include torch/types.h).
+#include <torch/extension.h>
+
+#include "cpu_kernels.h"
+#include "dnnl_ops.h"
 #include "plan.h"
 
 #include <dnnl.hpp>
@@ -198,6 +204,64 @@ void add_python_step(Plan& p, const std::string& name, pybind11::function fn,
       dst.copy_(outs[i].reshape(out_shapes[i]));
     }
   }});
+}
+
+
+void bind_dnnl(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("add_conv", &add_conv, py::arg("plan"), py::arg("name"), py::arg("src"), py::arg("dst"),
+        py::arg("residual"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
+        py::arg("stride"), py::arg("pad_begin"), py::arg("pad_end"), py::arg("dilation"),
+        py::arg("groups"), py::arg("activation") = "none", py::arg("alpha") = 0.0,
+        py::arg("beta") = 0.0, py::arg("residual_mode") = "none", py::arg("src_nhwc") = false,
+        py::arg("dst_nhwc") = false, py::arg("threads") = 0,
+        py::arg("dst_shape") = std::vector<int64_t>{},
+        "A oneDNN convolution step (conv2d on [N,C,H,W], conv1d on [N,C,L]) with its fused "
+        "epilogue; returns the oneDNN implementation chosen. dst_shape (logical NCHW / NCL), "
+        "when given, must be the shape the window gives.");
+  m.def("add_conv_dw", &add_conv_dw, py::arg("plan"), py::arg("name"), py::arg("src"),
+        py::arg("dst"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
+        py::arg("activation"), py::arg("alpha"), py::arg("beta"), py::arg("dw_weight"),
+        py::arg("dw_bias"), py::arg("dw_stride"), py::arg("dw_activation"), py::arg("dw_alpha"),
+        py::arg("dw_beta"), py::arg("threads") = 0,
+        "A 1x1 convolution and the depthwise 3x3 convolution after it as one oneDNN step "
+        "(NHWC); plan=None only returns the implementation oneDNN would pick.");
+  m.def("add_matmul", &add_matmul, py::arg("plan"), py::arg("name"), py::arg("a"), py::arg("b"),
+        py::arg("dst"), py::arg("residual"), py::arg("a_shape"), py::arg("b_shape"),
+        py::arg("weight"), py::arg("bias"), py::arg("activation") = "none",
+        py::arg("alpha") = 0.0, py::arg("beta") = 0.0, py::arg("residual_mode") = "none",
+        py::arg("threads") = 0,
+        "A oneDNN matmul step [..., M, K] @ [..., K, N] (batch dims broadcast) with its fused "
+        "epilogue; b = -1 with a constant weight; returns the oneDNN implementation chosen.");
+}
+
+void bind_cpu_kernels(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("add_layer_norm", &add_layer_norm, py::arg("plan"), py::arg("name"), py::arg("x"),
+        py::arg("y"), py::arg("rows"), py::arg("cols"), py::arg("gamma"), py::arg("beta"),
+        py::arg("eps"), py::arg("rms"));
+  m.def("add_softmax", &add_softmax, py::arg("plan"), py::arg("name"), py::arg("x"),
+        py::arg("y"), py::arg("rows"), py::arg("cols"), py::arg("log"));
+  m.def("add_attention", &add_attention, py::arg("plan"), py::arg("name"), py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("y"), py::arg("B"), py::arg("H"),
+        py::arg("Sq"), py::arg("Skv"), py::arg("D"), py::arg("q_strides"),
+        py::arg("k_strides"), py::arg("v_strides"), py::arg("y_strides"), py::arg("mask_kind"),
+        py::arg("mask_strides"), py::arg("scale"), py::arg("causal"));
+  m.def("add_pool2d", &add_pool2d, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
+        py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("OH"), py::arg("OW"),
+        py::arg("kernel"), py::arg("stride"), py::arg("pad_begin"), py::arg("dilation"),
+        py::arg("kind"), py::arg("count_include_pad"), py::arg("nhwc"),
+        py::arg("pad_end") = py::none());
+  m.def("add_reduce", &add_reduce, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
+        py::arg("outer"), py::arg("extent"), py::arg("inner"), py::arg("kind"));
+  m.def("add_embedding", &add_embedding, py::arg("plan"), py::arg("name"), py::arg("weight"),
+        py::arg("indices"), py::arg("y"), py::arg("num_indices"), py::arg("dim"),
+        py::arg("vocab"), py::arg("index_dtype"), py::arg("elem_size") = 4);
+  m.def("add_copy", &add_copy, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
+        py::arg("elem_size"), py::arg("sizes"), py::arg("in_strides"), py::arg("in_offset"),
+        py::arg("out_strides"), py::arg("out_offset"));
+  m.def("add_elementwise", &add_elementwise, py::arg("plan"), py::arg("name"), py::arg("fn"),
+        py::arg("inputs"), py::arg("y"), py::arg("n"));
 }
 
 }  // namespace rtinfer

@@ -9,11 +9,12 @@
 //
 // A kernel file adds steps through functions like
 //     void add_layer_norm(Plan& p, std::string name, int x, int gamma, int beta, int y, ...);
-// bound in its own bind_*() function (called from executor.cpp's module init). A step's
+// declared in the file's header and bound in executor.cpp (the one file that includes pybind11
+// and torch/extension.h, the slow headers to compile). A step's
 // closure captures only slot ids, static shapes and prepacked data; everything per-call is in Ctx.
 #pragma once
 
-#include <torch/extension.h>
+#include <torch/types.h>
 
 #include <cstdint>
 #include <functional>
@@ -103,9 +104,5 @@ class Plan {
 
 // The oneDNN stream of this call (created on first use, owned by the call's arena).
 dnnl::stream& native_stream(Ctx& ctx);
-
-// Bindings of each kernel file (executor.cpp's PYBIND11_MODULE calls them).
-void bind_dnnl(pybind11::module_& m);
-void bind_cpu_kernels(pybind11::module_& m);
 
 }  // namespace rtinfer

@@ -162,13 +162,17 @@ def test_many_calls_do_not_grow_memory():
     x = torch.randn(1, 64)
     for _ in range(2000):
         cm(x)
-    gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(100_000):  # about a second
-        cm(x)
-    gc.collect()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    assert after - before < 4096, (before, after)  # KiB: no per-call leak
+    # two windows of 100,000 calls (about a second each): a leak grows the peak RSS in both
+    # (by 4 MB at 40 bytes a call); a one-off peak from elsewhere in the process only in one
+    growth = []
+    for _ in range(2):
+        gc.collect()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for _ in range(100_000):
+            cm(x)
+        gc.collect()
+        growth.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    assert min(growth) < 4096, growth  # KiB
     assert cm.module._plans and all(p.pooled_arenas == 1 for p in cm.module._plans.values())
 
 
