@@ -27,3 +27,15 @@ def _private_compile_cache(tmp_path_factory):
         os.environ.pop("RTINFER_CACHE_DIR", None)
     else:
         os.environ["RTINFER_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def native():
+    """rtinfer's native extension (built on first use); the test is skipped where it cannot be
+    built here (no C++ compiler, no oneDNN)."""
+    from rtinfer.kernels import build
+
+    try:
+        return build.load()
+    except build.NativeUnavailable as e:
+        pytest.skip(f"native backend unavailable here: {e}")

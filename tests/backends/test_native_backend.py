@@ -18,12 +18,7 @@ from rtinfer.errors import BackendError
 build = pytest.importorskip("rtinfer.kernels.build")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def native_ext():
-    try:
-        return build.load()
-    except build.NativeUnavailable as e:
-        pytest.skip(f"native backend unavailable here: {e}")
+pytestmark = pytest.mark.usefixtures("native")
 
 
 def compile_native(model, inputs, **kw):
@@ -327,7 +322,7 @@ class ExpandDepthwise(torch.nn.Module):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_expansion_and_depthwise_fuse_where_onednn_fuses_them(native_ext, stride):
+def test_expansion_and_depthwise_fuse_where_onednn_fuses_them(native, stride):
     # odd sizes: the depthwise's right padding is partly unread at stride 2
     torch.manual_seed(0)
     m = ExpandDepthwise(stride).eval()
@@ -337,7 +332,7 @@ def test_expansion_and_depthwise_fuse_where_onednn_fuses_them(native_ext, stride
     kernels = cm.module.stats.kernels
     # oneDNN fuses where the expanded activation (4.8 MB here) is large against the L2 caches
     w = m.expand.weight.detach()
-    impl = native_ext.add_conv_dw(None, "probe", -1, -1, [1, 16, 113, 111], w, None, "none", 0.0,
+    impl = native.add_conv_dw(None, "probe", -1, -1, [1, 16, 113, 111], w, None, "none", 0.0,
                                   0.0, m.dw.weight.detach(), None, stride, "none", 0.0, 0.0,
                                   torch.get_num_threads())
     if impl.startswith("ref"):

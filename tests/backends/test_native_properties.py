@@ -22,12 +22,7 @@ from rtinfer.pass_manager import run_pipeline
 build = pytest.importorskip("rtinfer.kernels.build")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def native_ext():
-    try:
-        return build.load()
-    except build.NativeUnavailable as e:
-        pytest.skip(f"native backend unavailable here: {e}")
+pytestmark = pytest.mark.usefixtures("native")
 
 
 def _check(g) -> None:

@@ -10,12 +10,7 @@ build = pytest.importorskip("rtinfer.kernels.build")
 FAST = ("minilm-l6-v2", "resnet", "mobilenet-v2", "gpt2", "whisper-encoder")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def native_ext():
-    try:
-        return build.load()
-    except build.NativeUnavailable as e:
-        pytest.skip(f"native backend unavailable here: {e}")
+pytestmark = pytest.mark.usefixtures("native")
 
 
 def _check(name: str) -> None:

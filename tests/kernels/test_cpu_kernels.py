@@ -17,14 +17,6 @@ build = pytest.importorskip("rtinfer.kernels.build")
 INPUT, OUTPUT, CONST, ARENA, ALIAS = range(5)
 
 
-@pytest.fixture(scope="module")
-def native():
-    try:
-        return build.load()
-    except build.NativeUnavailable as e:
-        pytest.skip(f"native kernels unavailable here: {e}")
-
-
 def run_step(native, add, inputs, out, *args, threads=2, **kw):
     """A plan of one step: add(plan, name, *input slots, output slot, *args) over `inputs`
     (contiguous tensors) into a fresh tensor shaped like `out`, run once."""

@@ -27,16 +27,6 @@ ACTIVATIONS: dict[str, tuple[float, float, Callable[[torch.Tensor], torch.Tensor
 }
 
 
-@pytest.fixture(scope="module")
-def native():
-    from rtinfer.kernels import build
-
-    try:
-        return build.load()
-    except build.NativeUnavailable as e:
-        pytest.skip(f"native extension unavailable: {e}")
-
-
 def epilogue(y: torch.Tensor, r: torch.Tensor | None, activation: str, mode: str) -> torch.Tensor:
     if mode == "pre":
         y = y + r
