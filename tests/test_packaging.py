@@ -40,3 +40,34 @@ def test_wheel_ships_every_native_source_and_the_package_finds_them(tmp_path):
     assert Path(native) == site / "rtinfer" / "_cpp" / "native"
     assert Path(cuda) == site / "rtinfer" / "_cpp" / "cuda"
     assert (Path(native) / "executor.cpp").is_file()
+
+
+# -- the top-level name ``kernels`` belongs to Hugging Face ------------------------------------
+
+SHADOW_CHECK = """
+import kernels, transformers, rtinfer, rtinfer.kernels.build
+transformers.BertModel  # transformers.activations imports HF's kernels
+import os
+assert os.path.dirname(os.path.dirname(kernels.__file__)) != os.getcwd(), kernels.__file__
+assert hasattr(kernels, "CUDAProperties"), kernels.__file__
+print(kernels.__file__)
+"""
+
+
+@pytest.mark.parametrize("how", ["-c", "pytest"])
+def test_transformers_imports_from_the_checkout_root(how, tmp_path):
+    """``python -c`` and ``python -m pytest`` from the repository root put the root on
+    ``sys.path``; neither the root's ``kernels/`` (rtinfer.kernels) nor ``tests/kernels/`` may
+    shadow Hugging Face's ``kernels`` there, or every transformers model fails to import."""
+    pytest.importorskip("kernels", reason="Hugging Face's kernels is not installed")
+    if how == "-c":
+        cmd = [sys.executable, "-c", SHADOW_CHECK]
+    else:
+        test = tmp_path / "test_shadow.py"
+        test.write_text("def test_shadow():\n" + "".join(
+            f"    {line}\n" for line in SHADOW_CHECK.strip().splitlines()))
+        # sys.path as the README's command sets it; tests/kernels is collected (imported) first
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "shadow",
+               str(ROOT / "tests" / "kernels" / "test_codegen.py"), str(test)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]

@@ -11,13 +11,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import graph_inputs, graphs
 
 from rtinfer.errors import IRError
 from rtinfer.ir import Graph, TensorType, interpret
 from rtinfer.ir.ops.common import expand_pads
 from rtinfer.ir.types import DType
 from rtinfer.pass_manager import run_pipeline
+from tests.strategies import graph_inputs, graphs
 
 build = pytest.importorskip("rtinfer.kernels.build")
 

@@ -9,11 +9,7 @@ more cases pass, and regenerate docs/onnx-conformance.md).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from onnx_conformance import load_cases, run_all  # noqa: E402
+from tests.frontends.onnx_conformance import load_cases, run_all
 
 STRICT_FLOOR = 1079  # 1084 strict passes when last raised
 FLOOR = 1339  # 1344 passes in all (260 with frozen shape inputs)

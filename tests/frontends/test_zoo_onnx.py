@@ -6,13 +6,9 @@ run in the fast suite; the whole zoo runs under ``-m slow``.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from zoo import ZOO, _within, run_model_onnx  # noqa: E402
+from tests.frontends.zoo import ZOO, _within, run_model_onnx
 
 FAST_ONNX = ("resnet", "bert")
 

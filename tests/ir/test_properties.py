@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
-from strategies import graph_inputs, graphs
 
 from rtinfer.ir import (
     interpret,
@@ -14,6 +13,7 @@ from rtinfer.ir import (
     structural_equal,
     verify,
 )
+from tests.strategies import graph_inputs, graphs
 
 SETTINGS = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -7,22 +7,17 @@
 - ResNet-18 and MobileNetV2 (rtinfer.models, trained-looking BatchNorm statistics): every
   batch_norm folded, every activation inside a fused conv;
 - the zoo (tests/frontends/zoo.py): a fast subset here, the rest under ``-m slow``;
-  ``python tests/passes/zoo_o3.py`` writes docs/optimized-zoo.md.
+  ``python -m tests.passes.zoo_o3`` writes docs/optimized-zoo.md.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from zoo_o3 import LEFTOVERS, ZOO, close_enough, optimize_model  # noqa: E402
-
-from rtinfer import models  # noqa: E402
+from rtinfer import models
+from tests.passes.zoo_o3 import LEFTOVERS, ZOO, close_enough, optimize_model
 
 FAST_ZOO = ("gpt2", "llama", "vit")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
-from strategies import graph_inputs, graphs
 
 from rtinfer import optimize
 from rtinfer.ir.interpreter import interpret_values
 from rtinfer.ir.parser import parse
 from rtinfer.pass_manager import get_pass
 from rtinfer.testing import check_ir, check_rewrite
+from tests.strategies import graph_inputs, graphs
 
 
 def test_merges_identical_nodes_and_their_users():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
-from strategies import graph_inputs, graphs
 
 from rtinfer import optimize
 from rtinfer.ir.interpreter import interpret_values
 from rtinfer.ir.verifier import verify
 from rtinfer.pass_manager import get_pass
 from rtinfer.testing import check_ir, check_rewrite
+from tests.strategies import graph_inputs, graphs
 
 
 def test_removes_a_dead_chain():

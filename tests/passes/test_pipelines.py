@@ -8,11 +8,11 @@ import io
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from strategies import graph_inputs, graphs
 
 from rtinfer.ir.interpreter import interpret_values, random_inputs
 from rtinfer.ir.parser import parse
 from rtinfer.pass_manager import run_pipeline
+from tests.strategies import graph_inputs, graphs
 
 BN = """
   %m{i} = const f32[8] random(seed={s0})
