@@ -14,8 +14,7 @@ from rtinfer.pass_manager import (
     register_pipeline,
     run_pipeline,
 )
-
-__version__ = "0.1.0"
+from rtinfer.version import __version__
 
 __all__ = [
     "BisectResult", "CompiledModel", "Option", "PassContext", "RtinferError", "__version__",

@@ -50,18 +50,14 @@ import numpy as np
 import torch
 
 from rtinfer.ir.graph import Graph
+from rtinfer.paths import compile_cache_dir
 
 CACHE_FORMAT_VERSION = 1
 
 
 def cache_dir(cache: bool | str | os.PathLike | None) -> Path | None:
     """Where ``compile(cache=...)`` keeps entries; ``None`` when caching is off."""
-    if cache is None or cache is False:
-        return None
-    if cache is True:
-        env = os.environ.get("RTINFER_CACHE_DIR")
-        return Path(env).expanduser() if env else Path.home() / ".cache" / "rtinfer"
-    return Path(cache).expanduser()
+    return compile_cache_dir(cache)
 
 
 def graph_digest(graph: Graph) -> str:
@@ -72,7 +68,7 @@ def graph_digest(graph: Graph) -> str:
 
 
 def versions() -> dict[str, str | None]:
-    from rtinfer import __version__
+    from rtinfer.version import __version__
 
     return {"rtinfer": __version__, "torch": torch.__version__, "tvm": _tvm_version(),
             "numpy": np.__version__, "cache_format": str(CACHE_FORMAT_VERSION)}

@@ -18,11 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from rtinfer.errors import ParseError, RtinferError
-
-
-class CLIError(RtinferError):
-    """A bad command-line argument or an unreadable file."""
+from rtinfer.errors import CLIError, ParseError, RtinferError
 
 
 def _dims(text: str) -> dict[str, int]:

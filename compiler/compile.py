@@ -330,9 +330,9 @@ def write_artifact(out: Path, g: Graph, info: CompileInfo, names: list[str],
                    extra: dict[str, Any] | None = None) -> Path:
     """Write ``g`` as an artifact directory (``save``, and the compile cache's entries, which
     add ``extra`` fields to the manifest)."""
-    from rtinfer import __version__
     from rtinfer.ir.constants import tensor_digest
     from rtinfer.ir.printer import print_graph
+    from rtinfer.version import __version__
 
     out.mkdir(parents=True, exist_ok=True)
     text = print_graph(g)

@@ -102,3 +102,28 @@ class BackendError(RtinferError):
 
 class ArtifactError(RtinferError):
     """A saved compiled model is missing, corrupted or from an incompatible version."""
+
+
+class Unsupported(RtinferError):
+    """rtinfer cannot handle this node as given: the one error for that meaning, whether a
+    frontend, the ONNX exporter, a backend's lowering or the code generator raises it.
+
+    ``op`` is the op (an IR op, or the source op such as ONNX ``Resize`` or
+    ``aten.foo.default``), ``reason`` says why, ``node`` names the node where known. Where the
+    caller recovers (a lowering falls back to another backend, the exporter collects every
+    blocking node into one ``ExportError``, a frontend into one ``UnsupportedOpsError``) it
+    catches this; elsewhere the message reaches the user as it is.
+    """
+
+    def __init__(self, op: str, reason: str = "", node: str | None = None):
+        self.op, self.reason, self.node = op, reason, node
+        at = f" at node {node}" if node else ""
+        super().__init__(f"{op}{at}: {reason}" if reason else f"unsupported op {op}{at}")
+
+
+class CLIError(RtinferError):
+    """A bad command-line argument or an unreadable file."""
+
+
+class OptimizeError(RtinferError):
+    """A bad model argument or input specification for ``rtinfer optimize``."""

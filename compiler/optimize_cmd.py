@@ -23,13 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from rtinfer.errors import RtinferError
+from rtinfer.errors import OptimizeError
 
 BUILTINS = ("resnet18", "mobilenet_v2", "minilm")
-
-
-class OptimizeError(RtinferError):
-    """A bad model argument or input specification for ``rtinfer optimize``."""
 
 
 @dataclass

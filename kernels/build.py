@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from rtinfer.errors import BackendError
+from rtinfer.paths import native_build_dir
 
 
 def _cpp_dir() -> Path:
@@ -90,13 +91,8 @@ def fingerprint(extra: str = "") -> str:
 
 
 def build_dir(key: str) -> Path:
-    """Where the extension is built: ``$RTINFER_NATIVE_CACHE``, else ``~/.cache/rtinfer/native``
-    (not the compile cache's ``$RTINFER_CACHE_DIR``: tests point that at a fresh temp folder,
-    and a rebuild costs minutes)."""
-    root = os.environ.get("RTINFER_NATIVE_CACHE") or Path.home() / ".cache" / "rtinfer" / "native"
-    d = Path(root) / key
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """Where the extension is built (``rtinfer.paths.native_build_dir``)."""
+    return native_build_dir(key)
 
 
 def build_extension(name: str, what: str, out: Path, error: type[BackendError],

@@ -39,7 +39,6 @@ import subprocess
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -49,6 +48,7 @@ from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.types import DType
 from rtinfer.kernels.build import CPP_DIR
+from rtinfer.paths import codegen_dir
 
 # -fno-trapping-math: the selects in the prelude's branch-free math only vectorize when
 # computing both arms may raise no FP exception; -fwrapv: integer ops wrap, as numpy's
@@ -740,14 +740,6 @@ def _compiler_id(cxx: str) -> str:
         return cxx
 
 
-def _cache_dir() -> Path:
-    from rtinfer.cache import cache_dir
-
-    d = cache_dir(True) / "codegen"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def compile_functions(sources: dict[str, str]) -> dict[str, int]:
     """Compile `sources` (symbol -> C++ defining it, e.g. ``Generated.source``) into one shared
     object, cached on disk by content, and return each symbol's address."""
@@ -761,7 +753,7 @@ def compile_functions(sources: dict[str, str]) -> dict[str, int]:
                          .encode()).hexdigest()[:24]
     lib = _LIBS.get(key)
     if lib is None:
-        d = _cache_dir()
+        d = codegen_dir()
         so = d / f"ew_{key}.so"
         if not so.is_file():
             tmp = d / f"ew_{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"

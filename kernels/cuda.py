@@ -1,7 +1,8 @@
 """rtinfer's own CUDA kernels (``cpp/cuda``): LayerNorm/RMSNorm, softmax, fused attention for short
 sequences and bias + activation epilogues, built on first use through
-``torch.utils.cpp_extension`` into ``$RTINFER_CACHE_DIR/cuda`` (else ``~/.cache/rtinfer/cuda``),
-and thin wrappers over CUDA tensors.
+``torch.utils.cpp_extension`` into ``cuda-<fingerprint>/`` under the native build root
+(``$RTINFER_NATIVE_CACHE``, else ``~/.cache/rtinfer/native``; ``rtinfer.paths``), and thin
+wrappers over CUDA tensors.
 
 Convolutions and matmuls on the GPU are torch's (cuDNN, cuBLAS); these are the kernels around
 them. Each wrapper computes in fp32 and returns the input's dtype (float32, float16, bfloat16).

@@ -37,7 +37,6 @@ import operator
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +51,7 @@ from rtinfer.ir.ops import OPS, get_op
 from rtinfer.ir.ops.common import expand_ints, expand_pads
 from rtinfer.ir.ops.fused import activation_op
 from rtinfer.ir.types import Dim, DType, TensorType
+from rtinfer.paths import tuning_root
 
 
 def _tvm():
@@ -899,8 +899,9 @@ def build_tvm_module(graph: Graph, *, target: Any = "cpu", strict: bool = False,
     """Lower ``graph`` to Relax, build it for ``target`` and load it in the Relax VM.
 
     ``tune=N``: MetaSchedule tunes the kernels first, N measured trials in all, and the build
-    applies its best schedules; the records persist in ``tvm_tune.database_dir(tune_root,
-    target)`` (``tune_root``: the rtinfer cache directory by default), so kernels tuned before
+    applies its best schedules; the records persist in
+    ``tvm_tune.database_dir(tuning_root(tune_root), target)`` (``tune_root``: the rtinfer cache
+    directory by default), so kernels tuned before
     are not tuned again. ``TVMModule.tuning`` says what was done."""
     _tvm()
     from tvm import relax
@@ -920,10 +921,7 @@ def build_tvm_module(graph: Graph, *, target: Any = "cpu", strict: bool = False,
         with t:
             mod = relax_pipeline()(lowered.mod)
         if tune:
-            from rtinfer.cache import cache_dir
-
-            root = Path(tune_root) if tune_root is not None else cache_dir(True)
-            db_dir = tvm_tune.database_dir(root, t)
+            db_dir = tvm_tune.database_dir(tuning_root(tune_root), t)
             tuning = tvm_tune.tune_module(mod, t, tune, db_dir)
             executable = tvm_tune.build_tuned(mod, t, db_dir)
         else:

@@ -1,6 +1,6 @@
 """MetaSchedule tuning for the TVM backend: ``rtinfer.compile(model, backend="tvm", tune=N)``.
 
-    db_dir = database_dir(cache_root, target)
+    db_dir = database_dir(rtinfer.paths.tuning_root(), target)
     report = tune_module(mod, target, trials=N, db_dir=db_dir)   # mod: lowered and fused
     executable = build_tuned(mod, target, db_dir)
 
@@ -113,12 +113,13 @@ def tuning_target(target: Any) -> Any:
 
 
 def database_dir(root: Path, target: Any) -> Path:
-    """The database directory of ``target`` under the cache directory ``root``."""
+    """The database directory of ``target`` under the tuning root ``root``
+    (``rtinfer.paths.tuning_root``)."""
     spec = str(target)
     digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
     name = "-".join(str(p) for p in (target.kind.name, target.attrs.get("mcpu"),
                                      target.attrs.get("num-cores")) if p)
-    return root / "tvm-tune" / f"{name}-{digest}"
+    return root / f"{name}-{digest}"
 
 
 def _open_database(db_dir: Path, target: Any) -> Any:

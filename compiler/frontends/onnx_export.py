@@ -1044,7 +1044,7 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *,
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import),
                                                              ignore_unknown=True)
     model.producer_name = "rtinfer"
-    from rtinfer import __version__
+    from rtinfer.version import __version__
 
     model.producer_version = __version__
     size = sum(t.ByteSize() for t in model.graph.initializer)

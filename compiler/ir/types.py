@@ -7,6 +7,7 @@ with torch, and its canonical forms let shape inference divide and compare symbo
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -73,6 +74,30 @@ class DType(Enum):
             if v == dt:
                 return k
         raise IRError(f"numpy dtype {dt} has no rtinfer dtype")
+
+    @property
+    def torch(self):
+        """The ``torch.dtype`` of this dtype: the one DType -> torch table."""
+        return _torch_table()[self]
+
+    @staticmethod
+    def from_torch(dt) -> DType:
+        """The DType of a ``torch.dtype``; an ``IRError`` for one rtinfer has no dtype for."""
+        for k, v in _torch_table().items():
+            if v == dt:
+                return k
+        raise IRError(f"torch dtype {dt} has no rtinfer dtype")
+
+
+@functools.cache
+def _torch_table() -> dict:
+    import torch  # the IR itself needs no torch; only these conversions do
+
+    return {d: getattr(torch, name) for d, name in (
+        (DType.f64, "float64"), (DType.f32, "float32"), (DType.f16, "float16"),
+        (DType.bf16, "bfloat16"), (DType.i64, "int64"), (DType.i32, "int32"),
+        (DType.i16, "int16"), (DType.i8, "int8"), (DType.u8, "uint8"), (DType.u16, "uint16"),
+        (DType.u32, "uint32"), (DType.u64, "uint64"), (DType.bool, "bool"))}
 
 
 _TO_NUMPY: dict[DType, np.dtype] = {
