@@ -695,11 +695,11 @@ def _measure_inputs(graph: Graph, module: Any, example_inputs: Any) -> list[torc
     """The graph's inputs for timing: the example inputs, else seeded ones of the graph's
     input types (static dims only); None when there are none."""
     if example_inputs is not None and "torch" in graph.meta:
-        from rtinfer.frontends.torch_frontend import _example_args
+        from rtinfer.frontends.torch_frontend import example_args
 
         probe = CompiledModel(graph, module, CompileInfo())
         try:
-            args, kwargs = _example_args(module, example_inputs)
+            args, kwargs = example_args(module, example_inputs)
             return probe._check_inputs(probe._flat_inputs(args, kwargs))
         except (RtinferError, TypeError, ValueError):
             pass

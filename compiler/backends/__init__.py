@@ -54,21 +54,10 @@ def _installed(module: str) -> Callable[[], bool]:
     return lambda: importlib.util.find_spec(module) is not None
 
 
-# ops whose untuned TVM kernels run about 100x slower than oneDNN's (ResNet-18: seconds a call)
-_TVM_SLOW_OPS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-                           "conv_transpose3d", "fused_conv1d", "fused_conv2d"})
-
-
 def _tvm_declines(graph: Graph) -> str | None:
-    from rtinfer.backends.tvm_backend import fallback_ops
+    from rtinfer.backends.tvm_backend import declines
 
-    missing = fallback_ops(graph)
-    if missing:
-        return f"no TVM lowering for {', '.join(missing)}"
-    slow = sorted({n.op for n in graph.nodes} & _TVM_SLOW_OPS)
-    if slow:
-        return f"untuned TVM kernels for {', '.join(slow)} are ~100x slower than oneDNN's"
-    return None
+    return declines(graph)
 
 
 def _native_available() -> bool:
@@ -99,19 +88,4 @@ def auto_candidates(target: Any, trainable: bool = False) -> list[AutoCandidate]
                                                                      trainable) and c.available()]
 
 
-def registrar(table: dict[str, Any], what: str) -> Callable[..., Callable[[F], F]]:
-    """A decorator factory filling a backend's op table (``@emits("add", "sub")``); an op given
-    two entries is an error at import."""
-    def register(*names: str) -> Callable[[F], F]:
-        def deco(fn: F) -> F:
-            for n in names:
-                if n in table:
-                    raise ValueError(f"op {n!r} has two {what}s")
-                table[n] = fn
-            return fn
-        return deco
-    return register
-
-
-__all__ = ["AUTO_CANDIDATES", "BACKENDS", "AutoCandidate", "auto_candidates", "registrar",
-           "resolve_backend"]
+__all__ = ["AUTO_CANDIDATES", "BACKENDS", "AutoCandidate", "auto_candidates", "resolve_backend"]

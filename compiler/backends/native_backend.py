@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtinfer.backends import registrar
+from rtinfer.backends.registry import registrar
 from rtinfer.errors import BackendError
 from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.ops.common import expand_ints, expand_pads

@@ -39,7 +39,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch.fx.proxy import GraphAppendingTracer, Proxy
 
-from rtinfer.backends import registrar
+from rtinfer.backends.registry import registrar
 from rtinfer.errors import BackendError
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node

@@ -43,7 +43,7 @@ import numpy as np
 import sympy
 import torch
 
-from rtinfer.backends import registrar
+from rtinfer.backends.registry import registrar
 from rtinfer.errors import BackendError
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node
@@ -949,6 +949,24 @@ def fallback_ops(graph: Graph) -> list[str]:
     return sorted({n.op for n in graph.nodes if n.op != "const" and n.op not in LOWERINGS})
 
 
+# ops whose untuned TVM kernels run about 100x slower than oneDNN's (ResNet-18: seconds a call)
+SLOW_UNTUNED = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                          "conv_transpose3d", "fused_conv1d", "fused_conv2d"})
+
+
+def declines(graph: Graph) -> str | None:
+    """Why ``backend="auto"`` should not build ``graph`` with TVM (ops it would hand to the torch
+    backend, untuned kernels known to be far slower), or None."""
+    missing = fallback_ops(graph)
+    if missing:
+        return f"no TVM lowering for {', '.join(missing)}"
+    slow = sorted({n.op for n in graph.nodes} & SLOW_UNTUNED)
+    if slow:
+        return f"untuned TVM kernels for {', '.join(slow)} are ~100x slower than oneDNN's"
+    return None
+
+
 __all__ = ["GROUPED", "LOWERINGS", "TVM_DTYPES", "UNSUPPORTED", "LowerContext", "Lowered",
-           "TVMModule", "Unsupported", "build_tvm_module", "coverage", "fallback_ops",
+           "SLOW_UNTUNED", "TVMModule", "Unsupported", "build_tvm_module", "coverage", "declines",
+           "fallback_ops",
            "lower_graph", "lowers", "relax_pipeline", "resolve_target"]

@@ -956,7 +956,7 @@ def _bind(target: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     return out
 
 
-def _example_args(model: torch.nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
+def example_args(model: torch.nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
     if example_inputs is None:
         raise CaptureError("capturing a torch module needs example_inputs (a tensor, a tuple of "
                            "arguments, a dict of keyword arguments, or (args, kwargs))")
@@ -1045,7 +1045,7 @@ def _tensor_of(ep: Any, spec: Any) -> torch.Tensor:
 def capture_torch(model: torch.nn.Module, example_inputs: Any = None,
                   dynamic_dims: Any = None) -> Graph:
     """Capture ``model`` (an ``nn.Module`` or ``fx.GraphModule``) into an IR graph."""
-    args, kwargs = _example_args(model, example_inputs)
+    args, kwargs = example_args(model, example_inputs)
     dyn, _ = _dynamic_shapes(model, args, kwargs, dynamic_dims)
     # export a copy in eval mode: the user's module (training flag, parameters) is untouched
     work = copy.deepcopy(model)
@@ -1228,5 +1228,5 @@ def flatten_inputs(graph: Graph, *args: Any, **kwargs: Any) -> list[Any]:
     return [x for x, k in zip(flat, meta["input_kinds"], strict=False) if k == "tensor"]
 
 
-__all__ = ["CONVERTERS", "KEEP_OPS", "capture_torch", "converts", "flatten_inputs",
+__all__ = ["CONVERTERS", "KEEP_OPS", "capture_torch", "converts", "example_args", "flatten_inputs",
            "unflatten_outputs"]
