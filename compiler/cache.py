@@ -8,13 +8,15 @@ An entry is keyed by the sha256 of
 - the target and the backend,
 - the pipeline: for each pass, its name, options (defaults filled), version, the function that
   implements it and a hash of the file defining it (so editing a custom pass misses too),
+- the digest of any data the pipeline's passes read (calibration data, say: ``data_digest``;
+  empty when they read none, which leaves the key as it was before data could be read),
 - the rtinfer, torch, TVM and numpy versions, and this cache's format version.
 
-An entry is a saved artifact (``graph.ir``, ``weights.npz``, ``manifest.json`` with checksums)
-of the optimized IR, plus what the pipeline reported (``compile_info`` in the manifest, with the
-backend ``backend="auto"`` chose: the key holds ``"auto"``, not the outcome). A hit skips the
-pipeline and reloads the optimized IR. A corrupted or unreadable entry is a warning and a miss,
-never a wrong answer.
+An entry is a saved artifact (``rtinfer.artifact``: ``graph.ir``, ``weights.npz``,
+``manifest.json`` with checksums) of the optimized IR, plus what the pipeline reported
+(``compile_info`` in the manifest, with the backend ``backend="auto"`` chose: the key holds
+``"auto"``, not the outcome). A hit skips the pipeline and reloads the optimized IR. A corrupted
+or unreadable entry is a warning and a miss, never a wrong answer.
 
 Capture (``torch.export``) is most of a warm compile, so a second key is computed before it: the
 model's fingerprint (``model_fingerprint``: the code of its classes, every attribute of every
@@ -24,8 +26,10 @@ shapes; an ONNX model's bytes) with the same settings. A fingerprint entry,
 structure, so a warm compile loads both and never captures. Whatever the fingerprint cannot
 vouch for makes it give up, and the compile keys on the captured IR as before.
 
-The cache lives in ``$RTINFER_CACHE_DIR``, else ``~/.cache/rtinfer``; ``compile(cache=False)``
-turns it off, ``compile(cache="dir")`` puts it elsewhere.
+``CompileCache`` is one compile's view of the cache (both keys, lookup and store); ``NoCache``
+is the same interface doing nothing (``compile(cache=False)``). ``open_cache`` gives the one
+that ``compile(cache=...)`` asks for: the cache lives in ``$RTINFER_CACHE_DIR``, else
+``~/.cache/rtinfer`` (``rtinfer.paths.compile_cache_dir``); ``cache="dir"`` puts it elsewhere.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import sys
 import types
 import uuid
 import warnings
+from dataclasses import dataclass
 from functools import cache as _memo
 from pathlib import Path
 from typing import Any
@@ -49,15 +54,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from rtinfer.artifact import dump_torch_meta, load_torch_meta, read_artifact, write_artifact
+from rtinfer.errors import ArtifactError
 from rtinfer.ir.graph import Graph
 from rtinfer.paths import compile_cache_dir
 
 CACHE_FORMAT_VERSION = 1
-
-
-def cache_dir(cache: bool | str | os.PathLike | None) -> Path | None:
-    """Where ``compile(cache=...)`` keeps entries; ``None`` when caching is off."""
-    return compile_cache_dir(cache)
 
 
 def graph_digest(graph: Graph) -> str:
@@ -117,18 +119,24 @@ def _file_hash(path: str, mtime: float) -> str:
         return ""
 
 
-def cache_key(graph: Graph, target: str, pipeline: str, backend: str) -> str:
-    """The cache key of compiling ``graph`` (the captured IR) with these settings."""
-    fields = {"graph": graph_digest(graph), "target": target, "backend": backend,
-              "pipeline": pipeline_fingerprint(pipeline), "versions": versions()}
+def _settings_key(fields: dict[str, Any], target: str, pipeline: str, backend: str,
+                  data_digest: str) -> str:
+    fields.update(target=target, backend=backend, pipeline=pipeline_fingerprint(pipeline),
+                  versions=versions())
+    if data_digest:  # absent when no pass reads data: the keys of such compiles do not change
+        fields["data"] = data_digest
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def cache_key(graph: Graph, target: str, pipeline: str, backend: str,
+              data_digest: str = "") -> str:
+    """The cache key of compiling ``graph`` (the captured IR) with these settings;
+    ``data_digest``: the digest of the data the pipeline's passes read ("" for none)."""
+    return _settings_key({"graph": graph_digest(graph)}, target, pipeline, backend, data_digest)
 
 
 def lookup(root: Path, key: str) -> tuple[Graph, dict[str, Any]] | None:
     """The optimized graph and the stored compile info of entry ``key``, or None (a miss)."""
-    from rtinfer.compile import read_artifact
-    from rtinfer.errors import ArtifactError
-
     entry = root / key
     if not (entry / "manifest.json").is_file():
         return None
@@ -139,26 +147,23 @@ def lookup(root: Path, key: str) -> tuple[Graph, dict[str, Any]] | None:
             raise ArtifactError(f"{entry} is not a compile-cache entry for this key")
     except ArtifactError as e:
         warnings.warn(f"rtinfer compile cache: ignoring and removing a bad entry ({e})",
-                      stacklevel=3)
+                      stacklevel=4)
         shutil.rmtree(entry, ignore_errors=True)
         return None
     return graph, stored
 
 
-def store(root: Path, key: str, graph: Graph, info: Any, names: list[str]) -> bool:
+def store(root: Path, key: str, graph: Graph, input_names: list[str], options: dict[str, Any],
+          record: dict[str, Any]) -> bool:
     """Write entry ``key`` atomically (a temporary directory renamed into place), so that
-    concurrent compiles never see half an entry. False when it could not be written."""
-    from rtinfer.compile import write_artifact
-
-    stored = {"frontend": info.frontend, "pipeline": info.pipeline,
-              "passes": [list(p) for p in info.passes], "ops_before": info.ops_before,
-              "ops_after": info.ops_after, "cold_timings": info.timings,
-              "auto": getattr(info, "auto", None) or None}
+    concurrent compiles never see half an entry. ``options``: the compile options the artifact
+    records; ``record``: what the compile reported (``compile_info``). False when it could not
+    be written."""
     tmp = root / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        write_artifact(tmp, graph, info, names,
-                       extra={"cache_key": key, "compile_info": stored})
+        write_artifact(tmp, graph, input_names, options,
+                       extra={"cache_key": key, "compile_info": record})
         try:
             os.replace(tmp, root / key)
         except OSError:  # another process stored the same entry first
@@ -166,7 +171,7 @@ def store(root: Path, key: str, graph: Graph, info: Any, names: list[str]) -> bo
         return True
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        warnings.warn(f"rtinfer compile cache: cannot write to {root} ({e})", stacklevel=3)
+        warnings.warn(f"rtinfer compile cache: cannot write to {root} ({e})", stacklevel=4)
         return False
 
 
@@ -515,7 +520,7 @@ def model_fingerprint(model: Any, example_inputs: Any = None,
         h.put(*_frontend_sources())
     except _Doubt:
         return None
-    except Exception:  # noqa: BLE001  (a model the hasher trips on: capture decides)
+    except Exception:  # a model the hasher trips on, however it trips: capture decides
         return None
     return h.h.hexdigest()
 
@@ -534,11 +539,11 @@ def _onnx_file(h: _Hasher, path: Path) -> None:
         h.h.update((path.parent / name).read_bytes())
 
 
-def model_key(fingerprint: str, target: str, pipeline: str, backend: str) -> str:
-    """The key of a fingerprint entry: the model's fingerprint with the compile settings."""
-    fields = {"model": fingerprint, "target": target, "backend": backend,
-              "pipeline": pipeline_fingerprint(pipeline), "versions": versions()}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+def model_key(fingerprint: str, target: str, pipeline: str, backend: str,
+              data_digest: str = "") -> str:
+    """The key of a fingerprint entry: the model's fingerprint with the compile settings (as
+    ``cache_key``)."""
+    return _settings_key({"model": fingerprint}, target, pipeline, backend, data_digest)
 
 
 def lookup_model(root: Path, key: str) -> tuple[str, dict | None] | None:
@@ -572,6 +577,127 @@ def store_model(root: Path, key: str, entry: str, torch_io: dict | None) -> bool
         return False
 
 
-__all__ = ["CACHE_FORMAT_VERSION", "cache_dir", "cache_key", "graph_digest", "lookup",
-           "lookup_model", "model_fingerprint", "model_key", "pipeline_fingerprint", "store",
-           "store_model", "versions"]
+# -- one compile's view of the cache ----------------------------------------------------------
+
+
+@dataclass
+class CacheHit:
+    """A compile the cache answered: the optimized graph (with the eager I/O structure) and
+    ``record``, what the cold compile reported (``frontend``, ``passes``, ``ops_before``,
+    ``ops_after``, ``cold_timings``, ``auto``)."""
+
+    graph: Graph
+    record: dict[str, Any]
+    by: str  # "model": found by the model's fingerprint (capture skipped); "ir": by the IR
+
+
+class NoCache:
+    """``compile(cache=False)``: never hits, stores nothing."""
+
+    state = "off"
+    root: Path | None = None
+    where = ""
+    key = ""
+
+    def recall(self, model: Any, example_inputs: Any, dynamic_dims: Any) -> CacheHit | None:
+        return None
+
+    def lookup(self, graph: Graph, read: bool = True) -> CacheHit | None:
+        return None
+
+    def store(self, graph: Graph, input_names: list[str], options: dict[str, Any],
+              record: dict[str, Any]) -> None:
+        pass
+
+
+class CompileCache:
+    """The compile cache in ``root`` as one compile with these settings sees it. Before
+    capture, ``recall`` looks the model up by its fingerprint; after capture, ``lookup`` keys
+    the captured IR and looks that up; ``store`` writes what was missed. ``state`` is "miss"
+    until a lookup hits; ``key`` is the capture-keyed entry once known."""
+
+    def __init__(self, root: Path, target: str, pipeline: str, backend: str,
+                 data_digest: str = ""):
+        self.root = root
+        self.where = str(root)
+        self.settings = (target, pipeline, backend, data_digest)
+        self.key = ""
+        self.fingerprint_key: str | None = None  # the fingerprint entry's key, once there is one
+        self.hit: CacheHit | None = None
+
+    @property
+    def state(self) -> str:
+        return "miss" if self.hit is None else "hit"
+
+    def recall(self, model: Any, example_inputs: Any, dynamic_dims: Any) -> CacheHit | None:
+        """The entry that ``model`` 's fingerprint entry names (capture is then skipped), or
+        None: no fingerprint, no entry, or any doubt (an nn.Module's I/O structure that cannot
+        be rebuilt)."""
+        fingerprint = model_fingerprint(model, example_inputs, dynamic_dims)
+        if fingerprint is None:
+            return None
+        self.fingerprint_key = model_key(fingerprint, *self.settings)
+        recalled = lookup_model(self.root, self.fingerprint_key)
+        if recalled is None:
+            return None
+        entry, torch_io = recalled
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta = load_torch_meta(torch_io)
+        if (meta is not None) != isinstance(model, torch.nn.Module):
+            return None
+        found = lookup(self.root, entry)
+        if found is None:
+            return None
+        graph, record = found
+        if meta is not None:
+            graph.meta["torch"] = meta
+        self.key = entry
+        self.hit = CacheHit(graph, record, "model")
+        return self.hit
+
+    def lookup(self, graph: Graph, read: bool = True) -> CacheHit | None:
+        """Key the captured ``graph``; the optimized graph stored under that key (with
+        ``graph`` 's eager I/O structure), or None. ``read=False``: the key only (the pipeline
+        must run, as with ``verify_each``)."""
+        self.key = cache_key(graph, *self.settings)
+        found = lookup(self.root, self.key) if read else None
+        if found is None:
+            return None
+        stored, record = found
+        stored.meta = dict(graph.meta)  # the eager I/O structure, as captured just now
+        self.hit = CacheHit(stored, record, "ir")
+        return self.hit
+
+    def store(self, graph: Graph, input_names: list[str], options: dict[str, Any],
+              record: dict[str, Any]) -> None:
+        """After a miss, write the entry of the optimized ``graph`` (``options`` and ``record``
+        as ``store`` takes them); unless the fingerprint found it, the fingerprint entry
+        naming it too (not when the eager I/O structure cannot be saved: capture then rebuilds
+        it each time)."""
+        stored = self.hit is not None or store(self.root, self.key, graph, input_names, options,
+                                               record)
+        if self.fingerprint_key is None or not stored or (self.hit is not None
+                                                    and self.hit.by == "model"):
+            return
+        meta = graph.meta.get("torch")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch_io = dump_torch_meta(meta)
+        if meta is None or torch_io is not None:
+            store_model(self.root, self.fingerprint_key, self.key, torch_io)
+
+
+def open_cache(cache: bool | str | os.PathLike | None, target: str, pipeline: str,
+               backend: str, data_digest: str = "") -> CompileCache | NoCache:
+    """The cache ``compile(cache=...)`` asks for: ``True`` (the default folder), a folder, or
+    ``False`` (``NoCache``)."""
+    root = compile_cache_dir(cache)
+    if root is None:
+        return NoCache()
+    return CompileCache(root, target, pipeline, backend, data_digest)
+
+
+__all__ = ["CACHE_FORMAT_VERSION", "CacheHit", "CompileCache", "NoCache", "cache_key",
+           "graph_digest", "lookup", "lookup_model", "model_fingerprint", "model_key",
+           "open_cache", "pipeline_fingerprint", "store", "store_model", "versions"]

@@ -11,14 +11,14 @@ errors), without a Python traceback unless ``--traceback`` is given.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from rtinfer import demo, optimize_cmd
 from rtinfer.errors import CLIError, ParseError, RtinferError
+from rtinfer.frontends import load_graph
 
 
 def _dims(text: str) -> dict[str, int]:
@@ -30,29 +30,6 @@ def _dims(text: str) -> dict[str, int]:
             raise argparse.ArgumentTypeError(f"expected NAME=INT[,NAME=INT...], got {text!r}")
         out[name.strip()] = int(value)
     return out
-
-
-def load_graph(path: str):
-    """Read a graph from a ``.ir`` text file (``-``: standard input) or an ``.onnx`` model
-    (through ``rtinfer.capture``)."""
-    from rtinfer.ir.parser import parse
-
-    if path == "-":
-        return parse(sys.stdin.read(), source="<stdin>")
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"no such file: {path}")
-    if p.is_dir():
-        raise CLIError(f"{path} is a directory, not an IR file")
-    if p.suffix == ".onnx":
-        from rtinfer.frontends import capture
-
-        return capture(str(p))
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CLIError(f"cannot read {path}: {e}") from None
-    return parse(text, source=path)
 
 
 def _cmd_opt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
@@ -131,14 +108,6 @@ def _cmd_passes(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     return 0
 
 
-def _demo_module():
-    """``rtinfer.demo``, if it exists. It provides ``run_demo(out) -> int``, or
-    ``add_arguments(parser)`` and ``main(args) -> int`` if it takes arguments."""
-    if importlib.util.find_spec("rtinfer.demo") is None:
-        return None
-    return importlib.import_module("rtinfer.demo")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtinfer", description="rtinfer: a graph compiler for real-time DL inference")
@@ -200,8 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow passes whose required passes did not run earlier")
     bis.set_defaults(run=_cmd_bisect)
 
-    from rtinfer import optimize_cmd
-
     optz = sub.add_parser(
         "optimize", help="compile a model and measure it before and after",
         description="Capture, optimize and build MODEL, then measure latency (p50/p90) before "
@@ -214,15 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     passes = sub.add_parser("passes", help="list the passes and named pipelines")
     passes.set_defaults(run=_cmd_passes)
 
-    demo = _demo_module()
-    if demo is not None:
-        d = sub.add_parser("demo", help="optimize a built-in example and show what happened")
-        if hasattr(demo, "add_arguments"):
-            demo.add_arguments(d)
-        if hasattr(demo, "main"):
-            d.set_defaults(run=lambda args, stdout, stderr: demo.main(args))
-        else:
-            d.set_defaults(run=lambda args, stdout, stderr: demo.run_demo(stdout))
+    d = sub.add_parser("demo", help="optimize a built-in example and show what happened")
+    demo.add_arguments(d)
+    d.set_defaults(run=lambda args, stdout, stderr: demo.main(args))
     return parser
 
 

@@ -6,22 +6,17 @@
     print(cm.report())                                    # passes, fusions, fallbacks, timings
     cm.save("out/"); cm2 = rtinfer.load("out/")
 
-An artifact directory holds ``graph.ir`` (the optimized IR; constants of more than 16 elements
-elided to their digests), ``weights.npz`` (the elided constants' bytes, keyed by digest) and
-``manifest.json`` (format version, rtinfer/torch versions, compile options, the eager model's
-input/output structure and the sha256 of both files). Loading checks all of it.
+``compile`` runs three stages: capture (the model into the IR), optimize (the pipeline) and build
+(a backend's module), around the compile cache (``rtinfer.cache``), which can answer the first
+two from an earlier compile. ``save`` writes the artifact directory ``rtinfer.artifact``
+describes; ``load`` reads it back.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import io
-import json
+import functools
 import os
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +25,18 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from rtinfer.errors import ArtifactError, BackendError, ParseError, RtinferError
+from rtinfer import frontends
+from rtinfer.artifact import load_torch_meta, read_artifact, write_artifact
+from rtinfer.backends import auto_candidates, dispatch, resolve_backend
+from rtinfer.backends.auto import AutoCandidate, generated_inputs, select_backend
+from rtinfer.backends.tvm_tune import check_tune
+from rtinfer.cache import CacheHit, open_cache
+from rtinfer.errors import BackendError, IRError, RtinferError
 from rtinfer.ir.graph import Graph, Value
 from rtinfer.ir.interpreter import bind_dims
 from rtinfer.ir.ops.common import to_torch
+from rtinfer.ir.types import DType, TensorType
+from rtinfer.pass_manager import get_pipeline, run_pipeline
 
 # the hooks every nn.Module call consults (torch mutates these tables, never rebinds them)
 _GLOBAL_HOOKS = (torch.nn.modules.module._global_forward_hooks,
@@ -41,15 +44,11 @@ _GLOBAL_HOOKS = (torch.nn.modules.module._global_forward_hooks,
                  torch.nn.modules.module._global_backward_hooks,
                  torch.nn.modules.module._global_backward_pre_hooks)
 
-FORMAT = "rtinfer.compiled-model"
-FORMAT_VERSION = 1
 TARGETS = ("cpu",)
 
 
 def default_pipeline() -> str:
     """O3 where it is registered, else O2."""
-    from rtinfer.pass_manager import get_pipeline
-
     return "O3" if get_pipeline("O3") is not None else "O2"
 
 
@@ -77,28 +76,40 @@ class CompileInfo:
     # "note", "remembered"} (stored in the compile cache, so a hit does not measure again)
     auto: dict[str, Any] = field(default_factory=dict)
 
+    def artifact_options(self) -> dict[str, Any]:
+        """The compile options an artifact's manifest records."""
+        return {"backend": self.backend, "pipeline": self.pipeline, "trainable": self.trainable,
+                "mkldnn": self.mkldnn}
+
+    def cache_record(self) -> dict[str, Any]:
+        """What the compile cache keeps of this compile, for a hit to report."""
+        return {"frontend": self.frontend, "pipeline": self.pipeline,
+                "passes": [list(p) for p in self.passes], "ops_before": self.ops_before,
+                "ops_after": self.ops_after, "cold_timings": self.timings,
+                "auto": self.auto or None}
+
 
 class CompiledModel:
     """A compiled model: call it like the eager model.
 
-    ``ir`` is the optimized graph, ``module`` the generated ``torch.fx.GraphModule`` (its
-    parameters are trainable when compiled with ``trainable=True``).
+    ``ir`` is the optimized graph, ``module`` the backend's module (the torch backend's is a
+    ``torch.fx.GraphModule`` whose parameters are trainable when compiled with
+    ``trainable=True``), ``input_names`` the names its inputs are passed by.
     """
 
-    def __init__(self, graph: Graph, module: torch.nn.Module, info: CompileInfo):
-        from rtinfer.backends.torch_backend import TORCH_DTYPES
-
+    def __init__(self, graph: Graph, module: Any, info: CompileInfo,
+                 input_names: list[str] | None = None):
         self.ir = graph
         self.module = module
         self.info = info
-        self._names = _input_names(graph)
+        self.input_names = input_names or _input_names(graph)
         # checked once here rather than on every call: with no symbolic dims there is nothing
         # to bind across inputs
         self._symbolic = any(not v.type.is_static for v in graph.inputs)
         # (name, type, torch dtype, static shape or None) per input
-        self._expect = [(name, v.type, TORCH_DTYPES[v.type.dtype],
+        self._expect = [(name, v.type, v.type.dtype.torch,
                          tuple(v.type.shape) if v.type.is_static else None)
-                        for name, v in zip(self._names, graph.inputs, strict=True)]
+                        for name, v in zip(self.input_names, graph.inputs, strict=True)]
         meta = graph.meta.get("torch")
         # the common call, checked in one pass: exactly the static dtypes and shapes, tensors
         # given positionally (where the eager model takes tensors only)
@@ -140,6 +151,11 @@ class CompiledModel:
         flat = self._flat_inputs(args, kwargs)
         as_numpy = bool(flat) and all(isinstance(a, np.ndarray) for a in flat)
         return self._outputs(self._run(self._check_inputs(flat)), as_numpy)
+
+    def bind_inputs(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        """The graph's input tensors for a call with these arguments, checked as a call
+        checks them (a ``BackendError`` names the input that does not fit)."""
+        return self._check_inputs(self._flat_inputs(args, kwargs))
 
     def _run(self, tensors: Any) -> Any:
         """The module's outputs; without autograd unless trainable with grad enabled."""
@@ -191,24 +207,24 @@ class CompiledModel:
             raise BackendError(f"expected {n} input(s) {self._expected()}, got "
                                f"{len(leaves)}")
         if kwargs:
-            unknown = sorted(set(kwargs) - set(self._names))
+            unknown = sorted(set(kwargs) - set(self.input_names))
             if unknown:
                 raise BackendError(f"unexpected input(s) {', '.join(map(repr, unknown))}; "
                                    f"the model takes {self._expected()}")
-            given = dict(zip(self._names, args, strict=False)) | kwargs
-            missing = [k for k in self._names if k not in given]
+            given = dict(zip(self.input_names, args, strict=False)) | kwargs
+            missing = [k for k in self.input_names if k not in given]
             if missing or len(args) > n:
                 raise BackendError(f"expected {n} input(s) {self._expected()}, got "
                                    f"{len(args) + len(kwargs)}"
                                    + (f" (missing {', '.join(missing)})" if missing else ""))
-            return [given[k] for k in self._names]
+            return [given[k] for k in self.input_names]
         if len(args) != n:
             raise BackendError(f"expected {n} input(s) {self._expected()}, got {len(args)}")
         return list(args)
 
     def _expected(self) -> str:
         return "(" + ", ".join(f"{k}: {v.type}" for k, v in zip(
-            self._names, self.ir.inputs, strict=True)) + ")"
+            self.input_names, self.ir.inputs, strict=True)) + ")"
 
     def _check_inputs(self, flat: list[Any]) -> list[torch.Tensor]:
         """Each input's dtype, rank and static dims, then the symbolic dims bound consistently
@@ -235,7 +251,7 @@ class CompiledModel:
             bind_dims([v.type for v in self.ir.inputs], [tuple(x.shape) for x in tensors])
         except ValueError as e:
             i = getattr(e, "index", 0)
-            raise BackendError(f"input {self._names[i]!r}: expected {self.ir.inputs[i].type}, "
+            raise BackendError(f"input {self.input_names[i]!r}: expected {self.ir.inputs[i].type}, "
                                f"got {_describe(tensors[i])} ({e})") from None
         return tensors
 
@@ -272,8 +288,7 @@ class CompiledModel:
             lines.append("  " + self.module.tuning.summary())
         lines.append(f"  oneDNN fused primitives: {'yes' if i.mkldnn else 'no'}"
                      + (" (trainable: differentiable ATen path)" if i.trainable else ""))
-        lines.append("  fallbacks: " + (", ".join(i.fallbacks) + " (NumPy reference, not "
-                                                                  "differentiable)"
+        lines.append("  fallbacks: " + (f"{', '.join(i.fallbacks)} ({_fallback_note(i.backend)})"
                                         if i.fallbacks else "none"))
         lines.append("  timings: " + ", ".join(f"{k} {v * 1e3:.1f} ms"
                                                for k, v in i.timings.items()))
@@ -322,42 +337,8 @@ class CompiledModel:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the artifact directory (created if needed) and return its path."""
-        return write_artifact(Path(directory), self._graph_with_current_weights(), self.info,
-                              self._names)
-
-
-def write_artifact(out: Path, g: Graph, info: CompileInfo, names: list[str],
-                   extra: dict[str, Any] | None = None) -> Path:
-    """Write ``g`` as an artifact directory (``save``, and the compile cache's entries, which
-    add ``extra`` fields to the manifest)."""
-    from rtinfer.ir.constants import tensor_digest
-    from rtinfer.ir.printer import print_graph
-    from rtinfer.version import __version__
-
-    out.mkdir(parents=True, exist_ok=True)
-    text = print_graph(g)
-    # every constant's bytes by digest; the IR text elides the larger ones to their digest
-    arrays = {tensor_digest(n.attrs["value"]): np.frombuffer(
-        np.ascontiguousarray(n.attrs["value"]).tobytes(), np.uint8) for n in g.constants()}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    files = {"graph.ir": text.encode(), "weights.npz": buf.getvalue()}
-    for name, blob in files.items():
-        (out / name).write_bytes(blob)
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "rtinfer_version": __version__, "torch_version": torch.__version__,
-        "numpy_version": np.__version__,
-        "backend": info.backend, "pipeline": info.pipeline,
-        "trainable": info.trainable, "mkldnn": info.mkldnn,
-        "input_names": names,
-        "torch_io": _dump_torch_meta(g.meta.get("torch")),
-        "files": {k: {"sha256": hashlib.sha256(v).hexdigest(), "bytes": len(v)}
-                  for k, v in files.items()},
-        **(extra or {}),
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
+        return write_artifact(Path(directory), self._graph_with_current_weights(),
+                              self.input_names, self.info.artifact_options())
 
 
 def _auto_line(auto: dict[str, Any]) -> str:
@@ -372,13 +353,19 @@ def _auto_line(auto: dict[str, Any]) -> str:
     return line + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _describe(x: torch.Tensor) -> str:
-    from rtinfer.backends.torch_backend import TORCH_DTYPES
-    from rtinfer.ir.types import TensorType
+def _fallback_note(backend: str) -> str:
+    """How the fallback ops of ``backend`` 's module run: the torch backend runs an op it has
+    no emitter for through the op table's NumPy reference; TVM and native hand the node to the
+    torch backend."""
+    if backend == "torch":
+        return "NumPy reference, not differentiable"
+    return "run by the torch backend"
 
-    inv = {v: k for k, v in TORCH_DTYPES.items()}
-    dt = inv.get(x.dtype)
-    if dt is None:
+
+def _describe(x: torch.Tensor) -> str:
+    try:
+        dt = DType.from_torch(x.dtype)
+    except IRError:
         return f"a {x.dtype} tensor of shape {list(x.shape)}"
     return str(TensorType(dt, tuple(int(n) for n in x.shape)))
 
@@ -409,314 +396,138 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     ``pipeline``: a pipeline string or named pipeline (default: O3 where registered, else O2).
     ``backend``: ``"auto"``, ``"torch"``, ``"native"`` (rtinfer's C++ executor and kernels;
     the torch backend, with a warning, where it cannot be built) or ``"tvm"`` (whose ``target``
-    may also be an LLVM target string or a ``tvm.target.Target``); ``"auto"`` builds each backend of
-    ``rtinfer.backends.AUTO_CANDIDATES`` that serves the target and does not decline the graph,
-    times it briefly on the example inputs and keeps the fastest (the cache remembers the
-    choice). ``dynamic_dims``:
-    ``{input: {axis: "B"}}`` for the torch frontend, ``{input: {axis: "B"}}`` or names for ONNX.
-    ``strict``: an op the backend has no lowering for is an error instead of running its
-    reference. ``trainable``: parameters require grad and the module stays differentiable
-    (no oneDNN inference-only primitives). ``cache``: ``True`` (``$RTINFER_CACHE_DIR``, else
-    ``~/.cache/rtinfer``), a directory, or ``False``: a model compiled before with the same
-    captured IR, target, backend, pipeline and versions skips the pipeline, and an
-    ``nn.Module`` or ONNX model whose fingerprint (code, weights, input types) matches one
-    compiled before skips capture too (``rtinfer.cache``; ``verify_each`` always runs the
-    pipeline). ``tune=N`` (``backend="tvm"``): MetaSchedule tunes the TVM kernels, N measured
-    trials in all, before the build; its records persist in ``<cache>/tvm-tune/<target>/`` (with
-    ``cache=False``, in a temporary directory), so a later compile of the same kernels tunes
-    nothing (``rtinfer.backends.tvm_tune``). The user's model is never modified.
+    may also be an LLVM target string or a ``tvm.target.Target``); ``"auto"`` builds each
+    backend of ``rtinfer.backends.AUTO_CANDIDATES`` that serves the target and does not decline
+    the graph, times it briefly on the example inputs and keeps the fastest (the cache
+    remembers the choice). ``dynamic_dims``: ``{input: {axis: "B"}}`` for the torch frontend,
+    ``{input: {axis: "B"}}`` or names for ONNX. ``strict``: an op the backend has no lowering
+    for is an error instead of a fallback (the torch backend runs such an op's NumPy
+    reference; TVM and native hand it to the torch backend). ``trainable``: parameters require
+    grad and the module stays differentiable (no oneDNN inference-only primitives). ``cache``:
+    ``True`` (``$RTINFER_CACHE_DIR``, else ``~/.cache/rtinfer``), a directory, or ``False``: a
+    model compiled before with the same captured IR, target, backend, pipeline and versions
+    skips the pipeline, and an ``nn.Module`` or ONNX model whose fingerprint (code, weights,
+    input types) matches one compiled before skips capture too (``rtinfer.cache``;
+    ``verify_each`` always runs the pipeline). ``tune=N`` (``backend="tvm"``): MetaSchedule
+    tunes the TVM kernels, N measured trials in all, before the build; its records persist in
+    ``<cache>/tvm-tune/<target>/`` (with ``cache=False``, in a temporary directory), so a later
+    compile of the same kernels tunes nothing (``rtinfer.backends.tvm_tune``). The user's model
+    is never modified.
     """
-    from rtinfer import cache as compile_cache
-    from rtinfer.backends import auto_candidates, resolve_backend
-    from rtinfer.backends.tvm_tune import check_tune
-    from rtinfer.pass_manager import run_pipeline
-
     resolved = resolve_backend(backend)
     tune = check_tune(tune, resolved)
-    key_backend = f"{resolved}:tune={tune}" if tune else resolved
     candidates = auto_candidates(target, trainable) if resolved == "auto" else []
     # the TVM backend checks its own targets
     if (resolved == "auto" and not candidates) or (resolved == "torch" and target not in TARGETS):
         raise BackendError(f"unknown target {target!r}; rtinfer compiles for: "
                            f"{', '.join(TARGETS)} (CUDA comes with the native backend)")
-    info = CompileInfo(backend=resolved, backend_requested=backend, trainable=trainable)
-    info.pipeline = default_pipeline() if pipeline is None else pipeline
-    root = compile_cache.cache_dir(cache)
-    if root is not None:
-        info.cache, info.cache_dir = "miss", str(root)
+    info = CompileInfo(backend=resolved, backend_requested=backend, trainable=trainable,
+                       pipeline=default_pipeline() if pipeline is None else pipeline)
+    # a tuned build is another result than an untuned one: the tuning budget is in the key
+    compile_cache = open_cache(cache, str(target), info.pipeline,
+                               f"{resolved}:tune={tune}" if tune else resolved)
+    info.cache_dir = compile_cache.where
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    model_key, hit = None, None
-    if root is not None and not verify_each and not isinstance(model, Graph):
-        model_key, hit = _recall_model(root, model, example_inputs, dynamic_dims, str(target),
-                                       key_backend, info)
+    hit: CacheHit | None = None
+    if compile_cache.state != "off" and not verify_each and not isinstance(model, Graph):
+        hit = compile_cache.recall(model, example_inputs, dynamic_dims)
         timings["fingerprint" if hit is None else "fingerprint + cache lookup"] = \
             time.perf_counter() - t0
-    if hit is not None:
-        graph, info.frontend, info.cache_by = hit[0], hit[1].get("frontend", ""), "model"
+    if hit is None:
         t1 = time.perf_counter()
-    else:
-        t = time.perf_counter()
-        graph = _capture(model, example_inputs, dynamic_dims, info)
-        t1 = time.perf_counter()  # the key and the lookup count as "cache lookup"
-        timings[f"capture ({info.frontend})"] = t1 - t
+        graph = _capture(model, example_inputs, dynamic_dims, info)  # 1. capture
+        timings[f"capture ({info.frontend})"] = time.perf_counter() - t1
+        # the key and the lookup count as "cache lookup" on a hit, as "optimize" on a miss
+        t1 = time.perf_counter()
         info.ops_before = graph.op_counts()
-        if root is not None:
-            info.cache_key = compile_cache.cache_key(graph, str(target), info.pipeline,
-                                                     key_backend)
-            hit = None if verify_each else compile_cache.lookup(root, info.cache_key)
-            if hit is not None:
-                hit[0].meta = dict(graph.meta)  # the eager I/O structure, as captured just now
-                info.cache_by = "ir"
+        hit = compile_cache.lookup(graph, read=not verify_each)
+        if hit is None:
+            _optimize(graph, info, verify_each)  # 2. optimize
+            timings["optimize"] = time.perf_counter() - t1
+        else:
+            timings["cache lookup"] = time.perf_counter() - t1
     if hit is not None:
-        graph, stored = hit
-        info.cache = "hit"
-        info.passes = [tuple(p) for p in stored.get("passes", [])]
-        info.ops_before = stored.get("ops_before", info.ops_before)
-        info.ops_after = graph.op_counts()
-        info.cold_timings = dict(stored.get("cold_timings", {}))
-    else:
-        result = run_pipeline(graph, info.pipeline, verify_each=verify_each)
-        info.passes = [(r.label, r.changed, dict(r.stats), r.seconds) for r in result.passes]
-        info.ops_after = graph.op_counts()
+        graph = hit.graph
+        _recalled(info, hit)
+    info.cache, info.cache_key = compile_cache.state, compile_cache.key
     t2 = time.perf_counter()
-    if info.cache_by != "model":
-        timings["cache lookup" if info.cache == "hit" else "optimize"] = t2 - t1
     options = {"target": target, "trainable": trainable, "mkldnn": mkldnn, "strict": strict}
     if tune:  # the tuning records live beside the compile cache's entries
-        options.update(tune=tune, tune_root=root)
-    if resolved == "auto":
-        module, info.backend, info.auto, measuring = _select_backend(
-            graph, candidates, hit[1].get("auto") if hit is not None else None,
-            example_inputs, options)
-    else:
-        module, measuring = _build(resolved, graph, **options), 0.0
-        info.backend = getattr(module, "rtinfer_backend", resolved)  # native -> torch fallback
-    info.fallbacks = list(module.rtinfer_fallback_ops)
-    info.mkldnn = bool(module.rtinfer_mkldnn)
+        options.update(tune=tune, tune_root=compile_cache.root)
+    module, measuring = _build(graph, info, candidates, hit, example_inputs, options)  # 3. build
     t3 = time.perf_counter()
     timings["codegen"] = t3 - t2 - measuring
     if measuring:
         timings["measure (auto)"] = measuring
     info.timings = {**timings, "total": t3 - t0}
     cm = CompiledModel(graph, module, info)
-    stored_ok = info.cache == "hit"
     if info.cache == "miss":
         info.cold_timings = dict(info.timings)
-        stored_ok = compile_cache.store(root, info.cache_key, graph, info, cm._names)
-    if model_key is not None and info.cache_by != "model" and stored_ok:
-        _remember_model(root, model_key, info.cache_key, graph)
+    compile_cache.store(graph, cm.input_names, info.artifact_options(), info.cache_record())
     return cm
 
 
 def _capture(model: Any, example_inputs: Any, dynamic_dims: Any, info: CompileInfo) -> Graph:
+    """Stage 1: the model as a new IR graph (a ``Graph`` is cloned: the user's is kept)."""
     if isinstance(model, Graph):
         info.frontend = "rtinfer IR"
         return model.clone()
-    from rtinfer.frontends import capture
-
-    graph = capture(model, example_inputs, dynamic_dims=dynamic_dims)
+    graph = frontends.capture(model, example_inputs, dynamic_dims=dynamic_dims)
     info.frontend = "torch" if isinstance(model, torch.nn.Module) else "onnx"
     return graph
 
 
-def _recall_model(root: Path, model: Any, example_inputs: Any, dynamic_dims: Any, target: str,
-                  backend: str, info: CompileInfo
-                  ) -> tuple[str | None, tuple[Graph, dict[str, Any]] | None]:
-    """The key of ``model`` 's fingerprint entry (None when it has no fingerprint) and, when
-    one is stored, the optimized graph (with the eager I/O structure) and the stored compile
-    info of the entry it names: capture is then skipped. Any doubt is a miss."""
-    from rtinfer import cache as compile_cache
-
-    fingerprint = compile_cache.model_fingerprint(model, example_inputs, dynamic_dims)
-    if fingerprint is None:
-        return None, None
-    key = compile_cache.model_key(fingerprint, target, info.pipeline, backend)
-    recalled = compile_cache.lookup_model(root, key)
-    if recalled is None:
-        return key, None
-    entry, torch_io = recalled
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        meta = _load_torch_meta(torch_io)
-    if (meta is not None) != isinstance(model, torch.nn.Module):
-        return key, None  # a torch model's I/O structure that cannot be rebuilt: capture
-    hit = compile_cache.lookup(root, entry)
-    if hit is None:
-        return key, None
-    if meta is not None:
-        hit[0].meta["torch"] = meta
-    info.cache_key = entry
-    return key, hit
+def _optimize(graph: Graph, info: CompileInfo, verify_each: bool) -> None:
+    """Stage 2: the pipeline, in place."""
+    result = run_pipeline(graph, info.pipeline, verify_each=verify_each)
+    info.passes = [(r.label, r.changed, dict(r.stats), r.seconds) for r in result.passes]
+    info.ops_after = graph.op_counts()
 
 
-def _remember_model(root: Path, key: str, entry: str, graph: Graph) -> None:
-    """Store the fingerprint entry ``key`` naming cache entry ``entry``, with the eager I/O
-    structure (not when it cannot be saved: capture then rebuilds it each time)."""
-    from rtinfer import cache as compile_cache
-
-    meta = graph.meta.get("torch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch_io = _dump_torch_meta(meta)
-    if meta is None or torch_io is not None:
-        compile_cache.store_model(root, key, entry, torch_io)
-
-
-def _build(backend: str, graph: Graph, *, target: Any, trainable: bool, mkldnn: bool | None,
-           strict: bool, tune: int = 0, tune_root: Path | None = None) -> Any:
-    """Generate ``backend`` 's module for ``graph`` (``tune``: see ``compile``)."""
-    if backend == "native":
-        return _build_native(graph, target=target, trainable=trainable, mkldnn=mkldnn,
-                             strict=strict)
-    if backend == "tvm":
-        from rtinfer.backends.tvm_backend import build_tvm_module
-
-        if tune and tune_root is None:  # cache=False: the records serve this compile only
-            with tempfile.TemporaryDirectory(prefix="rtinfer-tune-") as tmp:
-                module = build_tvm_module(graph, target=target, strict=strict, tune=tune,
-                                          tune_root=tmp)
-            module.tuning.db_dir = None
-            return module
-        return build_tvm_module(graph, target=target, strict=strict, tune=tune,
-                                tune_root=tune_root)
-    from rtinfer.backends.torch_backend import build_module
-
-    return build_module(graph, trainable=trainable, mkldnn=mkldnn, strict=strict)
+def _recalled(info: CompileInfo, hit: CacheHit) -> None:
+    """Stages 1 (a hit by the model's fingerprint) or 2 answered by the cache: what the cold
+    compile reported."""
+    record = hit.record
+    info.cache_by = hit.by
+    if hit.by == "model":
+        info.frontend = record.get("frontend", "")
+    info.passes = [tuple(p) for p in record.get("passes", [])]
+    info.ops_before = record.get("ops_before", info.ops_before)
+    info.ops_after = hit.graph.op_counts()
+    info.cold_timings = dict(record.get("cold_timings", {}))
 
 
-def _build_native(graph: Graph, *, target: Any, trainable: bool, mkldnn: bool | None,
-                  strict: bool) -> Any:
-    """The native module; where it cannot be built here (no C++ compiler, no oneDNN), the torch
-    backend's, with a warning that says why (``strict=True``: the error instead)."""
-    from rtinfer.backends.native_backend import build_native_module
-    from rtinfer.backends.torch_backend import build_module
-    from rtinfer.kernels.build import NativeUnavailable
-
-    if trainable:
-        raise BackendError("backend='native' runs inference only; trainable=True needs "
-                           "backend='torch'")
-    if target != "cpu":
-        raise BackendError(f"backend='native' compiles for target 'cpu', not {target!r} (its "
-                           f"CUDA kernels are in rtinfer.kernels.cuda)")
-    try:
-        return build_native_module(graph, strict=strict)
-    except NativeUnavailable as e:
-        if strict:
-            raise
-        warnings.warn(f"{e}; compiling with the torch backend instead", stacklevel=4)
-        module = build_module(graph, mkldnn=mkldnn)
-        module.rtinfer_backend = "torch"
-        return module
+def _build(graph: Graph, info: CompileInfo, candidates: list[AutoCandidate],
+           hit: CacheHit | None, example_inputs: Any, options: dict[str, Any]
+           ) -> tuple[Any, float]:
+    """Stage 3: the backend's module and the seconds ``backend="auto"`` spent measuring (it
+    builds the choice a cache hit remembers without measuring)."""
+    if info.backend == "auto":
+        module, info.backend, info.auto, measuring = select_backend(
+            graph, candidates, hit.record.get("auto") if hit is not None else None,
+            functools.partial(_timing_inputs, graph, example_inputs), options)
+    else:
+        module, measuring = dispatch.build(info.backend, graph, **options), 0.0
+        info.backend = getattr(module, "rtinfer_backend", info.backend)  # native -> torch
+    info.fallbacks = list(module.rtinfer_fallback_ops)
+    info.mkldnn = bool(module.rtinfer_mkldnn)
+    return module, measuring
 
 
-# backend="auto" times each candidate's warm calls until it has AUTO_MAX_CALLS of them, has run
-# for AUTO_BUDGET_S, or is clearly slower than the best so far (its median over AUTO_SLOWER
-# times the best's after three calls, or one call over AUTO_HOPELESS times the best)
-AUTO_BUDGET_S = 0.25
-AUTO_MAX_CALLS = 25
-AUTO_SLOWER = 1.5
-AUTO_HOPELESS = 10.0
-
-
-def _select_backend(graph: Graph, candidates: list, remembered: dict[str, Any] | None,
-                    example_inputs: Any, options: dict[str, Any]
-                    ) -> tuple[Any, str, dict[str, Any], float]:
-    """``backend="auto"``: (the module, its backend, the record for ``CompileInfo.auto``, the
-    seconds spent measuring). A remembered choice (a cache hit) is built without measuring;
-    with one candidate left after the declines, nothing is measured."""
-    skipped: dict[str, str] = {}
-    viable = []
-    for c in candidates:
-        why = c.declines(graph)
-        if why is None:
-            viable.append(c.name)
-        else:
-            skipped[c.name] = why
-    viable = viable or [candidates[0].name]
-    if remembered and remembered.get("choice") in viable:
-        choice = remembered["choice"]
-        return _build(choice, graph, **options), choice, {**remembered, "remembered": True}, 0.0
-    record: dict[str, Any] = {"choice": viable[0], "ms": {}, "skipped": skipped}
-    if len(viable) == 1:
-        return _build(viable[0], graph, **options), viable[0], record, 0.0
-    first = _build(viable[0], graph, **options)  # the reference: its errors are the user's
-    inputs = _measure_inputs(graph, first, example_inputs)
-    if inputs is None:
-        record["note"] = "not measured: symbolic input dims and no example inputs"
-        return first, viable[0], record, 0.0
-    medians: dict[str, float] = {}
-    modules = {viable[0]: first}
-    measuring = 0.0
-    for name in viable:
-        try:
-            module = modules[name] if name in modules else _build(name, graph, **options)
-            if name != viable[0] and module.rtinfer_fallback_ops:  # a lowering declined
-                skipped[name] = f"falls back for {', '.join(module.rtinfer_fallback_ops)}"
-                continue
-            t = time.perf_counter()
-            times = _time_calls(module, inputs, min(medians.values(), default=None))
-            measuring += time.perf_counter() - t
-        except Exception as e:  # noqa: BLE001  (a candidate that fails is not chosen)
-            skipped[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            continue
-        medians[name] = float(np.median(times))
-        modules[name] = module
-    if not medians:
-        record["note"] = "every candidate failed on the example inputs"
-        return first, viable[0], record, measuring
-    choice = min(medians, key=medians.__getitem__)
-    record.update(choice=choice, ms={k: v * 1e3 for k, v in medians.items()})
-    return modules[choice], choice, record, measuring
-
-
-def _time_calls(module: Any, inputs: list[torch.Tensor], best: float | None) -> list[float]:
-    """Seconds per warm call of ``module`` on ``inputs`` (see ``AUTO_BUDGET_S``)."""
-    times: list[float] = []
-    start = time.perf_counter()
-    with torch.no_grad():
-        module(*inputs)  # warm-up: lazy initialization, caches
-        warm = time.perf_counter() - start
-        if best is not None and warm > max(AUTO_BUDGET_S, AUTO_HOPELESS * best):
-            return [warm]
-        # at least three timed calls (a slow warm-up must not leave none), then the budget
-        while len(times) < 3 or (len(times) < AUTO_MAX_CALLS
-                                 and time.perf_counter() - start < AUTO_BUDGET_S):
-            t = time.perf_counter()
-            module(*inputs)
-            times.append(time.perf_counter() - t)
-            if best is not None and (times[-1] > AUTO_HOPELESS * best or (
-                    len(times) >= 3 and float(np.median(times)) > AUTO_SLOWER * best)):
-                break
-    return times
-
-
-def _measure_inputs(graph: Graph, module: Any, example_inputs: Any) -> list[torch.Tensor] | None:
-    """The graph's inputs for timing: the example inputs, else seeded ones of the graph's
-    input types (static dims only); None when there are none."""
+def _timing_inputs(graph: Graph, example_inputs: Any, module: Any) -> list[torch.Tensor] | None:
+    """What ``backend="auto"`` times ``module`` on: the example inputs, bound to the graph's
+    inputs as a call of the compiled model binds them, else seeded inputs of the graph's
+    input types (None where they have symbolic dims)."""
     if example_inputs is not None and "torch" in graph.meta:
         from rtinfer.frontends.torch_frontend import example_args
 
-        probe = CompiledModel(graph, module, CompileInfo())
         try:
             args, kwargs = example_args(module, example_inputs)
-            return probe._check_inputs(probe._flat_inputs(args, kwargs))
+            return CompiledModel(graph, module, CompileInfo()).bind_inputs(*args, **kwargs)
         except (RtinferError, TypeError, ValueError):
             pass
-    if not all(v.type.is_static for v in graph.inputs):
-        return None
-    from rtinfer.backends.torch_backend import TORCH_DTYPES
-
-    gen = torch.Generator().manual_seed(0)
-    out = []
-    for v in graph.inputs:
-        dtype, shape = TORCH_DTYPES[v.type.dtype], tuple(int(n) for n in v.type.shape)
-        if dtype.is_floating_point:
-            out.append(torch.randn(shape, generator=gen).to(dtype))
-        else:  # zeros index every table; a bool mask of ones keeps every position
-            out.append(torch.ones(shape, dtype=dtype) if dtype == torch.bool
-                       else torch.zeros(shape, dtype=dtype))
-    return out
+    return generated_inputs(graph)
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -730,7 +541,7 @@ def load(directory: str | os.PathLike, *, mkldnn: bool | None = None,
     torch backend, and the report says so)."""
     root = Path(directory)
     graph, manifest = read_artifact(root)
-    torch_meta = _load_torch_meta(manifest.get("torch_io"))
+    torch_meta = load_torch_meta(manifest.get("torch_io"))
     if torch_meta is not None:
         graph.meta["torch"] = torch_meta
     saved = str(manifest.get("backend", "torch"))
@@ -743,137 +554,16 @@ def load(directory: str | os.PathLike, *, mkldnn: bool | None = None,
                        backend=chosen, backend_requested=saved, trainable=trainable)
     info.ops_before = info.ops_after = graph.op_counts()
     t0 = time.perf_counter()
-    module = _build(chosen, graph, target="cpu", trainable=trainable, mkldnn=mkldnn,
-                    strict=False)
+    module = dispatch.build(chosen, graph, target="cpu", trainable=trainable, mkldnn=mkldnn,
+                            strict=False)
     info.backend = getattr(module, "rtinfer_backend", chosen)
     info.fallbacks = list(module.rtinfer_fallback_ops)
     info.mkldnn = bool(module.rtinfer_mkldnn)
     info.timings = {"codegen": time.perf_counter() - t0}
-    cm = CompiledModel(graph, module, info)
     names = manifest.get("input_names")
-    if isinstance(names, list) and len(names) == len(graph.inputs):
-        cm._names = [str(n) for n in names]
-    return cm
+    names = [str(n) for n in names] if isinstance(names, list) and len(names) == len(
+        graph.inputs) else None
+    return CompiledModel(graph, module, info, names)
 
 
-def read_artifact(root: Path, check_digests: bool = True) -> tuple[Graph, dict[str, Any]]:
-    """The verified graph (weights restored) and the manifest of an artifact directory; a
-    missing, corrupted or incompatible one is an ``ArtifactError``. ``check_digests=False``
-    trusts weights.npz to match the IR's digests once its sha256 matched the manifest's (the
-    compile cache, which wrote both)."""
-    from rtinfer.ir.constants import ElidedTensor
-    from rtinfer.ir.parser import parse
-    from rtinfer.ir.verifier import verify
-
-    mpath = root / "manifest.json"
-    if not mpath.is_file():
-        raise ArtifactError(f"{root} is not a saved rtinfer model (no manifest.json)")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{mpath} is corrupted: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{mpath} is not an rtinfer compiled-model manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise ArtifactError(f"{root} has artifact format version {version!r} (written by "
-                            f"rtinfer {manifest.get('rtinfer_version', '?')}); this rtinfer "
-                            f"reads format versions 1 to {FORMAT_VERSION}")
-    blobs = {}
-    for name in ("graph.ir", "weights.npz"):
-        entry = manifest.get("files", {}).get(name)
-        path = root / name
-        if entry is None or not path.is_file():
-            raise ArtifactError(f"{root}: {name} is missing")
-        blob = path.read_bytes()
-        digest = hashlib.sha256(blob).hexdigest()
-        if digest != entry.get("sha256"):
-            raise ArtifactError(f"{path} is corrupted: its sha256 is {digest[:16]}..., the "
-                                f"manifest records {str(entry.get('sha256'))[:16]}...")
-        blobs[name] = blob
-    try:
-        graph = parse(blobs["graph.ir"].decode(), source=str(root / "graph.ir"))
-        with np.load(io.BytesIO(blobs["weights.npz"]), allow_pickle=False) as npz:
-            weights = {k: npz[k] for k in npz.files}
-    except (ParseError, ValueError, OSError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{root} could not be read: {e}") from None
-    for node in graph.nodes:
-        value = node.attrs["value"] if node.op == "const" else None
-        if not isinstance(value, ElidedTensor):
-            continue
-        raw = weights.get(value.digest)
-        if raw is None:
-            raise ArtifactError(f"{root}: weights.npz lacks constant {value}")
-        # the bytes np.load just read, reinterpreted in place (a copy costs 0.2 s on MiniLM)
-        arr = raw.reshape(-1).view(value.dtype.np) if raw.dtype == np.uint8 and \
-            raw.nbytes % value.dtype.np.itemsize == 0 else np.frombuffer(raw.tobytes(),
-                                                                         value.dtype.np)
-        if arr.size != int(np.prod(value.shape)) or (check_digests and not value.matches(
-                arr.reshape(value.shape))):
-            raise ArtifactError(f"{root}: the data of constant {value} does not match its "
-                                f"digest")
-        arr = arr.reshape(value.shape)
-        arr.setflags(write=False)
-        node.attrs["value"] = arr
-    try:
-        verify(graph)
-    except RtinferError as e:
-        raise ArtifactError(f"{root}: the saved IR does not verify: {e}") from None
-    return graph, manifest
-
-
-def _dump_torch_meta(meta: dict | None) -> dict | None:
-    if meta is None:
-        return None
-    try:
-        out = {"in_spec": pytree.treespec_dumps(meta["in_spec"]),
-               "out_spec": pytree.treespec_dumps(meta["out_spec"]),
-               "input_names": list(meta["input_names"]),
-               "input_kinds": list(meta["input_kinds"]),
-               "outputs": [list(t) for t in meta["outputs"]]}
-        json.dumps(out)
-        return out
-    except Exception as e:  # an unserializable output structure: save flat outputs
-        warnings.warn(f"the eager output structure cannot be saved ({e}); the loaded model "
-                      f"returns a flat tuple", stacklevel=3)
-        return None
-
-
-def _load_torch_meta(saved: dict | None) -> dict | None:
-    if not saved:
-        return None
-    try:
-        specs = {k: _treespec_loads(saved[k]) for k in ("in_spec", "out_spec")}
-    except Exception as e:
-        warnings.warn(f"the saved output structure cannot be rebuilt ({e}); returning a flat "
-                      f"tuple", stacklevel=3)
-        return None
-    return {**specs, "input_names": saved["input_names"], "input_kinds": saved["input_kinds"],
-            "outputs": [tuple(t) for t in saved["outputs"]]}
-
-
-def _treespec_loads(text: str):
-    try:
-        return pytree.treespec_loads(text)
-    except Exception:
-        # a type registered by a library not imported yet (transformers' ModelOutput classes):
-        # import the modules the spec names from transformers, then retry
-        for name in set(_spec_types(json.loads(text))):
-            module = name.rpartition(".")[0]
-            if module.split(".")[0] == "transformers":
-                importlib.import_module(module)
-        return pytree.treespec_loads(text)
-
-
-def _spec_types(node: Any):
-    if isinstance(node, dict):
-        if isinstance(node.get("type"), str):
-            yield node["type"]
-        for child in node.get("children_spec", []):
-            yield from _spec_types(child)
-    elif isinstance(node, list):
-        for child in node:
-            yield from _spec_types(child)
-
-
-__all__ = ["FORMAT_VERSION", "CompiledModel", "compile", "default_pipeline", "load"]
+__all__ = ["CompileInfo", "CompiledModel", "TARGETS", "compile", "default_pipeline", "load"]

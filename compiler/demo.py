@@ -23,6 +23,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from rtinfer.compile import compile as rt_compile
+from rtinfer.measure import flat_outputs
+
 
 @dataclass
 class Row:
@@ -51,30 +54,22 @@ def main(args: argparse.Namespace) -> int:
     return run_demo(sys.stdout, quick=args.quick, runs=runs)
 
 
-def _flat(out: Any) -> list[np.ndarray]:
-    from rtinfer.optimize_cmd import _flat as flat
-
-    return flat(out)
-
-
 def _measure(name: str, model: Any, example: Any, runs: int, out: TextIO) -> Row:
     import torch
-
-    import rtinfer
 
     def call(fn: Any) -> Any:
         return fn(**example) if isinstance(example, dict) else fn(example)
 
     print(f"  {name}: capture, optimize (O3), compile ...", file=out, flush=True)
     t0 = time.perf_counter()
-    cm = rtinfer.compile(model, example_inputs=example, pipeline="O3")
+    cm = rt_compile(model, example_inputs=example, pipeline="O3")
     compile_s = time.perf_counter() - t0
     auto = cm.info.auto or {}
     timed = ", ".join(f"{k} {v:.2f} ms" for k, v in auto.get("ms", {}).items())
     print(f"  {name}: backend {cm.info.backend}" + (f" (auto timed {timed})" if timed else ""),
           file=out, flush=True)
     with torch.no_grad():
-        want, got = _flat(call(model)), _flat(call(cm))
+        want, got = flat_outputs(call(model)), flat_outputs(call(cm))
         err = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(
             want, got, strict=True))
         a = np.concatenate([w.ravel() for w in want]).astype(np.float64)
@@ -127,7 +122,7 @@ def _run(out: TextIO, quick: bool, runs: int) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from rtinfer import models
+    from rtinfer.models import image_input, minilm, minilm_inputs, randomize_batchnorm, resnet18
 
     hf_logging.disable_progress_bar()
     t0 = time.perf_counter()
@@ -137,14 +132,14 @@ def _run(out: TextIO, quick: bool, runs: int) -> int:
           f"of {runs} interleaved runs)\n", file=out, flush=True)
     rows = []
     seq = 16 if quick else 128
-    rows.append(_measure("all-MiniLM-L6-v2", models.minilm(),
-                         models.minilm_inputs(["rtinfer compiles models for real-time "
-                                               "inference", "a second sentence"], seq=seq),
+    rows.append(_measure("all-MiniLM-L6-v2", minilm(),
+                         minilm_inputs(["rtinfer compiles models for real-time inference",
+                                        "a second sentence"], seq=seq),
                          runs, out))
     torch.manual_seed(0)
-    resnet = models.randomize_batchnorm(models.resnet18())
-    rows.append(_measure("ResNet-18", resnet, models.image_input(size=112 if quick else 224),
-                         runs, out))
+    resnet = randomize_batchnorm(resnet18())
+    rows.append(_measure("ResNet-18", resnet, image_input(size=112 if quick else 224), runs,
+                         out))
     print("\n" + format_table(rows), file=out)
     print(f"\nTVM backend: not run (untuned, slower than oneDNN here; try `rtinfer optimize "
           f"MODEL --backend tvm`). Measure your own model: `rtinfer optimize model.onnx`. "

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from rtinfer.compile import compile as compile_model
 from rtinfer.errors import RtinferError
 
 
@@ -56,13 +57,11 @@ class _CompiledGraph:
         # into rtinfer's own torch.export of the graph)
 
     def _compile(self, inputs: Sequence[torch.Tensor]) -> None:
-        import rtinfer
-
         state = {i: inputs[i] for i in self.frozen}
         module = _Frozen(self.gm, state, len(inputs))
         try:
-            cm = rtinfer.compile(module, example_inputs=tuple(inputs[i] for i in self.user),
-                                 **self.options)
+            cm = compile_model(module, example_inputs=tuple(inputs[i] for i in self.user),
+                               **self.options)
         except (RtinferError, NotImplementedError, RuntimeError) as e:
             _warn(self.gm, str(e).splitlines()[0])
             self.eager, self.compiled = True, self.gm.forward

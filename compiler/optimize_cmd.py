@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from rtinfer.compile import compile as rt_compile
 from rtinfer.errors import OptimizeError
+from rtinfer.measure import fidelity, flat_outputs, percentiles
 
 BUILTINS = ("resnet18", "mobilenet_v2", "minilm")
 
@@ -85,37 +87,30 @@ def _progress(total: int, desc: str, unit: str = "it"):
                 dynamic_ncols=True)
 
 
-def _flat(out: Any) -> list[np.ndarray]:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out.detach().float().numpy() if out.dtype.is_floating_point
-                else out.detach().numpy()]
-    if isinstance(out, np.ndarray):
-        return [out]
-    if isinstance(out, dict):
-        return [a for v in out.values() for a in _flat(v)]
-    if isinstance(out, (list, tuple)):
-        return [a for v in out for a in _flat(v)]
-    return []
-
-
 def _builtin(name: str, seq: int) -> _Subject:
     import torch
 
-    from rtinfer import models
+    from rtinfer.models import (
+        image_input,
+        minilm,
+        minilm_inputs,
+        mobilenet_v2,
+        randomize_batchnorm,
+        resnet18,
+    )
 
     torch.manual_seed(0)
     if name == "minilm":
-        model = models.minilm()
-        example: Any = models.minilm_inputs(seq=seq)
+        model = minilm()
+        example: Any = minilm_inputs(seq=seq)
     else:
-        model = models.randomize_batchnorm(getattr(models, name)())
-        example = models.image_input()
+        build = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}[name]
+        model = randomize_batchnorm(build())
+        example = image_input()
 
     def baseline() -> list[np.ndarray]:
         with torch.no_grad():
-            return _flat(model(**example) if isinstance(example, dict) else model(example))
+            return flat_outputs(model(**example) if isinstance(example, dict) else model(example))
 
     shapes = ({k: list(v.shape) for k, v in example.items()} if isinstance(example, dict)
               else {"x": list(example.shape)})
@@ -191,15 +186,14 @@ def _onnx(path: Path, shapes: dict, dims: dict, seed: int, inputs: str | None) -
 
 
 def _ir(path: Path, shapes: dict, dims: dict, seed: int, inputs: str | None) -> _Subject:
-    from rtinfer.cli import load_graph
-    from rtinfer.compile import compile as rt_compile
+    from rtinfer.frontends import load_graph
 
     graph = load_graph(str(path))
     feeds = _file_inputs(graph, inputs, seed, _bind_shapes(graph, shapes, dims))
     plain = rt_compile(graph, pipeline="O0", cache=False)
 
     def baseline() -> list[np.ndarray]:
-        return _flat(plain(*feeds))
+        return flat_outputs(plain(*feeds))
 
     return _Subject("ir", "unoptimized IR (torch backend)", graph, None, feeds, baseline,
                     {str(v.name): list(a.shape) for v, a in zip(graph.inputs, feeds,
@@ -226,38 +220,12 @@ def _subject(model: str, args: Any) -> _Subject:
     return _ir(path, shapes, dims, args.seed, args.inputs)
 
 
-def _fidelity(want: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
-    if len(want) != len(got):
-        raise OptimizeError(f"the compiled model returned {len(got)} outputs, the baseline "
-                            f"{len(want)}")
-    worst_err, worst_cos = 0.0, 1.0
-    for a, b in zip(want, got, strict=True):
-        a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-        if a64.shape != b64.shape:
-            raise OptimizeError(f"an output has {b64.size} elements, the baseline's {a64.size}")
-        if a64.size == 0:
-            continue
-        worst_err = max(worst_err, float(np.max(np.abs(a64 - b64))))
-        na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
-        cos = 1.0 if na == nb == 0 else float(a64 @ b64 / max(na * nb, 1e-300))
-        worst_cos = min(worst_cos, cos)
-    return {"max_abs_error": worst_err, "cosine_similarity": worst_cos}
-
-
-def _percentiles(times: list[float]) -> dict[str, float]:
-    a = np.asarray(times) * 1e3
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "mean": float(a.mean())}
-
-
 def _const_bytes(graph: Any) -> int:
     return int(sum(np.asarray(n.attrs["value"]).nbytes for n in graph.constants()))
 
 
 def run(args: Any, stdout: Any, stderr: Any) -> int:
     import torch
-
-    import rtinfer
 
     if args.runs < 1 or args.warmup < 0:
         raise OptimizeError("--runs must be at least 1 and --warmup at least 0")
@@ -267,9 +235,8 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
     steps.update()
     steps.set_postfix_str("capture, optimize, build")
     t0 = time.perf_counter()
-    cm = rtinfer.compile(subject.compile_arg, target=args.target,
-                         example_inputs=subject.example, pipeline=args.pipeline,
-                         backend=args.backend, cache=not args.no_cache)
+    cm = rt_compile(subject.compile_arg, target=args.target, example_inputs=subject.example,
+                    pipeline=args.pipeline, backend=args.backend, cache=not args.no_cache)
     compile_s = time.perf_counter() - t0
     steps.update()
 
@@ -277,16 +244,16 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
         feeds = subject.feeds
 
         def after() -> list[np.ndarray]:
-            return _flat(cm(*feeds))
+            return flat_outputs(cm(*feeds))
     else:
         example = subject.example
 
         def after() -> list[np.ndarray]:
-            return _flat(cm(**example) if isinstance(example, dict) else cm(example))
+            return flat_outputs(cm(**example) if isinstance(example, dict) else cm(example))
 
     steps.set_postfix_str("measure")
     want, got = subject.baseline(), after()
-    fidelity = _fidelity(want, got)
+    fid = fidelity(want, got)
     times: dict[str, list[float]] = {"before": [], "after": []}
     bench = _progress(args.warmup + args.runs, "latency (before/after interleaved)", "run")
     with torch.no_grad():
@@ -309,10 +276,10 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
         model=args.model, kind=subject.kind, baseline=subject.baseline_name,
         target=args.target, pipeline=info.pipeline, backend=info.backend,
         inputs=subject.shapes, runs=args.runs,
-        latency_ms={k: _percentiles(v) for k, v in times.items()},
+        latency_ms={k: percentiles(v) for k, v in times.items()},
         size_bytes={"weights_before": subject.weight_bytes, "weights_after": _const_bytes(cm.ir),
                     "artifact": on_disk},
-        fidelity=fidelity,
+        fidelity=fid,
         nodes={"before": sum(info.ops_before.values()), "after": sum(info.ops_after.values())},
         fused_ops=cm.fused_ops, compile_seconds=compile_s, cache=info.cache,
         artifact=str(artifact))

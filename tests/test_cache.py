@@ -3,14 +3,25 @@ changed pass option, pass version, target or model misses; a corrupted entry is 
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
 
 import rtinfer
-from rtinfer.cache import cache_dir, cache_key
+from rtinfer.cache import (
+    cache_key,
+    graph_digest,
+    model_key,
+    open_cache,
+    pipeline_fingerprint,
+    versions,
+)
 from rtinfer.frontends import capture
 from rtinfer.pass_manager import Option, unregister_pass
+from rtinfer.paths import compile_cache_dir
 
 RUNS: list[int] = []
 
@@ -88,6 +99,26 @@ def test_the_key_covers_target_backend_pipeline_and_model(net):
     assert cache_key(capture(m, x), "cpu", "O2", "torch") != base
 
 
+def test_the_key_covers_the_data_the_passes_read(net, tmp_path):
+    """Two calibration sets give two keys; no data ("") gives the key as it was before passes
+    could read data (entries stored then still hit)."""
+    g = capture(*net)
+    base = cache_key(g, "cpu", "O2", "torch")
+    assert cache_key(g, "cpu", "O2", "torch", data_digest="") == base
+    before = {"graph": graph_digest(g), "target": "cpu", "backend": "torch",
+              "pipeline": pipeline_fingerprint("O2"), "versions": versions()}
+    assert base == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    a = cache_key(g, "cpu", "O2", "torch", data_digest="calibration-a")
+    b = cache_key(g, "cpu", "O2", "torch", data_digest="calibration-b")
+    assert len({base, a, b}) == 3
+    fp = "0" * 64
+    assert model_key(fp, "cpu", "O2", "torch", data_digest="") == model_key(fp, "cpu", "O2",
+                                                                           "torch")
+    assert len({model_key(fp, "cpu", "O2", "torch", data_digest=d) for d in ("", "a", "b")}) == 3
+    store = open_cache(tmp_path, "cpu", "O2", "torch", data_digest="calibration-a")
+    assert store.lookup(g) is None and store.key == a and store.state == "miss"
+
+
 def test_other_input_shapes_miss(net, tmp_path):
     m, x = net
     rtinfer.compile(m, example_inputs=x, cache=tmp_path)
@@ -114,9 +145,12 @@ def test_cache_off_and_default_directory(net, tmp_path, monkeypatch):
     cm = rtinfer.compile(m, example_inputs=x, cache=False)
     assert cm.info.cache == "off" and "cache: off" in cm.report()
     monkeypatch.setenv("RTINFER_CACHE_DIR", str(tmp_path / "env"))
-    assert cache_dir(True) == tmp_path / "env"
+    assert compile_cache_dir(True) == tmp_path / "env"
+    assert open_cache(True, "cpu", "O2", "torch").where == str(tmp_path / "env")
     monkeypatch.delenv("RTINFER_CACHE_DIR")
-    assert str(cache_dir(True)).endswith(".cache/rtinfer") and cache_dir(False) is None
+    assert str(compile_cache_dir(True)).endswith(".cache/rtinfer")
+    assert compile_cache_dir(False) is None
+    assert open_cache(False, "cpu", "O2", "torch").state == "off"
 
 
 def test_verify_each_always_runs_the_pipeline(net, counted, tmp_path):

@@ -3,6 +3,7 @@ model untouched, save/load, corrupted artifacts, ONNX against onnxruntime, gradi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import rtinfer
+from rtinfer.compile import CompiledModel
 from rtinfer.errors import ArtifactError, BackendError
 
 
@@ -154,6 +156,17 @@ def test_report_names_passes_fusions_fallbacks_and_timings(cnn):
                    "fold-batchnorm", "fused_conv2d x2", f"backend: {chosen} (auto -> {chosen})",
                    "fallbacks: none", "timings:", "codegen"):
         assert needle in text, needle
+
+
+def test_report_says_how_fallbacks_run(cnn):
+    """The torch backend runs an op it has no emitter for through its NumPy reference; TVM and
+    native hand the node to the torch backend."""
+    info = dataclasses.replace(cnn[1].info, fallbacks=["erf"], backend="torch")
+    text = CompiledModel(cnn[1].ir, cnn[1].module, info).report()
+    assert "fallbacks: erf (NumPy reference, not differentiable)" in text
+    info.backend = info.backend_requested = "tvm"
+    text = CompiledModel(cnn[1].ir, cnn[1].module, info).report()
+    assert "fallbacks: erf (run by the torch backend)" in text
 
 
 def test_save_load_round_trip_is_identical(cnn, tmp_path):

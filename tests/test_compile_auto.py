@@ -4,7 +4,6 @@ lone candidates are not measured."""
 
 from __future__ import annotations
 
-import importlib
 import re
 import time
 
@@ -12,10 +11,7 @@ import pytest
 import torch
 
 import rtinfer
-from rtinfer import backends
-from rtinfer.backends import AutoCandidate
-
-rc = importlib.import_module("rtinfer.compile")  # the module (rtinfer.compile is the function)
+from rtinfer.backends import AutoCandidate, auto, dispatch
 
 
 class MLP(torch.nn.Module):
@@ -57,7 +53,7 @@ def fake_backends(monkeypatch):
     builds: list[str] = []
     measured: list[str | None] = []
     slow = ["torch"]
-    real_build, real_time = rc._build, rc._time_calls
+    real_build, real_time = dispatch.build, auto.time_calls
 
     def build(name, graph, **options):
         builds.append(name)
@@ -68,9 +64,9 @@ def fake_backends(monkeypatch):
         measured.append(type(module).__name__)
         return real_time(module, inputs, best)
 
-    monkeypatch.setattr(rc, "_build", build)
-    monkeypatch.setattr(rc, "_time_calls", time_calls)
-    monkeypatch.setattr(backends, "AUTO_CANDIDATES", [
+    monkeypatch.setattr(dispatch, "build", build)
+    monkeypatch.setattr(auto, "time_calls", time_calls)
+    monkeypatch.setattr(auto, "AUTO_CANDIDATES", [
         AutoCandidate("torch", ("cpu",), lambda: True, differentiable=True),
         AutoCandidate("tvm", ("cpu",), lambda: True)])
     return builds, measured, slow
@@ -145,9 +141,10 @@ def test_generated_inputs_time_an_ir_graph(fake_backends):
 
 def test_a_declined_or_lone_candidate_is_not_measured(fake_backends, monkeypatch):
     builds, measured, _ = fake_backends
-    monkeypatch.setattr(backends, "AUTO_CANDIDATES", [
-        backends.AUTO_CANDIDATES[0],
-        AutoCandidate("tvm", ("cpu",), lambda: True, backends._tvm_declines)])
+    from rtinfer.backends.tvm_backend import declines
+
+    monkeypatch.setattr(auto, "AUTO_CANDIDATES", [
+        auto.AUTO_CANDIDATES[0], AutoCandidate("tvm", ("cpu",), lambda: True, declines)])
     torch.manual_seed(0)
     m, x = Conv().eval(), torch.randn(1, 3, 8, 8)
     cm = rtinfer.compile(m, example_inputs=x, cache=False)
@@ -160,14 +157,14 @@ def test_a_declined_or_lone_candidate_is_not_measured(fake_backends, monkeypatch
 
 def test_a_candidate_that_fails_is_skipped(fake_backends, monkeypatch):
     builds, _, _ = fake_backends
-    build = rc._build
+    build = dispatch.build
 
     def failing(name, graph, **options):
         if name == "tvm":
             raise RuntimeError("no luck\nsecond line")
         return build(name, graph, **options)
 
-    monkeypatch.setattr(rc, "_build", failing)
+    monkeypatch.setattr(dispatch, "build", failing)
     m, x = _mlp()
     cm = rtinfer.compile(m, example_inputs=x, cache=False)
     assert cm.info.backend == "torch" and set(cm.info.auto["ms"]) == {"torch"}
@@ -176,7 +173,7 @@ def test_a_candidate_that_fails_is_skipped(fake_backends, monkeypatch):
 
 def test_a_candidate_that_falls_back_is_skipped(fake_backends, monkeypatch):
     builds, measured, _ = fake_backends
-    build = rc._build
+    build = dispatch.build
 
     def with_fallbacks(name, graph, **options):
         module = build(name, graph, **options)
@@ -184,7 +181,7 @@ def test_a_candidate_that_falls_back_is_skipped(fake_backends, monkeypatch):
             module.rtinfer_fallback_ops = ["relu"]
         return module
 
-    monkeypatch.setattr(rc, "_build", with_fallbacks)
+    monkeypatch.setattr(dispatch, "build", with_fallbacks)
     m, x = _mlp()
     cm = rtinfer.compile(m, example_inputs=x, cache=False)
     assert builds == ["torch", "tvm"] and len(measured) == 1 and cm.info.backend == "torch"

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "rtinfer.pass_manager": 3,
     "rtinfer.passes": 4, "rtinfer.frontends": 4, "rtinfer.kernels": 4,
     "rtinfer.backends": 5,
-    "rtinfer.testing": 5, "rtinfer.bisector": 5, "rtinfer.models": 5,
+    "rtinfer.testing": 5, "rtinfer.bisector": 5, "rtinfer.models": 5, "rtinfer.measure": 5,
     "rtinfer.artifact": 6, "rtinfer.cache": 6,
     "rtinfer.compile": 7,
     "rtinfer.dynamo": 8,

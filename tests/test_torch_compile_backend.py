@@ -72,14 +72,14 @@ def _spy(monkeypatch):
     import rtinfer.dynamo
 
     calls = []
-    real = rtinfer.compile
+    real = rtinfer.dynamo.compile_model
 
     def spy(*a, **k):
         cm = real(*a, **k)
         calls.append(cm)
         return cm
 
-    monkeypatch.setattr(rtinfer, "compile", spy)
+    monkeypatch.setattr(rtinfer.dynamo, "compile_model", spy)
     return calls
 
 
@@ -133,7 +133,7 @@ def test_what_rtinfer_cannot_capture_runs_eagerly(monkeypatch):
     def fail(*a, **k):
         raise CaptureError("no converter for aten.frobnicate")
 
-    monkeypatch.setattr(rtinfer, "compile", fail)
+    monkeypatch.setattr(rtinfer.dynamo, "compile_model", fail)
     m = _eval(MLP)
     x = torch.randn(4, 16)
     with pytest.warns(UserWarning, match="eagerly: no converter for aten.frobnicate"):

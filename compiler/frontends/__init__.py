@@ -2,7 +2,8 @@
 
 ``capture(model, example_inputs=None, dynamic_dims=None)`` accepts a ``torch.nn.Module`` (through
 ``torch.export``), a ``torch.fx.GraphModule``, an ``onnx.ModelProto`` or a path to an ``.onnx``
-file. ``export_onnx(graph, path)`` writes a graph back out as ONNX.
+file. ``export_onnx(graph, path)`` writes a graph back out as ONNX. ``load_graph(path)`` reads a
+model file: ``.ir`` text or an ``.onnx`` model.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from typing import Any
 
 from rtinfer.errors import CaptureError
+from rtinfer.frontends.files import load_graph
 from rtinfer.ir.graph import Graph
 
 
@@ -40,4 +42,4 @@ def export_onnx(graph: Graph, path: str | os.PathLike | None = None, **options: 
     return _export(graph, path, **options)
 
 
-__all__ = ["capture", "export_onnx"]
+__all__ = ["capture", "export_onnx", "load_graph"]
