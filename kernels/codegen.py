@@ -18,7 +18,8 @@ integer division truncates toward zero (and x / 0 is 0, as numpy), maximum/minim
 NaN, ``mod`` takes the divisor's sign, shifts past the width give 0 (or -1), casts follow numpy
 ``astype``. f32 exp/log/tanh/erf/sigmoid are branch-free polynomial versions the compiler
 vectorizes (1-2 ulp; erf as torch's vectorized one, error < 2e-7); f64 uses <cmath>. An op or
-dtype the table lacks raises ``Unsupported`` naming it (the caller falls back to torch).
+dtype the table lacks raises ``rtinfer.errors.Unsupported`` naming it (the caller falls back
+to torch).
 
 ``generate(node, in_shapes, out_shape)`` addresses the values as laid out in memory when that
 differs from the IR's shapes (NCHW values stored NHWC): a body is pointwise, so only the
@@ -43,11 +44,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rtinfer.errors import BackendError
+from rtinfer.errors import BackendError, Unsupported
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.types import DType
-from rtinfer.kernels.build import CPP_DIR
+from rtinfer.kernels.build import CPP_DIR, NativeUnavailable, compiler
 from rtinfer.paths import codegen_dir
 
 # -fno-trapping-math: the selects in the prelude's branch-free math only vectorize when
@@ -57,12 +58,9 @@ FLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno
 MAX_CONST_ELEMENTS = 4096  # larger constants inside a body are not baked into the source
 
 
-class Unsupported(BackendError):
-    """An op or dtype the generator has no C++ for; ``op`` names it."""
-
-    def __init__(self, op: str, why: str = ""):
-        self.op = op
-        super().__init__(f"no native elementwise code for {op}" + (f": {why}" if why else ""))
+def _unsupported(op: str, why: str = "") -> Unsupported:
+    """The error for an op (or dtype, shape) the generator has no C++ for; ``op`` names it."""
+    return Unsupported(op, "no native elementwise code" + (f" for {why}" if why else ""))
 
 
 class Generated(NamedTuple):
@@ -79,9 +77,10 @@ CTYPE = {DType.f32: "float", DType.f64: "double", DType.i64: "int64_t", DType.i3
          DType.u32: "uint32_t", DType.u64: "uint64_t", DType.bool: "bool"}
 
 
-def ctype(dt: DType, where: str) -> str:
+def ctype(dt: DType, op: str, what: str = "") -> str:
+    """The C type of ``dt``; ``op`` (and ``what`` of it) name the value in the error."""
     if dt not in CTYPE:
-        raise Unsupported(where, f"dtype {dt}")
+        raise _unsupported(op, f"dtype {dt}" + (f" of {what}" if what else ""))
     return CTYPE[dt]
 
 
@@ -322,7 +321,7 @@ Emitter = Callable[[list[Operand], DType, dict], str]
 def _need_float(op: str, args: list[Operand]) -> None:
     for a in args:
         if not a.dtype.is_float:
-            raise Unsupported(op, f"dtype {a.dtype}")
+            raise _unsupported(op, f"dtype {a.dtype}")
 
 
 def _float_unary(op: str, template: str) -> Emitter:
@@ -348,7 +347,7 @@ def _by_kind(op: str, *, float_: str | None = None, int_: str | None = None,
         dt = args[-1].dtype
         fmt = float_ if dt.is_float else int_ if dt.is_int else bool_
         if fmt is None:
-            raise Unsupported(op, f"dtype {dt}")
+            raise _unsupported(op, f"dtype {dt}")
         names = dict(zip("abc", (a.expr for a in args), strict=False))
         return fmt.format(x=args[0].expr, T=CTYPE[out], **names)
 
@@ -477,11 +476,12 @@ class _Leaf:
     strides: list[int]  # per output dim, in elements (0: broadcast)
 
 
-def _static_shape(v: Value, where: str) -> tuple[int, ...]:
+def _static_shape(v: Value, op: str, what: str = "") -> tuple[int, ...]:
+    at = f" of {what}" if what else ""
     if not v.type.is_static:
-        raise Unsupported(where, f"symbolic shape {v.type}")
+        raise _unsupported(op, f"symbolic shape {v.type}{at}")
     if v.type.quant is not None:
-        raise Unsupported(where, f"quantized type {v.type}")
+        raise _unsupported(op, f"quantized type {v.type}{at}")
     return tuple(int(d) for d in v.type.shape)
 
 
@@ -541,6 +541,7 @@ def generate(node_or_body: Node | Graph, in_shapes: Sequence[Sequence[int]] | No
     element count and the inputs broadcast to ``out_shape``; a body is pointwise, so only the
     addressing changes (a constant array inside the body must then be a scalar)."""
     consts: dict[int, np.ndarray] = {}  # id(param) -> the constant data it is known to hold
+    op = "fused_elementwise" if isinstance(node_or_body, Graph) else node_or_body.op
     if isinstance(node_or_body, Graph):
         params, nodes = list(node_or_body.inputs), list(node_or_body.nodes)
         result = node_or_body.outputs[output]
@@ -551,7 +552,7 @@ def generate(node_or_body: Node | Graph, in_shapes: Sequence[Sequence[int]] | No
         outer = list(node_or_body.inputs)
     else:
         if node_or_body.op not in EMITTERS:
-            raise Unsupported(node_or_body.op)
+            raise _unsupported(node_or_body.op)
         params, nodes = list(node_or_body.inputs), [node_or_body]
         result, outer = node_or_body.outputs[output], list(node_or_body.inputs)
     for p, o in zip(params, outer, strict=True):
@@ -572,8 +573,8 @@ def generate(node_or_body: Node | Graph, in_shapes: Sequence[Sequence[int]] | No
                 raise ValueError(f"input {i}: shape {list(shape_of[id(p)])} does not "
                                  f"broadcast to {list(out_shape)}")
     else:
-        logical_out = _static_shape(result, "the output")
-        shape_of = {id(p): _static_shape(p, "an input") for p in params}
+        logical_out = _static_shape(result, op, "the output")
+        shape_of = {id(p): _static_shape(p, op, "an input") for p in params}
         if out_shape is not None or in_shapes is not None:
             out_shape = tuple(int(d) for d in (out_shape if out_shape is not None
                                                else logical_out))
@@ -593,17 +594,17 @@ def generate(node_or_body: Node | Graph, in_shapes: Sequence[Sequence[int]] | No
             out_shape = logical_out
     relaid = out_shape != logical_out
     out_dtype = result.type.dtype
-    ctype(out_dtype, "the output")
+    ctype(out_dtype, op, "the output")
     body_nodes = _needed(nodes, result)
     for n in body_nodes:
         if n.op != "const" and n.op not in EMITTERS:
-            raise Unsupported(n.op)
+            raise _unsupported(n.op)
         for v in (*n.inputs, *n.outputs):
             ctype(v.type.dtype, n.op)
             if not symbolic:
                 _static_shape(v, n.op)
             elif v.type.quant is not None:
-                raise Unsupported(n.op, f"quantized {v.type}")
+                raise _unsupported(n.op, f"quantized {v.type}")
 
     # the values read from memory or inlined
     leaves: list[_Leaf] = []
@@ -619,13 +620,13 @@ def generate(node_or_body: Node | Graph, in_shapes: Sequence[Sequence[int]] | No
         if n.op == "const":
             sources.append((n.out, None, np.asarray(n.attrs["value"])))
     for v, index, data in sources:
-        shape = shape_of.get(id(v)) or _static_shape(v, "a constant")
-        ctype(v.type.dtype, "an input")
+        shape = shape_of.get(id(v)) or _static_shape(v, op, "a constant")
+        ctype(v.type.dtype, op, "an input")
         if data is not None and data.size == 1:
             inline[id(v)] = Operand(literal(_scalar(data), v.type.dtype), v.type.dtype,
                                     _scalar(data))
         elif index is None and (data.size > MAX_CONST_ELEMENTS or relaid):
-            raise Unsupported("const", f"a {data.size}-element constant inside the body"
+            raise _unsupported("const", f"a {data.size}-element constant inside the body"
                                        + (" of a re-laid-out node" if relaid else ""))
         else:
             leaves.append(_Leaf(v, index, data, shape, _broadcast_strides(shape, out_shape)))
@@ -745,8 +746,6 @@ def compile_functions(sources: dict[str, str]) -> dict[str, int]:
     object, cached on disk by content, and return each symbol's address."""
     if not sources:
         return {}
-    from rtinfer.kernels.build import NativeUnavailable, compiler
-
     cxx = compiler()
     text = "\n".join(sources[k] for k in sorted(sources))
     key = hashlib.sha256("\0".join([text, " ".join(FLAGS), cxx, _compiler_id(cxx)])
@@ -779,5 +778,4 @@ def compile_functions(sources: dict[str, str]) -> dict[str, int]:
     return addresses
 
 
-__all__ = ["EMITTERS", "Generated", "Unsupported", "compile_functions", "generate",
-           "supported_ops"]
+__all__ = ["EMITTERS", "Generated", "compile_functions", "generate", "supported_ops"]

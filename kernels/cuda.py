@@ -22,7 +22,7 @@ from types import ModuleType
 import torch
 
 from rtinfer.errors import BackendError
-from rtinfer.kernels.build import CPP_DIR
+from rtinfer.kernels.build import CPP_DIR, build_dir, build_extension
 
 CUDA_DIR = CPP_DIR / "cuda"
 SOURCES = ("elementwise.cu", "layernorm.cu", "softmax.cu", "attention.cu", "bindings.cpp")
@@ -76,8 +76,6 @@ def _require() -> str:
 def _build_dir(nvcc_path: str) -> Path:
     """Keyed by what the objects depend on besides the sources (ninja tracks those): flags,
     torch, nvcc and the GPU's architecture."""
-    from rtinfer.kernels.build import build_dir
-
     version = subprocess.run([nvcc_path, "--version"], capture_output=True, text=True).stdout
     major, minor = torch.cuda.get_device_capability()
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST") or f"sm_{major}{minor}"
@@ -93,8 +91,6 @@ def load(verbose: bool = False) -> ModuleType:
         return _module
     with _lock:
         if _module is None:
-            from rtinfer.kernels.build import build_extension
-
             nvcc_path = _require()
             _module = build_extension(
                 "rtinfer_cuda", "CUDA kernels", _build_dir(nvcc_path), CudaUnavailable, verbose,

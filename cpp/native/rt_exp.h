@@ -1,7 +1,7 @@
 // e^x for float: 2^n e^r, |r| <= ln2/2 (Cephes expf, ~1 ulp). Inputs below -87 give 0 (instead
-// of a denormal), above ln(FLT_MAX) +inf; NaN stays NaN. Shared by cpu_kernels.cpp and the
-// generated elementwise code (kernels/codegen.py pastes this file into its prelude), so both
-// round alike; plain C++ without torch headers.
+// of a denormal), above ln(FLT_MAX) +inf; NaN stays NaN. Shared by the CPU kernels
+// (cpu_common.h) and the generated elementwise code (kernels/codegen.py pastes this file into
+// its prelude), so both round alike; plain C++ without torch headers.
 #ifndef RTINFER_RT_EXP_H
 #define RTINFER_RT_EXP_H
 #include <cmath>

@@ -1,4 +1,4 @@
-"""rtinfer's own CPU kernels (cpp/native/cpu_kernels.cpp), each in a one-step plan built by hand,
+"""rtinfer's own CPU kernels (cpp/native/cpu_*.cpp), each in a one-step plan built by hand,
 against torch: layer/RMS norm, softmax, attention, pooling, reductions, embedding, strided copies
 and the driver of generated elementwise functions."""
 
@@ -183,7 +183,7 @@ def test_one_plan_runs_from_several_threads_at_once(native):
         try:
             for _ in range(20):
                 close(plan.run(cases[i], 2)[0], wants[i])
-        except BaseException as e:  # noqa: BLE001  (reported by the main thread)
+        except BaseException as e:  # reported by the main thread
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]

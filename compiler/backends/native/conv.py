@@ -1,0 +1,139 @@
+"""Convolutions as oneDNN steps: NHWC activations, prepacked weights, the fused epilogue as
+post-ops; a 1x1 convolution and the depthwise one after it as one step where oneDNN fuses them."""
+
+from __future__ import annotations
+
+from rtinfer.backends.native.lowerer import Lowerer, lowers
+from rtinfer.ir.graph import Node
+from rtinfer.ir.ops.common import expand_ints, expand_pads
+
+
+def _conv_window(a: dict, nd: int) -> tuple[list[int], list[int], list[int]]:
+    """A conv's (stride, pads in ONNX layout, dilation), each expanded to ``nd`` axes."""
+    return (list(expand_ints(a["stride"], nd, "stride")), list(expand_pads(a["pad"], nd)),
+            list(expand_ints(a["dilation"], nd, "dilation")))
+
+
+def _dw_partner(cx: Lowerer, node: Node) -> Node | None:
+    """The depthwise 3x3 convolution (stride 1 or 2, padding 1) that alone reads this 1x1
+    convolution's output, when both have constant weights and no residual."""
+    def plain_conv(n: Node) -> bool:
+        return (n.op in ("conv2d", "fused_conv2d") and n.attrs.get("layout", "NCHW") == "NCHW"
+                and n.attrs.get("residual", "none") == "none"
+                and all(v.is_const for v in n.inputs[1:3]))
+
+    if cx.ext is None or not plain_conv(node) or cx.graph.is_output(node.out):
+        return None
+    stride, pad, dil = _conv_window(node.attrs, 2)
+    w = node.inputs[1].type.shape
+    if (stride, pad, dil, node.attrs["groups"]) != ([1, 1], [0] * 4, [1, 1], 1) \
+            or tuple(w[2:]) != (1, 1) or len(node.out.uses) != 1:
+        return None
+    dw, slot = node.out.uses[0]
+    if slot != 0 or not plain_conv(dw):
+        return None
+    stride, pad, dil = _conv_window(dw.attrs, 2)
+    o = w[0]
+    if (tuple(dw.inputs[1].type.shape) != (o, 1, 3, 3) or dw.attrs["groups"] != o
+            or stride not in ([1, 1], [2, 2]) or pad != [1] * 4 or dil != [1, 1]):
+        return None
+    return dw
+
+
+def _conv_dw(cx: Lowerer, node: Node) -> bool:
+    """A 1x1 convolution and the depthwise convolution after it as one oneDNN step, where
+    oneDNN fuses the pair for real (MobileNetV2's first expansion: the 4.8 MB expanded
+    activation is never written whole). False: lower the two apart."""
+    dw = _dw_partner(cx, node)
+    if dw is None:
+        return False
+    src = cx.as_nhwc(node.inputs[0])
+    cx.need_f32(src)
+    w, dw_w = cx.const_tensor(node.inputs[1]), cx.const_tensor(dw.inputs[1])
+    b = cx.const_tensor(node.inputs[2]) if len(node.inputs) > 2 else None
+    dw_b = cx.const_tensor(dw.inputs[2]) if len(dw.inputs) > 2 else None
+    a, da = node.attrs, dw.attrs
+    stride = int(_conv_window(da, 2)[0][0])
+    epilogues = (a.get("activation", "none"), float(a.get("alpha", 0.0)),
+                 float(a.get("beta", 0.0)), dw_w, dw_b, stride,
+                 da.get("activation", "none"), float(da.get("alpha", 0.0)),
+                 float(da.get("beta", 0.0)), cx.threads)
+    try:
+        impl = cx.ext.add_conv_dw(None, "probe", -1, -1, list(src.shape), w, b, *epilogues)
+    except (RuntimeError, ValueError):
+        return False
+    if impl.startswith("ref"):
+        return False
+    y = cx.new_value(dw.out, nhwc=True)
+    args = (src.buf, y.buf, list(src.shape), w, b, *epilogues)
+    cx.step("oneDNN conv+dw", lambda ext, plan, name: ext.add_conv_dw(plan, name, *args),
+            [src.buf], [y.buf])
+    cx.fused_away.add(id(dw))
+    return True
+
+
+@lowers("conv2d", "fused_conv2d")
+def _conv2d(cx: Lowerer, node: Node) -> None:
+    if _conv_dw(cx, node):
+        return
+    a = node.attrs
+    x = cx.view(node.inputs[0])
+    w = cx.const_tensor(node.inputs[1])
+    if w is None:
+        raise cx.unsupported("the weight is not a constant")
+    cx.need_f32(x)
+    bias = cx.const_tensor(node.inputs[2]) if len(node.inputs) > 2 else None
+    if len(node.inputs) > 2 and bias is None:
+        raise cx.unsupported("the bias is not a constant")
+    mode = a.get("residual", "none")
+    act, alpha, beta = a.get("activation", "none"), a.get("alpha", 0.0), a.get("beta", 0.0)
+    stride, pad, dil = _conv_window(a, 2)
+    if a.get("layout", "NCHW") == "NHWC":
+        # the IR itself is channels-last: x is a plain [N, H, W, C] buffer
+        xp = cx.plain(node.inputs[0])
+        n, h, wd, c = xp.shape
+        src_shape, src_nhwc, src = [n, c, h, wd], True, xp
+        y = cx.new_value(node.out)
+        residual = cx.plain(node.inputs[3]) if mode != "none" else None
+        dst_nhwc = True
+        yn, yh, yw, yc = y.shape
+        dst_shape = [yn, yc, yh, yw]
+    else:
+        # oneDNN's fast convolutions read NHWC (an NCHW source takes its reference kernel:
+        # 5 s for ResNet-18's stem), so the image is reordered once
+        src = cx.as_nhwc(node.inputs[0])
+        src_shape, src_nhwc = list(src.shape), True
+        y = cx.new_value(node.out, nhwc=True)
+        residual = None
+        if mode != "none":
+            residual = cx.as_nhwc(node.inputs[3]) if y.nhwc else cx.plain(node.inputs[3])
+        dst_nhwc = y.nhwc
+        dst_shape = list(y.shape)
+    res_buf = residual.buf if residual is not None else -1
+    args = (src.buf, y.buf, res_buf, src_shape, w, bias, stride, pad[:2], pad[2:], dil,
+            int(a["groups"]), act, float(alpha), float(beta), mode, src_nhwc, dst_nhwc,
+            cx.threads, dst_shape)
+    cx.step("oneDNN conv", lambda ext, plan, name: ext.add_conv(plan, name, *args),
+            [src.buf] + ([res_buf] if residual is not None else []), [y.buf])
+
+
+@lowers("conv1d", "fused_conv1d")
+def _conv1d(cx: Lowerer, node: Node) -> None:
+    a = node.attrs
+    x = cx.plain(node.inputs[0])
+    cx.need_f32(x)
+    w = cx.const_tensor(node.inputs[1])
+    bias = cx.const_tensor(node.inputs[2]) if len(node.inputs) > 2 else None
+    if w is None or (len(node.inputs) > 2 and bias is None):
+        raise cx.unsupported("the weight or bias is not a constant")
+    mode = a.get("residual", "none")
+    y = cx.new_value(node.out)
+    residual = cx.plain(node.inputs[3]) if mode != "none" else None
+    res_buf = residual.buf if residual is not None else -1
+    stride, pad, dil = _conv_window(a, 1)
+    args = (x.buf, y.buf, res_buf, list(x.shape), w, bias, stride, pad[:1], pad[1:],
+            dil, int(a["groups"]), a.get("activation", "none"),
+            float(a.get("alpha", 0.0)), float(a.get("beta", 0.0)), mode, False, False,
+            cx.threads, list(y.shape))
+    cx.step("oneDNN conv", lambda ext, plan, name: ext.add_conv(plan, name, *args),
+            [x.buf] + ([res_buf] if residual is not None else []), [y.buf])

@@ -1,0 +1,246 @@
+// Helpers the CPU kernel files (cpu_*.cpp) share: threading, per-thread scratch buffers, the
+// vector exp and row reductions of softmax, and the blocked 2-d transpose. They have internal
+// linkage (an anonymous namespace), so each kernel file inlines them as it sees fit, as when
+// the kernels were one file.
+#pragma once
+
+#include "plan.h"
+#include "rt_exp.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(__AVX512F__) && !defined(RTINFER_NO_AVX512)
+#define RTINFER_AVX512 1
+#include <immintrin.h>
+#endif
+
+namespace rtinfer {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// -- threading and per-thread buffers ---------------------------------------------------------
+
+// Threads worth using for `work` elements: below `grain` elements a thread, the fork/join
+// (a few microseconds) costs more than the work it splits.
+int threads_for(const Ctx& ctx, int64_t work, int64_t grain = 16384) {
+  int64_t t = std::max(ctx.threads, 1);
+  return (int)std::max<int64_t>(1, std::min(t, work / grain));
+}
+
+// f(begin, end) over [0, n) split evenly over `nt` threads (inline when nt is 1).
+template <typename F>
+void parallel_for(int nt, int64_t n, const F& f) {
+  if (n <= 0) return;
+  if (nt <= 1 || n == 1) {
+    f(int64_t(0), n);
+    return;
+  }
+  nt = (int)std::min<int64_t>(nt, n);
+#pragma omp parallel num_threads(nt)
+  {
+    int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    int64_t b = n * t / T, e = n * (t + 1) / T;
+    if (b < e) f(b, e);
+  }
+}
+
+// A 64-byte aligned buffer of one thread that grows and is kept for the thread's later calls.
+struct GrowBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  ~GrowBuf() { std::free(p); }
+  void* get(size_t want) {
+    if (want > bytes) {
+      std::free(p);
+      bytes = (want + 4095) / 4096 * 4096;
+      p = std::aligned_alloc(64, bytes);
+      if (p == nullptr) {
+        bytes = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return p;
+  }
+};
+
+// Per-thread buffer `which` (0..3) of at least n floats; the families keep apart (attention:
+// 0 and 1, pooling: 2, reductions: 3) so one kernel's scratch never aliases another's.
+float* tls_floats(int which, size_t n) {
+  thread_local GrowBuf bufs[4];
+  return static_cast<float*>(bufs[which].get(std::max<size_t>(n, 16) * sizeof(float)));
+}
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+std::vector<float> float_vector(const std::optional<torch::Tensor>& t, int64_t n,
+                                const std::string& what) {
+  if (!t.has_value() || !t->defined()) return {};
+  auto c = t->to(torch::kFloat).contiguous();
+  if (c.numel() != n)
+    throw std::invalid_argument(what + " has " + std::to_string(c.numel()) +
+                                " elements, expected " + std::to_string(n));
+  const float* d = c.data_ptr<float>();
+  return std::vector<float>(d, d + n);
+}
+
+// `v`, checked to hold n values (`what` names it in the error).
+std::vector<int64_t> need(const std::vector<int64_t>& v, size_t n, const char* what) {
+  if (v.size() != n)
+    throw std::invalid_argument(std::string(what) + " needs " + std::to_string(n) + " values");
+  return v;
+}
+
+// -- exp: rt::exp (rt_exp.h) for scalars; the same polynomial 16 lanes at a time ----------------
+
+constexpr float kExpLo = -87.0f, kExpHi = 88.72283935546875f;
+
+#ifdef RTINFER_AVX512
+inline __m512 exp512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(kExpLo), hi = _mm512_set1_ps(kExpHi);
+  __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+  __m512 fn = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  __m512i n = _mm512_add_epi32(_mm512_cvtps_epi32(fn), _mm512_set1_epi32(126));
+  __m512 y = _mm512_mul_ps(_mm512_add_ps(p, p), _mm512_castsi512_ps(_mm512_slli_epi32(n, 23)));
+  y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), y, _mm512_setzero_ps());
+  y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), y, _mm512_set1_ps(kInf));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, x);
+}
+
+inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
+#endif
+
+// max of x[0, n) (-inf for n == 0)
+float row_max(const float* x, int64_t n) {
+#ifdef RTINFER_AVX512
+  __m512 m = _mm512_set1_ps(-kInf);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + j));
+  if (j < n) {
+    const __mmask16 k = tail_mask(n - j);
+    m = _mm512_mask_max_ps(m, k, m, _mm512_maskz_loadu_ps(k, x + j));
+  }
+  return _mm512_reduce_max_ps(m);
+#else
+  float m = -kInf;
+  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+#endif
+}
+
+// y[j] = exp(x[j] - m) over [0, n); returns the sum (y may be x)
+float exp_sub_sum(const float* x, float* y, int64_t n, float m) {
+#ifdef RTINFER_AVX512
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512 s = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv));
+    _mm512_storeu_ps(y + j, e);
+    s = _mm512_add_ps(s, e);
+  }
+  if (j < n) {
+    __mmask16 k = tail_mask(n - j);
+    __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mv));
+    _mm512_mask_storeu_ps(y + j, k, e);
+    s = _mm512_add_ps(s, _mm512_maskz_mov_ps(k, e));
+  }
+  return _mm512_reduce_add_ps(s);
+#else
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) {
+    float e = rt::exp(x[j] - m);
+    y[j] = e;
+    s += e;
+  }
+  return s;
+#endif
+}
+
+void scale_row(float* y, int64_t n, float c) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) y[j] *= c;
+}
+
+// -- transposes ------------------------------------------------------------------------------
+
+#ifdef RTINFER_AVX512
+// r[i] = column i of the 16 x 16 block whose rows are r[0..16)
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4i + m], 128-bit lane k: rows 4i..4i+3 at column 4k + m
+  __m512 u[16];
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 a88 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);
+    const __m512 aDD = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
+    const __m512 b88 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+    const __m512 bDD = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+    r[m] = _mm512_shuffle_f32x4(a88, b88, 0x88);       // column m
+    r[8 + m] = _mm512_shuffle_f32x4(a88, b88, 0xDD);   // column 8 + m
+    r[4 + m] = _mm512_shuffle_f32x4(aDD, bDD, 0x88);   // column 4 + m
+    r[12 + m] = _mm512_shuffle_f32x4(aDD, bDD, 0xDD);  // column 12 + m
+  }
+}
+#endif
+
+// out[a + t * ot] = in[a * ia + t] for a < na, t < nt: the 2-d transpose under a copy.
+template <typename T>
+void transpose_block(const T* in, int64_t ia, T* out, int64_t ot, int64_t na, int64_t nt) {
+  constexpr int64_t B = 16;
+  for (int64_t t0 = 0; t0 < nt; t0 += B) {
+    const int64_t tn = std::min(B, nt - t0);
+    for (int64_t a0 = 0; a0 < na; a0 += B) {
+      const int64_t an = std::min(B, na - a0);
+#ifdef RTINFER_AVX512
+      if constexpr (sizeof(T) == 4) {  // float or any 4-byte type: moved as float bits
+        if (tn == B && an == B) {
+          __m512 r[16];
+          for (int i = 0; i < 16; ++i)
+            r[i] = _mm512_loadu_ps(reinterpret_cast<const float*>(in + (a0 + i) * ia + t0));
+          transpose16(r);
+          for (int i = 0; i < 16; ++i)
+            _mm512_storeu_ps(reinterpret_cast<float*>(out + (t0 + i) * ot + a0), r[i]);
+          continue;
+        }
+      }
+#endif
+      for (int64_t t = t0; t < t0 + tn; ++t)
+        for (int64_t a = a0; a < a0 + an; ++a) out[a + t * ot] = in[a * ia + t];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace rtinfer
