@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtinfer.errors import UnsupportedOpsError
-from rtinfer.frontends.onnx_frontend import NotConstant, Unsupported, capture_onnx
+from rtinfer.errors import CaptureError, IRError, Unsupported, UnsupportedOpsError
+from rtinfer.frontends.onnx_frontend import NotConstant, capture_onnx
 from rtinfer.ir import interpret
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "onnx-conformance.md"
@@ -62,9 +62,10 @@ def _classify(e: BaseException) -> str:
         return "unsupported op"
     if "unsupported dtype" in msg or "has no rtinfer dtype" in msg or "not a tensor" in msg:
         return "unsupported dtype"
-    if isinstance(e, NotConstant):
+    # a node the frontend cannot express is a CaptureError caused by the rule's Unsupported
+    if isinstance(e.__cause__, NotConstant):
         return "needs a constant"
-    if isinstance(e, Unsupported):
+    if isinstance(e.__cause__, (Unsupported, IRError)):
         return "unsupported attribute/input"
     return "error"
 
@@ -91,12 +92,15 @@ def run_case(case) -> Result:
         try:
             graph = capture_onnx(case.model, constant_inputs=frozen)
             break
-        except NotConstant as e:
+        except CaptureError as e:
+            if not isinstance(e.__cause__, NotConstant):
+                return Result(case.name, op, False, _classify(e), str(e).splitlines()[0][:200])
+            name = e.__cause__.input_name  # freeze that input to the case's data and retry
             named = _data_inputs(case, data[0][0]) if data else {}
-            if e.input_name not in named or e.input_name in frozen or len(data) != 1:
+            if name not in named or name in frozen or len(data) != 1:
                 return Result(case.name, op, False, "needs a constant", str(e)[:200])
-            frozen[e.input_name] = np.asarray(named[e.input_name])
-        except Exception as e:  # noqa: BLE001  (classified and reported per case)
+            frozen[name] = np.asarray(named[name])
+        except Exception as e:  # classified and reported per case
             return Result(case.name, op, False, _classify(e), str(e).splitlines()[0][:200])
     if graph is None:
         return Result(case.name, op, False, "needs a constant", "too many frozen inputs")
@@ -123,7 +127,7 @@ def run_case(case) -> Result:
     except AssertionError as e:
         return Result(case.name, op, False, "wrong result", str(e).strip().splitlines()[0][:200],
                       bool(frozen))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # any failure of the reference run is reported per case
         return Result(case.name, op, False, "error", str(e).splitlines()[0][:200], bool(frozen))
     return Result(case.name, op, True, "", "", bool(frozen))
 
