@@ -1,6 +1,6 @@
 """rtinfer: a graph compiler for real-time deep-learning inference."""
 
-from rtinfer import ir
+from rtinfer import ir, passes  # importing passes installs the built-in passes and pipelines
 from rtinfer.bisector import BisectResult, bisect
 from rtinfer.compile import CompiledModel, compile, load
 from rtinfer.errors import RtinferError
@@ -18,6 +18,6 @@ from rtinfer.version import __version__
 
 __all__ = [
     "BisectResult", "CompiledModel", "Option", "PassContext", "RtinferError", "__version__",
-    "bisect", "capture", "compile", "export_onnx", "graph_pass", "ir", "load", "optimize",
+    "bisect", "capture", "compile", "export_onnx", "graph_pass", "ir", "load", "passes", "optimize",
     "register_pass", "register_pipeline", "run_pipeline",
 ]

@@ -1,7 +1,12 @@
-"""rtinfer's passes, one file each. Every built-in pass module is imported here, and nowhere
-else registers passes: importing this package is what makes them known. The registry imports it
-on its first lookup."""
+"""rtinfer's built-in passes, one file each, and the named pipelines.
 
+Every pass module exports its record (``@graph_pass`` builds a ``Pass``, registering nothing);
+this file lists them all and installs them, with the pipelines, into the pass manager's
+registry once, when the package is imported (the package face ``rtinfer`` imports it). The pass
+manager never imports the passes.
+"""
+
+from rtinfer.pass_manager import install
 from rtinfer.passes import (
     canonicalize,
     cse,
@@ -19,6 +24,18 @@ from rtinfer.passes import (
     pipelines,
 )
 
-__all__ = ["canonicalize", "cse", "dce", "fold_batchnorm", "fold_constants",
+BUILTIN_PASSES = [
+    # cleanup
+    fold_constants.fold_constants, canonicalize.canonicalize, cse.cse, dce.dce,
+    # fusion
+    fold_batchnorm.fold_batchnorm, fuse_epilogue.fuse_epilogue, fuse_gelu.fuse_gelu,
+    fuse_layernorm.fuse_layernorm, fuse_attention.fuse_attention, fuse_mha.fuse_mha,
+    merge_parallel_linears.merge_parallel_linears, fuse_elementwise.fuse_elementwise,
+    layout.layout,
+]
+
+install(BUILTIN_PASSES, pipelines.PIPELINES)
+
+__all__ = ["BUILTIN_PASSES", "canonicalize", "cse", "dce", "fold_batchnorm", "fold_constants",
            "fuse_attention", "fuse_elementwise", "fuse_epilogue", "fuse_gelu", "fuse_layernorm",
            "fuse_mha", "layout", "merge_parallel_linears", "pipelines"]

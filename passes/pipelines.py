@@ -9,17 +9,19 @@ fuse-elementwise, e.g. ``"O2,layout,fuse-elementwise,dce"`` (transposes do not s
 fused_elementwise nodes).
 """
 
-from rtinfer.pass_manager import register_pipeline
+from rtinfer.pass_manager import NamedPipeline
 
-register_pipeline("O0", "", "no optimization")
-register_pipeline("O1", "fold-constants,canonicalize,cse,dce",
-                  "cheap cleanups: fold constants, canonicalize, merge duplicates, drop dead nodes")
-register_pipeline("O2", "O1,fold-batchnorm,fuse-epilogue,dce",
-                  "O1, then fold batch norms and fuse conv/linear/matmul epilogues")
-register_pipeline("O3", "O1,fuse-gelu,fuse-layernorm,fuse-attention,fuse-mha,dce,O2,"
+PIPELINES = [
+    NamedPipeline("O0", "", "no optimization"),
+    NamedPipeline("O1", "fold-constants,canonicalize,cse,dce",
+                  "cheap cleanups: fold constants, canonicalize, merge duplicates, drop dead "
+                  "nodes"),
+    NamedPipeline("O2", "O1,fold-batchnorm,fuse-epilogue,dce",
+                  "O1, then fold batch norms and fuse conv/linear/matmul epilogues"),
+    NamedPipeline("O3", "O1,fuse-gelu,fuse-layernorm,fuse-attention,fuse-mha,dce,O2,"
                         "merge-parallel-linears,fuse-elementwise,dce",
                   "O1, then fuse GELU, LayerNorm/RMSNorm and attention spelled out into single "
                   "ops (before fuse-epilogue would split them) and attention with its head "
                   "split/merge into multi_head_attention, then O2, then merge the Q/K/V "
-                  "projections, then fuse the remaining elementwise chains")
-
+                  "projections, then fuse the remaining elementwise chains"),
+]

@@ -51,7 +51,8 @@ def relu_idempotent(graph: Graph, ctx: PassContext) -> None:
             ctx.stat("folded")
 
 
-@rtinfer.graph_pass("test-add-to-sub", summary="a deliberately wrong pass: add(a, b) -> sub(a, b)")
+@rtinfer.register_pass("test-add-to-sub",
+                       summary="a deliberately wrong pass: add(a, b) -> sub(a, b)")
 def add_to_sub(graph: Graph, ctx: PassContext) -> None:
     rw = Rewriter(graph, ctx)
     for node in list(graph.nodes):

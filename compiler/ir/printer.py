@@ -207,10 +207,17 @@ def _format_node(node: Node, name: Namer, indent: str = "", *, full_constants: b
     return s
 
 
-def format_node(node: Node) -> str:
-    """One node as it prints in its graph (names from the graph it is in, if any)."""
-    name = graph_namer(node.graph) if node.graph is not None else Namer(
-        list(node.inputs) + list(node.outputs))
+def format_node(node: Node, namer: Namer | None = None) -> str:
+    """One node as it prints in its graph (names from the graph it is in, if any). ``namer``
+    keeps SSA names stable across texts taken before and after a change (the Rewriter's
+    events); values it has not seen get names."""
+    if namer is not None:
+        for v in (*node.inputs, *node.outputs):
+            namer.add(v)
+        name = namer
+    else:
+        name = graph_namer(node.graph) if node.graph is not None else Namer(
+            list(node.inputs) + list(node.outputs))
     try:
         return _format_node(node, name)
     except Exception as e:  # noqa: BLE001  (used in error messages: never fail)

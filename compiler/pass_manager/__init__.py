@@ -27,6 +27,7 @@ from rtinfer.pass_manager.registry import (
     get_pass,
     get_pipeline,
     graph_pass,
+    install,
     list_passes,
     list_pipelines,
     register_pass,
@@ -41,6 +42,6 @@ __all__ = [
     "Option", "Pass", "PassContext", "PassInvocation", "PassRecord", "PipelineResult",
     "PipelineRun", "PrintIR", "RewriteEvent", "RuleReport", "Statistics", "Timing", "Verify",
     "check_requirements", "compare_outputs", "format_pipeline", "get_pass", "get_pipeline",
-    "graph_pass", "invocation", "list_passes", "list_pipelines", "optimize", "parse_pipeline",
-    "register_pass", "register_pipeline", "run_pipeline", "unregister_pass",
+    "graph_pass", "install", "invocation", "list_passes", "list_pipelines", "optimize",
+    "parse_pipeline", "register_pass", "register_pipeline", "run_pipeline", "unregister_pass",
 ]

@@ -9,35 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
 from rtinfer.errors import NumericsError, PassError, RtinferError, VerifyError
-from rtinfer.pass_manager.context import Decline, PassContext, RewriteEvent
+from rtinfer.pass_manager.context import PassContext, PassRecord
 
 if TYPE_CHECKING:
     from rtinfer.ir.graph import Graph
     from rtinfer.pass_manager.pipeline import PassInvocation
-
-
-@dataclass
-class PassRecord:
-    """What one pass did: statistics, rule applications and declines, change flag, time."""
-
-    index: int
-    name: str
-    label: str
-    options: dict[str, Any]
-    stats: dict[str, int] = field(default_factory=dict)
-    applications: dict[str, int] = field(default_factory=dict)
-    declines: list[Decline] = field(default_factory=list)
-    changed: bool = False
-    seconds: float = 0.0
-    events: list[RewriteEvent] = field(default_factory=list, repr=False)
-    matches: dict[str, int] = field(default_factory=dict)  # rule -> structural matches
-    expects: tuple[str, ...] = ()  # rules expected to apply (the pass's and the run's)
-    near_misses: dict[str, Any] = field(default_factory=dict)  # rule -> rewrite.NearMiss
 
 
 class PipelineRun:

@@ -12,7 +12,6 @@ so they are always present. Code outside rtinfer registers its own passes the sa
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -185,20 +184,6 @@ class NamedPipeline:
 
 _PASSES: dict[str, Pass] = {}
 _PIPELINES: dict[str, NamedPipeline] = {}
-_builtins_loaded = False
-
-
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True  # set first: the import registers passes through this module
-        try:
-            importlib.import_module("rtinfer.passes")
-        except BaseException:
-            _builtins_loaded = False
-            raise
-
-
 def _close(name: str, names) -> str:
     close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
@@ -211,7 +196,7 @@ def register_pass(p: Pass | str, fn: PassFn | None = None, /, *, summary: str = 
 
         register_pass(Pass("my-pass", fn, "summary"))          # a record
         register_pass("my-pass", fn, summary="...")            # a function
-        @register_pass("my-pass", summary="...")               # a decorator (= graph_pass)
+        @register_pass("my-pass", summary="...")               # a decorator
 
     Returns the ``Pass`` (the decorator form replaces the function by its ``Pass``, which is
     callable). Registering a different function under a taken name is an error unless
@@ -233,15 +218,28 @@ def register_pass(p: Pass | str, fn: PassFn | None = None, /, *, summary: str = 
 
 def graph_pass(name: str, *, summary: str = "", requires: Sequence[str] = (),
                options: dict[str, Option] | None = None, version: int = 1,
-               replace: bool = False, expects: Sequence[str] = ()
-               ) -> Callable[[PassFn], Pass]:
-    """Decorator declaring ``def fn(graph, ctx) -> None`` as the pass ``name``."""
-    return register_pass(name, summary=summary, requires=requires, options=options,
-                         version=version, replace=replace, expects=expects)
+               expects: Sequence[str] = ()) -> Callable[[PassFn], Pass]:
+    """Decorator declaring ``def fn(graph, ctx) -> None`` as the pass record ``name``. It
+    registers nothing: a package installs its records with ``install`` (rtinfer's built-ins are
+    listed in ``rtinfer/passes/__init__.py``), or ``register_pass`` registers one directly."""
+    def decorator(fn: PassFn) -> Pass:
+        doc = (fn.__doc__ or "").strip()
+        return Pass(name, fn, summary or (doc.splitlines()[0] if doc else ""), tuple(requires),
+                    dict(options or {}), version, tuple(expects))
+    return decorator
+
+
+def install(passes: Sequence[Pass], pipelines: Sequence[NamedPipeline] = ()) -> None:
+    """Register a package's pass records and named pipelines, once: installing the same records
+    again (a module reloaded) is a no-op; another pass under a taken name is an error."""
+    for p in passes:
+        _add(p, replace=False)
+    for np_ in pipelines:
+        register_pipeline(np_.name, np_.pipeline, np_.summary, replace=_PIPELINES.get(
+            np_.name) == np_)
 
 
 def _add(p: Pass, replace: bool) -> Pass:
-    _load_builtins()  # so that a user's pass cannot silently take a built-in's name
     old = _PASSES.get(p.name)
     if old is not None and not replace and old.source != p.source:
         raise PipelineError(f"pass '{p.name}' is already registered (by {old.source}); "
@@ -261,7 +259,6 @@ def register_pipeline(name: str, pipeline: str, summary: str = "",
                       replace: bool = False) -> NamedPipeline:
     """Name a pipeline string; the name can then be used in pipelines (``"O1,my-pass"``).
     The string is parsed when used, so it may name passes registered later."""
-    _load_builtins()
     if not _PIPELINE_NAME_RE.match(name):
         raise PipelineError(f"invalid pipeline name {name!r}")
     if name in _PASSES:
@@ -275,7 +272,6 @@ def register_pipeline(name: str, pipeline: str, summary: str = "",
 
 
 def get_pass(name: str) -> Pass:
-    _load_builtins()
     try:
         return _PASSES[name]
     except KeyError:
@@ -287,15 +283,12 @@ def get_pass(name: str) -> Pass:
 
 
 def get_pipeline(name: str) -> NamedPipeline | None:
-    _load_builtins()
     return _PIPELINES.get(name)
 
 
 def list_passes() -> list[Pass]:
-    _load_builtins()
     return [_PASSES[k] for k in sorted(_PASSES)]
 
 
 def list_pipelines() -> list[NamedPipeline]:
-    _load_builtins()
     return [_PIPELINES[k] for k in sorted(_PIPELINES)]

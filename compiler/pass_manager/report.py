@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rtinfer.rewrite.pattern import NearMiss
+
 if TYPE_CHECKING:
-    from rtinfer.pass_manager.instruments import PassRecord
+    from rtinfer.pass_manager.context import PassRecord
 
 
 @dataclass
@@ -30,7 +32,7 @@ class RuleReport:
     applications: int = 0
     declines: list[str] = field(default_factory=list)  # reasons, in order
     expected: bool = False
-    near_miss: Any = None  # rewrite.NearMiss, for expected rules that never matched
+    near_miss: NearMiss | None = None  # for expected rules that never matched
 
     @property
     def missed(self) -> bool:

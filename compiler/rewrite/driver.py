@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from rtinfer.errors import PassError
 from rtinfer.ir.graph import Graph, Node, Value
-from rtinfer.pass_manager.context import PassContext, RewriteEvent
+from rtinfer.rewrite.events import RewriteEvent, RewriteLog
 from rtinfer.rewrite.pattern import (
     Capture,
     Match,
@@ -111,13 +111,13 @@ class RuleSet:
     def __repr__(self) -> str:
         return f"<RuleSet {self.name}: {', '.join(r.name for r in self.rules)}>"
 
-    def apply(self, graph: Graph, ctx: PassContext | None = None) -> int:
+    def apply(self, graph: Graph, ctx: RewriteLog | None = None) -> int:
         """Rewrite ``graph`` until no rule applies; return the number of applications.
 
         Stops early, without error, when ``ctx``'s rewrite budget runs out.
         """
         if ctx is None:
-            ctx = PassContext(pass_name=self.name)
+            ctx = RewriteLog(pass_name=self.name)
         pass_name = ctx.pass_name if ctx.pass_name != "<none>" else self.name
         rw = Rewriter(graph, ctx, pass_name)
         limit = self.max_applications or 10 * len(graph.nodes) + 1000

@@ -14,50 +14,15 @@ import numpy as np
 
 from rtinfer.errors import PassError
 from rtinfer.ir.graph import NO_PROVENANCE, Graph, Node, Provenance, Value
+from rtinfer.ir.printer import Namer, format_node
 from rtinfer.ir.types import DType
-from rtinfer.pass_manager.context import Decline, PassContext
+from rtinfer.rewrite.events import Decline, RewriteLog
 
 
-def node_text(node: Node, namer: Any = None) -> str:
-    """A node's IR text, as the printer writes it; ``namer`` (a ``printer.Namer``) keeps SSA
-    names stable across texts taken before and after a change."""
-    try:
-        from rtinfer.ir.printer import Namer, _format_node, format_node
-    except ImportError:
-        return _fallback_text(node)
-    if namer is None:
-        return format_node(node)
-    assert isinstance(namer, Namer)
-    for v in (*node.inputs, *node.outputs):
-        namer.add(v)
-    try:
-        return _format_node(node, namer)
-    except Exception as e:  # noqa: BLE001  (texts for reports must never fail)
-        return f"{node.op}(<unprintable: {e}>)"
-
-
-def _new_namer(graph: Graph) -> Any:
-    try:
-        from rtinfer.ir.printer import Namer
-    except ImportError:
-        return None
-    return Namer(list(graph.values()))
-
-
-def _value_name(v: Value) -> str:
-    return f"%{v.name or v._id}"
-
-
-def _fallback_text(node: Node) -> str:
-    outs = ", ".join(_value_name(v) for v in node.outputs)
-    attrs = {k: v for k, v in node.attrs.items() if not isinstance(v, np.ndarray)}
-    if node.op == "const":
-        a = node.attrs["value"]
-        attrs = {"shape": tuple(a.shape)} if a.size > 4 else {"value": a.tolist()}
-    text = f"{outs} = {node.op}({', '.join(_value_name(v) for v in node.inputs)})"
-    if attrs:
-        text += " {" + ", ".join(f"{k}={v!r}" for k, v in attrs.items()) + "}"
-    return text
+def node_text(node: Node, namer: Namer | None = None) -> str:
+    """A node's IR text, as the printer writes it; ``namer`` keeps SSA names stable across
+    texts taken before and after a change."""
+    return format_node(node, namer)
 
 
 class Rewriter:
@@ -68,20 +33,20 @@ class Rewriter:
     ``root.provenance.derive("pass/rule")``.
     """
 
-    def __init__(self, graph: Graph, ctx: PassContext | None = None, pass_name: str | None = None):
+    def __init__(self, graph: Graph, ctx: RewriteLog | None = None, pass_name: str | None = None):
         self.graph = graph
-        self.ctx = ctx if ctx is not None else PassContext(pass_name or "<none>")
+        self.ctx = ctx if ctx is not None else RewriteLog(pass_name or "<none>")
         self.pass_name = pass_name or self.ctx.pass_name
         self.root: Node | None = None
         self.rule: str = ""
         self.changes = 0  # every mutation, over the rewriter's life
         self.created: list[Node] = []  # nodes made since the last ``begin``
         self.touched: list[Node] = []  # nodes to revisit after a change
-        self.declined: str | None = None
+        self._declined: Decline | None = None
         self._edits = 0  # mutations other than creating nodes, since the last ``begin``
         self._before: str | None = None
         self._before_nodes: list[Node] = []
-        self._namer: Any = None  # one naming for every text this rewriter takes
+        self._namer: Namer | None = None  # one naming for every text this rewriter takes
 
     # -- the rule driver's hooks ---------------------------------------------------------------
 
@@ -89,7 +54,7 @@ class Rewriter:
         """Start rewriting at ``root`` for ``rule``; ``before``: the matched nodes, whose text
         is taken before the first mutation."""
         self.root, self.rule = root, rule
-        self.created, self.declined, self._edits = [], None, 0
+        self.created, self._declined, self._edits = [], None, 0
         self._before_nodes = before if before is not None else ([root] if root else [])
         self._before = None
 
@@ -102,14 +67,12 @@ class Rewriter:
     def text(self, node: Node) -> str:
         """``node``'s IR text, with SSA names that stay the same over this rewriter's life."""
         if self._namer is None:
-            self._namer = _new_namer(self.graph)
+            self._namer = Namer(list(self.graph.values()))
         return node_text(node, self._namer)
 
     def value_text(self, v: Value) -> str:
         if self._namer is None:
-            self._namer = _new_namer(self.graph)
-        if self._namer is None:
-            return _value_name(v)
+            self._namer = Namer(list(self.graph.values()))
         self._namer.add(v)
         return self._namer(v)
 
@@ -229,13 +192,21 @@ class Rewriter:
 
     # -- declining -------------------------------------------------------------------------------
 
-    def decline(self, reason: str) -> None:
+    def decline(self, reason: str, *args: Any) -> None:
         """Record that the rule matched but refused, and why. Returns None, so a rule can end
-        with ``return rw.decline("...")``."""
-        self.declined = reason
-        node = self.text(self.root) if self.root is not None else ""
-        self.ctx.record_decline(Decline(self.pass_name, self.rule, reason, node))
+        with ``return rw.decline("...")``. With ``args``, ``reason`` is a ``str.format``
+        template filled in only when a report reads it:
+        ``rw.decline("conv output has {} users", len(users))``."""
+        d = Decline(self.pass_name, self.rule, reason,
+                    self.text(self.root) if self.root is not None else "", args)
+        self._declined = d
+        self.ctx.record_decline(d)
         return None
+
+    @property
+    def declined(self) -> str | None:
+        """The reason of the last decline of the rule being applied, or None."""
+        return None if self._declined is None else self._declined.reason
 
     def _where(self) -> str:
         return f"{self.pass_name}/{self.rule}" if self.rule else self.pass_name
