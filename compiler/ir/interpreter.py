@@ -36,7 +36,7 @@ def _shape_str(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _eval_dim(d: Dim, env: Bindings) -> int | None:
+def eval_dim(d: Dim, env: Bindings) -> int | None:
     """A dim's size under the bindings (None if a symbol in it is unbound)."""
     if isinstance(d, int):
         return d
@@ -72,8 +72,8 @@ def bind_dims(types: Sequence[TensorType], shapes: Sequence[tuple[int, ...]],
             elif unbound:
                 raise _Mismatch(i, f"cannot bind {', '.join(map(str, sorted(unbound, key=str)))}"
                                    f" from {d} alone")
-            if _eval_dim(d, env) != n:
-                raise _Mismatch(i, f"{d} is {_eval_dim(d, env)} but the size is {n}")
+            if eval_dim(d, env) != n:
+                raise _Mismatch(i, f"{d} is {eval_dim(d, env)} but the size is {n}")
     return env
 
 
@@ -124,7 +124,7 @@ def _check_result(node: Node, i: int, a: np.ndarray, env: Bindings) -> None:
     for d, n in zip(t.shape, a.shape, strict=True):
         if isinstance(d, sympy.Symbol) and d not in env:
             env[d] = n  # a symbol first seen in a result (a data-dependent size)
-        size = _eval_dim(d, env)
+        size = eval_dim(d, env)
         if size is not None and size != n:
             raise fail(f"dim {d} is {size}")
 
@@ -180,7 +180,7 @@ def random_inputs(graph: Graph, seed: int = 0, dims: dict[str, int] | None = Non
     for v in graph.inputs:
         t = v.type
         env = {s: dims.get(s.name, 2) for s in t.symbols()}
-        shape = tuple(_eval_dim(d, env) for d in t.shape)
+        shape = tuple(eval_dim(d, env) for d in t.shape)
         if t.dtype.is_float:
             a = rng.standard_normal(shape).astype(t.dtype.np)
         elif t.dtype.is_int:

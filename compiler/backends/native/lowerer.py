@@ -35,7 +35,7 @@ from rtinfer.backends.registry import registrar
 from rtinfer.backends.torch_backend import build_module
 from rtinfer.errors import BackendError, Unsupported
 from rtinfer.ir.graph import Graph, Node, Value
-from rtinfer.ir.interpreter import _eval_dim, bind_dims
+from rtinfer.ir.interpreter import bind_dims, eval_dim
 from rtinfer.ir.printer import format_node
 from rtinfer.ir.types import DType, TensorType
 from rtinfer.kernels import codegen
@@ -110,7 +110,7 @@ class Lowerer:
     def shape(self, v: Value) -> tuple[int, ...]:
         out = []
         for d in v.type.shape:
-            n = _eval_dim(d, self.env)
+            n = eval_dim(d, self.env)
             if n is None:
                 raise self.unsupported(f"the size {d} of {v.type} is not known from the inputs")
             out.append(int(n))

@@ -8,7 +8,7 @@ import math
 from rtinfer.backends.native.lowerer import Lowerer, lowers
 from rtinfer.backends.native.plan import View, contiguous_strides
 from rtinfer.ir.graph import Node
-from rtinfer.ir.ops.shape import _slice_params, _slice_range
+from rtinfer.ir.ops.shape import slice_params, slice_range
 from rtinfer.ir.types import DType
 
 
@@ -83,8 +83,8 @@ def _slice(cx: Lowerer, node: Node) -> None:
     if x.nhwc:
         x = cx.plain(node.inputs[0])
     shape, strides, offset = list(x.shape), list(x.strides), x.offset
-    for axis, start, end, step in _slice_params(len(x.shape), node.attrs):
-        s, _, n = (int(t) for t in _slice_range(x.shape[axis], start, end, step))
+    for axis, start, end, step in slice_params(len(x.shape), node.attrs):
+        s, _, n = (int(t) for t in slice_range(x.shape[axis], start, end, step))
         offset += s * strides[axis]
         shape[axis] = n
         strides[axis] *= step

@@ -20,7 +20,7 @@ from rtinfer.backends.torch_emit.context import (
 )
 from rtinfer.backends.torch_emit.mkldnn import mkldnn_conv, use_mkldnn
 from rtinfer.ir.ops.common import conv_out_dim, expand_ints, expand_pads
-from rtinfer.ir.ops.nn import _resize_axis, _resize_geometry
+from rtinfer.ir.ops.nn import resize_axis, resize_geometry
 
 # -- linear algebra ---------------------------------------------------------------------------
 
@@ -180,15 +180,15 @@ def _resize_matrix(n_in: int, axis_scale: float, n_out: int, roi: tuple[float, f
     op table's own reference, applied to the identity (and to zeros for c, which is the
     extrapolation value outside a tf_crop_and_resize ROI)."""
     a = dict(attrs)
-    c = _resize_axis(np.zeros((n_in, 1)), 0, axis_scale, n_out, roi, a)
-    m = _resize_axis(np.eye(n_in), 0, axis_scale, n_out, roi, a) - c
+    c = resize_axis(np.zeros((n_in, 1)), 0, axis_scale, n_out, roi, a)
+    m = resize_axis(np.eye(n_in), 0, axis_scale, n_out, roi, a) - c
     return m, c[:, 0]
 
 
 def _resize(x: torch.Tensor, attrs: tuple) -> torch.Tensor:
     """ONNX Resize at run time, axis by axis, in float64 as the reference computes."""
     a = dict(attrs)
-    out, scales = _resize_geometry(tuple(x.shape), a)
+    out, scales = resize_geometry(tuple(x.shape), a)
     rank = x.dim()
     roi = a["roi"] or (0.0,) * rank + (1.0,) * rank
     y = x.to(torch.float64)

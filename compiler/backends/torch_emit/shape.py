@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.fx.proxy import Proxy
 
 from rtinfer.backends.torch_emit.context import EMITTERS, EmitContext, emits, torch_pads
-from rtinfer.ir.ops.shape import _BIG, _slice_params, _slice_range
+from rtinfer.ir.ops.shape import SLICE_END_MAX, slice_params, slice_range
 from rtinfer.ir.types import Dim
 
 
@@ -84,18 +84,18 @@ def _split(cx: EmitContext, x, axis, sizes):
 @emits("slice")
 def _slice(cx: EmitContext, x, starts, ends, axes, steps):
     t = cx.in_types[0]
-    for axis, start, end, step in _slice_params(t.rank, dict(starts=starts, ends=ends, axes=axes,
+    for axis, start, end, step in slice_params(t.rank, dict(starts=starts, ends=ends, axes=axes,
                                                              steps=steps)):
         d = t.shape[axis]
         idx: list[Any] = [slice(None)] * t.rank
         if isinstance(d, int):  # exact ONNX clamping
-            s, e, n = (int(v) for v in _slice_range(d, start, end, step))
+            s, e, n = (int(v) for v in slice_range(d, start, end, step))
             if step < 0:  # torch has no negative steps: flip, then slice forward
                 x, s, step = torch.flip(x, (axis,)), d - 1 - s, -step
             idx[axis] = slice(s, s + (n - 1) * step + 1 if n else s, step)
         else:  # indices assumed in range (as the op table infers the length)
-            start = None if abs(start) >= _BIG else start
-            end = None if abs(end) >= _BIG else end
+            start = None if abs(start) >= SLICE_END_MAX else start
+            end = None if abs(end) >= SLICE_END_MAX else end
             if step < 0:  # element i of the flipped axis is element d-1-i
                 x, step = torch.flip(x, (axis,)), -step
                 start = None if start is None else -1 - start

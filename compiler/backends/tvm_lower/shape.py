@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from rtinfer.backends.tvm_lower.context import LowerContext, lower_table, lowers, relax_ops
-from rtinfer.ir.ops.shape import _slice_params, _slice_range
+from rtinfer.ir.ops.shape import slice_params, slice_range
 from rtinfer.ir.types import DType
 
 
@@ -44,12 +44,12 @@ def _split(cx: LowerContext, x, axis, sizes):
 def _slice(cx: LowerContext, x, starts, ends, axes, steps):
     R = relax_ops()
     t = cx.in_types[0]
-    for axis, start, end, step in _slice_params(t.rank, dict(starts=starts, ends=ends,
+    for axis, start, end, step in slice_params(t.rank, dict(starts=starts, ends=ends,
                                                               axes=axes, steps=steps)):
         d = t.shape[axis]
         if not isinstance(d, int):
             raise cx.unsupported(f"slice of the symbolic axis {axis}")
-        s, e, n = (int(v) for v in _slice_range(d, start, end, step))
+        s, e, n = (int(v) for v in slice_range(d, start, end, step))
         index = cx.const(np.arange(s, s + n * step, step, dtype=np.int64)[:n], DType.i64)
         x = cx.emit(R.take(x, index, axis))
     return x

@@ -386,7 +386,7 @@ _COORD_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "ali
 _NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
-def _resize_geometry(shape, attrs: dict) -> tuple[tuple, tuple]:
+def resize_geometry(shape, attrs: dict) -> tuple[tuple, tuple]:
     """(output shape, scale per axis); scales give floor(in * scale), sizes give scale
     size / in, both given are used as is."""
     rank = len(shape)
@@ -431,7 +431,7 @@ def _resize_infer(ins: list[TensorType], attrs: dict) -> TensorType:
     if attrs["roi"] and len(attrs["roi"]) != 2 * x.rank:
         raise IRError(f"roi needs {2 * x.rank} values (starts then ends), got "
                       f"{list(attrs['roi'])}")
-    out, scales = _resize_geometry(x.shape, attrs)
+    out, scales = resize_geometry(x.shape, attrs)
     if None in scales:
         raise IRError(f"sizes {list(attrs['sizes'])} resize a symbolic dim of {x}; give scales")
     return x.with_shape(out)
@@ -466,7 +466,7 @@ def _keys(t: np.ndarray, a: float) -> np.ndarray:
     return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
 
 
-def _resize_axis(x: np.ndarray, axis: int, scale: float, n_out: int, roi, attrs: dict):
+def resize_axis(x: np.ndarray, axis: int, scale: float, n_out: int, roi, attrs: dict):
     n_in = x.shape[axis]
     y = np.arange(n_out, dtype=np.float64)
     ctm = attrs["coordinate_transformation_mode"]
@@ -511,7 +511,7 @@ def _resize_axis(x: np.ndarray, axis: int, scale: float, n_out: int, roi, attrs:
 
 
 def _resize_ref(x: np.ndarray, **attrs) -> np.ndarray:
-    out, scales = _resize_geometry(x.shape, attrs)
+    out, scales = resize_geometry(x.shape, attrs)
     rank = x.ndim
     roi = attrs["roi"] or (0.0,) * rank + (1.0,) * rank
     y = x.astype(np.float64)
@@ -519,7 +519,7 @@ def _resize_ref(x: np.ndarray, **attrs) -> np.ndarray:
         if out[ax] == y.shape[ax] and math.isclose(scales[ax], 1.0) and (
                 roi[ax], roi[rank + ax]) == (0.0, 1.0):
             continue
-        y = _resize_axis(y, ax, float(scales[ax]), int(out[ax]), (roi[ax], roi[rank + ax]),
+        y = resize_axis(y, ax, float(scales[ax]), int(out[ax]), (roi[ax], roi[rank + ax]),
                          attrs)
     if x.dtype.kind in "iu":
         info = np.iinfo(x.dtype)

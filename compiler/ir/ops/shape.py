@@ -26,7 +26,7 @@ from rtinfer.ir.ops.registry import INJECTIVE, OPAQUE, Attr, PortAxis, op
 from rtinfer.ir.types import Dim, DType, QuantParams, TensorType, dims_equal, make_dim, numel
 
 # |index| at or past this is ONNX's "to the end" sentinel (INT64_MAX / INT64_MIN)
-_BIG = 2**62
+SLICE_END_MAX = 2**62
 
 
 def _carry_quant(x: TensorType, axis_map: dict[int, int] | None, what: str) -> QuantParams | None:
@@ -349,7 +349,7 @@ op("split", ["x"], _split_infer, _split_ref,
 # -- slice ------------------------------------------------------------------------------------
 
 
-def _slice_params(rank: int, attrs: dict) -> list[tuple[int, int, int, int]]:
+def slice_params(rank: int, attrs: dict) -> list[tuple[int, int, int, int]]:
     """(axis, start, end, step) per sliced axis, checked."""
     starts, ends = attrs["starts"], attrs["ends"]
     axes = attrs["axes"] or tuple(range(len(starts)))
@@ -366,16 +366,16 @@ def _slice_params(rank: int, attrs: dict) -> list[tuple[int, int, int, int]]:
 
 
 def _clamp(v: int, d, lo, hi, clamp: bool = True):
-    if v >= _BIG:
+    if v >= SLICE_END_MAX:
         return hi
-    if v <= -_BIG:
+    if v <= -SLICE_END_MAX:
         return lo
     if v < 0:
         v = d + v
     return sympy.Max(lo, sympy.Min(v, hi)) if clamp else v
 
 
-def _slice_range(d: Dim, start: int, end: int, step: int):
+def slice_range(d: Dim, start: int, end: int, step: int):
     """ONNX Slice on one axis of size d: (clamped start, clamped end, length).
 
     For a symbolic d the clamping is exact where sympy can decide it from d >= 1; otherwise the
@@ -409,8 +409,8 @@ def _slice_range(d: Dim, start: int, end: int, step: int):
 def _slice_infer(ins: list[TensorType], attrs: dict) -> TensorType:
     x = ins[0]
     shape = list(x.shape)
-    for axis, start, end, step in _slice_params(x.rank, attrs):
-        n = _slice_range(x.shape[axis], start, end, step)[2]
+    for axis, start, end, step in slice_params(x.rank, attrs):
+        n = slice_range(x.shape[axis], start, end, step)[2]
         if isinstance(n, sympy.Basic) and n.has(sympy.Min, sympy.Max):
             raise IRError(f"slice [{start}:{end}:{step}] of axis {axis} of {x}: cannot tell "
                           f"the length for symbolic {x.shape[axis]}")
@@ -421,15 +421,15 @@ def _slice_infer(ins: list[TensorType], attrs: dict) -> TensorType:
 
 def _slice_ref(x: np.ndarray, starts, ends, axes, steps) -> np.ndarray:
     idx = [slice(None)] * x.ndim
-    params = _slice_params(x.ndim, dict(starts=starts, ends=ends, axes=axes, steps=steps))
+    params = slice_params(x.ndim, dict(starts=starts, ends=ends, axes=axes, steps=steps))
     for axis, start, end, step in params:
-        s, e, _ = (int(v) for v in _slice_range(x.shape[axis], start, end, step))
+        s, e, _ = (int(v) for v in slice_range(x.shape[axis], start, end, step))
         idx[axis] = slice(s, e if e >= 0 else None, step)
     return x[tuple(idx)].copy()
 
 
 def _slice_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis]]:
-    sliced = {a for a, *_ in _slice_params(ins[0].rank, attrs)}
+    sliced = {a for a, *_ in slice_params(ins[0].rank, attrs)}
     return [frozenset({("in", 0, i), ("out", 0, i)}) for i in range(ins[0].rank)
             if i not in sliced]
 
