@@ -27,11 +27,22 @@ from __future__ import annotations
 import numpy as np
 
 from rtinfer.ir.graph import Graph, Node, Value
+from rtinfer.ir.ops import OPS, get_op
 from rtinfer.pass_manager import PassContext, graph_pass
 from rtinfer.rewrite import P, Rewriter, Rule, RuleSet
 
-PRODUCERS = ("conv1d", "conv2d", "conv_transpose2d", "linear")
-CONSUMERS = ("conv1d", "conv2d", "linear")
+
+def layers(*, consumer: bool) -> tuple[str, ...]:
+    """The layers a batch_norm folds into, from the op table: a weight role and a bias input
+    (the fold rewrites both), no epilogue (an activation would sit between). As a consumer, the
+    weight's input channels must be axis 1 (x's channels): not the transposed convolutions."""
+    return tuple(sorted(o.name for o in OPS if o.weight is not None and "bias?" in o.inputs
+                        and "residual" not in o.attrs
+                        and (not consumer or o.weight.in_axis == 1)))
+
+
+PRODUCERS = layers(consumer=False)
+CONSUMERS = layers(consumer=True)
 
 x = P.var("x")
 BN_AFTER = P.op("batch_norm", P.op(PRODUCERS, x, P.any(), ..., name="layer"), ..., name="bn")
@@ -102,7 +113,8 @@ def into_producer(rw: Rewriter, x: Value, layer: Node, bn: Node) -> Value | None
     (s, t), (w, b) = st, wb
     n_out = s.shape[0]
     b = np.zeros(n_out) if b is None else b
-    if layer.op == "conv_transpose2d":
+    out_axis, _ = get_op(layer.op).weight.axes(w.ndim)
+    if out_axis == 1:  # transposed convolutions: w [C, O/groups, k...]
         g = layer.attrs["groups"]
         c_in, per_group = w.shape[0], w.shape[1]
         if c_in % g or per_group * g != n_out:

@@ -22,16 +22,12 @@ import numpy as np
 from rtinfer.errors import RtinferError
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node, Value
-from rtinfer.ir.ops import OPS
+from rtinfer.ir.ops import KEEP, OPS
 from rtinfer.ir.types import DType, TensorType
 from rtinfer.pass_manager import Option, PassContext, graph_pass
 from rtinfer.rewrite import OpPattern, P, Rewriter, Rule, RuleSet
 
 DEFAULT_MAX_SIZE = 1 << 24  # elements: 64 MiB of f32
-
-# Q/DQ pairs on weights are what int8 lowering matches: they stay even on constants.
-KEEP = frozenset({"quantize", "dequantize"})
-
 
 def _all_const(node: Node) -> bool:
     return bool(node.inputs) and all(v.is_const for v in node.inputs)
@@ -42,8 +38,11 @@ def _static(t: TensorType) -> bool:
 
 
 def _foldable() -> OpPattern:
-    """Every op in the table (read when the pass runs: ops declared later fold too)."""
-    return P.op(frozenset(o.name for o in OPS if o.name != "const") - KEEP, ..., name="node",
+    """Every op in the table but those kept for lowering (Q/DQ pairs on weights are what int8
+    lowering matches: they stay even on constants); read when the pass runs, so ops declared
+    later fold too."""
+    return P.op(frozenset(o.name for o in OPS if o.name != "const" and not o.has(KEEP)), ...,
+                name="node",
                 where=_all_const)
 
 

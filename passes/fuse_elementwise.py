@@ -23,22 +23,21 @@ groups (fused nodes made), fused-ops (ops inside them).
 from __future__ import annotations
 
 from rtinfer.ir.graph import Graph, Node, Value
-from rtinfer.ir.ops import BROADCAST, ELEMENTWISE, OPS
+from rtinfer.ir.ops import BROADCAST, ELEMENTWISE, KEEP, OPS
 from rtinfer.pass_manager import Option, PassContext, graph_pass
 from rtinfer.rewrite import P, Rewriter, Rule, RuleSet
 
 FUSED = "fused_elementwise"
-# Q/DQ pairs are what int8 lowering matches: they stay visible.
-KEEP = frozenset({"quantize", "dequantize"})
 # Producer positions tried in a consumer (the rule is one pattern per input position).
 MAX_POSITION = 8
 
 
 def fusible_ops() -> frozenset[str]:
-    """Ops of the table with the elementwise or broadcast trait (read when the pass runs, so
-    ops declared later fuse too)."""
+    """Ops of the table with the elementwise or broadcast trait and not kept for lowering (Q/DQ
+    pairs are what int8 lowering matches: they stay visible); read when the pass runs, so ops
+    declared later fuse too."""
     return frozenset(o.name for o in OPS if (o.has(ELEMENTWISE) or o.has(BROADCAST))
-                     and o.name not in KEEP and o.name != "const")
+                     and not o.has(KEEP) and o.name != "const")
 
 
 def _fusible(node: Node) -> bool:

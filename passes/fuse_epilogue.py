@@ -31,28 +31,17 @@ from typing import Any
 import numpy as np
 
 from rtinfer.ir.graph import Graph, Node, Value
-from rtinfer.ir.ops.fused import EPILOGUE_ATTRS, FUSED_OPS
+from rtinfer.ir.ops.fused import EPILOGUE_ATTRS, FUSED_OPS, activation_ops, fused_activation
 from rtinfer.pass_manager import PassContext, graph_pass
 from rtinfer.rewrite import P, Rewriter, Rule, RuleSet
 
 BASE_OF = {fused: base for base, fused in FUSED_OPS.items()}
 HEAVY = frozenset(FUSED_OPS) | frozenset(BASE_OF)
-ACTIVATIONS = ("relu", "clip", "leaky_relu", "gelu", "silu", "sigmoid", "hardswish", "tanh")
+ACTIVATION_OPS = tuple(sorted(activation_ops()))  # the fused ops' activation table, inverted
 
 
 def _is_heavy(v: Value) -> bool:
     return v.producer is not None and v.producer.op in HEAVY
-
-
-def _activation(act: Node) -> tuple[str, float, float]:
-    """The fused form (activation, alpha, beta) of an activation node."""
-    if act.op == "clip":
-        return "clip", act.attrs["min"], act.attrs["max"]
-    if act.op == "leaky_relu":
-        return "leaky_relu", act.attrs["alpha"], 0.0
-    if act.op == "gelu" and act.attrs["approximate"] == "tanh":
-        return "gelu_tanh", 0.0, 0.0
-    return act.op, 0.0, 0.0
 
 
 class Epilogue:
@@ -162,7 +151,10 @@ def fuse_activation(rw: Rewriter, h: Node, act: Node) -> Value | None:
         return rw.decline(f"{h.op} already has activation {ep.epilogue['activation']}")
     if ep.epilogue["residual"] == "post":
         return rw.decline(f"{h.op} adds its residual after the activation")
-    activation, alpha, beta = _activation(act)
+    fused = fused_activation(act.op, act.attrs)
+    if fused is None:
+        return rw.decline("{} with {} has no fused form", act.op, act.attrs)
+    activation, alpha, beta = fused
     return ep.build(rw, ep.bias, ep.residual, activation=activation, alpha=alpha, beta=beta)
 
 
@@ -171,7 +163,7 @@ RULES = RuleSet("fuse-epilogue", [
     Rule("add", P.op("add", P.any(), P.any(), name="add",
                      where=lambda n: any(_is_heavy(v) for v in n.inputs)), fuse_add),
     # act(op(x, w, b)) -> fused_op(x, w, b) {activation}
-    Rule("activation", P.op(ACTIVATIONS, P.op(HEAVY, ..., name="h"), name="act"),
+    Rule("activation", P.op(ACTIVATION_OPS, P.op(HEAVY, ..., name="h"), name="act"),
          fuse_activation),
 ])
 

@@ -29,14 +29,13 @@ from __future__ import annotations
 import numpy as np
 
 from rtinfer.ir.graph import Graph, Node, Value
-from rtinfer.ir.ops import BROADCAST, ELEMENTWISE, OPS
+from rtinfer.ir.ops import BROADCAST, ELEMENTWISE, KEEP, OPS
 from rtinfer.ir.ops.layouts import to_channels_first, to_channels_last
 from rtinfer.pass_manager import Option, PassContext, graph_pass
 from rtinfer.rewrite import P, Rewriter, Rule, RuleSet
 
 CL, CF = to_channels_last(4), to_channels_first(4)
 LAYOUT_PERMS = (CL, CF)
-KEEP = frozenset({"quantize", "dequantize"})
 
 
 def _perm(node: Node) -> tuple[int, ...]:
@@ -158,7 +157,7 @@ def _sink_one(rw: Rewriter, f: Node) -> Value | None:
 
 def rules(target: str, left: list[Node]) -> RuleSet:
     sinkable = frozenset(o.name for o in OPS if (o.has(ELEMENTWISE) or o.has(BROADCAST))
-                         and o.name not in KEEP and o.name not in ("const", "fused_elementwise"))
+                         and not o.has(KEEP) and o.name not in ("const", "fused_elementwise"))
     x = P.var("x")
     return RuleSet("layout", [
         # op(x) {layout=L} -> T_back(op(T_to(x)) {layout=target})

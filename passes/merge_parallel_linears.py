@@ -26,11 +26,16 @@ from typing import Any
 import numpy as np
 
 from rtinfer.ir.graph import Graph, Node, Value
+from rtinfer.ir.ops import OPS
 from rtinfer.pass_manager import Option, PassContext, graph_pass
 from rtinfer.rewrite import P, Rewriter, Rule, RuleSet
 
-# op -> the weight axis that holds the output features: linear's w is [N, K], matmul's [K, N]
-OUT_AXIS = {"linear": 0, "fused_linear": 0, "matmul": 1, "fused_matmul": 1}
+
+def out_axes() -> dict[str, int]:
+    """Matrix layers (a weight role, no sliding window) -> the 2-d weight's output-feature
+    axis, from the op table: linear's w is [N, K] (0), matmul's [K, N] (1)."""
+    return {o.name: o.weight.axes(2)[0] for o in OPS
+            if o.weight is not None and o.weight.input == 1 and "stride" not in o.attrs}
 
 
 def _data(v: Value) -> np.ndarray | None:
@@ -40,7 +45,7 @@ def _data(v: Value) -> np.ndarray | None:
 
 def _why_not(n: Node, x: Value) -> str | None:
     """Why the layer ``n`` (one of x's users) cannot join a merge, if it cannot."""
-    if n.op not in OUT_AXIS or not n.inputs or n.inputs[0] is not x:
+    if n.op not in out_axes() or not n.inputs or n.inputs[0] is not x:
         return f"{n.op} does not read x as its input"
     w = n.inputs[1]
     if w is x:
@@ -65,7 +70,7 @@ def _group(lin: Node, x: Value) -> tuple[list[Node], list[str]]:
     key = _key(lin)
     group, reasons, seen = [], [], set()
     for n in x.users:
-        if id(n) in seen or n.op not in OUT_AXIS:
+        if id(n) in seen or n.op not in out_axes():
             continue
         seen.add(id(n))
         why = _why_not(n, x)
@@ -89,7 +94,7 @@ def merge(min_count: int):
                 return rw.decline(f"{len(group)} mergeable layer(s) read x (min-count "
                                   f"{min_count}): {'; '.join(reasons)}")
             return None
-        axis = OUT_AXIS[lin.op]
+        axis = out_axes()[lin.op]
         ws = [_data(n.inputs[1]) for n in group]
         sizes = [int(w.shape[axis]) for w in ws]
         dt = ws[0].dtype
@@ -115,7 +120,7 @@ def merge(min_count: int):
 def rules(min_count: int) -> RuleSet:
     return RuleSet("merge-parallel-linears", [
         # op(x, w1, b1), ..., op(x, wn, bn) -> split(op(x, [w1; ..; wn], [b1; ..; bn]))
-        Rule("merge", P.op(tuple(OUT_AXIS), P.var("x"), P.const("w"), ..., name="lin"),
+        Rule("merge", P.op(tuple(out_axes()), P.var("x"), P.const("w"), ..., name="lin"),
              merge(min_count)),
     ])
 

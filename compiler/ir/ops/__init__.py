@@ -19,6 +19,7 @@ from rtinfer.ir.ops.registry import (
     COMMUTATIVE,
     ELEMENTWISE,
     INJECTIVE,
+    KEEP,
     OPAQUE,
     OPS,
     OUT_FUSABLE,
@@ -27,13 +28,14 @@ from rtinfer.ir.ops.registry import (
     TRAITS,
     Attr,
     OpDef,
+    WeightRole,
     elementwise_channels,
     get_op,
     op,
 )
 
 __all__ = [
-    "ATTR_KINDS", "BROADCAST", "COMMUTATIVE", "ELEMENTWISE", "INJECTIVE", "OPAQUE", "OPS",
-    "OUT_FUSABLE", "REDUCE", "REQUIRED", "TRAITS", "Attr", "OpDef", "elementwise_channels",
-    "get_op", "op",
+    "ATTR_KINDS", "BROADCAST", "COMMUTATIVE", "ELEMENTWISE", "INJECTIVE", "KEEP", "OPAQUE", "OPS",
+    "OUT_FUSABLE", "REDUCE", "REQUIRED", "TRAITS", "Attr", "OpDef", "WeightRole",
+    "elementwise_channels", "get_op", "op",
 ]

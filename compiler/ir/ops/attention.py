@@ -17,6 +17,7 @@ from rtinfer.ir.ops.common import (
     same_dtype,
     upcast,
 )
+from rtinfer.ir.ops.costs import attention_cost
 from rtinfer.ir.ops.registry import OPAQUE, Attr, PortAxis, op
 from rtinfer.ir.types import DType, TensorType, dims_equal, make_dim
 
@@ -89,7 +90,7 @@ def _sdpa_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxi
 
 op("scaled_dot_product_attention", ["q", "k", "v", "mask?"], _sdpa_infer, _sdpa_ref,
    attrs={"scale": Attr("float", 0.0), "causal": Attr("bool", False)},
-   traits=[OPAQUE], channels=_sdpa_channels,
+   traits=[OPAQUE], channels=_sdpa_channels, cost=attention_cost,
    doc="softmax(q @ k^T * scale + mask) @ v over [..., L, E], [..., S, E], [..., S, Ev] "
        "(torch SDPA; scale 0 = 1/sqrt(E); a bool mask keeps where true, a float mask adds; "
        "causal masks j > i and combines with mask; a fully masked row gives zeros, as in torch)")
@@ -166,7 +167,7 @@ def _mha_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis
 
 op("multi_head_attention", ["q", "k", "v", "mask?"], _mha_infer, _mha_ref,
    attrs={"num_heads": Attr("int"), "scale": Attr("float", 0.0), "causal": Attr("bool", False)},
-   traits=[OPAQUE], channels=_mha_channels,
+   traits=[OPAQUE], channels=_mha_channels, cost=attention_cost,
    doc="scaled_dot_product_attention over heads packed in the last axis: q [..., L, H*E], "
        "k [..., S, H*E], v [..., S, H*Ev] are split into H = num_heads heads "
        "([..., L, H*E] -> [..., H, L, E]), attended per head (scale 0 = 1/sqrt(E); the mask "

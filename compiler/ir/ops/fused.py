@@ -35,6 +35,7 @@ to the unfused one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,18 +46,29 @@ from rtinfer.ir.ops.common import need_float
 from rtinfer.ir.ops.registry import BROADCAST, OUT_FUSABLE, Attr, PortAxis, get_op, op
 from rtinfer.ir.types import TensorType, dims_equal
 
+
 # activation -> (the op-table op, its attributes from (alpha, beta), the attributes used)
-ACTIVATIONS: dict[str, tuple[str | None, Any, tuple[str, ...]]] = {
-    "none": (None, lambda a, b: {}, ()),
-    "relu": ("relu", lambda a, b: {}, ()),
-    "leaky_relu": ("leaky_relu", lambda a, b: {"alpha": a}, ("alpha",)),
-    "clip": ("clip", lambda a, b: {"min": a, "max": b}, ("alpha", "beta")),
-    "gelu": ("gelu", lambda a, b: {"approximate": "none"}, ()),
-    "gelu_tanh": ("gelu", lambda a, b: {"approximate": "tanh"}, ()),
-    "silu": ("silu", lambda a, b: {}, ()),
-    "sigmoid": ("sigmoid", lambda a, b: {}, ()),
-    "hardswish": ("hardswish", lambda a, b: {}, ()),
-    "tanh": ("tanh", lambda a, b: {}, ()),
+@dataclass(frozen=True)
+class Activation:
+    """What an ``activation`` attribute value stands for: the op-table op, which of its
+    attributes the fused ``alpha``/``beta`` carry, and the attributes it fixes."""
+
+    op: str | None
+    params: dict[str, str] = field(default_factory=dict)  # "alpha"/"beta" -> the op's attr
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "none": Activation(None),
+    "relu": Activation("relu"),
+    "leaky_relu": Activation("leaky_relu", {"alpha": "alpha"}),
+    "clip": Activation("clip", {"alpha": "min", "beta": "max"}),
+    "gelu": Activation("gelu", fixed={"approximate": "none"}),
+    "gelu_tanh": Activation("gelu", fixed={"approximate": "tanh"}),
+    "silu": Activation("silu"),
+    "sigmoid": Activation("sigmoid"),
+    "hardswish": Activation("hardswish"),
+    "tanh": Activation("tanh"),
 }
 RESIDUAL_MODES = ("none", "pre", "post")
 
@@ -70,8 +82,26 @@ EPILOGUE_ATTRS = {
 
 def activation_op(activation: str, alpha: float, beta: float) -> tuple[str, dict] | None:
     """The op-table op (and its attributes) an ``activation`` attribute stands for."""
-    name, attrs, _ = ACTIVATIONS[activation]
-    return None if name is None else (name, attrs(alpha, beta))
+    a = ACTIVATIONS[activation]
+    if a.op is None:
+        return None
+    given = {"alpha": alpha, "beta": beta}
+    return a.op, {**a.fixed, **{attr: given[p] for p, attr in a.params.items()}}
+
+
+def fused_activation(op: str, attrs: dict) -> tuple[str, Any, Any] | None:
+    """The inverse of ``activation_op``: the (activation, alpha, beta) a node of ``op`` with
+    ``attrs`` becomes inside a fused op, or None if no activation stands for it."""
+    for name, a in ACTIVATIONS.items():
+        if a.op == op and all(attrs.get(k) == v for k, v in a.fixed.items()):
+            vals = {p: attrs[attr] for p, attr in a.params.items()}
+            return name, vals.get("alpha", 0.0), vals.get("beta", 0.0)
+    return None
+
+
+def activation_ops() -> frozenset[str]:
+    """The ops an epilogue can absorb as its activation."""
+    return frozenset(a.op for a in ACTIVATIONS.values() if a.op is not None)
 
 
 def apply_epilogue(y: np.ndarray, residual: np.ndarray | None, attrs: dict) -> np.ndarray:
@@ -93,7 +123,7 @@ def _check_epilogue(ins: list[TensorType], out: TensorType, attrs: dict, n_base:
     """The epilogue's inputs: bias [C] at ``n_base``, residual (the output's type) after it."""
     need_float(out, "the output")
     activation = attrs["activation"]
-    used = ACTIVATIONS[activation][2]
+    used = ACTIVATIONS[activation].params
     for k in ("alpha", "beta"):
         if k not in used and attrs[k] != 0.0:
             raise IRError(f"activation {activation} takes no {k} (it must be 0.0)")
@@ -164,7 +194,7 @@ def _fused_heavy(base: str, bias_inline: bool) -> None:
         return groups
 
     op(f"fused_{base}", names, infer, ref, attrs={**base_def.attrs, **EPILOGUE_ATTRS},
-       traits=[OUT_FUSABLE], channels=channels,
+       traits=[OUT_FUSABLE], channels=channels, weight=base_def.weight, cost=base_def.cost,
        doc=f"{base} + bias, then the epilogue: act(y + residual), act(y) + residual or act(y) "
            f"(activation, alpha, beta, residual=none|pre|post); made by fuse-epilogue")
 

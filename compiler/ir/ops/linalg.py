@@ -16,7 +16,8 @@ from rtinfer.ir.ops.common import (
     same_dtype,
     upcast,
 )
-from rtinfer.ir.ops.registry import OPAQUE, OUT_FUSABLE, Attr, PortAxis, op
+from rtinfer.ir.ops.costs import linear_cost, matmul_cost
+from rtinfer.ir.ops.registry import OPAQUE, OUT_FUSABLE, Attr, PortAxis, WeightRole, op
 from rtinfer.ir.types import TensorType, dims_equal
 
 
@@ -62,7 +63,7 @@ def _matmul_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortA
 
 
 op("matmul", ["a", "b"], _matmul_infer, _matmul_ref, traits=[OUT_FUSABLE],
-   channels=_matmul_channels,
+   channels=_matmul_channels, weight=WeightRole(1, out_axis=-1, in_axis=-2), cost=matmul_cost,
    doc="numpy matmul: [..., M, K] @ [..., K, N] with batch broadcasting; 1-d operands gain "
        "and lose a unit dim")
 
@@ -114,7 +115,8 @@ def _linear_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortA
 
 
 op("linear", ["x", "weight", "bias?"], _linear_infer, _linear_ref, traits=[OUT_FUSABLE],
-   channels=_linear_channels, doc="x @ weight.T + bias, weight [out, in] (torch F.linear)")
+   channels=_linear_channels, weight=WeightRole(1, out_axis=0, in_axis=1), cost=linear_cost,
+   doc="x @ weight.T + bias, weight [out, in] (torch F.linear)")
 
 
 def _einsum_terms(eq: str, ins: list[TensorType]) -> tuple[list[str], str]:

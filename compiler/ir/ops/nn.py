@@ -29,8 +29,9 @@ from rtinfer.ir.ops.common import (
     torch_float,
     upcast,
 )
+from rtinfer.ir.ops.costs import conv_cost
 from rtinfer.ir.ops.layouts import LAYOUT_ATTR, with_layout
-from rtinfer.ir.ops.registry import OPAQUE, OUT_FUSABLE, Attr, PortAxis, op
+from rtinfer.ir.ops.registry import OPAQUE, OUT_FUSABLE, Attr, PortAxis, WeightRole, op
 from rtinfer.ir.types import Dim, TensorType, dims_equal, make_dim
 
 _SPATIAL = {1: "[N, C, W]", 2: "[N, C, H, W]", 3: "[N, C, D, H, W]"}
@@ -128,7 +129,8 @@ def _conv(nd: int) -> None:
         attrs["layout"] = LAYOUT_ATTR
         infer, ref, channels = with_layout(infer, ref, channels)
     op(f"conv{nd}d", ["x", "weight", "bias?"], infer, ref, attrs=attrs,
-       traits=[OUT_FUSABLE], channels=channels,
+       traits=[OUT_FUSABLE], channels=channels, weight=WeightRole(1, out_axis=0, in_axis=1),
+       cost=conv_cost,
        doc=f"{nd}-d cross-correlation of x {_SPATIAL[nd]} with weight "
            f"[O, C/groups, {', '.join('k' * nd)}] (torch F.conv{nd}d, ONNX pads)"
            + ("; layout=NHWC: x and y channels last" if nd == 2 else ""))
@@ -187,7 +189,7 @@ def _conv_transpose(nd: int) -> None:
     attrs = _conv_attrs(nd)
     attrs["output_padding"] = Attr("ints", (0,) * nd)
     op(f"conv_transpose{nd}d", ["x", "weight", "bias?"], infer, ref, attrs=attrs,
-       traits=[OUT_FUSABLE], channels=channels,
+       traits=[OUT_FUSABLE], channels=channels, weight=WeightRole(1, out_axis=1, in_axis=0),
        doc=f"{nd}-d transposed convolution, weight [C, O/groups, *kernel] (torch "
            f"F.conv_transpose{nd}d; ONNX pads may be asymmetric)")
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from rtinfer.errors import IRError
 from rtinfer.ir.ops.common import need_float, need_no_quant, norm_axis
-from rtinfer.ir.ops.registry import ELEMENTWISE, Attr, op
+from rtinfer.ir.ops.registry import ELEMENTWISE, KEEP, Attr, op
 from rtinfer.ir.types import DType, QuantParams, TensorType
 
 QUANT_DTYPES = (DType.i8, DType.u8, DType.i32)
@@ -63,7 +63,7 @@ def _quantize_ref(x: np.ndarray, scale, zero_point, axis, dtype: DType) -> np.nd
 op("quantize", ["x"], _quantize_infer, _quantize_ref,
    attrs={"scale": Attr("floats"), "zero_point": Attr("ints", ()), "axis": Attr("ints", ()),
           "dtype": Attr("dtype", DType.i8, QUANT_DTYPES)},
-   traits=[ELEMENTWISE],
+   traits=[ELEMENTWISE, KEEP],
    doc="q = saturate(round_half_even(x / scale) + zero_point) to dtype (ONNX QuantizeLinear: "
        "rounds before adding the zero point); axis=[] per tensor, [a] per channel; the output "
        "type carries the QuantParams")
@@ -84,6 +84,6 @@ def _dequantize_ref(q: np.ndarray, in_types: list[TensorType]) -> np.ndarray:
     return ((q.astype(np.int64) - zp).astype(np.float32) * s).astype(np.float32)
 
 
-op("dequantize", ["q"], _dequantize_infer, _dequantize_ref, traits=[ELEMENTWISE],
+op("dequantize", ["q"], _dequantize_infer, _dequantize_ref, traits=[ELEMENTWISE, KEEP],
    ref_types=True,
    doc="scale * (q - zero_point) -> f32, with the QuantParams of the input type")

@@ -25,7 +25,11 @@ REDUCE = "reduce"  # reduces over axes
 OUT_FUSABLE = "out_fusable"  # heavy op whose output can absorb an elementwise epilogue
 OPAQUE = "opaque"  # not fusable
 COMMUTATIVE = "commutative"  # binary op with f(a, b) == f(b, a)
-TRAITS = frozenset({ELEMENTWISE, BROADCAST, INJECTIVE, REDUCE, OUT_FUSABLE, OPAQUE, COMMUTATIVE})
+# kept as written until lowering: never constant-folded, fused into an elementwise body or moved
+# by layout (quantize/dequantize: the int8 lowering reads the pair and its QuantParams)
+KEEP = "keep"
+TRAITS = frozenset({ELEMENTWISE, BROADCAST, INJECTIVE, REDUCE, OUT_FUSABLE, OPAQUE, COMMUTATIVE,
+                    KEEP})
 
 # -- attributes -------------------------------------------------------------------------------
 
@@ -130,6 +134,29 @@ def elementwise_channels(in_types: list[TensorType], attrs: dict) -> list[frozen
     return groups
 
 
+# -- weights and cost -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightRole:
+    """Which input of a layer is its weight, and which weight axis holds the output channels and
+    which the input channels (per group for grouped convolutions; negative axes count from the
+    end). One fact for BatchNorm folding, merging parallel layers, per-channel quantization
+    scales and channel pruning."""
+
+    input: int
+    out_axis: int
+    in_axis: int
+
+    def axes(self, rank: int) -> tuple[int, int]:
+        """(out_axis, in_axis) as non-negative axes of a weight of ``rank``."""
+        return self.out_axis % rank, self.in_axis % rank
+
+
+# a node's floating-point operations (2 per multiply-add); 0 where its shapes are symbolic
+CostFn = Callable[[Any], int]
+
+
 # -- the op definition ------------------------------------------------------------------------
 
 InferFn = Callable[[list[TensorType], dict[str, Any]], "TensorType | list[TensorType]"]
@@ -146,6 +173,8 @@ class OpDef:
     channels: ChannelFn | None = None
     doc: str = ""
     ref_types: bool = False  # the reference also takes ``in_types=`` (e.g. to read QuantParams)
+    weight: WeightRole | None = None
+    cost: CostFn | None = None  # FLOPs of one node (rtinfer.ir.flops); None: not counted
     n_required: int = field(init=False)
     variadic: bool = field(init=False)
 
@@ -158,6 +187,8 @@ class OpDef:
                               and not n.startswith("*"))
         if self.variadic and self.inputs[-1][0] != "*":
             raise ValueError(f"op {self.name}: only the last input may be variadic")
+        if self.weight is not None and not 0 <= self.weight.input < len(self.inputs):
+            raise ValueError(f"op {self.name}: weight input {self.weight.input} out of range")
 
     def has(self, trait: str) -> bool:
         return trait in self.traits
@@ -293,10 +324,11 @@ OPS = OpTable()
 
 def op(name: str, inputs: Sequence[str], infer: InferFn, ref: Callable[..., Any], *,
        attrs: dict[str, Attr] | None = None, traits: Sequence[str] = (),
-       channels: ChannelFn | None = None, doc: str = "", ref_types: bool = False) -> OpDef:
+       channels: ChannelFn | None = None, doc: str = "", ref_types: bool = False,
+       weight: WeightRole | None = None, cost: CostFn | None = None) -> OpDef:
     """Declare one op in the table (the one place an op is defined)."""
     return OPS.add(OpDef(name, tuple(inputs), dict(attrs or {}), frozenset(traits), infer, ref,
-                         channels, doc, ref_types))
+                         channels, doc, ref_types, weight, cost))
 
 
 def get_op(name: str) -> OpDef:
