@@ -36,7 +36,7 @@ from rtinfer.ir.graph import Graph, Value
 from rtinfer.ir.interpreter import bind_dims
 from rtinfer.ir.ops.common import to_torch
 from rtinfer.ir.types import DType, TensorType
-from rtinfer.pass_manager import get_pipeline, run_pipeline
+from rtinfer.pass_manager import PipelineContext, get_pipeline, run_pipeline
 
 # the hooks every nn.Module call consults (torch mutates these tables, never rebinds them)
 _GLOBAL_HOOKS = (torch.nn.modules.module._global_forward_hooks,
@@ -423,9 +423,13 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
                            f"{', '.join(TARGETS)} (CUDA comes with the native backend)")
     info = CompileInfo(backend=resolved, backend_requested=backend, trainable=trainable,
                        pipeline=default_pipeline() if pipeline is None else pipeline)
-    # a tuned build is another result than an untuned one: the tuning budget is in the key
+    # the data passes read (none of the built-in passes reads any yet) is shared by the run
+    pctx = PipelineContext()
+    # a tuned build is another result than an untuned one: the tuning budget is in the key, and
+    # so is the digest of the data the passes read
     compile_cache = open_cache(cache, str(target), info.pipeline,
-                               f"{resolved}:tune={tune}" if tune else resolved)
+                               f"{resolved}:tune={tune}" if tune else resolved,
+                               data_digest=pctx.data_digest())
     info.cache_dir = compile_cache.where
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -443,7 +447,7 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
         info.ops_before = graph.op_counts()
         hit = compile_cache.lookup(graph, read=not verify_each)
         if hit is None:
-            _optimize(graph, info, verify_each)  # 2. optimize
+            _optimize(graph, info, verify_each, pctx)  # 2. optimize
             timings["optimize"] = time.perf_counter() - t1
         else:
             timings["cache lookup"] = time.perf_counter() - t1
@@ -478,9 +482,10 @@ def _capture(model: Any, example_inputs: Any, dynamic_dims: Any, info: CompileIn
     return graph
 
 
-def _optimize(graph: Graph, info: CompileInfo, verify_each: bool) -> None:
+def _optimize(graph: Graph, info: CompileInfo, verify_each: bool,
+              pctx: PipelineContext) -> None:
     """Stage 2: the pipeline, in place."""
-    result = run_pipeline(graph, info.pipeline, verify_each=verify_each)
+    result = run_pipeline(graph, info.pipeline, verify_each=verify_each, pipeline_ctx=pctx)
     info.passes = [(r.label, r.changed, dict(r.stats), r.seconds) for r in result.passes]
     info.ops_after = graph.op_counts()
 

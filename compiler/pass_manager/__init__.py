@@ -1,5 +1,6 @@
 """The pass manager: pass records, pipeline strings, instruments, ``run_pipeline``/``optimize``."""
 
+from rtinfer.pass_manager.analysis import PipelineContext
 from rtinfer.pass_manager.context import Decline, PassContext, RewriteEvent
 from rtinfer.pass_manager.instruments import (
     Callback,
@@ -40,7 +41,8 @@ from rtinfer.pass_manager.runner import PipelineResult, optimize, run_pipeline
 __all__ = [
     "Callback", "CheckNumerics", "Decline", "Instrument", "MatchReport", "NamedPipeline",
     "Option", "Pass", "PassContext", "PassInvocation", "PassRecord", "PipelineResult",
-    "PipelineRun", "PrintIR", "RewriteEvent", "RuleReport", "Statistics", "Timing", "Verify",
+    "PipelineContext", "PipelineRun", "PrintIR", "RewriteEvent", "RuleReport", "Statistics",
+    "Timing", "Verify",
     "check_requirements", "compare_outputs", "format_pipeline", "get_pass", "get_pipeline",
     "graph_pass", "install", "invocation", "list_passes", "list_pipelines", "optimize",
     "parse_pipeline", "register_pass", "register_pipeline", "run_pipeline", "unregister_pass",

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtinfer.pass_manager.analysis import PipelineContext
 from rtinfer.rewrite.events import Decline, RewriteEvent, RewriteLog
 from rtinfer.rewrite.pattern import NearMiss
 
@@ -20,6 +21,8 @@ from rtinfer.rewrite.pattern import NearMiss
 class PassContext(RewriteLog):
     options: dict[str, Any] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
+    # shared by every pass of the run: data inputs and cached analyses
+    pipeline: PipelineContext = field(default_factory=PipelineContext)
 
     def stat(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the statistic ``name`` (shown by ``--stats``). A nonzero count does not by

@@ -122,6 +122,8 @@ class Pass:
     # Rules this pass expects to apply on the models it is meant for: the match report shows
     # the closest near miss of each that did not (see ``PipelineResult.match_report``).
     expects: tuple[str, ...] = ()
+    # analyses (PipelineContext) still valid after this pass changed the graph
+    preserves: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _KEBAB_RE.match(self.name):
@@ -132,6 +134,7 @@ class Pass:
         self.summary = self.summary.strip()
         self.requires = tuple(self.requires)
         self.expects = tuple(self.expects)
+        self.preserves = tuple(self.preserves)
         for opt in self.options:
             if not _KEBAB_RE.match(opt):
                 raise PipelineError(f"pass {self.name!r}: option name {opt!r} is not kebab-case")
@@ -218,14 +221,15 @@ def register_pass(p: Pass | str, fn: PassFn | None = None, /, *, summary: str = 
 
 def graph_pass(name: str, *, summary: str = "", requires: Sequence[str] = (),
                options: dict[str, Option] | None = None, version: int = 1,
-               expects: Sequence[str] = ()) -> Callable[[PassFn], Pass]:
+               expects: Sequence[str] = (), preserves: Sequence[str] = ()
+               ) -> Callable[[PassFn], Pass]:
     """Decorator declaring ``def fn(graph, ctx) -> None`` as the pass record ``name``. It
     registers nothing: a package installs its records with ``install`` (rtinfer's built-ins are
     listed in ``rtinfer/passes/__init__.py``), or ``register_pass`` registers one directly."""
     def decorator(fn: PassFn) -> Pass:
         doc = (fn.__doc__ or "").strip()
         return Pass(name, fn, summary or (doc.splitlines()[0] if doc else ""), tuple(requires),
-                    dict(options or {}), version, tuple(expects))
+                    dict(options or {}), version, tuple(expects), tuple(preserves))
     return decorator
 
 

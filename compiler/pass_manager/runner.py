@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from rtinfer.errors import PassError, RtinferError
+from rtinfer.pass_manager.analysis import PipelineContext
 from rtinfer.pass_manager.context import Decline, PassContext
 from rtinfer.pass_manager.instruments import (
     CheckNumerics,
@@ -109,7 +110,8 @@ def run_pipeline(graph: Graph, pipeline: Pipeline, *, verify_each: bool = False,
                  stats: bool = False, check_numerics: bool | dict[str, Any] = False,
                  check_requires: bool = True, full_constants: bool = False,
                  instruments: Sequence[Instrument] = (), expect: Sequence[str] = (),
-                 out: TextIO | None = None) -> PipelineResult:
+                 out: TextIO | None = None,
+                 pipeline_ctx: PipelineContext | None = None) -> PipelineResult:
     """Run ``pipeline`` on ``graph`` in place.
 
     ``check_numerics`` is True or ``{"rtol", "atol", "seed", "dims"}``. ``check_requires``: a pass
@@ -117,8 +119,11 @@ def run_pipeline(graph: Graph, pipeline: Pipeline, *, verify_each: bool = False,
     inserted for you). Instrument output goes to ``out`` (default: stderr) and to
     ``result.report``. A pass that raises is reported as ``PassError`` naming it. ``expect``:
     rules expected to apply on this graph (``rule`` or ``pass/rule``), on top of those the
-    passes declare; the match report explains the ones that did not.
+    passes declare; the match report explains the ones that did not. ``pipeline_ctx``: the
+    data inputs and analyses the passes share (a fresh one by default); the analyses a pass
+    does not list in its ``preserves`` are dropped once it changes the graph.
     """
+    pctx = PipelineContext() if pipeline_ctx is None else pipeline_ctx
     invocations = parse_pipeline(pipeline)
     if check_requires:
         check_requirements(invocations)
@@ -133,7 +138,8 @@ def run_pipeline(graph: Graph, pipeline: Pipeline, *, verify_each: bool = False,
     print_before = _fingerprint(graph)
     for index, inv in enumerate(invocations):
         ctx = PassContext(pass_name=inv.name, options=dict(inv.options),
-                          expects=set(inv.pass_.expects) | _expected(expect, inv.name))
+                          expects=set(inv.pass_.expects) | _expected(expect, inv.name),
+                          pipeline=pctx)
         for inst in active:
             inst.before_pass(run, inv, ctx)
         start = time.perf_counter()
@@ -147,6 +153,8 @@ def run_pipeline(graph: Graph, pipeline: Pipeline, *, verify_each: bool = False,
         print_after = _fingerprint(graph)
         changed = ctx.changed or print_after is None or print_after != print_before
         print_before = print_after
+        if changed:
+            pctx.invalidate(inv.pass_.preserves)
         record = PassRecord(index, inv.name, inv.label, dict(inv.options), dict(ctx.stats),
                             dict(ctx.applications), list(ctx.declines), changed, seconds,
                             list(ctx.events), dict(ctx.matches),
