@@ -1,4 +1,5 @@
-"""rtinfer's built-in passes, one file each, and the named pipelines.
+"""rtinfer's built-in passes, one file each, by family (``cleanup/``, ``fusion/``; int8 and
+pruning come as ``quant/`` and ``pruning/``), and the named pipelines.
 
 Every pass module exports its record (``@graph_pass`` builds a ``Pass``, registering nothing);
 this file lists them all and installs them, with the pipelines, into the pass manager's
@@ -7,12 +8,10 @@ manager never imports the passes.
 """
 
 from rtinfer.pass_manager import install
-from rtinfer.passes import (
-    canonicalize,
-    cse,
-    dce,
+from rtinfer.passes import pipelines
+from rtinfer.passes.cleanup import canonicalize, cse, dce, fold_constants
+from rtinfer.passes.fusion import (
     fold_batchnorm,
-    fold_constants,
     fuse_attention,
     fuse_elementwise,
     fuse_epilogue,
@@ -21,7 +20,6 @@ from rtinfer.passes import (
     fuse_mha,
     layout,
     merge_parallel_linears,
-    pipelines,
 )
 
 BUILTIN_PASSES = [

@@ -2,8 +2,9 @@
 
 A pass is a record (MLIR's pass registration, TVM's ``PassInfo``): a kebab-case name, a one-line
 summary, the passes it requires to have run earlier, typed options, and a version. Built-in passes
-are listed in ``rtinfer/passes/__init__.py``; the registry imports that package on first lookup,
-so they are always present. Code outside rtinfer registers its own passes the same way::
+are records (``@graph_pass``) listed in ``rtinfer/passes/__init__.py``, which installs them into
+this registry once (the package face imports it); the registry never imports the passes. Code
+outside rtinfer registers its own passes directly::
 
     @rtinfer.register_pass("strip-relu", summary="remove every relu")
     def strip_relu(graph: Graph, ctx: PassContext) -> None: ...

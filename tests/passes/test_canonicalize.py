@@ -12,7 +12,7 @@ import pytest
 from rtinfer.ir.parser import parse
 from rtinfer.ir.types import DType
 from rtinfer.pass_manager import run_pipeline
-from rtinfer.passes.canonicalize import represents
+from rtinfer.passes.cleanup.canonicalize import represents
 from rtinfer.testing import check_rewrite
 
 

@@ -1,0 +1,2 @@
+"""Cleanup passes: constant folding, canonicalization, common-subexpression and dead-code
+elimination."""
