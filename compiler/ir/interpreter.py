@@ -147,7 +147,7 @@ def interpret_values(graph: Graph, inputs: Sequence[Any]) -> dict[Value, np.ndar
                                  f"(run the verifier)\n  at: {format_node(node)}") from None
         try:
             outs = node.opdef.evaluate(args, node.attrs, [v.type for v in node.inputs], env)
-        except Exception as e:  # noqa: BLE001  (a reference failure, reported at its node)
+        except Exception as e:  # a reference failure, reported at its node
             raise InterpretError(f"the reference of {node.op} failed: "
                                  f"{type(e).__name__}: {e}\n  at: {format_node(node)}") from e
         if len(outs) != len(node.outputs):

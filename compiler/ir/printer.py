@@ -220,7 +220,7 @@ def format_node(node: Node, namer: Namer | None = None) -> str:
             list(node.inputs) + list(node.outputs))
     try:
         return _format_node(node, name)
-    except Exception as e:  # noqa: BLE001  (used in error messages: never fail)
+    except Exception as e:  # used in error messages: never fail
         return f"{node.op}(<unprintable: {e}>)"
 
 

@@ -320,7 +320,7 @@ def export_onnx_bytes(name: str) -> tuple[bytes, list[torch.Tensor], list]:
             program = torch.onnx.export(module, args, dynamo=True, opset_version=18,
                                         verbose=False)
             data = program.model_proto.SerializeToString()
-        except Exception:  # noqa: BLE001  (the dynamo exporter fails on some models: T5, Swin)
+        except Exception:  # the dynamo exporter fails on some models: T5, Swin
             f = io.BytesIO()
             torch.onnx.export(module, args, f, dynamo=False, opset_version=17)
             data = f.getvalue()
