@@ -22,11 +22,9 @@ def capture(model: Any, example_inputs: Any = None, dynamic_dims: Any = None) ->
         from rtinfer.frontends.onnx_frontend import capture_onnx
 
         return capture_onnx(model, dynamic_dims=dynamic_dims)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
-    if torch is not None and isinstance(model, torch.nn.Module):
+    import torch
+
+    if isinstance(model, torch.nn.Module):
         from rtinfer.frontends.torch_frontend import capture_torch
 
         return capture_torch(model, example_inputs, dynamic_dims=dynamic_dims)
