@@ -92,7 +92,7 @@ class ExportError(RtinferError):
             lines.append(f"  ... and {len(ops) - 20} more")
         lines.append("Pass allow_custom=True to export them as ai.rtinfer custom-domain nodes "
                      "(docs/onnx-export.md), or add a rule to RULES in "
-                     "compiler/frontends/onnx_export.py.")
+                     "compiler/frontends/onnx_export/rules.py.")
         return cls("\n".join(lines), ops)
 
 

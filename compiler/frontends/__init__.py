@@ -35,9 +35,9 @@ def capture(model: Any, example_inputs: Any = None, dynamic_dims: Any = None) ->
 
 def export_onnx(graph: Graph, path: str | os.PathLike | None = None, **options: Any):
     """Write ``graph`` as an ONNX model to ``path`` (and return the ``onnx.ModelProto``)."""
-    from rtinfer.frontends.onnx_export import export_onnx as _export
+    from rtinfer.frontends import onnx_export
 
-    return _export(graph, path, **options)
+    return onnx_export.export_onnx(graph, path, **options)
 
 
 __all__ = ["capture", "export_onnx", "load_graph"]

@@ -1,269 +1,25 @@
-"""ONNX export: ``export_onnx(graph, path)`` writes an IR graph as an ONNX model.
-
-The graph is rebuilt with onnx-graphsurgeon: graph inputs and outputs keep their names (the
-values' name hints, sanitized and made unique) and types (symbolic dims as ``dim_param``
-strings such as ``B*S``), constants become initializers, and each node is converted by one rule
-of ``RULES`` (IR op -> a function that emits one or more ONNX nodes). A rule that cannot express
-a node raises ``Unsupported`` with the reason. Nodes without a rule are exported as nodes of the
-custom domain ``ai.rtinfer`` when ``allow_custom=True`` (see docs/onnx-export.md) and block the
-export otherwise, with an ``ExportError`` that names every blocking node.
-
-The exported model passes ``onnx.checker.check_model(model, full_check=True)``, and ONNX Runtime
-reproduces the reference interpreter's outputs. The graph itself is never modified.
-"""
+"""The export rules, one per IR op (``RULES``: op -> rule). A rule gets the emitter, the site and
+the ONNX tensors of the node's inputs, and returns the tensor(s) of the node's outputs; a node
+it cannot express raises ``rtinfer.errors.Unsupported`` with the reason."""
 
 from __future__ import annotations
 
 import math
-import os
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 import sympy
 
-from rtinfer.errors import ExportError
+from rtinfer.errors import Unsupported
+from rtinfer.frontends.onnx_export.context import Emitter, Rule, Site, chain, simple
 from rtinfer.ir.constants import ElidedTensor
-from rtinfer.ir.graph import Graph, Node, Value
-from rtinfer.ir.ops import INJECTIVE, get_op
+from rtinfer.ir.graph import Value
+from rtinfer.ir.ops import get_op
 from rtinfer.ir.ops.common import expand_ints, expand_pads, norm_axis
 from rtinfer.ir.ops.fused import FUSED_OPS, activation_op
 from rtinfer.ir.ops.layouts import permute_type, to_channels_first, to_channels_last
-from rtinfer.ir.types import Dim, DType, TensorType, dim_str, dims_equal
-
-DEFAULT_OPSET = 21  # ONNX Runtime 1.32 runs opsets up to 25; TensorRT 10 parses 21
-MIN_OPSET = 18  # reductions take axes as an input, Resize takes axes, Mish exists
-CUSTOM_DOMAIN = "ai.rtinfer"
-CUSTOM_DOMAIN_VERSION = 1
-# Initializers above this many bytes in total go to an external data file (protobuf's 2 GiB
-# limit, less headroom for the graph itself).
-EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
-
-# Ops of the op table with no standard ONNX form, and why. They export only through the custom
-# domain (allow_custom=True). tests/frontends/test_onnx_export.py checks that this list is
-# exactly the set of ops without a rule, so a new op without an exporter shows up there.
-NO_ONNX_FORM: dict[str, str] = {}
-
-_ONNX_DTYPE = {
-    DType.f64: onnx.TensorProto.DOUBLE, DType.f32: onnx.TensorProto.FLOAT,
-    DType.f16: onnx.TensorProto.FLOAT16, DType.bf16: onnx.TensorProto.BFLOAT16,
-    DType.i64: onnx.TensorProto.INT64, DType.i32: onnx.TensorProto.INT32,
-    DType.i16: onnx.TensorProto.INT16, DType.i8: onnx.TensorProto.INT8,
-    DType.u8: onnx.TensorProto.UINT8, DType.u16: onnx.TensorProto.UINT16,
-    DType.u32: onnx.TensorProto.UINT32, DType.u64: onnx.TensorProto.UINT64,
-    DType.bool: onnx.TensorProto.BOOL,
-}
-_HALF = (DType.f16, DType.bf16)
-
-
-class Unsupported(Exception):
-    """A rule cannot express this node in standard ONNX (the message says why)."""
-
-
-def _gs_dtype(dt: DType):
-    # graphsurgeon maps numpy dtypes; bfloat16 goes by its ONNX enum
-    return onnx.TensorProto.BFLOAT16 if dt is DType.bf16 else dt.np
-
-
-def _gs_shape(t: TensorType) -> list[int | str]:
-    return [d if isinstance(d, int) else dim_str(d) for d in t.shape]
-
-
-class _Names:
-    """Unique, sanitized ONNX names."""
-
-    def __init__(self) -> None:
-        self.used: set[str] = {""}
-
-    def unique(self, hint: str) -> str:
-        base = re.sub(r"[^A-Za-z0-9_.\-/:]", "_", hint) or "t"
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
-
-
-@dataclass
-class Site:
-    """The node being exported, as its rule sees it. With ``full_precision`` the types of a
-    half-precision node read f32 (the driver casts around it)."""
-
-    node: Node
-    name: str
-    in_types: list[TensorType]
-    out_types: list[TensorType]
-    attrs: dict[str, Any]
-
-    @property
-    def x(self) -> TensorType:
-        return self.in_types[0]
-
-    @property
-    def out(self) -> TensorType:
-        return self.out_types[0]
-
-
-class Emitter:
-    """Builds the graphsurgeon graph: nodes, constants, and shape tensors for symbolic dims."""
-
-    def __init__(self, opset: int, names: _Names):
-        self.opset = opset
-        self.names = names  # tensor names
-        self.node_names = _Names()
-        self.nodes: list[gs.Node] = []
-        self.prefix = "export"
-        self._consts: dict[tuple, gs.Constant] = {}
-        self._sym_src: dict[str, tuple[gs.Variable, int]] = {}
-        self._dims: dict[str, gs.Tensor] = {}
-
-    # -- nodes and constants ------------------------------------------------------------------
-
-    def op(self, op_type: str, inputs: Sequence[gs.Tensor | None],
-           attrs: dict[str, Any] | None = None, *, n_out: int = 1,
-           domain: str | None = None) -> Any:
-        """Append one ONNX node; returns its output (or outputs when ``n_out > 1``)."""
-        ins = list(inputs)
-        while ins and ins[-1] is None:  # trailing optional inputs are left out
-            ins.pop()
-        ins = [gs.Variable.empty() if t is None else t for t in ins]
-        outs = [gs.Variable(self.names.unique(f"{self.prefix}/{op_type}_out"))
-                for _ in range(n_out)]
-        self.nodes.append(gs.Node(op_type, self.node_names.unique(f"{self.prefix}/{op_type}"),
-                                  attrs=dict(attrs or {}), inputs=ins, outputs=outs,
-                                  domain=domain))
-        return outs[0] if n_out == 1 else outs
-
-    def const(self, array: Any, dtype: np.dtype | type | None = None,
-              name: str | None = None) -> gs.Constant:
-        """An initializer; small constants with equal contents are shared."""
-        a = np.asarray(array, dtype=dtype)
-        key = None
-        if name is None and a.size <= 64:
-            key = (a.dtype.str, a.shape, a.tobytes())
-            if key in self._consts:
-                return self._consts[key]
-        c = gs.Constant(self.names.unique(name or f"{self.prefix}/const"), a)
-        if key is not None:
-            self._consts[key] = c
-        return c
-
-    def ints(self, values: Sequence[int]) -> gs.Constant:
-        return self.const(np.asarray(list(values), np.int64).reshape(-1))
-
-    def scalar(self, value: float | int | bool, dt: DType) -> gs.Constant:
-        return self.const(np.asarray(value).astype(dt.np))
-
-    def cast(self, x: gs.Tensor, dt: DType) -> gs.Variable:
-        return self.op("Cast", [x], {"to": _ONNX_DTYPE[dt]})
-
-    def filled(self, dims: Sequence[Dim], value: float, dt: DType) -> gs.Tensor:
-        """A tensor of ``dims`` (static or symbolic) filled with ``value``."""
-        if all(isinstance(d, int) for d in dims):
-            return self.const(np.full(tuple(dims), value, dt.np))
-        fill = gs.Constant("", np.asarray([value]).astype(dt.np))
-        return self.op("ConstantOfShape", [self.shape(dims)], {"value": fill})
-
-    # -- symbolic dims as int64 tensors --------------------------------------------------------
-
-    def add_symbol_source(self, var: gs.Variable, t: TensorType) -> None:
-        for axis, d in enumerate(t.shape):
-            if isinstance(d, sympy.Symbol):
-                self._sym_src.setdefault(d.name, (var, axis))
-
-    def shape(self, dims: Sequence[Dim]) -> gs.Tensor:
-        """A 1-d int64 tensor holding ``dims``: an initializer when they are all static, else
-        a Concat of static runs and dims computed from the graph inputs' shapes."""
-        if all(isinstance(d, int) for d in dims):
-            return self.ints(dims)
-        parts: list[gs.Tensor] = []
-        run: list[int] = []
-        for d in dims:
-            if isinstance(d, int):
-                run.append(d)
-                continue
-            if run:
-                parts.append(self.ints(run))
-                run = []
-            parts.append(self.dim(d))
-        if run:
-            parts.append(self.ints(run))
-        return parts[0] if len(parts) == 1 else self.op("Concat", parts, {"axis": 0})
-
-    def dim(self, d: Dim) -> gs.Tensor:
-        """One dim as a ``[1]`` int64 tensor."""
-        if isinstance(d, int):
-            return self.ints([d])
-        key = dim_str(d)
-        if key not in self._dims:
-            prefix, self.prefix = self.prefix, f"dim/{key}"
-            try:
-                self._dims[key] = self._eval_dim(d)
-            finally:
-                self.prefix = prefix
-        return self._dims[key]
-
-    def _eval_dim(self, e: sympy.Expr) -> gs.Tensor:
-        # sizes are non-negative, so integer Div (truncating) is floor division here
-        if e.is_Integer:
-            return self.ints([int(e)])
-        if isinstance(e, sympy.Symbol):
-            if e.name not in self._sym_src:
-                raise Unsupported(f"symbolic dim {e} is not a dim of any graph input")
-            var, axis = self._sym_src[e.name]
-            return self.op("Shape", [var], {"start": axis, "end": axis + 1})
-        if isinstance(e, (sympy.floor, sympy.ceiling)):
-            num, den = e.args[0].as_numer_denom()
-            n, dd = self.dim(num), self.dim(den)
-            if isinstance(e, sympy.ceiling):  # ceil(n / d) = (n + d - 1) / d
-                n = self.op("Sub", [self.op("Add", [n, dd]), self.ints([1])])
-            return self.op("Div", [n, dd])
-        if isinstance(e, sympy.Mul):
-            num, den = e.as_numer_denom()
-            if den != 1:
-                return self.op("Div", [self.dim(num), self.dim(den)])
-            return self._fold("Mul", e.args)
-        if isinstance(e, sympy.Add):
-            return self._fold("Add", e.args)
-        if isinstance(e, sympy.Pow) and e.exp.is_Integer and e.exp > 0:
-            return self._fold("Mul", [e.base] * int(e.exp))
-        raise Unsupported(f"cannot compute the symbolic dim {e} in ONNX")
-
-    def _fold(self, op_type: str, args: Sequence[sympy.Expr]) -> gs.Tensor:
-        acc = self.dim(args[0])
-        for a in args[1:]:
-            acc = self.op(op_type, [acc, self.dim(a)])
-        return acc
-
-
-# -- rules --------------------------------------------------------------------------------------
-# A rule gets the emitter, the site and the ONNX tensors of the node's inputs, and returns the
-# tensor (or list of tensors) of the node's outputs.
-
-Rule = Callable[[Emitter, Site, list[gs.Tensor]], Any]
-
-
-def simple(op_type: str, attrs: Callable[[dict], dict] | None = None) -> Rule:
-    """One ONNX node with the same inputs; ``attrs`` maps IR attributes to ONNX ones."""
-    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
-        return e.op(op_type, x, attrs(s.attrs) if attrs else None)
-    return rule
-
-
-def chain(*op_types: str) -> Rule:
-    """Unary ONNX ops applied in turn: ``chain("Sqrt", "Reciprocal")`` is 1 / sqrt(x)."""
-    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
-        y = x[0]
-        for t in op_types:
-            y = e.op(t, [y])
-        return y
-    return rule
+from rtinfer.ir.types import Dim, DType, TensorType, dims_equal
 
 
 def _gelu(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
@@ -365,7 +121,7 @@ def _adaptive_avg_pool(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
         return e.op("GlobalAveragePool", x)
     h, w = s.x.shape[2:]
     if not isinstance(h, int) or not isinstance(w, int):
-        raise Unsupported(f"adaptive pooling of symbolic spatial dims {s.x}")
+        raise Unsupported(s.node.op, f"adaptive pooling of symbolic spatial dims {s.x}")
     if h % oh == 0 and w % ow == 0:
         k = [h // oh, w // ow]
         return e.op("AveragePool", x, {"kernel_shape": k, "strides": k})
@@ -676,12 +432,12 @@ def _fused_elementwise(e: Emitter, s: Site, x: list[gs.Tensor]) -> list[gs.Tenso
         if n.op == "const":
             data = n.attrs["value"]
             if isinstance(data, ElidedTensor):
-                raise Unsupported("a constant of the body was elided from the IR text")
+                raise Unsupported(s.node.op, "a constant of the body was elided from the IR text")
             tensors[n.out] = e.const(data)
             continue
         rule = RULES.get(n.op)
         if rule is None:
-            raise Unsupported(f"the body's op {n.op} has no ONNX export rule")
+            raise Unsupported(s.node.op, f"the body's op {n.op} has no ONNX export rule")
         site = Site(n, s.name, [v.type for v in n.inputs], [v.type for v in n.outputs],
                     n.attrs)
         res = rule(e, site, [tensors[v] for v in n.inputs])
@@ -701,7 +457,7 @@ def _arg(op_type: str) -> Rule:
 def _shift(direction: str) -> Rule:
     def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
         if s.x.dtype not in (DType.u8, DType.u16, DType.u32, DType.u64):
-            raise Unsupported(f"ONNX BitShift takes unsigned integers, got {s.x.dtype}")
+            raise Unsupported(s.node.op, f"ONNX BitShift takes unsigned integers, got {s.x.dtype}")
         return e.op("BitShift", x, {"direction": direction})
     return rule
 
@@ -712,7 +468,7 @@ def _cumprod(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
     rank, axis = s.x.rank, s.attrs["axis"] % s.x.rank
     n = s.x.shape[axis]
     if not isinstance(n, int):
-        raise Unsupported(f"cumprod along the symbolic dim {n}")
+        raise Unsupported(s.node.op, f"cumprod along the symbolic dim {n}")
     mask = np.tril(np.ones((n, n), bool)).reshape((n, n) + (1,) * (rank - axis - 1))
     xe = e.op("Unsqueeze", [x[0], e.ints([axis])])
     picked = e.op("Where", [e.const(mask), xe, e.scalar(1, s.x.dtype)])
@@ -727,7 +483,8 @@ def _resize(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
     if sizes:
         if scales and any(not isinstance(d, int) or math.floor(d * f) != o
                           for d, f, o in zip(s.x.shape, scales, sizes, strict=True)):
-            raise Unsupported("resize with sizes and scales that disagree (ONNX takes one)")
+            raise Unsupported(s.node.op, "resize with sizes and scales that disagree (ONNX "
+                              "takes one)")
         if not scales:
             return e.op("Resize", [x[0], roi_t, None, e.ints(sizes)], attrs)
     return e.op("Resize", [x[0], roi_t, e.const(np.asarray(scales, np.float32))], attrs)
@@ -874,199 +631,3 @@ RULES: dict[str, Rule] = {
     **{fused: _fused(base) for base, fused in FUSED_OPS.items()},
     "fused_elementwise": _fused_elementwise,  # fuse-elementwise: the body, inlined
 }
-
-
-# -- custom domain ------------------------------------------------------------------------------
-
-
-def _custom_attrs(e: Emitter, attrs: dict[str, Any], opts: dict) -> dict[str, Any]:
-    """IR attributes as ONNX attributes of an ``ai.rtinfer`` node (docs/onnx-export.md)."""
-    from rtinfer.ir.types import QuantParams
-
-    out: dict[str, Any] = {}
-    for k, v in attrs.items():
-        if isinstance(v, bool):
-            out[k] = int(v)
-        elif isinstance(v, DType):
-            out[k] = v.value
-        elif isinstance(v, QuantParams):
-            out[f"{k}_scale"] = [float(f) for f in np.atleast_1d(v.scale)]
-            out[f"{k}_zero_point"] = [int(z) for z in np.atleast_1d(v.zero_point)]
-            if v.axis is not None:
-                out[f"{k}_axis"] = v.axis
-        elif isinstance(v, Graph):
-            out[k] = _build(v, opts, Emitter(e.opset, _Names()))[0]
-        elif isinstance(v, np.ndarray):
-            out[k] = gs.Constant(e.names.unique(f"{e.prefix}/{k}"), np.array(v))
-        elif isinstance(v, ElidedTensor):
-            raise Unsupported(f"attribute {k} holds elided constant data")
-        elif isinstance(v, tuple) and any(not isinstance(d, (int, float, str)) for d in v):
-            out[k] = [dim_str(d) for d in v]  # a shape with symbolic dims
-        elif isinstance(v, tuple):
-            out[k] = list(v)
-        else:
-            out[k] = v
-    return out
-
-
-def _custom(e: Emitter, node: Node, x: list[gs.Tensor], opts: dict) -> list[gs.Tensor]:
-    outs = e.op(node.op, x, _custom_attrs(e, node.attrs, opts), n_out=len(node.outputs),
-                domain=CUSTOM_DOMAIN)
-    return outs if len(node.outputs) > 1 else [outs]
-
-
-# -- the driver ---------------------------------------------------------------------------------
-
-
-def _upcast(node: Node, opts: dict) -> bool:
-    """With full_precision, a half-precision node computes in f32 (as the reference does)."""
-    if not opts["full_precision"] or node.op in ("cast", "identity", "shape"):
-        return False
-    if node.opdef.has(INJECTIVE):
-        return False
-    return any(v.type.dtype in _HALF for v in [*node.inputs, *node.outputs])
-
-
-def _f32(t: TensorType) -> TensorType:
-    return TensorType(DType.f32, t.shape, t.quant) if t.dtype in _HALF else t
-
-
-def _build(graph: Graph, opts: dict, e: Emitter) -> tuple[gs.Graph, list]:
-    """The graphsurgeon graph of ``graph``, and the nodes that block a standard export as
-    ``(op, node name, reason)``."""
-    names = e.names
-    tensors: dict[Value, gs.Tensor] = {}
-    inputs = []
-    for i, v in enumerate(graph.inputs):
-        var = gs.Variable(names.unique(v.name or f"input_{i}"), _gs_dtype(v.type.dtype),
-                          _gs_shape(v.type))
-        tensors[v] = var
-        inputs.append(var)
-        e.add_symbol_source(var, v.type)
-
-    blocked: list[tuple[str, str, str]] = []
-    claimed: set[int] = {id(t) for t in inputs}
-    for k, node in enumerate(graph.nodes):
-        base = node.name or node.provenance.origin.split(":")[-1] or f"{node.op}_{k}"
-        if node.op == "const":
-            data = node.attrs["value"]
-            if isinstance(data, ElidedTensor):
-                blocked.append((node.op, base, "its data was elided from the IR text"))
-                data = np.zeros(data.shape, data.dtype.np)
-            tensors[node.out] = e.const(data, name=node.out.name or f"const_{k}")
-            claimed.add(id(tensors[node.out]))
-            continue
-        e.prefix = e.node_names.unique(base)
-        x = [tensors[v] for v in node.inputs]
-        first = len(e.nodes)
-        rule, reason = RULES.get(node.op), NO_ONNX_FORM.get(node.op, "no ONNX export rule")
-        outs = None
-        if rule is not None:
-            up = _upcast(node, opts)
-            site = Site(node, e.prefix, [v.type for v in node.inputs],
-                        [v.type for v in node.outputs], node.attrs)
-            try:
-                if up:
-                    x = [e.cast(t, DType.f32) if v.type.dtype in _HALF else t
-                         for t, v in zip(x, node.inputs, strict=True)]
-                    site.in_types = [_f32(t) for t in site.in_types]
-                    site.out_types = [_f32(t) for t in site.out_types]
-                res = rule(e, site, x)
-                outs = list(res) if isinstance(res, (list, tuple)) else [res]
-                if up:
-                    outs = [e.cast(t, v.type.dtype) if v.type.dtype in _HALF else t
-                            for t, v in zip(outs, node.outputs, strict=True)]
-            except Unsupported as u:
-                del e.nodes[first:]
-                reason = str(u)
-        if outs is None:
-            blocked.append((node.op, base, reason))
-            if not opts["allow_custom"]:  # keep going, to name every blocking node
-                tensors.update((v, gs.Variable(names.unique(f"{base}_blocked")))
-                               for v in node.outputs)
-                continue
-            outs = _custom(e, node, x, opts)
-        made = {id(t) for n in e.nodes[first:] for t in n.outputs}
-        for i, (v, t) in enumerate(zip(node.outputs, outs, strict=True)):
-            if id(t) in made and id(t) not in claimed:
-                hint = v.name or (base if len(node.outputs) == 1 else f"{base}_{i}")
-                t.name = names.unique(hint)
-                t.dtype, t.shape = _gs_dtype(v.type.dtype), _gs_shape(v.type)
-                claimed.add(id(t))
-            tensors[v] = t
-    if blocked and not opts["allow_custom"]:
-        return None, blocked
-
-    outputs, seen = [], set()
-    for i, v in enumerate(graph.outputs):
-        t = tensors[v]
-        if not isinstance(t, gs.Variable) or t in inputs or id(t) in seen:
-            # an output that is a graph input, a constant or another output gets its own tensor
-            e.prefix = "output"
-            t = e.op("Identity", [t])
-            t.name = names.unique(v.name or f"output_{i}")
-            t.dtype, t.shape = _gs_dtype(v.type.dtype), _gs_shape(v.type)
-        seen.add(id(t))
-        outputs.append(t)
-
-    domains = [onnx.helper.make_opsetid("", e.opset)]
-    if any(n.domain == CUSTOM_DOMAIN for n in e.nodes):
-        domains.append(onnx.helper.make_opsetid(CUSTOM_DOMAIN, CUSTOM_DOMAIN_VERSION))
-    g = gs.Graph(nodes=e.nodes, inputs=inputs, outputs=outputs, name=graph.name,
-                 opset=e.opset, import_domains=domains)
-    g.cleanup(remove_unused_graph_inputs=False)
-    return g, blocked
-
-
-def export_onnx(graph: Graph, path: str | os.PathLike | None = None, *,
-                opset: int | None = None, allow_custom: bool = False,
-                full_precision: bool = False, external_data: bool | None = None,
-                check: bool = False) -> onnx.ModelProto:
-    """Export ``graph`` as an ONNX model; write it to ``path`` if given, and return it.
-
-    ``opset``: the default ONNX opset (``DEFAULT_OPSET``) or any from ``MIN_OPSET`` up; newer
-    opsets use newer ops (Gelu from 20, RMSNormalization from 23). ``allow_custom``: export ops
-    without a standard ONNX form as ``ai.rtinfer`` nodes instead of raising ``ExportError``.
-    ``full_precision``: compute float16/bfloat16 nodes in float32, casting around them, as the
-    reference interpreter does. ``external_data``: write initializers to ``<path>.data`` next to
-    the model (None: only when they pass ~2 GB). ``check``: run ``onnx.checker`` on the result.
-    """
-    opset = DEFAULT_OPSET if opset is None else int(opset)
-    newest = onnx.defs.onnx_opset_version()
-    if not MIN_OPSET <= opset <= newest:
-        raise ExportError(f"opset {opset} is not supported: rtinfer exports opsets "
-                          f"{MIN_OPSET} to {newest}")
-    opts = {"allow_custom": allow_custom, "full_precision": full_precision}
-    g, blocked = _build(graph, opts, Emitter(opset, _Names()))
-    if g is None:
-        raise ExportError.blocking(blocked)
-    model = gs.export_onnx(g)
-    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import),
-                                                             ignore_unknown=True)
-    model.producer_name = "rtinfer"
-    from rtinfer.version import __version__
-
-    model.producer_version = __version__
-    size = sum(t.ByteSize() for t in model.graph.initializer)
-    external = external_data if external_data is not None else size > EXTERNAL_DATA_THRESHOLD
-    if external and path is None:
-        raise ExportError(f"the model's initializers take {size / 2**30:.2f} GiB, over "
-                          f"protobuf's 2 GiB limit: pass a path to write them as external data")
-    if path is not None:
-        path = Path(path)
-        if external:
-            onnx.save_model(model, path, save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=path.name + ".data",
-                            size_threshold=1024)
-        else:
-            onnx.save_model(model, path)
-    if check:
-        if external:
-            onnx.checker.check_model(str(path), full_check=True)
-        else:
-            onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-__all__ = ["CUSTOM_DOMAIN", "DEFAULT_OPSET", "MIN_OPSET", "NO_ONNX_FORM", "RULES", "Emitter",
-           "Site", "Unsupported", "export_onnx"]
