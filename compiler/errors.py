@@ -91,8 +91,8 @@ class ExportError(RtinferError):
         if len(ops) > 20:
             lines.append(f"  ... and {len(ops) - 20} more")
         lines.append("Pass allow_custom=True to export them as ai.rtinfer custom-domain nodes "
-                     "(docs/onnx-export.md), or add a rule to RULES in "
-                     "compiler/frontends/onnx_export/rules.py.")
+                     "(docs/onnx-export.md), or add a rule to RULES in the module of its "
+                     "family in compiler/frontends/onnx_export/.")
         return cls("\n".join(lines), ops)
 
 

@@ -100,8 +100,8 @@ def test_ops_without_an_exporter_are_exactly_the_documented_ones():
     assert set(RULES) <= table
     missing = table - set(RULES) - {"const"}  # const becomes an initializer
     assert missing == set(NO_ONNX_FORM), (
-        "an op without an ONNX export rule: add a rule to RULES in "
-        "compiler/frontends/onnx_export/rules.py, or list it in NO_ONNX_FORM with the reason "
+        "an op without an ONNX export rule: add a rule to RULES in the module of its family in "
+        "compiler/frontends/onnx_export/, or list it in NO_ONNX_FORM with the reason "
         "(and in docs/onnx-export.md)")
     doc = (ROOT / "docs/onnx-export.md").read_text()
     assert all(f"`{op}`" in doc for op in NO_ONNX_FORM)

@@ -11,10 +11,12 @@ blocking node.
 
 The exported model passes ``onnx.checker.check_model(model, full_check=True)``, and ONNX Runtime
 reproduces the reference interpreter's outputs. The graph itself is never modified. The
-emitter and the site a rule sees are in ``context``, the rules in ``rules``, the driver in
-``driver``.
+emitter and the site a rule sees are in ``context``; the rules in the modules of their families
+(``elementwise``, ``linalg``, ``nn``, ``norm``, ``quant``, ``reduce``, ``shape``, ``attention``,
+``fused``), assembled into ``RULES`` in ``rules``; the driver in ``driver``.
 """
 
+from rtinfer.errors import Unsupported
 from rtinfer.frontends.onnx_export.context import (
     CUSTOM_DOMAIN,
     DEFAULT_OPSET,
@@ -30,4 +32,4 @@ from rtinfer.frontends.onnx_export.driver import export_onnx
 from rtinfer.frontends.onnx_export.rules import RULES
 
 __all__ = ["CUSTOM_DOMAIN", "DEFAULT_OPSET", "MIN_OPSET", "NO_ONNX_FORM", "RULES", "Emitter",
-           "Rule", "Site", "chain", "export_onnx", "simple"]
+           "Rule", "Site", "Unsupported", "chain", "export_onnx", "simple"]

@@ -1,6 +1,7 @@
 """The exporter's building blocks: opsets and dtypes, the emitter that builds ONNX nodes
 (``Emitter``: names, constants, symbolic dims as Shape arithmetic), the node being exported as a
-rule sees it (``Site``), and the simplest rules (``simple``, ``chain``)."""
+rule sees it (``Site``), the simplest rules (``simple``, ``chain``) and what rules of several
+families share (``channels_last``, ``axis_attr``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sympy
 
 from rtinfer.errors import Unsupported
 from rtinfer.ir.graph import Node
+from rtinfer.ir.ops.layouts import permute_type, to_channels_first, to_channels_last
 from rtinfer.ir.types import Dim, DType, TensorType, dim_str
 
 DEFAULT_OPSET = 21  # ONNX Runtime 1.32 runs opsets up to 25; TensorRT 10 parses 21
@@ -242,3 +244,22 @@ def chain(*op_types: str) -> Rule:
             y = e.op(t, [y])
         return y
     return rule
+
+
+def channels_last(rule: Rule) -> Rule:
+    """An op with ``layout="NHWC"``: Transpose to NCHW, the NCHW rule, Transpose back."""
+    def wrapped(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        if s.attrs.get("layout", "NCHW") != "NHWC":
+            return rule(e, s, x)
+        cf, cl = to_channels_first(s.x.rank), to_channels_last(s.out.rank)
+        site = Site(s.node, s.name, [permute_type(s.x, cf)] + s.in_types[1:],
+                    [permute_type(s.out, to_channels_first(s.out.rank))] + s.out_types[1:],
+                    {k: v for k, v in s.attrs.items() if k != "layout"})
+        y = rule(e, site, [e.op("Transpose", [x[0]], {"perm": list(cf)})] + x[1:])
+        return e.op("Transpose", [y], {"perm": list(cl)})
+    return wrapped
+
+
+def axis_attr(a: dict) -> dict:
+    """The ``axis`` attribute alone, as ONNX takes it."""
+    return {"axis": a["axis"]}
