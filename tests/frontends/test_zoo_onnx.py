@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.frontends.zoo import ZOO, _within, run_model_onnx
+from tests.frontends.zoo import ZOO, run_model_onnx, within_tolerance
 
 FAST_ONNX = ("resnet", "bert")
 
 
 def check_model(name: str) -> None:
     r = run_model_onnx(name)
-    assert _within(r), f"{name}: max abs error {r['max_abs_err']:.3g} vs eager"
+    assert within_tolerance(r), f"{name}: max abs error {r['max_abs_err']:.3g} vs eager"
 
 
 @pytest.mark.parametrize("name", FAST_ONNX)

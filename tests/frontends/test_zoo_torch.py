@@ -27,14 +27,14 @@ def test_zoo_dynamic_batch_and_sequence(name):
     import rtinfer
     from rtinfer.ir import interpret
 
-    from .zoo import _ids
+    from .zoo import text_inputs
 
     model, inputs = ZOO[name]()
     g = rtinfer.capture(model, inputs, dynamic_dims={k: {0: "B", 1: "S"} for k in inputs})
     assert [str(v.type) for v in g.inputs] == ["i64[B,S]"] * len(inputs)
     assert str(g.outputs[0].type) == "f32[B,S,32]"
     for b, s in [(2, 8), (3, 5)]:
-        x = {k: v for k, v in _ids(batch=b, seq=s, seed=1).items() if k in inputs}
+        x = {k: v for k, v in text_inputs(batch=b, seq=s, seed=1).items() if k in inputs}
         with torch.no_grad():
             want = model(**x)[0].numpy()
         got = interpret(g, *[x[k].numpy() for k in g.meta["torch"]["input_names"]])

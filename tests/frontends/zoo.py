@@ -31,7 +31,7 @@ def _model(name: str) -> Callable[[Builder], Builder]:
     return deco
 
 
-def _ids(vocab: int = 100, batch: int = 2, seq: int = SEQ, seed: int = 0) -> dict[str, Any]:
+def text_inputs(vocab: int = 100, batch: int = 2, seq: int = SEQ, seed: int = 0) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
@@ -69,7 +69,7 @@ def minilm():
 @_model("bert")
 def bert():
     from transformers import BertConfig, BertModel
-    return _init(BertModel, BertConfig(**_TEXT)), _ids()
+    return _init(BertModel, BertConfig(**_TEXT)), text_inputs()
 
 
 @_model("distilbert")
@@ -77,13 +77,13 @@ def distilbert():
     from transformers import DistilBertConfig, DistilBertModel
     cfg = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
                            max_position_embeddings=64)
-    return _init(DistilBertModel, cfg), _ids()
+    return _init(DistilBertModel, cfg), text_inputs()
 
 
 @_model("roberta")
 def roberta():
     from transformers import RobertaConfig, RobertaModel
-    ids = _ids()
+    ids = text_inputs()
     ids["input_ids"] = ids["input_ids"].clamp(min=3)  # avoid the padding id
     return _init(RobertaModel, RobertaConfig(**_TEXT, pad_token_id=1)), ids
 
@@ -91,13 +91,13 @@ def roberta():
 @_model("albert")
 def albert():
     from transformers import AlbertConfig, AlbertModel
-    return _init(AlbertModel, AlbertConfig(**_TEXT, embedding_size=16)), _ids()
+    return _init(AlbertModel, AlbertConfig(**_TEXT, embedding_size=16)), text_inputs()
 
 
 @_model("electra")
 def electra():
     from transformers import ElectraConfig, ElectraModel
-    return _init(ElectraModel, ElectraConfig(**_TEXT, embedding_size=16)), _ids()
+    return _init(ElectraModel, ElectraConfig(**_TEXT, embedding_size=16)), text_inputs()
 
 
 @_model("gpt2")
@@ -105,7 +105,7 @@ def gpt2():
     from transformers import GPT2Config, GPT2Model
     cfg = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                      use_cache=False)
-    return _init(GPT2Model, cfg), {"input_ids": _ids()["input_ids"]}
+    return _init(GPT2Model, cfg), {"input_ids": text_inputs()["input_ids"]}
 
 
 @_model("opt")
@@ -114,7 +114,7 @@ def opt():
     cfg = OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
                     num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
                     use_cache=False)
-    return _init(OPTModel, cfg), {"input_ids": _ids()["input_ids"]}
+    return _init(OPTModel, cfg), {"input_ids": text_inputs()["input_ids"]}
 
 
 @_model("llama")
@@ -123,7 +123,7 @@ def llama():
     cfg = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
                       use_cache=False)
-    return _init(LlamaModel, cfg), {"input_ids": _ids()["input_ids"]}
+    return _init(LlamaModel, cfg), {"input_ids": text_inputs()["input_ids"]}
 
 
 @_model("t5-encoder")
@@ -131,7 +131,7 @@ def t5_encoder():
     from transformers import T5Config, T5EncoderModel
     cfg = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                    use_cache=False)
-    return _init(T5EncoderModel, cfg), _ids()
+    return _init(T5EncoderModel, cfg), text_inputs()
 
 
 @_model("bart-encoder")
@@ -141,7 +141,7 @@ def bart_encoder():
     cfg = BartConfig(vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2,
                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                      decoder_ffn_dim=64, max_position_embeddings=64)
-    return _init(BartEncoder, cfg), _ids()
+    return _init(BartEncoder, cfg), text_inputs()
 
 
 @_model("vit")
@@ -230,7 +230,7 @@ def clip_text():
     from transformers import CLIPTextConfig, CLIPTextModel
     cfg = CLIPTextConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                          num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    return _init(CLIPTextModel, cfg), _ids()
+    return _init(CLIPTextModel, cfg), text_inputs()
 
 
 @_model("segformer")
@@ -344,7 +344,7 @@ def run_model_onnx(name: str) -> dict[str, Any]:
     return {"graph": g, "nodes": len(g.nodes), "max_abs_err": err, "eager": want}
 
 
-def _within(r: dict[str, Any]) -> bool:
+def within_tolerance(r: dict[str, Any]) -> bool:
     return r["max_abs_err"] <= 1e-4 + 1e-4 * max(
         (float(abs(w).max()) for w in r["eager"] if w.numel()), default=0.0)
 
@@ -362,7 +362,8 @@ def _report(path: str) -> None:
             try:
                 r = run(name)
                 row += [str(r["nodes"]), f"{r['max_abs_err']:.2e}",
-                        "pass" if _within(r) else "MISMATCH", f"{time.perf_counter() - t0:.1f}"]
+                        "pass" if within_tolerance(r) else "MISMATCH",
+                        f"{time.perf_counter() - t0:.1f}"]
             except Exception as e:  # report every failure, keep going
                 first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines()[0] if str(e) else ""
                 reason = f"{type(e).__name__}: {first}"[:120]
@@ -371,7 +372,6 @@ def _report(path: str) -> None:
                         f"{time.perf_counter() - t0:.1f}"]
         rows.append(tuple(row))
         print(" | ".join(rows[-1]), flush=True)
-    import torch as _t
     import transformers
 
     lines = [
@@ -386,7 +386,7 @@ def _report(path: str) -> None:
         "the reference interpreter and is compared with eager torch on all outputs (pass: max "
         "abs error <= 1e-4 + 1e-4 * max |output|).",
         "",
-        f"torch {_t.__version__}, transformers {transformers.__version__}.",
+        f"torch {torch.__version__}, transformers {transformers.__version__}.",
         "",
         "| model | torch: IR nodes | max abs error | result | s "
         "| ONNX: IR nodes | max abs error | result | s |",

@@ -195,7 +195,8 @@ class Emitter:
             return self.ints([int(e)])
         if isinstance(e, sympy.Symbol):
             if e.name not in self._sym_src:
-                raise Unsupported("symbolic dim", f"{e} is not a dim of any graph input")
+                raise Unsupported("symbolic dim",
+                                  f"symbolic dim {e} is not a dim of any graph input")
             var, axis = self._sym_src[e.name]
             return self.op("Shape", [var], {"start": axis, "end": axis + 1})
         if isinstance(e, (sympy.floor, sympy.ceiling)):
@@ -213,7 +214,7 @@ class Emitter:
             return self._fold("Add", e.args)
         if isinstance(e, sympy.Pow) and e.exp.is_Integer and e.exp > 0:
             return self._fold("Mul", [e.base] * int(e.exp))
-        raise Unsupported("symbolic dim", f"cannot compute {e} in ONNX")
+        raise Unsupported("symbolic dim", f"cannot compute the symbolic dim {e} in ONNX")
 
     def _fold(self, op_type: str, args: Sequence[sympy.Expr]) -> gs.Tensor:
         acc = self.dim(args[0])

@@ -77,15 +77,15 @@ def example_args(model: torch.nn.Module, example_inputs: Any) -> tuple[tuple, di
 
 
 def _dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict,
-                    dynamic_dims: Any) -> tuple[Any, dict[str, str]]:
+                    dynamic_dims: Any) -> Any:
     """torch.export ``dynamic_shapes`` from ``{input: {axis: "B"}}`` (or a torch spec as is)."""
     if dynamic_dims is None:
-        return None, {}
+        return None
     is_user = all(isinstance(v, dict) and all(isinstance(a, int) and isinstance(s, str)
                                               for a, s in v.items())
                   for v in dynamic_dims.values()) if isinstance(dynamic_dims, dict) else False
     if not is_user:
-        return dynamic_dims, {}
+        return dynamic_dims
     try:
         sig = inspect.signature(model.forward)
         bound = sig.bind_partial(*args, **kwargs)
@@ -108,7 +108,7 @@ def _dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict,
     for pname, p in sig.parameters.items():
         if p.kind is inspect.Parameter.VAR_KEYWORD and pname in spec:
             spec[pname] = {k: spec.get(k) for k in bound.arguments[pname]}
-    return spec, {}
+    return spec
 
 
 def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any):
@@ -149,7 +149,7 @@ def capture_torch(model: torch.nn.Module, example_inputs: Any = None,
                   dynamic_dims: Any = None) -> Graph:
     """Capture ``model`` (an ``nn.Module`` or ``fx.GraphModule``) into an IR graph."""
     args, kwargs = example_args(model, example_inputs)
-    dyn, _ = _dynamic_shapes(model, args, kwargs, dynamic_dims)
+    dyn = _dynamic_shapes(model, args, kwargs, dynamic_dims)
     # export a copy in eval mode: the user's module (training flag, parameters) is untouched
     work = copy.deepcopy(model)
     work.eval()
@@ -158,7 +158,7 @@ def capture_torch(model: torch.nn.Module, example_inputs: Any = None,
     return _convert(ep, type(model).__name__, dynamic_dims)
 
 
-def _symbol_map(ep: Any, user_inputs: list, dynamic_dims: Any) -> dict[sympy.Symbol, Any]:
+def _symbol_map(user_inputs: list, dynamic_dims: Any) -> dict[sympy.Symbol, Any]:
     """torch's shape symbols (s0, s1...) -> the user's names, read off the input placeholders."""
     out: dict[sympy.Symbol, Any] = {}
     names = dynamic_dims if isinstance(dynamic_dims, dict) else {}
@@ -201,16 +201,16 @@ def _convert(ep: Any, model_name: str, dynamic_dims: Any) -> Graph:
     if missing:
         raise UnsupportedOpsError(
             "torch", missing,
-            hint="To support an op, add one entry to CONVERTERS in "
-                 "compiler/frontends/torch_frontend.py (and, if the IR lacks the op, one entry "
-                 "in compiler/ir/ops/ with a case in tests/ir/test_ops.py).")
+            hint="To support an op, add one entry to CONVERTERS (@converts in the module of "
+                 "its family under compiler/frontends/torch_frontend/; and, if the IR lacks the "
+                 "op, one entry in compiler/ir/ops/ with a case in tests/ir/test_ops.py).")
 
     g = Graph(model_name)
     sig = ep.graph_signature
     kinds = {s.arg.name: s for s in sig.input_specs if hasattr(s.arg, "name")}
     user_nodes = [n for n in fx_nodes if n.op == "placeholder"
                   and kinds[n.name].kind.name == "USER_INPUT"]
-    cx = Ctx(g, _symbol_map(ep, user_nodes, dynamic_dims))
+    cx = Ctx(g, _symbol_map(user_nodes, dynamic_dims))
     env: dict[torch.fx.Node, Any] = {}
     input_names: list[str] = []
     flat_kinds: list[str] = []  # per flat user input: "tensor" or "literal"

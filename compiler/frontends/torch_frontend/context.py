@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ KEEP_OPS = (
     aten.hardsigmoid.default, aten.mish.default, aten.softplus.default, aten.rms_norm.default,
     aten.group_norm.default, aten.matmul.default, aten.pixel_shuffle.default,
 )
+
 
 def ir_dtype(dt: torch.dtype) -> DType:
     """The IR dtype of a torch dtype (``DType.from_torch``), as a ``CaptureError`` if none."""
@@ -96,9 +97,6 @@ class Ctx:
         if isinstance(d, sympy.Expr):
             return make_dim(sympy.sympify(d).xreplace(self.symbols))
         return int(d)
-
-    def shape(self, dims: Sequence[Any]) -> tuple:
-        return tuple(self.dim(d) if not isinstance(d, sympy.Expr) else make_dim(d) for d in dims)
 
 
 Converter = Callable[..., Any]
