@@ -394,3 +394,47 @@ def test_labels_print_back_as_pipelines():
     assert text == 'test-options{mode=exact,label="a, b",enabled=true},dce'
     assert [(i.name, i.options) for i in parse_pipeline(text)] == [
         (i.name, i.options) for i in invs]
+
+
+# -- explicit registration and the pipeline context --------------------------------------------
+
+def test_graph_pass_builds_a_record_that_install_registers_once():
+    from rtinfer.pass_manager import graph_pass, install
+    from rtinfer.passes.pipelines import PIPELINES
+
+    @graph_pass("probe-record", summary="a record nobody installed yet")
+    def probe(graph, ctx):
+        pass
+
+    assert isinstance(probe, Pass)
+    with pytest.raises(PipelineError, match="unknown pass 'probe-record'"):
+        get_pass("probe-record")
+    try:
+        install([probe])
+        install([probe], PIPELINES)  # the same records again (a reloaded module): no error
+        assert get_pass("probe-record") is probe
+    finally:
+        unregister_pass("probe-record")
+
+
+def test_the_passes_package_lists_every_builtin_pass():
+    from rtinfer.passes import BUILTIN_PASSES
+
+    builtin = {p.name for p in list_passes() if p.source.startswith("rtinfer.passes.")}
+    assert {p.name for p in BUILTIN_PASSES} == builtin
+    assert all(get_pass(p.name) is p for p in BUILTIN_PASSES)
+
+
+def test_an_analysis_is_kept_per_graph():
+    from rtinfer.pass_manager import PipelineContext
+
+    one, other = parse(textwrap.dedent(WITH_DEAD)), parse(textwrap.dedent(WITH_DEAD))
+    calls = []
+
+    def n_nodes(graph):
+        calls.append(graph)
+        return len(graph.nodes)
+
+    pctx = PipelineContext()
+    assert [pctx.analysis("n", n_nodes, x) for x in (one, one, other, other)] == [3, 3, 3, 3]
+    assert len(calls) == 2 and calls[1] is other  # an equal graph is still another graph

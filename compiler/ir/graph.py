@@ -49,7 +49,7 @@ _ids = itertools.count()
 class Value:
     """An SSA value: produced once (by ``producer`` at output ``index``, or a graph input)."""
 
-    __slots__ = ("type", "producer", "index", "uses", "name", "_id")
+    __slots__ = ("type", "producer", "index", "uses", "name", "uid", "__weakref__")
 
     def __init__(self, type: TensorType, producer: Node | None = None, index: int = 0,
                  name: str | None = None):
@@ -60,7 +60,7 @@ class Value:
         self.index = index
         self.uses: list[tuple[Node, int]] = []
         self.name = name
-        self._id = next(_ids)
+        self.uid = next(_ids)  # unique per process: names a value in messages when it has no name
 
     @property
     def users(self) -> list[Node]:
@@ -79,7 +79,7 @@ class Value:
         return self.producer.attrs["value"] if self.is_const else None
 
     def __repr__(self) -> str:
-        return f"<Value %{self.name or self._id}: {self.type}>"
+        return f"<Value %{self.name or self.uid}: {self.type}>"
 
 
 class Node:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import weakref
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import sympy
 from rtinfer.errors import IRError
 from rtinfer.ir.constants import ElidedTensor, tensor_digest
 from rtinfer.ir.graph import Graph, Node, Value
+from rtinfer.ir.ops import get_op
 from rtinfer.ir.types import DType, QuantParams, TensorType, dim_str
 
 INDENT = "  "
@@ -88,18 +90,30 @@ def format_string(s: str) -> str:
 # -- names ------------------------------------------------------------------------------------
 
 class Namer:
-    """SSA names for one function: name hints (sanitized, deduplicated) or sequential numbers."""
+    """SSA names for one function: name hints (sanitized, deduplicated) or sequential numbers.
 
-    def __init__(self, values: list[Value] = ()):
+    Names are keyed by ``id(value)``. A namer kept while the graph changes (``tracked``: the
+    Rewriter's, over a whole rule set) also checks that the value is still the one it named: a
+    value erased and freed may leave its id to a new one, which must not inherit its name."""
+
+    def __init__(self, values: list[Value] = (), *, tracked: bool = False):
         self.names: dict[int, str] = {}
         self.used: set[str] = set()
         self.counter = 0
+        self._refs: dict[int, weakref.ref] | None = {} if tracked else None
         for v in values:
             self.add(v)
 
+    def _known(self, v: Value) -> str | None:
+        name = self.names.get(id(v))
+        if name is not None and self._refs is not None and self._refs[id(v)]() is not v:
+            return None
+        return name
+
     def add(self, v: Value) -> str:
-        if id(v) in self.names:
-            return self.names[id(v)]
+        known = self._known(v)
+        if known is not None:
+            return known
         hint = _UNSAFE.sub("_", v.name) if v.name else ""
         if hint and not hint.isdigit():  # numbers are the printer's own: renumbered
             name, k = hint, 1
@@ -111,12 +125,14 @@ class Namer:
             name = str(self.counter)
         self.used.add(name)
         self.names[id(v)] = name
+        if self._refs is not None:
+            self._refs[id(v)] = weakref.ref(v)
         return name
 
     def __call__(self, v: Value) -> str:
-        name = self.names.get(id(v))
+        name = self._known(v)
         if name is None:  # not defined in this function (a broken graph, printed for an error)
-            return f"%?{_UNSAFE.sub('_', v.name) if v.name else v._id}"
+            return f"%?{_UNSAFE.sub('_', v.name) if v.name else v.uid}"
         return "%" + name
 
 
@@ -158,15 +174,13 @@ def format_attr(value: Any, indent: str = "", *, full_constants: bool = False,
     raise IRError(f"cannot print attribute value {value!r} ({type(value).__name__})")
 
 
-def _ordered_attrs(node: Node) -> list[tuple[str, Any]]:
+def _ordered_attrs(op: str, attrs: dict[str, Any]) -> list[tuple[str, Any]]:
     """All attributes in the op schema's order (defaults filled in); a node the op table
     rejects prints what it holds."""
     try:
-        opdef = node.opdef
-        attrs = opdef.complete_attrs(node.attrs, where=node.op)
-        return list(attrs.items())
+        return list(get_op(op).complete_attrs(attrs, where=op).items())
     except IRError:
-        return list(node.attrs.items())
+        return list(attrs.items())
 
 
 # -- nodes and functions ----------------------------------------------------------------------
@@ -175,10 +189,26 @@ def format_types(types: list[TensorType]) -> str:
     return ", ".join(str(t) for t in types)
 
 
+def _format_op(op: str, attrs: dict[str, Any], results: list[str], operands: list[str],
+               types: list[TensorType], indent: str = "", *, full_constants: bool = False,
+               elide_above: int = 16, provenance: bool = False) -> str:
+    """``%r = op(%a, %b) {attrs} : types`` from the SSA names of the results and operands."""
+    lhs = f"{', '.join(results)} = " if results else ""
+    s = f"{lhs}{op}(" + ", ".join(operands) + ")"
+    ordered = _ordered_attrs(op, attrs)
+    if ordered:
+        inner = indent + INDENT
+        s += " {" + ", ".join(
+            f"{k}=" + format_attr(v, inner, full_constants=full_constants,
+                                  elide_above=elide_above, provenance=provenance)
+            for k, v in ordered) + "}"
+    if types:
+        s += " : " + format_types(types)
+    return s
+
+
 def _format_node(node: Node, name: Namer, indent: str = "", *, full_constants: bool = False,
                  elide_above: int = 16, provenance: bool = False) -> str:
-    lhs = ", ".join(name(v) for v in node.outputs)
-    lhs = f"{lhs} = " if lhs else ""
     if node.op == "const" and "value" in node.attrs and len(node.outputs) == 1:
         value = node.attrs["value"]
         t = node.outputs[0].type
@@ -189,18 +219,12 @@ def _format_node(node: Node, name: Namer, indent: str = "", *, full_constants: b
             data = format_data(value) if full else f"elided<{tensor_digest(value)}>"
         else:
             data = f"<{value!r}>"
-        s = f"{lhs}const {t} {data}"
+        s = f"{name(node.out)} = const {t} {data}"
     else:
-        s = f"{lhs}{node.op}(" + ", ".join(name(v) for v in node.inputs) + ")"
-        attrs = _ordered_attrs(node)
-        if attrs:
-            inner = indent + INDENT
-            s += " {" + ", ".join(
-                f"{k}=" + format_attr(v, inner, full_constants=full_constants,
-                                      elide_above=elide_above, provenance=provenance)
-                for k, v in attrs) + "}"
-        if node.outputs:
-            s += " : " + format_types([v.type for v in node.outputs])
+        s = _format_op(node.op, node.attrs, [name(v) for v in node.outputs],
+                       [name(v) for v in node.inputs], [v.type for v in node.outputs], indent,
+                       full_constants=full_constants, elide_above=elide_above,
+                       provenance=provenance)
     if provenance:
         p = node.provenance
         s += f" loc({format_string(p.origin)}, {format_string(p.created_by)})"
@@ -222,6 +246,48 @@ def format_node(node: Node, namer: Namer | None = None) -> str:
         return _format_node(node, name)
     except Exception as e:  # used in error messages: never fail
         return f"{node.op}(<unprintable: {e}>)"
+
+
+class NodeText:
+    """``format_node(node, namer)`` as ``node`` is now, formatted when first read (``str(t)`` or
+    ``t()``): most rewrite events and declines are never read, and formatting attributes and
+    types is most of their cost.
+
+    The values are named now, in the order ``format_node`` would name them, so texts read
+    later, in any order, name them as if read at once. It keeps the names, attributes and types,
+    not the values: a weight a rewrite erased is not kept alive by a text nobody reads. For the
+    same reason a constant is formatted now (its text is the digest of its data, cached per
+    array)."""
+
+    __slots__ = ("_text", "_parts")
+
+    def __init__(self, node: Node, namer: Namer):
+        for v in (*node.inputs, *node.outputs):
+            namer.add(v)
+        self._text: str | None = None
+        self._parts: tuple | None = None
+        if node.op == "const":
+            self._text = format_node(node, namer)
+        else:
+            self._parts = (node.op, dict(node.attrs), [namer(v) for v in node.outputs],
+                           [namer(v) for v in node.inputs], [v.type for v in node.outputs])
+
+    def __call__(self) -> str:
+        if self._text is None:
+            assert self._parts is not None
+            op = self._parts[0]
+            try:
+                self._text = _format_op(*self._parts)
+            except Exception as e:  # read by reports: never fail
+                self._text = f"{op}(<unprintable: {e}>)"
+            self._parts = None
+        return self._text
+
+    def __str__(self) -> str:
+        return self()
+
+    def __repr__(self) -> str:
+        return f"NodeText({self()!r})"
 
 
 def _print_func(g: Graph, indent: str, *, full_constants: bool, elide_above: int,

@@ -15,6 +15,7 @@ is another compiled model.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,7 +34,9 @@ class PipelineContext:
 
     def __init__(self, data: Mapping[str, Any] | None = None):
         self.data: dict[str, Any] = dict(data or {})
-        self._analyses: dict[str, tuple[int, Any]] = {}  # name -> (id of the graph, result)
+        # name -> (the graph it was computed on, result); a weak reference, not an id: a freed
+        # graph's id may come back as another graph's
+        self._analyses: dict[str, tuple[weakref.ref, Any]] = {}
         self.computed: list[str] = []  # analyses in the order they were computed (reports)
 
     def input(self, name: str) -> Any:
@@ -49,10 +52,10 @@ class PipelineContext:
         """The analysis ``name`` of ``graph``: ``compute(graph)`` the first time, then the kept
         result until a pass changes the graph (or another graph is asked about)."""
         kept = self._analyses.get(name)
-        if kept is not None and kept[0] == id(graph):
+        if kept is not None and kept[0]() is graph:
             return kept[1]
         result = compute(graph)
-        self._analyses[name] = (id(graph), result)
+        self._analyses[name] = (weakref.ref(graph), result)
         self.computed.append(name)
         return result
 

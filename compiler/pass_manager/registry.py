@@ -188,6 +188,8 @@ class NamedPipeline:
 
 _PASSES: dict[str, Pass] = {}
 _PIPELINES: dict[str, NamedPipeline] = {}
+
+
 def _close(name: str, names) -> str:
     close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
@@ -195,7 +197,8 @@ def _close(name: str, names) -> str:
 
 def register_pass(p: Pass | str, fn: PassFn | None = None, /, *, summary: str = "",
                   requires: Sequence[str] = (), options: dict[str, Option] | None = None,
-                  version: int = 1, replace: bool = False, expects: Sequence[str] = ()):
+                  version: int = 1, replace: bool = False, expects: Sequence[str] = (),
+                  preserves: Sequence[str] = ()):
     """Register a pass, from inside rtinfer or out. Three spellings::
 
         register_pass(Pass("my-pass", fn, "summary"))          # a record
@@ -211,13 +214,14 @@ def register_pass(p: Pass | str, fn: PassFn | None = None, /, *, summary: str = 
     if fn is None:
         def decorator(f: PassFn) -> Pass:
             return register_pass(p, f, summary=summary, requires=requires, options=options,
-                                 version=version, replace=replace, expects=expects)
+                                 version=version, replace=replace, expects=expects,
+                                 preserves=preserves)
         return decorator
     if not summary:
         doc = (fn.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else ""
     return _add(Pass(p, fn, summary, tuple(requires), dict(options or {}), version,
-                     tuple(expects)), replace)
+                     tuple(expects), tuple(preserves)), replace)
 
 
 def graph_pass(name: str, *, summary: str = "", requires: Sequence[str] = (),

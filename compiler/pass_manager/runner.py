@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from rtinfer.errors import PassError, RtinferError
+from rtinfer.ir.printer import print_graph
 from rtinfer.pass_manager.analysis import PipelineContext
 from rtinfer.pass_manager.context import Decline, PassContext
 from rtinfer.pass_manager.instruments import (
@@ -77,8 +78,6 @@ class PipelineResult:
 def _fingerprint(graph: Graph) -> tuple[str, tuple[int, ...]] | None:
     """Printed IR plus the identity of every constant array (arrays are immutable, so new data
     means a new array even where the printer elides it)."""
-    from rtinfer.ir.printer import print_graph
-
     try:
         text = print_graph(graph)
     except Exception:

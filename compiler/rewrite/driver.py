@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from rtinfer.errors import PassError
 from rtinfer.ir.graph import Graph, Node, Value
-from rtinfer.rewrite.events import RewriteEvent, RewriteLog
+from rtinfer.rewrite.events import RewriteEvent, RewriteLog, Text
 from rtinfer.rewrite.pattern import (
     Capture,
     Match,
@@ -198,7 +198,7 @@ def _apply(rule: Rule, m: Match, rw: Rewriter) -> bool:
                                 f"a value of type {o.type}")
             _erase_dead(rw, rw.created)
             o, v = bad[0]
-            rw.decline(f"replacement type {v.type} differs from the matched type {o.type}")
+            rw.decline("replacement type {} differs from the matched type {}", v.type, o.type)
             return False
         if all(o is v for o, v in zip(root.outputs, new, strict=True)) and not rw.edited:
             _erase_dead(rw, rw.created)
@@ -206,12 +206,13 @@ def _apply(rule: Rule, m: Match, rw: Rewriter) -> bool:
         for o, v in zip(root.outputs, new, strict=True):
             rw.replace(o, v)
 
-    before = rw.before_text
+    before = rw.before
     created = list(rw.created)
     _erase_dead(rw, list(m.nodes) + created)
-    survivors = rw._ordered(created)
-    after = "\n".join(rw.text(n) for n in survivors)
-    if not after:
+    after: Text
+    if any(n.graph is rw.graph for n in created):
+        after = rw.lazy_texts(created)
+    else:  # nothing new survived: the root's uses now read existing values
         after = ", ".join(f"{rw.value_text(o)} -> {rw.value_text(v)}"
                           for o, v in zip(root.outputs, new, strict=True) if o is not v)
         after = after or "(edited in place)"
@@ -223,5 +224,5 @@ def _apply(rule: Rule, m: Match, rw: Rewriter) -> bool:
 
 def _erase_dead(rw: Rewriter, candidates: list[Node]) -> None:
     """Erase the nodes among ``candidates`` whose outputs are unused, users first."""
-    for n in reversed(rw._ordered(candidates)):
+    for n in reversed(rw.ordered(candidates)):
         rw.erase_if_dead(n)

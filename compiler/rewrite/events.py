@@ -15,36 +15,71 @@ from dataclasses import dataclass, field
 
 from rtinfer.rewrite.pattern import NearMiss
 
+# IR text taken now and formatted when first read: a str, or a callable that makes it (the
+# Rewriter's ``lazy_text``). Most events and declines are never read; formatting them eagerly
+# would cost compile time for nothing (Inductor's ``FailedMatch``, MLIR's notifyMatchFailure).
+Text = str | Callable[[], str]
 
-@dataclass
+
+def resolve(text: Text) -> str:
+    return text if isinstance(text, str) else text()
+
+
 class RewriteEvent:
     """One rule application: ``rule`` of ``pass_name`` replaced ``before`` (IR text of the
-    matched root) with ``after`` (IR text of the new nodes)."""
+    matched nodes) with ``after`` (IR text of the new nodes); both texts are formatted when
+    first read."""
 
-    pass_name: str
-    rule: str
-    before: str
-    after: str
-    index: int  # 0-based count of applications in this pass
+    __slots__ = ("pass_name", "rule", "index", "_before", "_after")
+
+    def __init__(self, pass_name: str, rule: str, before: Text, after: Text, index: int):
+        self.pass_name, self.rule = pass_name, rule
+        self.index = index  # 0-based count of applications in this pass
+        self._before, self._after = before, after
+
+    @property
+    def before(self) -> str:
+        self._before = resolve(self._before)
+        return self._before
+
+    @property
+    def after(self) -> str:
+        self._after = resolve(self._after)
+        return self._after
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RewriteEvent) and (
+            (self.pass_name, self.rule, self.before, self.after, self.index)
+            == (other.pass_name, other.rule, other.before, other.after, other.index))
+
+    def __repr__(self) -> str:
+        return (f"RewriteEvent(pass_name={self.pass_name!r}, rule={self.rule!r}, "
+                f"before={self.before!r}, after={self.after!r}, index={self.index})")
 
 
 class Decline:
     """A rule matched structurally but its action refused, with the reason. The reason is kept
-    as a format string and its arguments and formatted only when read (a report asks for it):
-    most declines are never read, and formatting IR types eagerly costs compile time (as
-    Inductor's ``FailedMatch``)."""
+    as a format string and its arguments (or a callable), and the matched node's text as a
+    ``Text``; both are formatted only when read (a report asks for them)."""
 
-    __slots__ = ("pass_name", "rule", "node", "_reason", "_args")
+    __slots__ = ("pass_name", "rule", "_reason", "_args", "_node")
 
-    def __init__(self, pass_name: str, rule: str, reason: str, node: str, args: tuple = ()):
-        self.pass_name, self.rule, self.node = pass_name, rule, node
-        self._reason, self._args = reason, args
+    def __init__(self, pass_name: str, rule: str, reason: Text, node: Text,
+                 args: tuple = ()):
+        self.pass_name, self.rule = pass_name, rule
+        self._reason, self._args, self._node = reason, args, node
 
     @property
     def reason(self) -> str:
         if self._args:
-            self._reason, self._args = self._reason.format(*self._args), ()
+            self._reason, self._args = resolve(self._reason).format(*self._args), ()
+        self._reason = resolve(self._reason)
         return self._reason
+
+    @property
+    def node(self) -> str:
+        self._node = resolve(self._node)
+        return self._node
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Decline) and (self.pass_name, self.rule, self.reason,
@@ -105,4 +140,4 @@ class RewriteLog:
             self.near_misses[rule] = miss
 
 
-__all__ = ["Decline", "RewriteEvent", "RewriteLog"]
+__all__ = ["Decline", "RewriteEvent", "RewriteLog", "Text", "resolve"]

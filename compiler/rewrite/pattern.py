@@ -514,7 +514,7 @@ def explain_mismatch(pattern: OpPattern, node: Node,
     """The deepest partial match of ``pattern`` at ``node`` and what failed there (for the match
     report: "op mul expected, found add at %12"). Greedy: bindings are checked along the path
     tried, commutative operands in both orders."""
-    name = name or (lambda v: f"%{v.name or v._id}")
+    name = name or (lambda v: f"%{v.name or v.uid}")
     depth, reason = _explain_op(pattern, node, {}, name)
     return NearMiss(depth, reason or "matches")
 

@@ -14,15 +14,9 @@ import numpy as np
 
 from rtinfer.errors import PassError
 from rtinfer.ir.graph import NO_PROVENANCE, Graph, Node, Provenance, Value
-from rtinfer.ir.printer import Namer, format_node
+from rtinfer.ir.printer import Namer, NodeText
 from rtinfer.ir.types import DType
-from rtinfer.rewrite.events import Decline, RewriteLog
-
-
-def node_text(node: Node, namer: Namer | None = None) -> str:
-    """A node's IR text, as the printer writes it; ``namer`` keeps SSA names stable across
-    texts taken before and after a change."""
-    return format_node(node, namer)
+from rtinfer.rewrite.events import Decline, RewriteLog, Text
 
 
 class Rewriter:
@@ -44,7 +38,7 @@ class Rewriter:
         self.touched: list[Node] = []  # nodes to revisit after a change
         self._declined: Decline | None = None
         self._edits = 0  # mutations other than creating nodes, since the last ``begin``
-        self._before: str | None = None
+        self._before: Text | None = None
         self._before_nodes: list[Node] = []
         self._namer: Namer | None = None  # one naming for every text this rewriter takes
 
@@ -59,22 +53,39 @@ class Rewriter:
         self._before = None
 
     @property
-    def before_text(self) -> str:
+    def before(self) -> Text:
+        """The IR text of the matched nodes as they were before the first mutation since
+        ``begin`` (taken then, formatted when read)."""
         if self._before is None:
-            self._before = "\n".join(self.text(n) for n in self._ordered(self._before_nodes))
+            self._before = self.lazy_texts(self._before_nodes)
         return self._before
 
-    def text(self, node: Node) -> str:
-        """``node``'s IR text, with SSA names that stay the same over this rewriter's life."""
+    @property
+    def namer(self) -> Namer:
+        """One naming for every text this rewriter takes: SSA names stay the same before and
+        after a change (made when first needed, from the graph as it is then)."""
         if self._namer is None:
-            self._namer = Namer(list(self.graph.values()))
-        return node_text(node, self._namer)
+            self._namer = Namer(list(self.graph.values()), tracked=True)
+        return self._namer
+
+    def text(self, node: Node) -> str:
+        """``node``'s IR text now, with SSA names that stay the same over this rewriter's life."""
+        return self.lazy_text(node)()
+
+    def lazy_text(self, node: Node) -> NodeText:
+        """``node``'s IR text as it is now, formatted when read (``str()`` of it, or a
+        ``decline`` argument)."""
+        return NodeText(node, self.namer)
+
+    def lazy_texts(self, nodes: list[Node]) -> Text:
+        """The lines of the nodes of ``nodes`` still in the graph, producers first, as they are
+        now; formatted when read."""
+        texts = [self.lazy_text(n) for n in self.ordered(nodes)]
+        return lambda: "\n".join(t() for t in texts)
 
     def value_text(self, v: Value) -> str:
-        if self._namer is None:
-            self._namer = Namer(list(self.graph.values()))
-        self._namer.add(v)
-        return self._namer(v)
+        self.namer.add(v)
+        return self.namer(v)
 
     @property
     def edited(self) -> bool:
@@ -87,7 +98,7 @@ class Rewriter:
         tag = f"{self.pass_name}/{self.rule}" if self.rule else self.pass_name
         return base.derive(tag)
 
-    def _ordered(self, nodes: list[Node]) -> list[Node]:
+    def ordered(self, nodes: list[Node]) -> list[Node]:
         """The nodes of ``nodes`` still in the graph, producers before users (a local
         topological sort: the rewrite touches few nodes, the graph may have many)."""
         members = {id(n): n for n in nodes if n.graph is self.graph}
@@ -112,7 +123,7 @@ class Rewriter:
 
     def _will_mutate(self) -> None:
         if self._before is None and self._before_nodes:
-            _ = self.before_text
+            _ = self.before
         self.changes += 1
 
     # -- creating nodes --------------------------------------------------------------------------
@@ -192,13 +203,13 @@ class Rewriter:
 
     # -- declining -------------------------------------------------------------------------------
 
-    def decline(self, reason: str, *args: Any) -> None:
+    def decline(self, reason: Text, *args: Any) -> None:
         """Record that the rule matched but refused, and why. Returns None, so a rule can end
         with ``return rw.decline("...")``. With ``args``, ``reason`` is a ``str.format``
-        template filled in only when a report reads it:
-        ``rw.decline("conv output has {} users", len(users))``."""
+        template filled in only when a report reads it, and ``reason`` may be a callable that
+        makes the text: ``rw.decline("{} has {} users", rw.lazy_text(conv), len(users))``."""
         d = Decline(self.pass_name, self.rule, reason,
-                    self.text(self.root) if self.root is not None else "", args)
+                    self.lazy_text(self.root) if self.root is not None else "", args)
         self._declined = d
         self.ctx.record_decline(d)
         return None

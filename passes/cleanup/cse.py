@@ -20,7 +20,7 @@ from rtinfer.ir.constants import ElidedTensor, tensor_digest
 from rtinfer.ir.graph import Graph, Node
 from rtinfer.ir.ops import COMMUTATIVE
 from rtinfer.pass_manager import PassContext, RewriteEvent, graph_pass
-from rtinfer.rewrite.rewriter import Rewriter, node_text
+from rtinfer.rewrite.rewriter import Rewriter
 
 
 def _attr_key(value: Any) -> Any:
@@ -86,10 +86,11 @@ def cse(graph: Graph, ctx: PassContext) -> None:
         if not ctx.allow_rewrite():  # bisection's budget
             break
         rw.begin(node, "merge")
-        before = rw.before_text
+        before = rw.before
         for old, new in zip(node.outputs, keep.outputs, strict=True):
             rw.replace(old, new)
         rw.erase(node)
-        ctx.record_rewrite(RewriteEvent(ctx.pass_name, "merge", before, node_text(keep), merged))
+        ctx.record_rewrite(RewriteEvent(ctx.pass_name, "merge", before, rw.lazy_text(keep),
+                                        merged))
         merged += 1
     ctx.stat("merged", merged)

@@ -24,7 +24,7 @@ def dce(graph: Graph, ctx: PassContext) -> None:
         if not ctx.allow_rewrite():  # bisection's budget
             break
         rw.begin(node, "dead-node")
-        before = rw.before_text
+        before = rw.before
         rw.erase(node)
         ctx.record_rewrite(RewriteEvent(ctx.pass_name, "dead-node", before, "", removed))
         removed += 1

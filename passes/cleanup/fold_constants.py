@@ -56,20 +56,20 @@ def _fold(max_size: int):
             return rw.decline("an input constant is elided (its data was left out of the IR)")
         for t in (v.type for v in node.outputs):
             if not _static(t):
-                return rw.decline(f"result type {t} is not static")
+                return rw.decline("result type {} is not static", t)
             if t.quant is not None:
-                return rw.decline(f"result type {t} is quantized (a const carries no "
-                                  f"quantization parameters)")
+                return rw.decline("result type {} is quantized (a const carries no quantization "
+                                  "parameters)", t)
             if t.numel > max_size:
-                return rw.decline(f"result of {t.numel} elements exceeds max-size={max_size}")
+                return rw.decline("result of {} elements exceeds max-size={}", t.numel, max_size)
         try:
             results = node.opdef.evaluate(arrays, node.attrs, [v.type for v in node.inputs])
         except (RtinferError, ValueError, TypeError, IndexError, ArithmeticError) as e:
-            return rw.decline(f"evaluation failed: {e}")
+            return rw.decline("evaluation failed: {}", str(e))  # not e: its frames hold arrays
         outs = []
         for v, r in zip(node.outputs, results, strict=True):
             if r.shape != tuple(v.type.shape) or DType.from_numpy(r.dtype) != v.type.dtype:
-                return rw.decline(f"the reference gave {r.dtype}{list(r.shape)} for {v.type}")
+                return rw.decline("the reference gave {}{} for {}", r.dtype, list(r.shape), v.type)
             outs.append(rw.const(np.ascontiguousarray(r)))
         return outs
 

@@ -100,13 +100,13 @@ def _new_layer(rw: Rewriter, layer: Node, x: Value, w: np.ndarray, b: np.ndarray
 def into_producer(rw: Rewriter, x: Value, layer: Node, bn: Node) -> Value | None:
     out = layer.out
     if len(out.users) > 1 or layer.graph.is_output(out):
-        return rw.decline(f"{layer.op} output is also used unnormalized")
+        return rw.decline("{} output is also used unnormalized", layer.op)
     if layer.attrs.get("layout", "NCHW") != bn.attrs["layout"]:
-        return rw.decline(f"{layer.op} is {layer.attrs.get('layout', 'NCHW')} but batch_norm is "
-                          f"{bn.attrs['layout']}: their channel axes differ")
+        return rw.decline("{} is {} but batch_norm is {}: their channel axes differ", layer.op,
+                          layer.attrs.get("layout", "NCHW"), bn.attrs["layout"])
     if layer.op == "linear" and out.type.rank != 2:
-        return rw.decline(f"batch_norm normalizes axis 1 of {out.type}, not the linear's "
-                          f"feature axis")
+        return rw.decline("batch_norm normalizes axis 1 of {}, not the linear's feature axis",
+                          out.type)
     st, wb = _scale_shift(bn), _weights(layer)
     if isinstance(st, str) or isinstance(wb, str):
         return rw.decline(st if isinstance(st, str) else wb)
@@ -118,8 +118,8 @@ def into_producer(rw: Rewriter, x: Value, layer: Node, bn: Node) -> Value | None
         g = layer.attrs["groups"]
         c_in, per_group = w.shape[0], w.shape[1]
         if c_in % g or per_group * g != n_out:
-            return rw.decline(f"weight {list(w.shape)} with groups={g} does not map onto "
-                              f"{n_out} channels")
+            return rw.decline("weight {} with groups={} does not map onto {} channels",
+                              list(w.shape), g, n_out)
         grouped = w.reshape((g, c_in // g, per_group) + w.shape[2:])
         scale = s.reshape((g, 1, per_group) + (1,) * (w.ndim - 2))
         w = (grouped * scale).reshape(w.shape)
@@ -135,8 +135,8 @@ def into_consumer(rw: Rewriter, x: Value, layer: Node, bn: Node) -> Value | None
         return rw.decline("folding into a consumer is implemented for NCHW only")
     if layer.op == "linear":
         if x.type.rank != 2:
-            return rw.decline(f"batch_norm normalizes axis 1 of {x.type}, not the linear's "
-                              f"input features")
+            return rw.decline("batch_norm normalizes axis 1 of {}, not the linear's input "
+                              "features", x.type)
     elif any(layer.attrs["pad"]) or layer.attrs["groups"] != 1:
         return rw.decline("the conv pads or is grouped: padding batch_norm's output with zeros "
                           "is not padding x with zeros")

@@ -105,18 +105,18 @@ def fuse(rw: Rewriter, q: Value, kT: Value, v: Value, softmax: Node, out: Node,
          mask: Value | None = None, s1: Value | None = None, s2: Value | None = None,
          s: Value | None = None, d: Value | None = None) -> Value | None:
     if not q.type.dtype.is_float:
-        return rw.decline(f"q is {q.type.dtype}, not float")
+        return rw.decline("q is {}, not float", q.type.dtype)
     scores = softmax.inputs[0]
     if softmax.attrs["axis"] % scores.type.rank != scores.type.rank - 1:
-        return rw.decline(f"softmax over axis {softmax.attrs['axis']} of {scores.type}, not the "
-                          f"key axis (the last)")
+        return rw.decline("softmax over axis {} of {}, not the key axis (the last)",
+                          softmax.attrs["axis"], scores.type)
     factors = [_scalar(c) for c in (s1, s2, s)]
     div = _scalar(d)
     if any(f is None for f in factors) or div is None:
         return rw.decline("the scale is not one scalar constant")
     scale = math.prod(factors) / div
     if scale == 0.0 or not math.isfinite(scale):
-        return rw.decline(f"scale {scale} (0 means the default 1/sqrt(E) in the fused op)")
+        return rw.decline("scale {} (0 means the default 1/sqrt(E) in the fused op)", scale)
     probs = out.inputs[0]
     guard = {probs.producer} | {u.producer for u in probs.producer.inputs if u.producer}
     inside = guard | {out} if probs is not softmax.out else {out}
@@ -128,8 +128,8 @@ def fuse(rw: Rewriter, q: Value, kT: Value, v: Value, softmax: Node, out: Node,
         add = scores.producer
         raw = add.inputs[1] if add.inputs[0] is mask else add.inputs[0]
         if raw.type != scores.type:
-            return rw.decline(f"the mask {mask.type} grows the scores {raw.type} to "
-                              f"{scores.type}")
+            return rw.decline("the mask {} grows the scores {} to {}", mask.type, raw.type,
+                              scores.type)
     k = _untranspose(rw, kT)
     ins = [q, k, v] + ([mask] if mask is not None else [])
     return rw.op("scaled_dot_product_attention", *ins, scale=scale, causal=False)

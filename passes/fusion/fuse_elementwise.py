@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.ops import BROADCAST, ELEMENTWISE, KEEP, OPS
+from rtinfer.ir.printer import NodeText
 from rtinfer.pass_manager import Option, PassContext, graph_pass
 from rtinfer.rewrite import P, Rewriter, Rule, RuleSet
 
@@ -57,8 +58,9 @@ def _kept(p: Node, c: Node) -> list[Value]:
     return [o for o in p.outputs if g.is_output(o) or any(u is not c for u in o.users)]
 
 
-def _obstacle(p: Node, c: Node, kept: list[Value], rw: Rewriter) -> str | None:
-    """Why ``p`` cannot join ``c`` (a cycle, or no place for the fused node), or None."""
+def _obstacle(p: Node, c: Node, kept: list[Value], rw: Rewriter) -> tuple[str, NodeText] | None:
+    """Why ``p`` cannot join ``c`` (a cycle, or no place for the fused node), as a decline
+    template and the node in the way, or None."""
     g = c.graph
     pos = {id(n): i for i, n in enumerate(g.nodes)}
     at_c = pos[id(c)]
@@ -68,8 +70,8 @@ def _obstacle(p: Node, c: Node, kept: list[Value], rw: Rewriter) -> str | None:
         while stack:
             n = stack.pop()
             if n is c:
-                return (f"{rw.text(first)} uses the producer's result and leads to the consumer: "
-                        f"fusing would make a cycle")
+                return ("{} uses the producer's result and leads to the consumer: fusing would "
+                        "make a cycle", rw.lazy_text(first))
             if id(n) in seen or pos[id(n)] > at_c:
                 continue
             seen.add(id(n))
@@ -81,8 +83,8 @@ def _obstacle(p: Node, c: Node, kept: list[Value], rw: Rewriter) -> str | None:
             last_def = max((pos[id(v.producer)] for v in inputs if v.producer is not None),
                            default=-1)
             if last_def >= first_user:
-                return (f"{rw.text(g.nodes[first_user])} uses the producer's result before an "
-                        f"input of the group is defined: the fused node would need a reorder")
+                return ("{} uses the producer's result before an input of the group is defined: "
+                        "the fused node would need a reorder", rw.lazy_text(g.nodes[first_user]))
     return None
 
 
@@ -125,11 +127,11 @@ def _fuse(max_size: int):
     def fuse(rw: Rewriter, p: Node, c: Node) -> list[Value] | None:
         size = body_size(p) + body_size(c)
         if size > max_size:
-            return rw.decline(f"the fused body would have {size} ops (max-size={max_size})")
+            return rw.decline("the fused body would have {} ops (max-size={})", size, max_size)
         kept = _kept(p, c)
         why = _obstacle(p, c, kept, rw)
         if why is not None:
-            return rw.decline(why)
+            return rw.decline(*why)
         body, params = merge_bodies(p, c, kept)
         node = rw.node(FUSED, *params, body=body)
         outside = [u for o in kept for u in o.users if u is not c]

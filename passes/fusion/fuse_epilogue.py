@@ -148,9 +148,9 @@ def fuse_activation(rw: Rewriter, h: Node, act: Node) -> Value | None:
     if why is not None:
         return rw.decline(why)
     if ep.epilogue["activation"] != "none":
-        return rw.decline(f"{h.op} already has activation {ep.epilogue['activation']}")
+        return rw.decline("{} already has activation {}", h.op, ep.epilogue["activation"])
     if ep.epilogue["residual"] == "post":
-        return rw.decline(f"{h.op} adds its residual after the activation")
+        return rw.decline("{} adds its residual after the activation", h.op)
     fused = fused_activation(act.op, act.attrs)
     if fused is None:
         return rw.decline("{} with {} has no fused form", act.op, act.attrs)

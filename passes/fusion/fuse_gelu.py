@@ -62,7 +62,7 @@ def _variants(inners: list[Callable[[Pattern], Pattern]]) -> list[Pattern]:
 def fuse(approximate: str) -> Callable[..., Value | None]:
     def action(rw: Rewriter, x: Value) -> Value | None:
         if not x.type.dtype.is_float:
-            return rw.decline(f"x is {x.type.dtype}, not float")
+            return rw.decline("x is {}, not float", x.type.dtype)
         return rw.op("gelu", x, approximate=approximate)
     action.__name__ = f"gelu_{approximate}"
     return action

@@ -83,12 +83,12 @@ def fuse(rw: Rewriter, q: Value, k: Value, v: Value, core: Node, merge_t: Node, 
     if reasons:
         return rw.decline("; ".join(reasons))
     if len(set(counts)) > 1:
-        return rw.decline(f"q, k and v have {', '.join(map(str, counts))} heads")
+        return rw.decline("q, k and v have {} heads", ", ".join(map(str, counts)))
     h = counts[0]
     o = core.out.type
     if _perm(merge_t) != _swap_heads_perm(o.rank):
-        return rw.decline(f"transpose {list(_perm(merge_t))} of {o} is not the [.., H, L, Dv] -> "
-                          f"[.., L, H, Dv] head merge")
+        return rw.decline("transpose {} of {} is not the [.., H, L, Dv] -> [.., L, H, Dv] head "
+                          "merge", list(_perm(merge_t)), o)
     if len(core.out.users) > 1 or core.graph.is_output(core.out) or \
             len(merge_t.out.users) > 1 or core.graph.is_output(merge_t.out):
         return rw.decline("the per-head attention output is used elsewhere too")

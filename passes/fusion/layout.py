@@ -87,7 +87,7 @@ def _convert(target: str):
     def convert(rw: Rewriter, n: Node) -> Value | None:
         x = n.inputs[0]
         if x.type.rank != 4 or not x.type.dtype.is_float or n.out.type.rank != 4:
-            return rw.decline(f"{n.op} on {x.type}: only rank-4 float activations convert")
+            return rw.decline("{} on {}: only rank-4 float activations convert", n.op, x.type)
         ins = [_transpose(rw, x, to), *n.inputs[1:]]
         if n.op.startswith("fused_") and n.attrs.get("residual", "none") != "none":
             ins[3] = _transpose(rw, ins[3], to)  # the residual has the output's layout
@@ -148,8 +148,8 @@ def _sink_one(rw: Rewriter, f: Node) -> Value | None:
         else:
             t = _existing_transpose(rw, v, inv) if v.type.rank == out.rank else None
             if t is None:
-                return rw.decline(f"operand {rw.value_text(v)} of {f.op} is not transposed: "
-                                  f"sinking would need a new transpose")
+                return rw.decline("operand {} of {} is not transposed: sinking would need a new "
+                                  "transpose", rw.value_text(v), f.op)
             ins.append(t)
     y = rw.op(f.op, *ins, **f.attrs)
     return rw.op("transpose", y, perm=list(p))
@@ -183,7 +183,7 @@ def layout(graph: Graph, ctx: PassContext) -> None:
     left: list[Node] = []
     rules(ctx.options["to"].upper(), left).apply(graph, ctx)
     rw = Rewriter(graph, ctx)
-    for n in reversed(rw._ordered(left)):
+    for n in reversed(rw.ordered(left)):
         rw.erase_if_dead(n)
     ctx.stat("converted", ctx.applications["convert"])
     ctx.stat("transposes", sum(1 for n in graph.nodes if n.op == "transpose"))

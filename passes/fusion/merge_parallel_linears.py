@@ -91,8 +91,8 @@ def merge(min_count: int):
             return None  # the group's first layer merges them all (its users come later)
         if len(group) < min_count:
             if reasons:
-                return rw.decline(f"{len(group)} mergeable layer(s) read x (min-count "
-                                  f"{min_count}): {'; '.join(reasons)}")
+                return rw.decline("{} mergeable layer(s) read x (min-count {}): {}", len(group),
+                                  min_count, "; ".join(reasons))
             return None
         axis = out_axes()[lin.op]
         ws = [_data(n.inputs[1]) for n in group]
