@@ -70,10 +70,13 @@ def graph_digest(graph: Graph) -> str:
 
 
 def versions() -> dict[str, str | None]:
+    from rtinfer.kernels.isa import cpu_key
     from rtinfer.version import __version__
 
+    # the CPU level: generated code, and backend="auto"'s remembered choice, belong to it
     return {"rtinfer": __version__, "torch": torch.__version__, "tvm": _tvm_version(),
-            "numpy": np.__version__, "cache_format": str(CACHE_FORMAT_VERSION)}
+            "numpy": np.__version__, "cache_format": str(CACHE_FORMAT_VERSION),
+            "cpu": cpu_key()}
 
 
 @_memo

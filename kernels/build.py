@@ -1,6 +1,13 @@
 """Build and load rtinfer's native extension (``cpp/native``) through
-``torch.utils.cpp_extension``, once per compiler/flags/torch fingerprint, cached under
-``$RTINFER_NATIVE_CACHE`` (else ``~/.cache/rtinfer/native``); ninja rebuilds changed sources.
+``torch.utils.cpp_extension``, once per CPU level (``rtinfer.kernels.isa``) and
+compiler/flags/torch fingerprint, cached under ``$RTINFER_NATIVE_CACHE`` (else
+``~/.cache/rtinfer/native``); ninja rebuilds changed sources.
+
+Each level is its own extension (``rtinfer_native_avx2``, ``rtinfer_native_avx512``, ...) in
+its own folder, named by the level, with a ``cpu.json`` stamp of the features it needs: a
+folder built on another CPU is never loaded where those features are missing, it is rebuilt.
+A fresh build prints each file as it finishes and the time taken (``build_seconds()`` sums
+the time this process spent building, for reports that keep it apart from a model's compile).
 
 oneDNN comes from the PyPI packages ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` (headers in
 ``<prefix>/include``, ``libdnnl.so`` in ``<prefix>/lib``); it uses GNU OpenMP, the runtime torch
@@ -11,15 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
 import sysconfig
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
 from rtinfer.errors import BackendError
+from rtinfer.kernels import isa
 from rtinfer.paths import native_build_dir
 
 
@@ -41,11 +51,12 @@ CPP_DIR = _cpp_dir()
 NATIVE_DIR = Path(os.environ.get("RTINFER_NATIVE_SRC") or CPP_DIR / "native").resolve()
 SOURCES = ("executor.cpp", "dnnl_ops.cpp", "cpu_norm.cpp", "cpu_attention.cpp", "cpu_pool.cpp",
            "cpu_copy.cpp")
-CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-march=native", "-ffp-contract=fast",
-          "-Wno-unused-function"]
+CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-Wno-unused-function"]
+STAMP = "cpu.json"
 
 _lock = threading.Lock()
-_module: ModuleType | None = None
+_modules: dict[str, ModuleType] = {}
+_build_seconds = 0.0
 
 
 class NativeUnavailable(BackendError):
@@ -71,6 +82,17 @@ def onednn_prefix() -> Path:
         "(installed with rtinfer); use backend='torch' meanwhile")
 
 
+def build_seconds() -> float:
+    """Seconds this process has spent building native code (the extension and generated
+    code) so far."""
+    return _build_seconds
+
+
+def add_build_seconds(seconds: float) -> None:
+    global _build_seconds
+    _build_seconds += seconds
+
+
 def compiler() -> str:
     cxx = os.environ.get("CXX", "c++")
     path = shutil.which(cxx) or shutil.which("g++")
@@ -81,14 +103,31 @@ def compiler() -> str:
     return path
 
 
-def fingerprint(extra: str = "") -> str:
-    """The build directory's key: flags, torch, compiler and oneDNN (not the sources: ninja
-    rebuilds what changed in place, one file at a time)."""
+def cflags(level: str) -> list[str]:
+    """The flags that build the extension for CPU level ``level``."""
+    return [*CFLAGS, *isa.march_flags(level)]
+
+
+def fingerprint(extra: str = "", level: str | None = None) -> str:
+    """The build directory's key: the CPU level, flags, torch, the compiler (and its version)
+    and oneDNN (not the sources: ninja rebuilds what changed in place, one file at a time)."""
     import torch
 
+    lv = level or isa.level()
     h = hashlib.sha256()
-    h.update(" ".join(CFLAGS).encode() + torch.__version__.encode() + extra.encode())
-    return h.hexdigest()[:16]
+    h.update("\0".join([" ".join(cflags(lv)), torch.__version__, extra]).encode())
+    return f"{isa.cpu_key(lv)}-{h.hexdigest()[:16]}"
+
+
+def stamp_ok(out: Path, features: frozenset[str] | None = None) -> bool:
+    """Whether the build in ``out`` may run on a CPU with ``features`` (default: this one's):
+    its stamp says which features the code needs. A build with no stamp is not trusted."""
+    try:
+        need = json.loads((out / STAMP).read_text())["needs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    have = isa.host_features() if features is None else features
+    return isinstance(need, list) and set(need) <= have
 
 
 def build_dir(key: str) -> Path:
@@ -96,47 +135,112 @@ def build_dir(key: str) -> Path:
     return native_build_dir(key)
 
 
+class _Progress:
+    """Prints each object file of a fresh build as it appears in the build folder (which file,
+    how long since the build began), from a background thread, until stopped."""
+
+    def __init__(self, out: Path, sources: list[str], what: str):
+        self.out, self.what = out, what
+        self.names = [Path(src).stem for src in sources]
+        self.start = time.perf_counter()
+        self._seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        if exc[0] is None:
+            self._scan()  # the last files, done since the last look
+
+    def _scan(self) -> None:
+        for name in self.names:
+            if name not in self._seen and (self.out / f"{name}.o").is_file():
+                self._seen.add(name)
+                print(f"rtinfer:   [{len(self._seen)}/{len(self.names)}] {name}.cpp compiled "
+                      f"({time.perf_counter() - self.start:.0f} s)", file=sys.stderr,
+                      flush=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            self._scan()
+
+
 def build_extension(name: str, what: str, out: Path, error: type[BackendError],
                     verbose: bool = False, **options) -> ModuleType:
-    """``cpp_extension.load(name, **options)`` into ``out``, saying so on stderr while a fresh
-    build runs; a failed build (a compile error, no ninja, a toolkit torch cannot find) is an
-    ``error`` naming the build directory, never a traceback from inside torch."""
+    """``cpp_extension.load(name, **options)`` into ``out``, showing progress on stderr while a
+    fresh build runs (each file as it compiles, the elapsed time); a failed build (a compile
+    error, no ninja, a toolkit torch cannot find) is an ``error`` naming the build directory,
+    never a traceback from inside torch."""
     import subprocess
 
     from torch.utils import cpp_extension
 
     fresh = not any(out.glob(f"{name}*.so"))
+    sources = list(options.get("sources", []))
+    start = time.perf_counter()
     if fresh:
-        print(f"rtinfer: building the {what} (once, about a minute) in {out} ...",
-              file=sys.stderr, flush=True)
+        print(f"rtinfer: building the {what} once for this CPU ({len(sources)} files, a minute "
+              f"or two) in {out}", file=sys.stderr, flush=True)
     try:
-        module = cpp_extension.load(name=name, build_directory=str(out), verbose=verbose,
-                                    **options)
+        if fresh and not verbose:
+            with _Progress(out, sources, what):
+                module = cpp_extension.load(name=name, build_directory=str(out),
+                                            verbose=verbose, **options)
+        else:
+            module = cpp_extension.load(name=name, build_directory=str(out), verbose=verbose,
+                                        **options)
     except (RuntimeError, OSError, ImportError, subprocess.CalledProcessError) as e:
         raise error(f"building the {what} failed ({e}); the build log is in {out}; use "
                     f"backend='torch' meanwhile") from None
+    finally:
+        add_build_seconds(time.perf_counter() - start)
     if fresh:
-        print(f"rtinfer: {what} built", file=sys.stderr, flush=True)
+        print(f"rtinfer: {what} built in {time.perf_counter() - start:.0f} s", file=sys.stderr,
+              flush=True)
     return module
 
 
-def load(verbose: bool = False) -> ModuleType:
-    """The native extension, built on first use (about a minute) and cached."""
-    global _module
-    if _module is not None:
-        return _module
+def load(verbose: bool = False, level: str | None = None) -> ModuleType:
+    """The native extension for CPU level ``level`` (default ``isa.level()``: the best this CPU
+    runs, capped by ``$RTINFER_CPU_ISA``), built on first use (a minute or two) and cached.
+    The first extension a process loads sets oneDNN's ISA cap to its level when the level is
+    capped (oneDNN reads it once)."""
+    lv = level or isa.level()
+    if lv not in isa.supported():
+        raise isa.CpuIsaError(f"the native extension for {lv} cannot run on this CPU (it runs "
+                              f"{', '.join(isa.supported())})")
+    module = _modules.get(lv)
+    if module is not None:
+        return module
     with _lock:
-        if _module is None:
+        module = _modules.get(lv)
+        if module is None:
             cxx = compiler()
             prefix = onednn_prefix()
             lib = prefix / "lib"
-            _module = build_extension(
-                "rtinfer_native", "native kernels",
-                build_dir(fingerprint(f"{cxx}|{prefix}|{NATIVE_DIR}")), NativeUnavailable,
-                verbose, sources=[str(NATIVE_DIR / s) for s in SOURCES], extra_cflags=CFLAGS,
-                extra_include_paths=[str(prefix / "include")],
+            out = build_dir(fingerprint(f"{cxx}|{isa.compiler_id(cxx)}|{prefix}|{NATIVE_DIR}",
+                                        lv))
+            if any(out.glob("rtinfer_native*.so")) and not stamp_ok(out):
+                shutil.rmtree(out, ignore_errors=True)  # built for another CPU: rebuild
+                out = build_dir(out.name)
+            module = build_extension(
+                f"rtinfer_native_{lv}", f"native kernels ({lv})", out, NativeUnavailable,
+                verbose, sources=[str(NATIVE_DIR / s) for s in SOURCES],
+                extra_cflags=cflags(lv), extra_include_paths=[str(prefix / "include")],
                 extra_ldflags=[f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"])
-        return _module
+            (out / STAMP).write_text(json.dumps(
+                {"level": lv, "needs": sorted(isa.NEEDS[lv]), "flags": cflags(lv),
+                 "compiler": isa.compiler_id(cxx)}))
+            if not _modules and isa.cap() is not None:
+                module.set_max_cpu_isa(isa.ONEDNN_ISA[lv])
+            _modules[lv] = module
+        return module
 
 
-__all__ = ["NativeUnavailable", "build_dir", "build_extension", "load", "onednn_prefix"]
+__all__ = ["NativeUnavailable", "add_build_seconds", "build_dir", "build_extension",
+           "build_seconds", "cflags", "load", "onednn_prefix", "stamp_ok"]

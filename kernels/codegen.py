@@ -32,7 +32,6 @@ cached by content hash in ``<rtinfer cache>/codegen``.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import math
 import os
@@ -48,13 +47,16 @@ from rtinfer.errors import BackendError, Unsupported
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.types import DType
+from rtinfer.kernels import isa
 from rtinfer.kernels.build import CPP_DIR, NativeUnavailable, compiler
 from rtinfer.paths import codegen_dir
 
 # -fno-trapping-math: the selects in the prelude's branch-free math only vectorize when
 # computing both arms may raise no FP exception; -fwrapv: integer ops wrap, as numpy's
-FLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno",
+FLAGS = ["-O3", "-std=c++17", "-fopenmp-simd", "-fno-math-errno",
          "-fno-trapping-math", "-ffp-contract=fast", "-fwrapv", "-shared", "-fPIC"]
+# the CPU level's -march flags (rtinfer.kernels.isa) are added per build, and the level is in
+# the cache key: code built for AVX-512 is never loaded on an AVX2 CPU
 MAX_CONST_ELEMENTS = 4096  # larger constants inside a body are not baked into the source
 
 
@@ -732,24 +734,18 @@ def _emit_function(result: Value, out_dtype: DType, body_nodes: list[Node], leav
 _LIBS: dict[str, ctypes.CDLL] = {}  # content hash -> the loaded library (kept alive)
 
 
-@functools.cache
-def _compiler_id(cxx: str) -> str:
-    try:
-        return subprocess.run([cxx, "--version"], capture_output=True, text=True,
-                              timeout=60).stdout.splitlines()[0]
-    except (OSError, IndexError, subprocess.SubprocessError):
-        return cxx
-
-
-def compile_functions(sources: dict[str, str]) -> dict[str, int]:
+def compile_functions(sources: dict[str, str], level: str | None = None) -> dict[str, int]:
     """Compile `sources` (symbol -> C++ defining it, e.g. ``Generated.source``) into one shared
-    object, cached on disk by content, and return each symbol's address."""
+    object for CPU level ``level`` (default ``isa.level()``), cached on disk by content, level
+    and compiler, and return each symbol's address."""
     if not sources:
         return {}
     cxx = compiler()
+    lv = level or isa.level()
+    flags = [*FLAGS, *isa.march_flags(lv)]
     text = "\n".join(sources[k] for k in sorted(sources))
-    key = hashlib.sha256("\0".join([text, " ".join(FLAGS), cxx, _compiler_id(cxx)])
-                         .encode()).hexdigest()[:24]
+    key = hashlib.sha256("\0".join([text, " ".join(flags), isa.cpu_key(lv), cxx,
+                                    isa.compiler_id(cxx)]).encode()).hexdigest()[:24]
     lib = _LIBS.get(key)
     if lib is None:
         d = codegen_dir()
@@ -758,7 +754,7 @@ def compile_functions(sources: dict[str, str]) -> dict[str, int]:
             tmp = d / f"ew_{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
             src = tmp.with_suffix(".cpp")
             src.write_text(text)
-            cmd = [cxx, *FLAGS, str(src), "-o", str(tmp.with_suffix(".so"))]
+            cmd = [cxx, *flags, str(src), "-o", str(tmp.with_suffix(".so"))]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise NativeUnavailable(f"compiling generated elementwise code failed (source "

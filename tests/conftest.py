@@ -29,13 +29,21 @@ def _private_compile_cache(tmp_path_factory):
         os.environ["RTINFER_CACHE_DIR"] = old
 
 
-@pytest.fixture(scope="module")
-def native():
-    """rtinfer's native extension (built on first use); the test is skipped where it cannot be
-    built here (no C++ compiler, no oneDNN)."""
+def _cpu_levels() -> list[str]:
+    """Every CPU level this host runs, best first (``rtinfer.kernels.isa``)."""
+    from rtinfer.kernels import isa
+
+    return list(reversed(isa.supported()))
+
+
+@pytest.fixture(scope="module", params=_cpu_levels())
+def native(request):
+    """rtinfer's native extension, once for each CPU level this host runs (the AVX-512, AVX2
+    and generic kernels are each checked where the CPU can execute them; each level builds on
+    first use); the test is skipped where it cannot be built here (no C++ compiler, no oneDNN)."""
     from rtinfer.kernels import build
 
     try:
-        return build.load()
+        return build.load(level=request.param)
     except build.NativeUnavailable as e:
         pytest.skip(f"native backend unavailable here: {e}")

@@ -55,18 +55,58 @@ void qk_tile(const float* const* qr, const float* kt, int64_t ldk, int64_t D, in
     _mm512_storeu_ps(s + r * lds + j + 16, _mm512_mul_ps(acc[r][1], sc));
   }
 #else
-  for (int r = 0; r < kRows; ++r) {
-    float acc[kKeys] = {};
-    for (int64_t d = 0; d < D; ++d) {
-      const float qv = qr[r][d];
-      const float* kd = kt + d * ldk + j;
-#pragma omp simd
-      for (int c = 0; c < kKeys; ++c) acc[c] += qv * kd[c];
+  // 4 rows x 16 keys of accumulators at a time (8 registers on AVX2)
+  constexpr int RG = 4, NK = 16 / kW;
+  const vf sc = vset(scale);
+  for (int r0 = 0; r0 < kRows; r0 += RG)
+    for (int h = 0; h < kKeys; h += 16) {
+      vf acc[RG][NK] = {};
+      for (int64_t d = 0; d < D; ++d) {
+        const float* kd = kt + d * ldk + j + h;
+        vf kv[NK];
+#pragma GCC unroll 4
+        for (int n = 0; n < NK; ++n) kv[n] = vload(kd + n * kW);
+#pragma GCC unroll 4
+        for (int r = 0; r < RG; ++r) {
+          const vf qv = vset(qr[r0 + r][d]);
+#pragma GCC unroll 4
+          for (int n = 0; n < NK; ++n) acc[r][n] += qv * kv[n];
+        }
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < RG; ++r)
+#pragma GCC unroll 4
+        for (int n = 0; n < NK; ++n) vstore(s + (r0 + r) * lds + j + h + n * kW, acc[r][n] * sc);
     }
-    for (int c = 0; c < kKeys; ++c) s[r * lds + j + c] = acc[c] * scale;
-  }
 #endif
 }
+
+#ifndef RTINFER_AVX512
+// y_r[d0, d0 + 16) = inv_r * sum_j s[r][j] v_j[d0, d0 + 16) for 4 rows (rows_valid stored)
+void pv_tile4(const float* s, int64_t lds, const float* v, int64_t vstride, int64_t jn,
+              int64_t d0, float* const* yr, const float* inv, int rows_valid) {
+  constexpr int RB = 4, NV = 16 / kW;
+  vf acc[RB][NV] = {};
+  for (int64_t j = 0; j < jn; ++j) {
+    const float* vr = v + j * vstride + d0;
+    vf vv[NV];
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) vv[n] = vload(vr + n * kW);
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) {
+      const vf pb = vset(s[r * lds + j]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NV; ++n) acc[r][n] += pb * vv[n];
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r) {
+    if (r >= rows_valid) continue;
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) vstore(yr[r] + d0 + n * kW, acc[r][n] * inv[r]);
+  }
+}
+#endif
 
 #ifdef RTINFER_AVX512
 // y_r[d0, d0 + 16 NV) = inv_r * sum_j s[r][j] v_j[d0, ...) for RB rows (rows_valid stored)
@@ -123,16 +163,20 @@ void pv_rows(const float* s, int64_t lds, const float* v, int64_t vstride, int64
     d0 += 16 * nv;
   }
 #else
+  const int64_t D16 = D / 16 * 16;  // 16 columns at a time; the rest below
+  for (int r0 = 0; r0 < rows_valid; r0 += 4)
+    for (int64_t d0 = 0; d0 < D16; d0 += 16)
+      pv_tile4(s + r0 * lds, lds, v, vstride, jn, d0, yr + r0, inv + r0, rows_valid - r0);
+  if (D16 == D) return;
   for (int r = 0; r < rows_valid; ++r) {
     float* y = yr[r];
-    for (int64_t d = 0; d < D; ++d) y[d] = 0.0f;
+    for (int64_t d = D16; d < D; ++d) y[d] = 0.0f;
     for (int64_t j = 0; j < jn; ++j) {
       const float p = s[r * lds + j];
       const float* vr = v + j * vstride;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) y[d] += p * vr[d];
+      for (int64_t d = D16; d < D; ++d) y[d] += p * vr[d];
     }
-    for (int64_t d = 0; d < D; ++d) y[d] *= inv[r];
+    for (int64_t d = D16; d < D; ++d) y[d] *= inv[r];
   }
 #endif
 }

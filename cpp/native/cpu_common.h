@@ -20,8 +20,15 @@
 #include <string>
 #include <vector>
 
+// The CPU level this file is built for (rtinfer.kernels.isa builds one extension per level):
+// AVX-512 gets hand-written intrinsics; every other level gets the same tiled kernels written
+// with GCC vector extensions (vf: kW floats, 8 on AVX2, 4 on SSE/NEON), which the compiler
+// maps onto the level's registers. No path is scalar-only.
 #if defined(__AVX512F__) && !defined(RTINFER_NO_AVX512)
 #define RTINFER_AVX512 1
+#include <immintrin.h>
+#endif
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -131,6 +138,65 @@ inline __m512 exp512(__m512 x) {
 inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
 #endif
 
+#ifndef RTINFER_AVX512
+// -- generic vectors: kW floats in the widest registers of the level ----------------------------
+#if defined(__AVX__)
+constexpr int kW = 8;
+#else
+constexpr int kW = 4;
+#endif
+typedef float vf __attribute__((vector_size(kW * 4)));
+typedef int32_t vi __attribute__((vector_size(kW * 4)));
+// an unaligned view of kW floats in memory (a plain load and store, no copy through the stack)
+typedef float vf_u __attribute__((vector_size(kW * 4), aligned(4), may_alias));
+
+inline vf vload(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
+inline void vstore(float* p, vf v) { *reinterpret_cast<vf_u*>(p) = v; }
+inline vf vset(float x) {
+#if defined(__AVX__)
+  return vf{x, x, x, x, x, x, x, x};
+#else
+  return vf{x, x, x, x};
+#endif
+}
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int i = 0; i < kW; ++i) s += v[i];
+  return s;
+}
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < kW; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// rt::exp (rt_exp.h) kW lanes at a time, rounding alike (round-to-nearest by the 1.5 * 2^23
+// trick, exact for the clamped range)
+inline vf vexp(vf x) {
+  const vf lo = vset(kExpLo), hi = vset(kExpHi);
+  vf xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const vf big = vset(12582912.0f);
+  vf fn = (xc * 1.44269504088896341f + big) - big;
+  vf r = xc - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  vf p = vset(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vi n = (__builtin_convertvector(fn, vi) + 126) << 23;
+  const vf s = reinterpret_cast<const vf&>(n);
+  vf y = (p * 2.0f) * s;
+  y = x < lo ? vf{} : y;
+  y = x > hi ? vset(kInf) : y;
+  return x != x ? x : y;
+}
+#endif
+
 // max of x[0, n) (-inf for n == 0)
 float row_max(const float* x, int64_t n) {
 #ifdef RTINFER_AVX512
@@ -143,8 +209,14 @@ float row_max(const float* x, int64_t n) {
   }
   return _mm512_reduce_max_ps(m);
 #else
+  int64_t j = 0;
   float m = -kInf;
-  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+  if (n >= kW) {
+    vf mv = vset(-kInf);
+    for (; j + kW <= n; j += kW) mv = vmax(mv, vload(x + j));
+    m = hmax(mv);
+  }
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
   return m;
 #endif
 }
@@ -168,9 +240,16 @@ float exp_sub_sum(const float* x, float* y, int64_t n, float m) {
   }
   return _mm512_reduce_add_ps(s);
 #else
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < n; ++j) {
+  const vf mv = vset(m);
+  vf sv{};
+  int64_t j = 0;
+  for (; j + kW <= n; j += kW) {
+    const vf e = vexp(vload(x + j) - mv);
+    vstore(y + j, e);
+    sv += e;
+  }
+  float s = hsum(sv);
+  for (; j < n; ++j) {
     float e = rt::exp(x[j] - m);
     y[j] = e;
     s += e;
@@ -215,6 +294,27 @@ inline void transpose16(__m512 r[16]) {
 }
 #endif
 
+#if defined(__AVX2__) && !defined(RTINFER_AVX512)
+// r[i] = column i of the 8 x 8 block whose rows are r[0..8)
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int m = 0; m < 4; ++m) {
+    r[m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x20);
+    r[4 + m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x31);
+  }
+}
+#endif
+
 // out[a + t * ot] = in[a * ia + t] for a < na, t < nt: the 2-d transpose under a copy.
 template <typename T>
 void transpose_block(const T* in, int64_t ia, T* out, int64_t ot, int64_t na, int64_t nt) {
@@ -232,6 +332,23 @@ void transpose_block(const T* in, int64_t ia, T* out, int64_t ot, int64_t na, in
           transpose16(r);
           for (int i = 0; i < 16; ++i)
             _mm512_storeu_ps(reinterpret_cast<float*>(out + (t0 + i) * ot + a0), r[i]);
+          continue;
+        }
+      }
+#elif defined(__AVX2__)
+      if constexpr (sizeof(T) == 4) {  // four 8 x 8 blocks
+        if (tn == B && an == B) {
+          for (int bt = 0; bt < 16; bt += 8)
+            for (int ba = 0; ba < 16; ba += 8) {
+              __m256 r[8];
+              for (int i = 0; i < 8; ++i)
+                r[i] = _mm256_loadu_ps(
+                    reinterpret_cast<const float*>(in + (a0 + ba + i) * ia + t0 + bt));
+              transpose8(r);
+              for (int i = 0; i < 8; ++i)
+                _mm256_storeu_ps(reinterpret_cast<float*>(out + (t0 + bt + i) * ot + a0 + ba),
+                                 r[i]);
+            }
           continue;
         }
       }

@@ -16,8 +16,13 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <optional>
 #include <stdexcept>
 
@@ -228,6 +233,100 @@ std::string finish(Plan& plan, std::shared_ptr<Kernel> k, const PD& pd) {
   std::shared_ptr<const Kernel> kc = std::move(k);
   plan.add_step({kc->name, [kc](Ctx& ctx) { kc->run(ctx); }});
   return impl;
+}
+
+// -- a constant-weight matmul through ATen's GEMM (MKL on x86) --------------------------------
+//
+// oneDNN 3.2's f32 matmul has a brgemm kernel only from AVX-512 up; on AVX2 it runs its
+// reference-blocked gemm:jit, which is about 1.3x slower at transformer shapes than the MKL GEMM
+// torch carries. So a 2-d matmul with a constant weight gets both candidates when the plan is
+// built: oneDNN's fused primitive, and ATen's addmm (the bias in it) followed by the same epilogue
+// as one oneDNN binary/eltwise primitive in place. Each is timed on scratch data at that shape
+// and thread count and the faster is kept; the verdict is remembered per shape and epilogue for
+// the process. The epilogue primitive uses the same oneDNN eltwise algorithms, so both candidates
+// round alike apart from the GEMM's summation order.
+
+struct AtenGemm {
+  torch::Tensor w;     // [K, N] contiguous
+  torch::Tensor bias;  // [N] or undefined
+  int64_t rows, K, N;
+  int a, dst;
+  std::shared_ptr<Kernel> post;  // the epilogue in place on dst, or null
+
+  void run(Ctx& ctx) const {
+    auto opt = torch::TensorOptions().dtype(torch::kFloat32);
+    auto x = torch::from_blob(ctx.ptr[a], {rows, K}, opt);
+    auto y = torch::from_blob(ctx.ptr[dst], {rows, N}, opt);
+    if (bias.defined())
+      at::addmm_out(y, bias, x, w);
+    else
+      at::mm_out(y, x, w);
+    if (post) post->run(ctx);
+  }
+};
+
+// The epilogue (activation, residual "pre") on dst in place as one primitive: binary_add with
+// the residual then the activation as a post-op, or the activation alone. Null when there is
+// nothing to do; "post" residuals (act then add) are not offered (returns false).
+bool aten_epilogue(const std::string& name, const std::string& activation, double alpha,
+                   double beta, const std::string& residual_mode, int residual, int dst,
+                   const memory::desc& dst_md, std::shared_ptr<Kernel>& out, Plan& plan) {
+  Eltwise act = eltwise(name, activation, (float)alpha, (float)beta);
+  if (residual_mode == "post") return false;
+  if (!act.on && residual_mode == "none") return true;
+  auto k = std::make_shared<Kernel>();
+  k->name = name;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  memory::desc scratch;
+  if (residual_mode == "pre") {
+    dnnl::post_ops ops;
+    if (act.on) ops.append_eltwise(act.alg, act.alpha, act.beta);
+    attr.set_post_ops(ops);
+    dnnl::binary::primitive_desc pd(cpu_engine(), dnnl::algorithm::binary_add, dst_md, dst_md,
+                                    dst_md, attr);
+    k->prim = dnnl::binary(pd);
+    k->bound = {{DNNL_ARG_SRC_0, dst, dst_md}, {DNNL_ARG_SRC_1, residual, dst_md},
+                {DNNL_ARG_DST, dst, dst_md}};
+    scratch = pd.scratchpad_desc();
+  } else {
+    dnnl::eltwise_forward::primitive_desc pd(cpu_engine(), dnnl::prop_kind::forward_inference,
+                                             act.alg, dst_md, dst_md, act.alpha, act.beta, attr);
+    k->prim = dnnl::eltwise_forward(pd);
+    k->bound = {{DNNL_ARG_SRC, dst, dst_md}, {DNNL_ARG_DST, dst, dst_md}};
+    scratch = pd.scratchpad_desc();
+  }
+  plan.need_scratch((int64_t)scratch.get_size());
+  if (scratch.get_size() > 0) k->bound.push_back({DNNL_ARG_SCRATCHPAD, -1, scratch});
+  for (const auto& b : k->bound) k->cached.emplace_back(b.md, cpu_engine(), nullptr);
+  out = std::move(k);
+  return true;
+}
+
+// A matmul smaller than this (multiply-adds) stays on oneDNN without timing: the candidates'
+// difference is below the timer's noise there.
+constexpr double kGemmChoiceMacs = 1 << 20;
+
+// $RTINFER_GEMM=onednn keeps every matmul on oneDNN, =aten takes ATen's wherever offered (for
+// comparisons, tests and bisecting); unset, the faster is timed.
+std::string gemm_forced() {
+  const char* v = std::getenv("RTINFER_GEMM");
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+// Median seconds of `run` over a few calls on scratch data (after two warm-up calls).
+template <typename F>
+double time_step(const F& run) {
+  run();
+  run();
+  double best[7];
+  for (double& t : best) {
+    double t0 = omp_get_wtime();
+    run();
+    t = omp_get_wtime() - t0;
+  }
+  std::sort(best, best + 7);
+  return best[3];
 }
 
 }  // namespace
@@ -491,7 +590,79 @@ std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int ds
   else
     kern->bound.push_back({DNNL_ARG_WEIGHTS, b, pd.weights_desc()});
   if (bias) kern->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
-  return finish(plan, std::move(kern), pd);
+  std::shared_ptr<Kernel> post;
+  const std::string forced = gemm_forced();
+  const bool offer = weight && b_flat && (macs >= kGemmChoiceMacs || forced == "aten") &&
+                     forced != "onednn" &&
+                     aten_epilogue(name, activation, alpha, beta, residual_mode, residual, dst,
+                                   dst_md, post, plan);
+  if (!offer) return finish(plan, std::move(kern), pd);
+
+  auto alt = std::make_shared<AtenGemm>();
+  alt->w = weight->reshape(b_dims).contiguous().clone();
+  if (bias) alt->bias = bias->detach().contiguous().clone();
+  alt->rows = d_dims[0], alt->K = K, alt->N = N, alt->a = a, alt->dst = dst;
+  alt->post = post;
+  // which is faster, timed once per shape, epilogue and thread count in this process
+  using Key = std::tuple<int64_t, int64_t, int64_t, std::string, std::string, bool, int>;
+  static std::map<Key, bool> verdicts;
+  static std::mutex verdicts_mutex;
+  const int nthreads = threads > 0 ? threads : omp_get_max_threads();
+  Key key{alt->rows, K, N, activation, residual_mode, (bool)bias, nthreads};
+  bool use_aten;
+  {
+    std::lock_guard<std::mutex> lock(verdicts_mutex);
+    auto it = verdicts.find(key);
+    if (forced == "aten") {
+      use_aten = true;
+    } else if (it != verdicts.end()) {
+      use_aten = it->second;
+    } else {
+      // scratch operands: a, dst, residual and the scratchpad, at their slots
+      auto opt = torch::TensorOptions().dtype(torch::kFloat32);
+      auto ta = torch::randn({alt->rows, K}, opt), ty = torch::empty({alt->rows, N}, opt);
+      auto tr = torch::randn({alt->rows, N}, opt);
+      Ctx ctx;
+      ctx.ptr.assign(std::max({a, dst, residual}) + 1, nullptr);
+      ctx.ptr[a] = static_cast<char*>(ta.data_ptr());
+      ctx.ptr[dst] = static_cast<char*>(ty.data_ptr());
+      if (residual >= 0) ctx.ptr[residual] = static_cast<char*>(tr.data_ptr());
+      auto scratch = torch::empty({std::max<int64_t>(plan.scratch_bytes(), 64) / 4 + 16}, opt);
+      ctx.scratch = reinterpret_cast<char*>(
+          (reinterpret_cast<uintptr_t>(scratch.data_ptr()) + 63) / 64 * 64);
+      ctx.threads = nthreads;
+      dnnl::stream stream(cpu_engine());
+      ctx.stream = &stream;
+      memory::desc sp = pd.scratchpad_desc();
+      auto onednn_run = [&] {
+        dnnl_exec_arg_t args[8];
+        int n = 0;
+        for (const auto& f : kern->fixed) args[n++] = {f.first, f.second.get()};
+        std::vector<memory> mems;
+        for (const auto& b : kern->bound) {
+          mems.emplace_back(b.md, cpu_engine(), Kernel::where(b, ctx));
+          args[n++] = {b.arg, mems.back().get()};
+        }
+        if (sp.get_size() > 0) {
+          mems.emplace_back(sp, cpu_engine(), ctx.scratch);
+          args[n++] = {DNNL_ARG_SCRATCHPAD, mems.back().get()};
+        }
+        kern->execute(ctx, args, n);
+      };
+      const int old = omp_get_max_threads();
+      omp_set_num_threads(nthreads);
+      const double t_onednn = time_step(onednn_run);
+      const double t_aten = time_step([&] { alt->run(ctx); });
+      omp_set_num_threads(old);
+      use_aten = t_aten < 0.95 * t_onednn;  // oneDNN (one fused primitive) on a near tie
+      verdicts[key] = use_aten;
+    }
+  }
+  if (!use_aten) return finish(plan, std::move(kern), pd);
+  plan.need_scratch((int64_t)pd.scratchpad_desc().get_size());
+  std::shared_ptr<const AtenGemm> ac = std::move(alt);
+  plan.add_step({name + " (ATen GEMM: faster here)", [ac](Ctx& ctx) { ac->run(ctx); }});
+  return std::string("aten:gemm (faster than oneDNN ") + pd.impl_info_str() + " here)";
 } catch (const dnnl::error& err) {  // at plan-build time: name the step
   throw dnnl_failure(name, err);
 }

@@ -269,7 +269,8 @@ void bind_cpu_kernels(pybind11::module_& m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using rtinfer::Plan;
   namespace py = pybind11;
-  py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
+  // module_local: each CPU level's extension (rtinfer_native_avx2, ..._avx512) has its own Plan
+  py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan", py::module_local())
       .def(py::init<>())
       .def("add_slot", &Plan::add_slot, py::arg("kind"), py::arg("offset") = 0,
            py::arg("base") = -1)
@@ -290,6 +291,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     auto v = dnnl::version();
     return std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
            std::to_string(v->patch);
+  });
+  // oneDNN's ISA cap ("AVX2", "AVX512_CORE", ...): takes effect only before its first
+  // primitive, as ONEDNN_MAX_CPU_ISA does; returns whether oneDNN took it
+  m.def("set_max_cpu_isa", [](const std::string& isa) {
+    static const std::pair<const char*, dnnl::cpu_isa> kIsas[] = {
+        {"SSE41", dnnl::cpu_isa::sse41}, {"AVX2", dnnl::cpu_isa::avx2},
+        {"AVX512_CORE", dnnl::cpu_isa::avx512_core}};
+    for (const auto& [n, v] : kIsas)
+      if (isa == n) return dnnl::set_max_cpu_isa(v) == dnnl::status::success;
+    throw std::invalid_argument("unknown oneDNN ISA " + isa);
+  });
+  m.def("cpu_isa", []() { return (int)dnnl::get_effective_cpu_isa(); });
+  m.def("level", []() {
+#if defined(__AVX512F__)
+    return std::string("avx512");
+#elif defined(__AVX2__)
+    return std::string("avx2");
+#else
+    return std::string("generic");
+#endif
   });
   rtinfer::bind_dnnl(m);
   rtinfer::bind_cpu_kernels(m);

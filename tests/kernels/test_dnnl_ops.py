@@ -278,6 +278,33 @@ def test_matmul_activation(native, activation):
     check_matmul(native, (9, 40), (40, 24), transposed_weight=True, activation=activation)
 
 
+@pytest.mark.parametrize("activation,residual", [("none", "none"), ("gelu", "none"),
+                                                 ("relu", "pre"), ("none", "pre"),
+                                                 ("tanh", "none"), ("silu", "pre")])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matmul_through_aten_gemm_matches(native, monkeypatch, activation, residual, bias):
+    """A constant-weight matmul may run as ATen's GEMM plus the epilogue in place (where that
+    is faster, e.g. oneDNN's f32 matmul on AVX2); forced here, it gives the reference's
+    numbers with every epilogue it is offered for."""
+    monkeypatch.setenv("RTINFER_GEMM", "aten")
+    check_matmul(native, (64, 96), (96, 48), transposed_weight=True, bias=bias,
+                 activation=activation, residual=residual)
+    check_matmul(native, (2, 5, 33), (33, 7), bias=bias, activation=activation,
+                 residual=residual)  # a's batch folds into the rows
+
+
+def test_aten_gemm_step_is_named_and_post_residual_stays_on_onednn(native, monkeypatch):
+    monkeypatch.setenv("RTINFER_GEMM", "aten")
+    w = rand(16, 4)
+    for mode, want in (("none", True), ("post", False)):
+        plan = native.Plan()
+        a, r = plan.add_slot(INPUT, 0, 0), plan.add_slot(INPUT, 0, 1)
+        out = plan.add_slot(OUTPUT, 0, 0)
+        native.add_matmul(plan, "mm", a, -1, out, r if mode != "none" else -1, [8, 16], [16, 4],
+                          w, None, "relu", 0.0, 0.0, mode)
+        assert ("ATen GEMM" in plan.step_names[0]) is want, (mode, plan.step_names)
+
+
 def test_matmul_bad_arguments(native):
     plan = native.Plan()
     w = torch.zeros(8, 4)

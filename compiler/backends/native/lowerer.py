@@ -292,7 +292,7 @@ class Lowerer:
 
     def build(self, ext: Any):
         if self.ew_sources:  # every generated function of the plan in one shared object
-            self.ew_functions = codegen.compile_functions(self.ew_sources)
+            self.ew_functions = codegen.compile_functions(self.ew_sources, ext.level())
         plan = ext.Plan()
         arena = plan_memory(self.bufs, self.steps)
         for b in self.bufs:
