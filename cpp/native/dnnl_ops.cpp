@@ -627,7 +627,10 @@ std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int ds
       ctx.ptr[a] = static_cast<char*>(ta.data_ptr());
       ctx.ptr[dst] = static_cast<char*>(ty.data_ptr());
       if (residual >= 0) ctx.ptr[residual] = static_cast<char*>(tr.data_ptr());
-      auto scratch = torch::empty({std::max<int64_t>(plan.scratch_bytes(), 64) / 4 + 16}, opt);
+      // the scratchpad of either candidate (this matmul's is not in the plan's total yet)
+      const int64_t scratch_bytes = std::max<int64_t>(
+          {plan.scratch_bytes(), (int64_t)pd.scratchpad_desc().get_size(), 64});
+      auto scratch = torch::empty({scratch_bytes / 4 + 16}, opt);
       ctx.scratch = reinterpret_cast<char*>(
           (reinterpret_cast<uintptr_t>(scratch.data_ptr()) + 63) / 64 * 64);
       ctx.threads = nthreads;
