@@ -20,6 +20,28 @@ def _systems(doc: dict[str, Any]) -> list[str]:
     return list(doc["systems"])
 
 
+def _isa_capped(doc: dict[str, Any]) -> str | None:
+    """The level a ``--isa`` run was capped at (None: an uncapped run)."""
+    return (doc.get("isa") or {}).get("requested")
+
+
+def _col(doc: dict[str, Any], name: str) -> str:
+    """A system's column heading; in a capped run, systems the cap does not fully reach say
+    so (their numbers are the host's full ISA, not the emulated level)."""
+    cap = (doc.get("isa") or {}).get("systems", {}).get(name, "")
+    if _isa_capped(doc) and not cap.startswith("capped"):
+        return f"{name} ({cap.split(':')[0] or 'uncapped'})"
+    return name
+
+
+def _heads(doc: dict[str, Any], names: list[str]) -> str:
+    return " | ".join(_col(doc, n) for n in names)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.3g}" if v < 10 else f"{v:.1f}"
+
+
 def _cell(rec: dict[str, Any] | None, key: str = "median_ms", ratio: str = "vs_eager") -> str:
     if rec is None:
         return "-"
@@ -37,7 +59,7 @@ def _cell(rec: dict[str, Any] | None, key: str = "median_ms", ratio: str = "vs_e
 
 def _table(doc: dict[str, Any], key: str, ratio: str) -> list[str]:
     names = _systems(doc)
-    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines = ["| model | " + _heads(doc, names) + " |", "|---|" + "---:|" * len(names)]
     for model, m in doc["models"].items():
         cells = [_cell(m["results"].get(n), key, ratio) for n in names]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
@@ -45,9 +67,15 @@ def _table(doc: dict[str, Any], key: str, ratio: str) -> list[str]:
 
 
 def _peer_table(doc: dict[str, Any]) -> list[str]:
+    """Per model: the best peer at the median and rtinfer's ratios to it; then the best peer
+    at p90 (the fastest non-rtinfer p90, maybe another system) and rtinfer-native's p90
+    against it."""
     ours = [n for n, s in doc["systems"].items() if s["rtinfer"]]
-    lines = ["| model | best peer | its median ms | " + " | ".join(ours) + " |",
-             "|---|---|---:|" + "---:|" * len(ours)]
+    native = "rtinfer-native" in ours
+    tail_heads = (" | best peer at p90 | its p90 ms | rtinfer-native p90 ms | native p90 ×"
+                  if native else "")
+    lines = ["| model | best peer | its median ms | " + _heads(doc, ours) + tail_heads + " |",
+             "|---|---|---:|" + "---:|" * len(ours) + ("---|---:|---:|---:|" if native else "")]
     for model, m in doc["models"].items():
         peer = m.get("best_peer")
         peer_ms = f"{m['results'][peer]['median_ms']:.3g}" if peer else "-"
@@ -56,13 +84,45 @@ def _peer_table(doc: dict[str, Any]) -> list[str]:
             rec = m["results"].get(n, {})
             cells.append(f"×{rec['vs_best_peer']:.2f}" if "vs_best_peer" in rec
                          else _cell(rec or None))
-        lines.append(f"| {model} | {peer or '-'} | {peer_ms} | " + " | ".join(cells) + " |")
+        if native:
+            p90 = m.get("best_peer_p90")
+            rec = m["results"].get("rtinfer-native", {})
+            cells += [_col(doc, p90) if p90 else "-",
+                      _ms(m["results"][p90]["p90_ms"]) if p90 else "-",
+                      _ms(rec["p90_ms"]) if "p90_ms" in rec else "-",
+                      f"×{rec['vs_best_peer_p90']:.2f}" if "vs_best_peer_p90" in rec else "-"]
+        lines.append(f"| {model} | {_col(doc, peer) if peer else '-'} | {peer_ms} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def _tail_cell(rec: dict[str, Any] | None) -> str:
+    if rec is None:
+        return "-"
+    if rec.get("status") != "ok" or "median_ms" not in rec:
+        return rec.get("status", "-").replace("unavailable", "n/a")
+    parts = [_ms(rec[k]) if k in rec else "-" for k in ("min_ms", "median_ms", "p90_ms",
+                                                         "p99_ms")]
+    text = " / ".join(parts)
+    if rec.get("samples") is not None and rec["samples"] < 100:
+        text += f" (n={rec['samples']})"
+    if rec.get("capped"):
+        text += f" {CAPPED}"
+    return text
+
+
+def _tail_table(doc: dict[str, Any]) -> list[str]:
+    names = _systems(doc)
+    lines = ["| model | " + _heads(doc, names) + " |", "|---|" + "---:|" * len(names)]
+    for model, m in doc["models"].items():
+        lines.append(f"| {model} | " + " | ".join(_tail_cell(m["results"].get(n))
+                                                   for n in names) + " |")
     return lines
 
 
 def _setup_table(doc: dict[str, Any]) -> list[str]:
     names = _systems(doc)
-    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines = ["| model | " + _heads(doc, names) + " |", "|---|" + "---:|" * len(names)]
     for model, m in doc["models"].items():
         cells = [f"{m['results'][n]['setup_s']:.1f}" if "setup_s" in m["results"].get(n, {})
                  else "-" for n in names]
@@ -87,7 +147,7 @@ def targets(doc: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
 def _gflops_table(doc: dict[str, Any]) -> list[str]:
     """Achieved GFLOP/s (the model's convolution/matmul/attention FLOPs over the median)."""
     names = _systems(doc)
-    lines = ["| model | GFLOP | " + " | ".join(names) + " |",
+    lines = ["| model | GFLOP | " + _heads(doc, names) + " |",
              "|---|---:|" + "---:|" * len(names)]
     for model, m in doc["models"].items():
         gflop = next((r["gflop"] for r in m["results"].values() if r.get("gflop")), None)
@@ -140,13 +200,48 @@ def _header(doc: dict[str, Any]) -> list[str]:
                    f"{mach['logical_cores']} cores at the start): multi-threaded runtimes "
                    f"suffer most from sharing cores, so these ratios are not meaningful.**"
                ] if busy else []
+    min_samples = st.get("min_samples")
     return [f"{mach['cpu']} ({mach['logical_cores']} logical cores), {st['threads']} threads, "
             f"batch 1; {doc['date']}, rtinfer {doc.get('git') or '?'}"
             + (f"; load average {load[0]:.2f} at start" if load else "")
             + (" — **quick run: the numbers are noise**" if st.get("quick") else ""),
-            "",
-            f"Medians over {st['rounds']} interleaved rounds of {st['iters_per_round']} calls "
-            f"per system (after {st['warmup']} warm-up calls). {versions}.", *warning]
+            "", *_isa_lines(doc),
+            f"Medians over {st['rounds']} interleaved rounds of "
+            f"{st.get('calls_per_round', st['iters_per_round'])} calls per system"
+            + (f" (--iters {st['iters_per_round']}, raised to reach --min-samples "
+               f"{min_samples}; fewer where the time budget runs out)"
+               if min_samples and st.get("calls_per_round", 0) > st["iters_per_round"] else "")
+            + f", after {st['warmup']} warm-up calls. {versions}.", *warning]
+
+
+def _isa_lines(doc: dict[str, Any]) -> list[str]:
+    """The CPU-level paragraph of the header: the CPU, its AVX-512 flags, rtinfer's level,
+    the cap variables, torch's capability; for a capped run, whom the cap does not reach."""
+    isa = doc.get("isa")
+    if not isa:
+        return []
+    rt = isa.get("rtinfer") or {}
+    env = ", ".join(f"{k}={v}" for k, v in (isa.get("env") or {}).items() if v) or "none set"
+    flags = isa.get("avx512_flags") or []
+    text = (f"CPU: {isa.get('cpu_model', '?')}; AVX-512 flags: "
+            f"{' '.join(flags) if flags else 'none'}. rtinfer CPU level "
+            f"**{rt.get('level', '?')}** (runs {', '.join(rt.get('supported') or []) or '?'}; "
+            f"cap {rt.get('cap') or 'none'}; oneDNN cap {rt.get('onednn_max_cpu_isa') or 'none'}"
+            + (", native oneDNN dispatched " + ", ".join(
+                f"{v}" for v in isa["native_onednn_isa"].values())
+               if isa.get("native_onednn_isa") else "")
+            + f"); torch ATen capability {isa.get('torch_cpu_capability', '?')}; "
+            f"cap variables: {env}.")
+    lines = [text, ""]
+    if isa.get("requested"):
+        loose = [f"{n} ({c})" for n, c in (isa.get("systems") or {}).items()
+                 if n in doc["systems"] and not c.startswith("capped")]
+        lines += [f"**Capped run (--isa {isa['requested']})**: the emulated level applies only "
+                  f"to the capped systems. "
+                  + (f"Not (fully) capped, running the host's instruction set (marked in the "
+                     f"column headings): {'; '.join(loose)}." if loose
+                     else "Every system here is capped."), ""]
+    return lines
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -155,8 +250,12 @@ def markdown(doc: dict[str, Any]) -> str:
              *_table(doc, "median_ms", "vs_eager"), "",
              "## Minimum latency, ms (× eager's minimum)", "",
              *_table(doc, "min_ms", "vs_eager_min"), "",
+             "## Tails, ms: min / median / p90 / p99", "",
+             "Percentiles of every timed call of a system (n: the samples, where fewer than "
+             "100: its p99 is then near its maximum).", "", *_tail_table(doc), "",
              "## rtinfer against the best peer (median; the best non-rtinfer system with "
-             "correct outputs)", "", *_peer_table(doc), "",
+             "correct outputs; at p90, the non-rtinfer system with the lowest p90)", "",
+             *_peer_table(doc), "",
              "## Achieved GFLOP/s (convolution, matmul and attention FLOPs / median)", "",
              f"The measured sgemm ceiling (torch.mm 1536³, best of 15, same threads; the "
              f"better of the measurements at the start and at the end): "
@@ -171,7 +270,9 @@ def markdown(doc: dict[str, Any]) -> str:
               f"{doc['settings']['max_seconds']:g} s per system and model); n/a: unavailable "
               f"here; error: failed on this model."]
     for name, s in doc["systems"].items():
-        lines.append(f"- **{name}**: {s['summary']}")
+        cap = (doc.get("isa") or {}).get("systems", {}).get(name)
+        lines.append(f"- **{name}**: {s['summary']}"
+                     + (f" — ISA {cap}" if cap and _isa_capped(doc) else ""))
     for model, m in doc["models"].items():
         for name, rec in m["results"].items():
             if rec.get("status") != "ok":
@@ -245,6 +346,7 @@ def chart(doc: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("latency, ms (log; bar: median, tick: min)")
     mach, st = doc["machine"], doc["settings"]
     ax.set_title(f"batch 1, {st['threads']} threads, {mach['cpu']}"
+                 + (f", capped at {_isa_capped(doc)}" if _isa_capped(doc) else "")
                  + (" (quick run)" if st.get("quick") else ""), fontsize=9)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(4, len(names)), loc="upper center",
@@ -255,19 +357,22 @@ def chart(doc: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def write_all(doc: dict[str, Any], out: Path, png: bool = True) -> list[Path]:
+def write_all(doc: dict[str, Any], out: Path, png: bool = True,
+              stem: str = "latest") -> list[Path]:
+    """``stem``.json, .md and .png in ``out`` (run.py: ``latest``, or ``latest-avx2`` and so
+    on for a capped run)."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "latest.json", out / "latest.md"]
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
     # lists of numbers (the samples) on one line each
     text = re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]",
                   json.dumps(doc, indent=1))
     paths[0].write_text(text + "\n")
     paths[1].write_text(markdown(doc))
-    if png and (p := chart(doc, out / "latest.png")) is not None:
+    if png and (p := chart(doc, out / f"{stem}.png")) is not None:
         paths.append(p)
     return paths
 
 
 if __name__ == "__main__":  # re-render a saved run: python benchmarks/report.py latest.json
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json")
-    write_all(json.loads(src.read_text()), src.parent)
+    write_all(json.loads(src.read_text()), src.parent, stem=src.stem)

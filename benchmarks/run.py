@@ -3,6 +3,7 @@
     python benchmarks/run.py                                  # everything, default settings
     python benchmarks/run.py --quick                          # a smoke run: a few iterations
     python benchmarks/run.py --models resnet18 --systems eager,onnxruntime,rtinfer-torch
+    python benchmarks/run.py --isa avx2                       # capped at AVX2, in a child
     setsid nice -n -20 .venv/bin/python benchmarks/run.py --update-readme   # the real run
 
 Each model is set up on every system, then timed in rounds: every round runs a block of
@@ -10,7 +11,8 @@ iterations on each system in turn (the order rotates from round to round), so a 
 a shared machine hits every system alike. Per-call times come from ``perf_counter_ns`` after a
 warm-up, with the garbage collector off inside a block. Batch 1, thread pools fixed. Results:
 ``latest.json`` (every sample, machine, versions, settings), ``latest.md`` and ``latest.png``
-in ``--out``. See benchmarks/README.md.
+in ``--out`` (``latest-avx2.*`` and so on for a run capped by ``--isa``). See
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import math
 import os
 import platform
 import statistics
@@ -38,6 +41,27 @@ SCHEMA = "rtinfer.bench/1"
 # a system's output is flagged when max|out - eager| exceeds this fraction of max|eager|: fp32
 # reassociation stays near 1e-6, a bf16 or wrong kernel lands far above
 FIDELITY_RTOL = 1e-3
+
+
+# --isa: the environment a capped run starts with, set before torch, oneDNN, MKL or OpenVINO
+# load (they read it once); a child process gets it, so the parent's imports never matter
+ISA_CHOICES = ("avx2", "avx512")
+ISA_ENV: dict[str, dict[str, str]] = {
+    "avx2": {"RTINFER_CPU_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3", "OV_CPU_MAX_ISA": "AVX2"},
+    "avx512": {"RTINFER_CPU_ISA": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+               "OV_CPU_MAX_ISA": "AVX512_CORE"},
+}
+ISA_CHILD = "RTINFER_BENCH_ISA"  # set in the child: the run it is
+# the variables recorded with every run (capped or not)
+ISA_VARS = ("RTINFER_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+            "MKL_ENABLE_INSTRUCTIONS", "TORCHINDUCTOR_CPP_MARCH", "OV_CPU_MAX_ISA")
+# oneDNN's dnnl_cpu_isa_t values (dnnl_types.h) as ONEDNN_MAX_CPU_ISA names them
+ONEDNN_ISA_NAMES = {0x1: "SSE41", 0x3: "AVX", 0x7: "AVX2", 0xF: "AVX2_VNNI",
+                    0x1F: "AVX2_VNNI_2", 0x27: "AVX512_CORE", 0x67: "AVX512_CORE_VNNI",
+                    0xE7: "AVX512_CORE_BF16", 0x1EF: "AVX512_CORE_FP16",
+                    0xFEF: "AVX512_CORE_AMX", 0x1FEF: "AVX512_CORE_AMX_FP16"}
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -69,7 +93,8 @@ def stats_ms(samples: list[int]) -> dict[str, float]:
 
     a = np.asarray(samples, dtype=np.float64) / 1e6
     return {"median_ms": float(np.median(a)), "min_ms": float(a.min()),
-            "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()),
+            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean()),
             "stdev_ms": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
 
 
@@ -144,7 +169,9 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
                 log(f"    {name}: WRONG OUTPUT (max abs err {rec['max_abs_err']})")
 
     # warm-up: up to --warmup calls, within a quarter of the time budget; the warm-up times
-    # estimate each system's call time, which caps its iterations at --max-seconds
+    # estimate each system's call time, which caps its iterations at --max-seconds. A block is
+    # --iters calls, more where --min-samples asks for more (tails: p99 needs a few hundred)
+    wanted = max(args.iters, math.ceil(args.min_samples / args.rounds))
     blocks: dict[str, int] = {}
     for name, p in prepared.items():
         t0, warm = time.perf_counter(), []
@@ -152,9 +179,9 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
                 not warm or time.perf_counter() - t0 < args.max_seconds / 4):
             warm += time_calls(p.run, 1)
         est_s = statistics.median(warm) / 1e9
-        n = min(args.iters, max(1, int(args.max_seconds / args.rounds / max(est_s, 1e-9))))
+        n = min(wanted, max(1, int(args.max_seconds / args.rounds / max(est_s, 1e-9))))
         blocks[name] = n
-        results[name].update(warmup_calls=len(warm), capped=n < args.iters)
+        results[name].update(warmup_calls=len(warm), capped=n < wanted)
 
     samples: dict[str, list[int]] = {name: [] for name in prepared}
     order = list(prepared)
@@ -177,11 +204,19 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
         if name in prepared and s:
             results[name].update(stats_ms(s), samples=len(s), samples_ns=s)
     ratios(results, systems)
+    peer90 = best_peer(results, systems, "p90_ms")
+    for system in systems:
+        rec = results.get(system.name, {})
+        if system.rtinfer and "vs_best_peer_p90" in rec:
+            log(f"  {system.name}: p90 {rec['p90_ms']:.4g} ms, p99 {rec['p99_ms']:.4g} ms; "
+                f"best peer at p90 {peer90} {results[peer90]['p90_ms']:.4g} ms "
+                f"(×{rec['vs_best_peer_p90']:.2f})")
     out = {"description": w.description,
            "inputs": [{"name": n, "shape": list(x.shape), "dtype": str(x.dtype)}
                       for n, x in zip(w.input_names, w.inputs, strict=True)],
            "onnx_export_s": w.onnx_export_s, "onnx_exporter": w.onnx_exporter,
-           "best_peer": best_peer(results, systems), "results": results}
+           "best_peer": best_peer(results, systems),
+           "best_peer_p90": best_peer(results, systems, "p90_ms"), "results": results}
     return out
 
 
@@ -189,26 +224,33 @@ def _timed(rec: dict[str, Any]) -> bool:
     return rec.get("status") == "ok" and "median_ms" in rec
 
 
-def best_peer(results: dict[str, dict[str, Any]], systems: list[System]) -> str | None:
-    """The fastest (median) non-rtinfer system with correct outputs."""
+def best_peer(results: dict[str, dict[str, Any]], systems: list[System],
+              key: str = "median_ms") -> str | None:
+    """The fastest (by ``key``: the median, or ``p90_ms``) non-rtinfer system with correct
+    outputs."""
     peers = [s.name for s in systems if not s.rtinfer and _timed(results.get(s.name, {}))
-             and results[s.name].get("fidelity_ok") is not False]
-    return min(peers, key=lambda n: results[n]["median_ms"], default=None)
+             and key in results[s.name] and results[s.name].get("fidelity_ok") is not False]
+    return min(peers, key=lambda n: results[n][key], default=None)
 
 
 def ratios(results: dict[str, dict[str, Any]], systems: list[System]) -> None:
     """Speed-ups (>1 is faster): ``vs_eager`` and ``vs_best_peer`` on medians,
-    ``vs_eager_min`` on minimums."""
+    ``vs_eager_min`` on minimums, ``vs_eager_p90`` and ``vs_best_peer_p90`` on p90s (the best
+    peer at p90 may be another system than the best at the median)."""
     eager = results.get("eager", {})
     peer = best_peer(results, systems)
+    peer90 = best_peer(results, systems, "p90_ms")
     for rec in results.values():
         if not _timed(rec):
             continue
         if _timed(eager):
             rec["vs_eager"] = eager["median_ms"] / rec["median_ms"]
             rec["vs_eager_min"] = eager["min_ms"] / rec["min_ms"]
+            rec["vs_eager_p90"] = eager["p90_ms"] / rec["p90_ms"]
         if peer is not None:
             rec["vs_best_peer"] = results[peer]["median_ms"] / rec["median_ms"]
+        if peer90 is not None:
+            rec["vs_best_peer_p90"] = results[peer90]["p90_ms"] / rec["p90_ms"]
 
 
 # -- machine ----------------------------------------------------------------------------------
@@ -251,6 +293,56 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def isa_info(requested: str | None, systems: list[System]) -> dict[str, Any]:
+    """The CPU's instruction-set story of this run: the CPU model, its AVX-512 flags, the
+    level rtinfer's C++ runs (``isa.describe()``), the cap variables as set, torch's ATen
+    capability, and per system whether a ``--isa`` cap reaches it."""
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "requested": requested, "cpu_model": model,
+        "avx512_flags": sorted(f for f in flags if f.startswith("avx512")),
+        "env": {v: os.environ.get(v) for v in ISA_VARS},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "systems": {s.name: s.isa_cap for s in systems},
+    }
+    try:
+        from rtinfer.kernels import isa
+
+        info["rtinfer"] = isa.describe()
+    except Exception as e:  # a bad $RTINFER_CPU_ISA: recorded, and the run stops in main
+        info["rtinfer"] = {"error": f"{type(e).__name__}: {e}"}
+    return info
+
+
+def native_onednn_isa() -> dict[str, str]:
+    """The ISA oneDNN dispatches to in each native extension this process loaded (after the
+    run: the cap takes effect at oneDNN's first primitive)."""
+    try:
+        from rtinfer.kernels import build
+    except ImportError:
+        return {}
+    out = {}
+    for lv, module in dict(getattr(build, "_modules", {})).items():
+        try:
+            v = int(module.cpu_isa())
+            out[lv] = ONEDNN_ISA_NAMES.get(v, hex(v))
+        except Exception as e:
+            out[lv] = f"unknown ({type(e).__name__})"
+    return out
+
+
 def package_versions() -> dict[str, str | None]:
     from systems import version
 
@@ -287,6 +379,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=10, help="warm-up calls per system")
     ap.add_argument("--iters", type=int, default=40, help="timed calls per system per round")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    ap.add_argument("--min-samples", type=int, default=300,
+                    help="timed calls per system at least (more per round than --iters where "
+                         "needed), so p99 means something; bounded by --max-seconds")
+    ap.add_argument("--isa", choices=ISA_CHOICES, default=None,
+                    help="cap the CPU level: the run goes on in a child process with "
+                         "RTINFER_CPU_ISA, ONEDNN_MAX_CPU_ISA (and for avx2 "
+                         "ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, "
+                         "TORCHINDUCTOR_CPP_MARCH) set; ONNX Runtime and TVM stay uncapped, "
+                         "OpenVINO partly; results go to latest-<isa>.*")
     ap.add_argument("--block-warmup", type=int, default=1,
                     help="untimed calls at the start of each block")
     ap.add_argument("--max-seconds", type=float, default=30.0,
@@ -299,7 +400,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "tvm-relax-tuned and rtinfer-tvm-tuned; 0 leaves them out")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--quick", action="store_true",
-                    help="a smoke run: --warmup 1 --iters 3 --rounds 2 --max-seconds 3")
+                    help="a smoke run: --warmup 1 --iters 3 --rounds 2 --max-seconds 3 "
+                         "--min-samples 0")
     ap.add_argument("--warm-inductor-cache", action="store_true",
                     help="keep Inductor's on-disk cache (default: a fresh one per run)")
     ap.add_argument("--no-png", action="store_true", help="skip the chart")
@@ -310,10 +412,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.warmup, args.iters, args.rounds = 1, min(args.iters, 3), 2
         args.max_seconds = min(args.max_seconds, 3.0)
+        args.min_samples = 0
     if min(args.threads, args.iters, args.rounds) < 1:
         ap.error("--threads, --iters and --rounds must be at least 1")
     if args.tune_trials < 0:
         ap.error("--tune-trials must be at least 0")
+    if args.min_samples < 0:
+        ap.error("--min-samples must be at least 0")
+    if args.isa and args.update_readme:
+        ap.error("--update-readme takes an uncapped run only (leave out --isa)")
     return args
 
 
@@ -334,8 +441,20 @@ def select_systems(args: argparse.Namespace) -> list[System]:
     return chosen
 
 
+def run_capped(isa: str, argv: list[str]) -> int:
+    """The whole run again in a child process whose environment caps the CPU level (the
+    variables must be set before torch, oneDNN and MKL load)."""
+    env = os.environ | ISA_ENV[isa] | {ISA_CHILD: isa}
+    print(f"rtinfer bench: capped at {isa}: " + " ".join(f"{k}={v}" for k, v in
+                                                      ISA_ENV[isa].items()),
+          file=sys.stderr, flush=True)
+    return subprocess.call([sys.executable, str(Path(__file__).resolve()), *argv], env=env)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.isa and os.environ.get(ISA_CHILD) != args.isa and not args.list:
+        return run_capped(args.isa, sys.argv[1:] if argv is None else list(argv))
     # thread pools are sized when the runtimes load: fix them before importing any
     os.environ.update(thread_env(args.threads))
     # a cold Inductor cache, so torch.compile's setup time is a real compile, not a cache hit
@@ -373,20 +492,32 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     machine = machine_info()
+    isa_doc = isa_info(args.isa, systems)
+    if "error" in isa_doc["rtinfer"]:
+        raise SystemExit(f"rtinfer bench: {isa_doc['rtinfer']['error']}")
+    if args.isa and isa_doc["rtinfer"].get("level") != args.isa:
+        raise SystemExit(f"rtinfer bench: --isa {args.isa} but rtinfer runs "
+                         f"{isa_doc['rtinfer'].get('level')}")
     # a ceiling is the best rate the machine reaches: measured at the start and again at the
     # end, the better one counts (a busy phase of a shared machine only lowers it)
     machine["sgemm_gflops"] = machine["sgemm_gflops_start"] = sgemm_ceiling()
     started = datetime.datetime.now(datetime.timezone.utc)
     log(f"rtinfer bench: {machine['cpu']}, {args.threads} threads, models {', '.join(models)}; "
-        f"systems {', '.join(s.name for s in systems)}")
+        f"systems {', '.join(s.name for s in systems)}; CPU level "
+        f"{isa_doc['rtinfer'].get('level')}" + (f" (capped by --isa {args.isa})" if args.isa
+                                                 else ""))
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "date": started.isoformat(timespec="seconds"),
         "git": git_revision(),
         "machine": machine,
+        "isa": isa_doc,
         "versions": package_versions(),
         "settings": {"threads": args.threads, "batch": 1, "warmup": args.warmup,
                      "iters_per_round": args.iters, "rounds": args.rounds,
+                     "min_samples": args.min_samples, "isa": args.isa,
+                     "calls_per_round": max(args.iters,
+                                            math.ceil(args.min_samples / args.rounds)),
                      "block_warmup": args.block_warmup, "max_seconds": args.max_seconds,
                      "minilm_seq": args.minilm_seq, "quick": args.quick,
                      "pipeline": args.pipeline, "tune_trials": args.tune_trials,
@@ -410,13 +541,16 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
     machine["sgemm_gflops_end"] = sgemm_ceiling()
     machine["sgemm_gflops"] = max(machine["sgemm_gflops_start"], machine["sgemm_gflops_end"])
+    doc["isa"]["native_onednn_isa"] = native_onednn_isa()
+    doc["isa"]["env_end"] = {v: os.environ.get(v) for v in ISA_VARS}
     doc["duration_s"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     try:
         doc["machine"]["loadavg_end"] = list(os.getloadavg())
     except OSError:
         pass
 
-    paths = report.write_all(doc, args.out, png=not args.no_png)
+    paths = report.write_all(doc, args.out, png=not args.no_png,
+                             stem="latest" + (f"-{args.isa}" if args.isa else ""))
     for p in paths:
         log(f"wrote {p}")
     if args.update_readme:

@@ -55,6 +55,9 @@ class System:
     slow: bool = False  # untuned and slow on convolutions: --skip-slow leaves it out
     needs_onnx: bool = False  # runs the workload's ONNX export
     tuned: bool = False  # tunes with MetaSchedule (Settings.tune_trials; minutes of setup)
+    # what a CPU-level cap (run.py --isa) reaches: "capped", "partly capped" or "uncapped",
+    # then how (see ISA_CAP_TORCH and the table below)
+    isa_cap: str = "uncapped"
 
 
 def first_output(out: Any) -> np.ndarray:
@@ -305,29 +308,49 @@ def setup_rtinfer_native(w: Workload, s: Settings) -> Prepared:
     return _setup_rtinfer(w, s, "native")
 
 
+# What run.py --isa avx2|avx512 sets, before any runtime loads, and whom it reaches. Torch's
+# ATen kernels read ATEN_CPU_CAPABILITY, its bundled oneDNN ONEDNN_MAX_CPU_ISA, MKL (torch's
+# BLAS here) MKL_ENABLE_INSTRUCTIONS; Inductor picks its vector ISA from ATEN_CPU_CAPABILITY and
+# its -march from TORCHINDUCTOR_CPP_MARCH. ONNX Runtime's MLAS dispatches on cpuid and has no
+# cap. OpenVINO's oneDNN fork (and plugin kernels that ask it, via mayiuse) honours
+# ONEDNN_MAX_CPU_ISA, but OpenVINO's own ISA checks honour OV_CPU_MAX_ISA only in debug-caps
+# builds, not in release wheels (openvinotoolkit/openvino PRs #36980, #38257): partly capped.
+# TVM compiles with LLVM for the host CPU (tvm_target): uncapped.
+ISA_CAP_TORCH = ("capped: ATen (ATEN_CPU_CAPABILITY, avx2 run only), MKL "
+                 "(MKL_ENABLE_INSTRUCTIONS, avx2 run only), oneDNN (ONEDNN_MAX_CPU_ISA)")
+ISA_CAP_INDUCTOR = ISA_CAP_TORCH + ", Inductor C++ (vector ISA, TORCHINDUCTOR_CPP_MARCH)"
+ISA_UNCAPPED_ORT = "uncapped: MLAS dispatches on cpuid"
+ISA_PARTLY_OV = ("partly capped: its oneDNN honours ONEDNN_MAX_CPU_ISA; OpenVINO's own kernels "
+                 "read OV_CPU_MAX_ISA only in debug-caps builds (set anyway)")
+ISA_UNCAPPED_TVM = "uncapped: LLVM code for the host CPU"
+ISA_CAP_NATIVE = ("capped: RTINFER_CPU_ISA (own kernels, generated code, its oneDNN); ATen "
+                  "GEMM candidates as torch")
+
 SYSTEMS: dict[str, System] = {sys.name: sys for sys in [
-    System("eager", "PyTorch eager, autograd off", setup_eager),
-    System("torch.compile", "torch.compile, inductor, default mode", setup_torch_compile),
+    System("eager", "PyTorch eager, autograd off", setup_eager, isa_cap=ISA_CAP_TORCH),
+    System("torch.compile", "torch.compile, inductor, default mode", setup_torch_compile,
+           isa_cap=ISA_CAP_INDUCTOR),
     System("torch.compile+freezing", "torch.compile, inductor with "
-           "torch._inductor.config.freezing = True", setup_torch_compile_freezing),
+           "torch._inductor.config.freezing = True", setup_torch_compile_freezing,
+           isa_cap=ISA_CAP_INDUCTOR),
     System("onnxruntime", "ONNX Runtime CPU, ORT_ENABLE_ALL, on the torch.onnx.export "
-           "(dynamo) model", setup_onnxruntime, needs_onnx=True),
+           "(dynamo) model", setup_onnxruntime, needs_onnx=True, isa_cap=ISA_UNCAPPED_ORT),
     System("openvino", "OpenVINO CPU (LATENCY hint, f32) on the same ONNX model",
-           setup_openvino, needs_onnx=True),
+           setup_openvino, needs_onnx=True, isa_cap=ISA_PARTLY_OV),
     System("tvm-relax", "TVM's own path: from_exported_program + relax.build for llvm "
-           "(host CPU), untuned, no rtinfer passes", setup_tvm_relax, slow=True),
+           "(host CPU), untuned, no rtinfer passes", setup_tvm_relax, slow=True,
+           isa_cap=ISA_UNCAPPED_TVM),
     System("tvm-relax-tuned", "TVM's own path tuned: from_exported_program, TVM's "
            "static-shape tuning flow (FuseOps, MetaSchedule with --tune-trials trials in all)",
-           setup_tvm_relax_tuned, tuned=True),
+           setup_tvm_relax_tuned, tuned=True, isa_cap=ISA_UNCAPPED_TVM),
     System("rtinfer-torch", "rtinfer.compile(backend='torch'), default pipeline (O3)",
-           setup_rtinfer_torch, rtinfer=True),
+           setup_rtinfer_torch, rtinfer=True, isa_cap=ISA_CAP_TORCH),
     System("rtinfer-tvm", "rtinfer.compile(backend='tvm'), default pipeline (O3)",
-           setup_rtinfer_tvm, rtinfer=True),
+           setup_rtinfer_tvm, rtinfer=True, isa_cap=ISA_UNCAPPED_TVM),
     System("rtinfer-tvm-tuned", "rtinfer.compile(backend='tvm', tune=--tune-trials): "
            "MetaSchedule on rtinfer's fused kernels, same trial budget as tvm-relax-tuned",
-           setup_rtinfer_tvm_tuned, rtinfer=True, tuned=True),
+           setup_rtinfer_tvm_tuned, rtinfer=True, tuned=True, isa_cap=ISA_UNCAPPED_TVM),
     System("rtinfer-native", "rtinfer.compile(backend='native'): rtinfer's C++ executor, "
            "oneDNN conv/matmul, own kernels, default pipeline (O3)",
-           setup_rtinfer_native, rtinfer=True),
+           setup_rtinfer_native, rtinfer=True, isa_cap=ISA_CAP_NATIVE),
 ]}
-
