@@ -73,8 +73,10 @@ class CompileInfo:
     cache_dir: str = ""
     cache_by: str = ""  # a hit found by "model" (its fingerprint: capture skipped) or "ir"
     cold_timings: dict[str, float] = field(default_factory=dict)  # of the compile that stored
-    # backend="auto": {"choice", "ms": {backend: median ms}, "skipped": {backend: why},
-    # "note", "remembered"} (stored in the compile cache, so a hit does not measure again)
+    # backend="auto": {"choice", "skipped": {backend: why}, "cpu", "note", and where measured
+    # "ms": {backend: median ms}, "stats", "verdict", "tie", "measured"} (rtinfer.backends.auto
+    # .select_backend; stored in the compile cache, so a hit on this CPU does not measure again:
+    # it adds "remembered": True)
     auto: dict[str, Any] = field(default_factory=dict)
 
     def artifact_options(self) -> dict[str, Any]:
@@ -284,7 +286,7 @@ class CompiledModel:
             lines.append(f"  native plan: {native.steps} steps ({kernels}); arena "
                          f"{native.arena_bytes / 2**20:.2f} MiB")
         if i.auto:
-            lines.append("  " + _auto_line(i.auto))
+            lines += ["  " + line for line in _auto_lines(i.auto)]
         if getattr(self.module, "tuning", None) is not None:
             lines.append("  " + self.module.tuning.summary())
         lines.append(f"  oneDNN fused primitives: {'yes' if i.mkldnn else 'no'}"
@@ -342,16 +344,39 @@ class CompiledModel:
                               self.input_names, self.info.artifact_options())
 
 
-def _auto_line(auto: dict[str, Any]) -> str:
-    """``auto: torch 0.031 ms, tvm 0.045 ms -> torch``, with what was skipped and why."""
-    ms = auto.get("ms") or {}
-    times = ", ".join(f"{k} {v:.3f} ms" if v < 10 else f"{k} {v:.1f} ms" for k, v in ms.items())
-    line = f"auto: {times} -> {auto['choice']}" if times else f"auto: {auto['choice']}"
+def _auto_lines(auto: dict[str, Any]) -> list[str]:
+    """``auto: tvm; tvm faster by 30% than torch (...)``, then when and on which CPU it was
+    measured, or, for a choice the cache remembered, "remembered from <date> on this CPU (<cpu
+    key>)", and the evidence (each candidate's median, quartiles and calls); then what was
+    skipped and why."""
+    lines = [f"auto: {auto['choice']}" + (f"; {auto['verdict']}" if auto.get("verdict") else "")]
+    evidence = _auto_evidence(auto)
+    if auto.get("remembered"):
+        when = f" from {str(auto['measured'])[:10]}" if auto.get("measured") else ""
+        cpu = f" on this CPU ({auto['cpu']})" if auto.get("cpu") else ""
+        lines.append(f"  remembered{when}{cpu}, not measured again"
+                     + ("; measured then:" if evidence else ""))
+    elif evidence:
+        lines.append(f"  measured {str(auto.get('measured', ''))[:16].replace('T', ' ')} UTC on "
+                     f"{auto.get('cpu')}:")
+    lines += [f"    {line}" for line in evidence]
     notes = [auto["note"]] if auto.get("note") else []
     notes += [f"{k} skipped: {why}" for k, why in (auto.get("skipped") or {}).items()]
-    if auto.get("remembered"):
-        notes.append("remembered from the cold compile, not measured again")
-    return line + (f" ({'; '.join(notes)})" if notes else "")
+    return lines + [f"  {note}" for note in notes]
+
+
+def _auto_evidence(auto: dict[str, Any]) -> list[str]:
+    """``torch 0.412 ms (quartiles 0.405-0.420, 40 calls)``, one per candidate measured (a
+    record without quantiles: the medians alone)."""
+    def ms(v: float) -> str:
+        return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+    stats = auto.get("stats")
+    if not stats:
+        return [f"{k} {ms(v)} ms" for k, v in (auto.get("ms") or {}).items()]
+    return [f"{k} {ms(st['median'])} ms (quartiles {ms(st['p25'])}-{ms(st['p75'])}, "
+            f"{st['calls']} calls" + (f"; out: {st['out']}" if st.get("out") else "") + ")"
+            for k, st in stats.items()]
 
 
 def _fallback_note(backend: str) -> str:

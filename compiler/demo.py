@@ -66,7 +66,9 @@ def _measure(name: str, model: Any, example: Any, runs: int, out: TextIO) -> Row
     compile_s = time.perf_counter() - t0
     auto = cm.info.auto or {}
     timed = ", ".join(f"{k} {v:.2f} ms" for k, v in auto.get("ms", {}).items())
-    print(f"  {name}: backend {cm.info.backend}" + (f" (auto timed {timed})" if timed else ""),
+    how = (f"auto remembered from {str(auto.get('measured', ''))[:10]}, timed then"
+           if auto.get("remembered") else "auto timed")
+    print(f"  {name}: backend {cm.info.backend}" + (f" ({how} {timed})" if timed else ""),
           file=out, flush=True)
     with torch.no_grad():
         want, got = flat_outputs(call(model)), flat_outputs(call(cm))

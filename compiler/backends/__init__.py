@@ -4,9 +4,10 @@
 backends hand it the ops they cannot lower. ``tvm``: a TVM Relax module run by the Relax VM
 (``tvm_backend``). ``native``: rtinfer's C++ executor and kernels (``native_backend``).
 ``dispatch.build`` builds any of them by name. ``auto``: each backend of ``AUTO_CANDIDATES``
-that is installed, serves the target and does not decline the graph is built and timed on the
-example inputs; the fastest wins (``auto.select_backend``; ``rtinfer.compile`` remembers the
-choice in its cache).
+that is installed, serves the target and does not decline the graph is built and raced on the
+example inputs in interleaved rounds; the one a sign test finds faster wins, and a tie goes to
+the one with less per-call overhead (``auto.select_backend``; ``rtinfer.compile`` remembers the
+choice and its evidence in its cache, per CPU level).
 """
 
 from __future__ import annotations
