@@ -9,6 +9,7 @@ from rtinfer.pass_manager import (
     Option,
     PassContext,
     graph_pass,
+    load_pass_plugin,
     optimize,
     register_pass,
     register_pipeline,
@@ -18,6 +19,7 @@ from rtinfer.version import __version__
 
 __all__ = [
     "BisectResult", "CompiledModel", "Option", "PassContext", "RtinferError", "__version__",
-    "bisect", "capture", "compile", "export_onnx", "graph_pass", "ir", "load", "passes", "optimize",
+    "bisect", "capture", "compile", "export_onnx", "graph_pass", "ir", "load",
+    "load_pass_plugin", "passes", "optimize",
     "register_pass", "register_pipeline", "run_pipeline",
 ]

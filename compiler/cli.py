@@ -55,8 +55,10 @@ def _cmd_opt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         check_numerics=numerics, check_requires=not args.no_check_requires,
         full_constants=args.full_constants, out=stderr,
         expect=[r.strip() for r in args.expect.split(",") if r.strip()])
-    text = print_graph(result.graph, full_constants=args.full_constants,
-                       provenance=args.provenance)
+    # A file is written to be read back and run: constants in full unless asked otherwise.
+    # On a terminal, large constants are elided for reading.
+    full = args.full_constants or (bool(args.output) and not args.elide_constants)
+    text = print_graph(result.graph, full_constants=full, provenance=args.provenance)
     if args.output:
         try:
             Path(args.output).write_text(text)
@@ -108,6 +110,13 @@ def _cmd_passes(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     return 0
 
 
+def _add_load(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--load", action="append", default=[], metavar="PLUGIN.py",
+                   help="load passes from a Python file (repeatable), as mlir-opt's "
+                        "--load-pass-plugin; installed plugins (entry points "
+                        "'rtinfer.passes') load by themselves")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtinfer", description="rtinfer: a graph compiler for real-time DL inference")
@@ -143,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--no-check-requires", action="store_true",
                      help="allow passes whose required passes did not run earlier")
     opt.add_argument("--full-constants", action="store_true",
-                     help="print constant data in full instead of eliding large tensors")
+                     help="print constant data in full instead of eliding large tensors "
+                          "(the default with -o)")
+    opt.add_argument("--elide-constants", action="store_true",
+                     help="with -o, elide large constants too (the file cannot be run)")
     opt.add_argument("--provenance", action="store_true",
                      help="print where each node came from")
     opt.add_argument("--expect", default="", metavar="RULE[,RULE]",
                      help="rules (rule or pass/rule) expected to apply: --stats explains the "
                           "ones that did not (closest near miss or decline)")
+    _add_load(opt)
     opt.set_defaults(run=_cmd_opt)
 
     bis = sub.add_parser(
@@ -167,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sizes of symbolic dims for the inputs")
     bis.add_argument("--no-check-requires", action="store_true",
                      help="allow passes whose required passes did not run earlier")
+    _add_load(bis)
     bis.set_defaults(run=_cmd_bisect)
 
     optz = sub.add_parser(
@@ -176,9 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "model size and the output fidelity; write DIR/artifact/, DIR/report.md "
                     "and DIR/report.json.")
     optimize_cmd.add_arguments(optz, _dims)
+    _add_load(optz)
     optz.set_defaults(run=optimize_cmd.run)
 
-    passes = sub.add_parser("passes", help="list the passes and named pipelines")
+    passes = sub.add_parser(
+        "passes", help="list the passes and named pipelines",
+        description="List every registered pass (name, version, one-line summary, required "
+                    "passes, typed options with defaults) and every named pipeline (O0..O3 "
+                    "and those plugins add), with the passes of installed plugins (entry "
+                    "points 'rtinfer.passes') and of --load files.")
+    _add_load(passes)
     passes.set_defaults(run=_cmd_passes)
 
     d = sub.add_parser("demo", help="optimize a built-in example and show what happened")
@@ -201,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse: usage errors (2) and --help (0)
         return e.code if isinstance(e.code, int) else 2
     try:
+        if getattr(args, "load", None):
+            from rtinfer.pass_manager import load_pass_plugin
+
+            for path in args.load:
+                load_pass_plugin(path)
         return args.run(args, sys.stdout, sys.stderr)
     except RtinferError as e:
         if args.traceback:

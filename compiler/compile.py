@@ -225,6 +225,20 @@ class CompiledModel:
             raise BackendError(f"expected {n} input(s) {self._expected()}, got {len(args)}")
         return list(args)
 
+    def _sizes_hint(self, name: str, t: Any, x: torch.Tensor, dtype: torch.dtype) -> str:
+        """When only sizes differ from a static dim, say how to compile for other sizes."""
+        if x.dtype != dtype or x.dim() != t.rank:
+            return ""
+        fixed = [i for i, (d, n) in enumerate(zip(t.shape, x.shape, strict=True))
+                 if isinstance(d, int) and d != n]
+        if not fixed:
+            return ""
+        axes = ", ".join(f"{i}: {'B' if i == 0 else f'D{i}'!r}" for i in fixed)
+        return (f". The model was compiled for these sizes (static shapes, from the example "
+                f"inputs); to call it with others, compile with "
+                f"dynamic_dims={{{name!r}: {{{axes}}}}} (symbolic sizes), or compile once "
+                f"per size")
+
     def _expected(self) -> str:
         return "(" + ", ".join(f"{k}: {v.type}" for k, v in zip(
             self.input_names, self.ir.inputs, strict=True)) + ")"
@@ -246,7 +260,8 @@ class CompiledModel:
                     not isinstance(d, int) or d == n
                     for d, n in zip(t.shape, x.shape, strict=True))
             if not ok:
-                raise BackendError(f"input {name!r}: expected {t}, got {_describe(x)}")
+                raise BackendError(f"input {name!r}: expected {t}, got {_describe(x)}"
+                                   + self._sizes_hint(name, t, x, dtype))
             tensors.append(x)
         if not self._symbolic:
             return tensors

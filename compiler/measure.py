@@ -3,6 +3,7 @@ percentiles (``rtinfer optimize`` and ``rtinfer demo`` report these)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -53,4 +54,44 @@ def percentiles(times: list[float]) -> dict[str, float]:
             "mean": float(a.mean())}
 
 
-__all__ = ["fidelity", "flat_outputs", "percentiles"]
+# p90 over p50 above this: the tail is not the model's (another process, frequency, swapping)
+UNSTABLE_TAIL = 1.5
+
+
+def stability_warnings(latency_ms: dict[str, dict[str, float]],
+                       load: tuple[float, float] | None = None,
+                       cores: int | None = None) -> list[str]:
+    """Why a latency table should not be trusted as it stands: a p90 far above its p50, or a
+    machine that was busy (1-minute load average before and after, against the cores usable)."""
+    out = []
+    for name, q in latency_ms.items():
+        if q["p50"] > 0 and q["p90"] / q["p50"] > UNSTABLE_TAIL:
+            out.append(f"unstable measurement: {name} p90 {q['p90']:.3f} ms is "
+                       f"{q['p90'] / q['p50']:.1f}x its p50 {q['p50']:.3f} ms (another process, "
+                       f"CPU frequency or memory pressure); rerun on a quiet machine or with "
+                       f"more --runs")
+    if load is not None and cores:
+        busy = max(load)
+        if busy > 0.75 * cores:
+            out.append(f"the machine was busy while measuring: 1-minute load average "
+                       f"{load[0]:.2f} before, {load[1]:.2f} after, on {cores} usable core(s); "
+                       f"latencies are likely inflated")
+    return out
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+__all__ = ["fidelity", "flat_outputs", "load_average", "percentiles", "stability_warnings",
+           "usable_cores"]

@@ -25,7 +25,14 @@ import numpy as np
 
 from rtinfer.compile import compile as rt_compile
 from rtinfer.errors import OptimizeError
-from rtinfer.measure import fidelity, flat_outputs, percentiles
+from rtinfer.measure import (
+    fidelity,
+    flat_outputs,
+    load_average,
+    percentiles,
+    stability_warnings,
+    usable_cores,
+)
 
 BUILTINS = ("resnet18", "mobilenet_v2", "minilm")
 
@@ -51,6 +58,7 @@ class Measured:
     compile_seconds: float = 0.0
     cache: str = "off"
     artifact: str = ""
+    warnings: list[str] = field(default_factory=list)  # why the latencies may not be trusted
 
 
 @dataclass
@@ -255,6 +263,7 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
     want, got = subject.baseline(), after()
     fid = fidelity(want, got)
     times: dict[str, list[float]] = {"before": [], "after": []}
+    load_before = load_average()
     bench = _progress(args.warmup + args.runs, "latency (before/after interleaved)", "run")
     with torch.no_grad():
         for i in range(args.warmup + args.runs):
@@ -265,6 +274,7 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
                     times[key].append(time.perf_counter() - t)
             bench.update()
     bench.close()
+    load_after = load_average()
     steps.update()
 
     steps.set_postfix_str("save")
@@ -284,6 +294,9 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
         fused_ops=cm.fused_ops, compile_seconds=compile_s, cache=info.cache,
         artifact=str(artifact))
     m.speedup_p50 = m.latency_ms["before"]["p50"] / max(m.latency_ms["after"]["p50"], 1e-12)
+    loads = (load_before, load_after)
+    m.warnings = stability_warnings(
+        m.latency_ms, None if None in loads else loads, usable_cores())  # type: ignore[arg-type]
     (out / "report.json").write_text(json.dumps(asdict(m), indent=2) + "\n")
     (out / "report.md").write_text(markdown(m, cm.report()))
     steps.update()
@@ -323,6 +336,7 @@ def table(m: Measured) -> str:
     out.append(line)
     if m.fused_ops:
         out.append("fused: " + ", ".join(f"{k} x{v}" for k, v in m.fused_ops.items()))
+    out += [f"warning: {w}" for w in m.warnings]
     return "\n".join(out)
 
 
@@ -334,6 +348,8 @@ def markdown(m: Measured, compile_report: str) -> str:
                f"(cache {m.cache}).", "",
              f"| | before ({m.baseline}) | after (rtinfer) |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(m)]
+    if m.warnings:
+        lines += [""] + [f"**Warning:** {w}" for w in m.warnings]
     lines += ["", "## Compilation", "", "```", compile_report, "```", ""]
     return "\n".join(lines)
 

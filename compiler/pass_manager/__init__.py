@@ -21,6 +21,7 @@ from rtinfer.pass_manager.pipeline import (
     invocation,
     parse_pipeline,
 )
+from rtinfer.pass_manager.plugins import load_entry_point_plugins, load_pass_plugin
 from rtinfer.pass_manager.registry import (
     NamedPipeline,
     Option,
@@ -44,6 +45,7 @@ __all__ = [
     "PipelineContext", "PipelineRun", "PrintIR", "RewriteEvent", "RuleReport", "Statistics",
     "Timing", "Verify",
     "check_requirements", "compare_outputs", "format_pipeline", "get_pass", "get_pipeline",
-    "graph_pass", "install", "invocation", "list_passes", "list_pipelines", "optimize",
+    "graph_pass", "install", "invocation", "list_passes", "list_pipelines",
+    "load_entry_point_plugins", "load_pass_plugin", "optimize",
     "parse_pipeline", "register_pass", "register_pipeline", "run_pipeline", "unregister_pass",
 ]

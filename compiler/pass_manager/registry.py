@@ -280,7 +280,15 @@ def register_pipeline(name: str, pipeline: str, summary: str = "",
     return np_
 
 
+def _load_installed_plugins() -> None:
+    from rtinfer.pass_manager.plugins import load_entry_point_plugins
+
+    load_entry_point_plugins()
+
+
 def get_pass(name: str) -> Pass:
+    if name not in _PASSES and name not in _PIPELINES:
+        _load_installed_plugins()  # an installed package may offer it (entry points)
     try:
         return _PASSES[name]
     except KeyError:
@@ -292,12 +300,16 @@ def get_pass(name: str) -> Pass:
 
 
 def get_pipeline(name: str) -> NamedPipeline | None:
+    if name not in _PIPELINES and name not in _PASSES:
+        _load_installed_plugins()
     return _PIPELINES.get(name)
 
 
 def list_passes() -> list[Pass]:
+    _load_installed_plugins()
     return [_PASSES[k] for k in sorted(_PASSES)]
 
 
 def list_pipelines() -> list[NamedPipeline]:
+    _load_installed_plugins()
     return [_PIPELINES[k] for k in sorted(_PIPELINES)]

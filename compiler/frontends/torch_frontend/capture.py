@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import inspect
 import operator
+import warnings
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,19 @@ def _dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict,
     return spec
 
 
+# torch's own deprecation notices, raised inside torch.export by torch's code (not the user's):
+# they would print on every capture and ask the user to change nothing they wrote.
+_TORCH_INTERNAL_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",)
+
+
 def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any):
+    with warnings.catch_warnings():
+        for message in _TORCH_INTERNAL_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        return _export_quiet(model, args, kwargs, dynamic_shapes)
+
+
+def _export_quiet(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any):
     try:
         ep = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes,
                                  strict=False)
