@@ -139,3 +139,21 @@ def test_what_rtinfer_cannot_capture_runs_eagerly(monkeypatch):
     with pytest.warns(UserWarning, match="eagerly: no converter for aten.frobnicate"):
         y = torch.compile(m, backend="rtinfer")(x)
     torch.testing.assert_close(y, m(x))
+
+
+@pytest.mark.parametrize("cls,shape", [(MLP, (4, 16)), (CNN, (2, 3, 8, 8))])
+def test_symbolic_sizes_compile_once_for_every_size(cls, shape, monkeypatch):
+    """dynamic=True hands rtinfer SymInt sizes: they are read from the input tensors and the
+    batch dim is compiled symbolic, so one compiled graph serves every batch size."""
+    import warnings
+
+    m = _eval(cls)
+    calls = _spy(monkeypatch)
+    compiled = torch.compile(m, backend="rtinfer", dynamic=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "running ... eagerly"
+        for batch in (shape[0], 5, 3, 7):  # (batch 1 is one Dynamo specializes: a recompile)
+            x = torch.randn(batch, *shape[1:])
+            torch.testing.assert_close(compiled(x), m(x), rtol=1e-4, atol=1e-5)
+    assert len(calls) == 1
+    assert not calls[0].ir.inputs[0].type.is_static
