@@ -119,3 +119,6 @@ def load_entry_point_plugins() -> list[str]:
             raise _failure(what, e) from None
         names += _install_from(obj, what)
     return names
+
+
+registry.plugin_loader = load_entry_point_plugins

@@ -280,10 +280,14 @@ def register_pipeline(name: str, pipeline: str, summary: str = "",
     return np_
 
 
-def _load_installed_plugins() -> None:
-    from rtinfer.pass_manager.plugins import load_entry_point_plugins
+# Loads installed plugins (entry points) the first time a name is missing or passes are
+# listed; ``rtinfer.pass_manager.plugins`` sets it (the registry imports no plugin code).
+plugin_loader: Callable[[], object] | None = None
 
-    load_entry_point_plugins()
+
+def _load_installed_plugins() -> None:
+    if plugin_loader is not None:
+        plugin_loader()
 
 
 def get_pass(name: str) -> Pass:
