@@ -56,6 +56,11 @@ class CaptureError(RtinferError):
     """A model could not be captured into the IR (bad file, export failure, ...)."""
 
 
+class ModelError(CaptureError):
+    """The model breaks its own format's rules (an ONNX attribute of the wrong type, a kernel
+    that disagrees with its weight, a name defined twice): no runtime would accept it."""
+
+
 class UnsupportedOpsError(CaptureError):
     """The model uses ops rtinfer cannot capture. ``ops`` lists every one found, as
     ``(op, node, location)``: the source op (``aten.foo.default``, ONNX ``Foo``), the node's
@@ -100,6 +105,12 @@ class BackendError(RtinferError):
     """A graph could not be compiled by a backend, or the compiled model was misused."""
 
 
+class IndexOutOfRangeError(BackendError, IndexError):
+    """An index given at run time lies outside the axis it indexes (embedding, gather,
+    index_select, torch.gather), where eager torch raises ``IndexError``; it is one too, so code
+    that catches eager's error catches this. The message names the node and the index."""
+
+
 class ArtifactError(RtinferError):
     """A saved compiled model is missing, corrupted or from an incompatible version."""
 
@@ -127,3 +138,13 @@ class CLIError(RtinferError):
 
 class OptimizeError(RtinferError):
     """A bad model argument or input specification for ``rtinfer optimize``."""
+
+
+class CacheDirError(RtinferError):
+    """A folder rtinfer keeps files in (a cache, the native build) cannot be created or
+    written; the message names it and the environment variable that moves it."""
+
+
+class PruneError(PassError):
+    """Structured pruning or distillation got options or data it cannot use (a ratio out of
+    range, an unknown importance, a batch that does not fit the model); the message names it."""

@@ -37,7 +37,10 @@ def dtype_problem(elem_type: int, where: str = "") -> str:
     """Why a tensor of ``elem_type`` cannot be captured (``where`` names the tensor)."""
     from onnx import TensorProto
 
-    name = TensorProto.DataType.Name(elem_type)
+    try:
+        name = TensorProto.DataType.Name(elem_type)
+    except ValueError:  # not a TensorProto element type at all (a corrupted or future field)
+        name = f"<unknown element type {elem_type}>"
     return (f"unsupported dtype {name}{' for ' + where if where else ''} (rtinfer supports "
             f"{', '.join(d.value for d in DType)})")
 

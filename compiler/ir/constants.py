@@ -9,6 +9,7 @@ compare structurally (by digest), but not to evaluate.
 from __future__ import annotations
 
 import hashlib
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -18,6 +19,12 @@ from rtinfer.errors import IRError
 from rtinfer.ir.types import DType, TensorType
 
 DIGEST_CHARS = 12  # 48 bits of sha256: plenty to tell two weights of one shape apart
+
+# The largest constant that IR text may create (dense<> splats and random() build their data
+# from a few characters, so without a bound one line could ask for terabytes). 4 GiB is above
+# any single weight of the models rtinfer compiles and far below what would exhaust a machine
+# by surprise.
+MAX_CONSTANT_BYTES = 4 * 2**30
 
 
 # Constant arrays in the IR are read-only, so a digest can be cached per array object (printing
@@ -74,6 +81,18 @@ class ElidedTensor:
 
     def __str__(self) -> str:
         return f"{self.type} elided<{self.digest}>"
+
+
+def check_constant_size(dtype: DType, shape: tuple[int, ...], where: str = "constant") -> int:
+    """The element count of a ``dtype[shape]`` constant, checked before any data is built: an
+    ``IRError`` when it is over ``MAX_CONSTANT_BYTES``. Python ints, so no overflow."""
+    numel = math.prod(shape)
+    nbytes = numel * dtype.np.itemsize
+    if nbytes > MAX_CONSTANT_BYTES:
+        raise IRError(f"{where} of type {TensorType(dtype, tuple(shape))} would take "
+                      f"{nbytes:,} bytes, over the limit of {MAX_CONSTANT_BYTES:,} bytes for a "
+                      "constant built from text")
+    return numel
 
 
 def tensor_type(value: np.ndarray | ElidedTensor) -> TensorType:

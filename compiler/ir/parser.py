@@ -9,15 +9,18 @@ with the 1-based line and column of the offending token.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
+import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rtinfer.errors import IRError, ParseError
-from rtinfer.ir.constants import ElidedTensor
+from rtinfer.ir.constants import ElidedTensor, check_constant_size
 from rtinfer.ir.graph import NO_PROVENANCE, Graph, Node, Provenance, Value
 from rtinfer.ir.ops import OPS, get_op
 from rtinfer.ir.types import Dim, DType, QuantParams, TensorType, make_dim, parse_dim
@@ -40,6 +43,18 @@ _INT_RE = re.compile(r"-?\d+")
 _FLOAT_RE = re.compile(r"-?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?|inf|nan)")
 _DIM_TOKENS = {"ident", "number"}
 _DIM_PUNCT = set("*+-/()")
+# Bounds that keep hostile text from exhausting the stack or the CPU. Real graphs nest lists,
+# dense<[...]> and functions a few levels deep and write dims of a handful of tokens.
+MAX_NESTING = 64
+MAX_DIM_TOKENS = 64
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_FLOAT_INT_LIMIT = 2**1024  # the first integer that float() cannot convert
+
+
+def _as_float(v: int | float) -> float:
+    if isinstance(v, int) and not -_FLOAT_INT_LIMIT < v < _FLOAT_INT_LIMIT:
+        return math.inf if v > 0 else -math.inf
+    return float(v)
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,7 @@ class _Parser:
         self.line_starts = [0] + [m.end() for m in re.finditer(r"\n", text)]
         self.tokens = self._tokenize()
         self.i = 0
+        self.depth = 0
 
     # -- errors and positions -----------------------------------------------------------------
 
@@ -92,6 +108,23 @@ class _Parser:
             pos = m.end()
         tokens.append(Token("eof", "", n))
         return tokens
+
+    @contextlib.contextmanager
+    def nested(self, at: Token, what: str) -> Iterator[None]:
+        """One level of nesting (a list, a dense<[...]> row, a nested func), bounded so that
+        deep nesting is a ParseError rather than a RecursionError."""
+        if self.depth >= MAX_NESTING:
+            raise self.error(at, f"{what} nested deeper than {MAX_NESTING} levels")
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def int64(self, value: int, tok: Token, what: str = "integer") -> int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise self.error(tok, f"{what} {tok.describe()} does not fit in 64 bits")
+        return value
 
     # -- token helpers ------------------------------------------------------------------------
 
@@ -144,6 +177,9 @@ class _Parser:
                         break
                     depth -= 1
                 toks.append(self.next())
+                if len(toks) > MAX_DIM_TOKENS:
+                    raise self.error(first, f"dim expression longer than {MAX_DIM_TOKENS} "
+                                            "tokens")
             else:
                 break
         if not toks:
@@ -153,7 +189,7 @@ class _Parser:
         src = self.text[first.pos:last.pos + len(last.text)]
         if len(toks) == 1 and first.kind == "number":
             if re.fullmatch(r"-?\d+", src):
-                v = int(src)
+                v = self.int64(int(src), first, "dim")
                 if v < 0 and not allow_negative:
                     raise self.error(first, f"negative dim {v}")
                 return v, first
@@ -161,9 +197,12 @@ class _Parser:
                 return float(src), first
             raise self.error(first, f"expected an integer dim, found {first.describe()}")
         try:
-            return make_dim(parse_dim(src)), first
+            d = make_dim(parse_dim(src))
         except IRError as e:
             raise self.error(first, str(e)) from None
+        if isinstance(d, int):
+            self.int64(d, first, "dim")
+        return d, first
 
     def parse_type(self) -> TensorType:
         start = self.peek()
@@ -208,6 +247,10 @@ class _Parser:
             raise self.error(q, f"bad quantization parameters: {e}") from None
 
     def parse_kwargs(self, what: str) -> dict[str, Any]:
+        with self.nested(self.peek(), what):
+            return self._parse_kwargs(what)
+
+    def _parse_kwargs(self, what: str) -> dict[str, Any]:
         self.expect("(", f"'(' to start {what}")
         out: dict[str, Any] = {}
         if not self.at(")"):
@@ -224,7 +267,9 @@ class _Parser:
 
     # -- attribute values ---------------------------------------------------------------------
 
-    def parse_number(self) -> int | float:
+    def parse_number(self, bounded: bool = True) -> int | float:
+        """An int, a float, ``inf`` or ``nan``. ``bounded``: an int must fit in 64 bits (an
+        attribute); a constant's elements are range-checked against its dtype instead."""
         tok = self.peek()
         neg = False
         if tok.kind == "punct" and tok.text == "-" and self.peek(1).text in ("inf", "nan"):
@@ -236,7 +281,7 @@ class _Parser:
             return -v if neg else v
         tok = self.expect_kind("number", "a number")
         if re.fullmatch(r"-?\d+", tok.text):
-            return int(tok.text)
+            return self.int64(int(tok.text), tok) if bounded else int(tok.text)
         return float(tok.text)
 
     def parse_attr_value(self) -> Any:
@@ -280,6 +325,10 @@ class _Parser:
             raise self.error(tok, f"bad escape in string: {e.msg}") from None
 
     def parse_list(self) -> list[Any]:
+        with self.nested(self.peek(), "a list"):
+            return self._parse_list()
+
+    def _parse_list(self) -> list[Any]:
         self.expect("[")
         items: list[Any] = []
         if not self.at("]"):
@@ -339,6 +388,10 @@ class _Parser:
                 raise self.error(tok, f"expected a hex digest in elided<...>, found {digest!r}")
             self.next()
             return ElidedTensor(t.dtype, shape, digest.lower())
+        try:  # elided data is never built; dense and random data are, so bound them first
+            check_constant_size(t.dtype, shape)
+        except IRError as e:
+            raise self.error(tok, str(e)) from None
         if tok.kind == "dense":
             self.next()
             data = self.parse_flat_dense(t, shape, tok)
@@ -357,7 +410,7 @@ class _Parser:
         return data
 
     def parse_dense(self, t: TensorType, shape: tuple[int, ...], at: Token) -> np.ndarray:
-        numel = int(np.prod(shape, dtype=np.int64))
+        numel = math.prod(shape)
         values: list[tuple[Any, Token]] = []
 
         def element() -> None:
@@ -366,21 +419,23 @@ class _Parser:
                 self.next()
                 values.append((tok.text == "true", tok))
             elif self.at("["):
-                self.next()
-                if not self.at("]"):
-                    while True:
-                        element()
-                        if not self.accept(","):
-                            break
-                self.expect("]", "',' or ']' in dense<[...]>")
+                with self.nested(tok, "dense<[...]>"):
+                    self.next()
+                    if not self.at("]"):
+                        while True:
+                            element()
+                            if not self.accept(","):
+                                break
+                    self.expect("]", "',' or ']' in dense<[...]>")
             else:
-                values.append((self.parse_number(), tok))
+                values.append((self.parse_number(bounded=False), tok))
 
         splat = not self.at("[")
         element()
-        if splat:
-            values = values * numel
-        elif len(values) != numel:
+        if splat:  # one value checked and converted, then broadcast by numpy (no Python list)
+            one = self.to_array([values[0][0]], [values[0][1]], t.dtype, ())
+            return np.full(shape, one, dtype=t.dtype.np)
+        if len(values) != numel:
             raise self.error(at, f"dense<...> has {len(values)} values but {t} needs {numel}")
         return self.to_array([v for v, _ in values], [k for _, k in values], t.dtype, shape)
 
@@ -389,7 +444,7 @@ class _Parser:
         start = at.text.index("[") + 1
         body = at.text[start:at.text.rindex("]")]
         parts = body.split(",") if body.strip() else []
-        numel = int(np.prod(shape, dtype=np.int64))
+        numel = math.prod(shape)
         if t.dtype.is_float and len(parts) == numel:
             try:  # numpy converts the strings at C speed; any bad element takes the slow path
                 data = np.array(parts, dtype=np.float64)
@@ -439,16 +494,24 @@ class _Parser:
             if isinstance(v, bool):
                 raise self.error(tok, f"expected a number in a {dtype} constant, found "
                                       f"{tok.describe()}")
-        return np.array([float(v) for v in vals], dtype=np.float64).astype(dtype.np).reshape(
-            shape)
+        # an integer past the float range rounds to +-inf, as a decimal literal like 1e400 does
+        # (and as the numpy fast path of parse_flat_dense does); float() of it would raise
+        floats = [_as_float(v) for v in vals]
+        return np.array(floats, dtype=np.float64).astype(dtype.np).reshape(shape)
 
     def parse_random(self, t: TensorType, shape: tuple[int, ...], at: Token) -> np.ndarray:
         kw = self.parse_kwargs("random(...)")
         unknown = set(kw) - {"seed", "low", "high"}
-        if unknown or not isinstance(kw.get("seed"), int) or ("low" in kw) != ("high" in kw):
+        seed = kw.get("seed")
+        if (unknown or not isinstance(seed, int) or isinstance(seed, bool)
+                or ("low" in kw) != ("high" in kw)):
             raise self.error(at, "expected random(seed=N) or random(seed=N, low=a, high=b)")
-        rng = np.random.default_rng(kw["seed"])
+        if seed < 0:
+            raise self.error(at, f"random(seed={seed}): the seed must be a non-negative integer")
         low, high = kw.get("low"), kw.get("high")
+        if low is not None:
+            self.check_random_bounds(t.dtype, low, high, at)
+        rng = np.random.default_rng(seed)
         if t.dtype.is_float:
             if low is None:
                 data = rng.standard_normal(shape)
@@ -460,9 +523,32 @@ class _Parser:
             return rng.integers(lo, hi, shape).astype(t.dtype.np)
         return rng.random(shape) < 0.5
 
+    def check_random_bounds(self, dtype: DType, low: Any, high: Any, at: Token) -> None:
+        """``low`` and ``high`` are finite numbers in ``dtype``'s range, ``low < high`` for
+        ints (numpy raises its own errors otherwise, or wraps silently on the cast)."""
+        for v in (low, high):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise self.error(at, f"random(low=..., high=...) needs finite numbers, got "
+                                     f"{v!r}")
+        if dtype.is_int:
+            # numpy draws int64s and then casts, so u64 is bounded by int64 too
+            lo_min, hi_max = np.iinfo(dtype.np).min, min(np.iinfo(dtype.np).max, INT64_MAX) + 1
+            if not (isinstance(low, int) and isinstance(high, int)):
+                raise self.error(at, f"random(...) of {dtype} needs integer low and high, got "
+                                     f"{low!r} and {high!r}")
+            if not lo_min <= low < high <= hi_max:
+                raise self.error(at, f"random(low={low}, high={high}) of {dtype} needs "
+                                     f"{lo_min} <= low < high <= {hi_max}")
+        elif dtype.is_float and not low <= high:
+            raise self.error(at, f"random(low={low}, high={high}) needs low <= high")
+
     # -- functions and nodes ------------------------------------------------------------------
 
     def parse_func(self) -> Graph:
+        with self.nested(self.peek(), "a func"):
+            return self._parse_func()
+
+    def _parse_func(self) -> Graph:
         self.expect("func", "'func'")
         name = self.expect_kind("global", "a function name like @main")
         g = Graph(name.text[1:])
@@ -650,7 +736,14 @@ class _Parser:
 
 def parse(text: str, *, source: str = "<ir>") -> Graph:
     """Parse one function in the IR text form into a ``Graph``."""
-    return _Parser(text, source).parse_module()
+    p = _Parser(text, source)
+    try:
+        return p.parse_module()
+    except (RecursionError, MemoryError) as e:
+        # a safety net: nesting and constant sizes are bounded where they are read, so this
+        # names the token where an unforeseen path ran out of stack or memory
+        what = "nesting too deep" if isinstance(e, RecursionError) else "out of memory"
+        raise p.error(p.peek(), f"{what} while parsing here") from None
 
 
 def parse_type(text: str, *, source: str = "<type>") -> TensorType:

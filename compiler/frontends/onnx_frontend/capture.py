@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rtinfer.errors import CaptureError, IRError, Unsupported, UnsupportedOpsError
+from rtinfer.errors import CaptureError, IRError, ModelError, Unsupported, UnsupportedOpsError
 from rtinfer.frontends.onnx_dtypes import dtype_problem, from_onnx
 from rtinfer.frontends.onnx_frontend import (  # noqa: F401  (each declares its family's rules)
     attention,
@@ -33,6 +33,12 @@ from rtinfer.frontends.onnx_frontend import (  # noqa: F401  (each declares its 
     shape,
 )
 from rtinfer.frontends.onnx_frontend.context import CONVERTERS, Converter, NodeContext
+from rtinfer.frontends.onnx_frontend.validate import (
+    check_nodes,
+    check_values,
+    node_label,
+    validate,
+)
 from rtinfer.ir.graph import Graph, Provenance
 from rtinfer.ir.types import Dim, DType, TensorType, sym
 
@@ -45,11 +51,12 @@ def _sanitize(name: str) -> str:
     return s if re.match(r"[A-Za-z_]", s) else "d_" + s
 
 
-def _dtype(elem_type: int, where: str) -> DType:
-    """The dtype of a graph input or initializer; a ``CaptureError`` for one rtinfer lacks."""
+def _dtype(elem_type: int, what: str, where: str) -> DType:
+    """The dtype of a graph input or initializer (``what``, in the model ``where``); a
+    ``CaptureError`` for one rtinfer lacks."""
     dt = from_onnx(elem_type)
     if dt is None:
-        raise CaptureError(dtype_problem(elem_type, where))
+        raise CaptureError(f"{where}: {dtype_problem(elem_type, what)}")
     return dt
 
 
@@ -60,17 +67,26 @@ def load_model(model_or_path: Any):
     """Load (or deep-copy) the model; every failure is one CaptureError naming the file."""
     import onnx
 
+    from rtinfer.frontends.external_data import check_external_data
+
     if isinstance(model_or_path, onnx.ModelProto):
+        # onnx reads a ModelProto's external data relative to the working directory
+        check_external_data(model_or_path, os.getcwd(), "<ModelProto>")
         return copy.deepcopy(model_or_path), "<ModelProto>"
     path = os.fspath(model_or_path)
     if not os.path.isfile(path):
         raise CaptureError(f"{path}: no such ONNX file")
+    if os.path.getsize(path) == 0:  # protobuf reads 0 bytes as an empty model, without error
+        raise ModelError(f"{path}: the file is empty (0 bytes), not an ONNX model")
     try:
         model = onnx.load(path, load_external_data=False)
-        from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+        from onnx.external_data_helper import load_external_data_for_model
 
-        if any(uses_external_data(t) for t in model.graph.initializer):
+        # every reference checked (inside the model's folder, regular files) before a read
+        if check_external_data(model, os.path.dirname(os.path.abspath(path)), path):
             load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+    except CaptureError:
+        raise
     except Exception as e:  # protobuf and io errors of every kind mean a bad file
         raise CaptureError(f"{path}: not a readable ONNX model ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else 'truncated or corrupted'}); "
@@ -98,6 +114,7 @@ def prepare(model, where: str):
     import onnx
 
     version = _opset(model, where)
+    validate(model, version, where)  # before onnx's converter and inference read the model
     if version < MIN_OPSET:
         try:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)
@@ -112,6 +129,9 @@ def prepare(model, where: str):
             model = onnx.inliner.inline_local_functions(model)
         except Exception:  # conversion then reports the function's op
             pass
+        else:  # the functions' bodies are graph nodes now: they get the same checks
+            check_values(model, where)
+            check_nodes(model, version, where)
     if model.ByteSize() < _TWO_GB:
         try:
             model = onnx.shape_inference.infer_shapes(model, data_prop=True)
@@ -137,9 +157,16 @@ def _cleanup(model):
     """Dead-node removal and topological sort with onnx-graphsurgeon (kept only if it works)."""
     try:
         import onnx_graphsurgeon as gs
-
-        if any(a.type in (5, 10) for n in model.graph.node for a in n.attribute):
-            return model  # subgraph attributes: leave the graph as written
+        from onnx_graphsurgeon.logger import G_LOGGER
+    except ImportError:
+        return model
+    if any(a.type in (5, 10) for n in model.graph.node for a in n.attribute):
+        return model  # subgraph attributes: leave the graph as written
+    # graphsurgeon prints its warnings and failures to stdout; the cleanup is optional, so
+    # they are not the user's concern (what matters is reported by the conversion)
+    severity = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.CRITICAL + 1
+    try:
         graph = gs.import_onnx(model)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         out = gs.export_onnx(graph, do_type_check=False)
@@ -149,16 +176,19 @@ def _cleanup(model):
         return out
     except Exception:  # graphsurgeon cannot read every model; the cleanup is optional
         return model
+    finally:
+        G_LOGGER.severity = severity
 
 
 # -- conversion ---------------------------------------------------------------------------------
 
 
-def _input_type(vi, dynamic_dims: Mapping | None) -> TensorType:
+def _input_type(vi, dynamic_dims: Mapping | None, where: str) -> TensorType:
     t = vi.type
     if not t.HasField("tensor_type"):
-        raise CaptureError(f"input {vi.name!r} is not a tensor ({t.WhichOneof('value')})")
-    dtype = _dtype(t.tensor_type.elem_type, f"input {vi.name!r}")
+        raise CaptureError(f"{where}: input {vi.name!r} is not a tensor "
+                           f"({t.WhichOneof('value')})")
+    dtype = _dtype(t.tensor_type.elem_type, f"input {vi.name!r}", where)
     marks = (dynamic_dims or {}).get(vi.name) if dynamic_dims else None
     dims: list[Dim] = []
     for i, d in enumerate(t.tensor_type.shape.dim):
@@ -174,11 +204,20 @@ def _input_type(vi, dynamic_dims: Mapping | None) -> TensorType:
     return TensorType(dtype, tuple(dims))
 
 
-def _initializer(tensor) -> np.ndarray:
+def _initializer(tensor, where: str) -> np.ndarray:
     from onnx import numpy_helper
 
-    _dtype(tensor.data_type, f"initializer {tensor.name!r}")
-    return numpy_helper.to_array(tensor)
+    what = f"initializer {tensor.name!r}"
+    dtype = _dtype(tensor.data_type, what, where)
+    try:
+        a = numpy_helper.to_array(tensor)
+    except Exception as e:  # numpy and onnx raise several kinds on bad data
+        raise ModelError(f"{where}: {what} of type {dtype}{list(tensor.dims)}: its data does "
+                         f"not fit its dims ({type(e).__name__}: {e})") from None
+    if tuple(a.shape) != tuple(tensor.dims):
+        raise ModelError(f"{where}: {what} has dims {list(tensor.dims)} but holds data of "
+                         f"shape {list(a.shape)}")
+    return a
 
 
 def _unsupported(model) -> list[tuple[str, str, str]]:
@@ -210,12 +249,16 @@ def convert_graph(model, opset: int, where: str, dynamic_dims: Mapping | None = 
             DType.from_numpy(a.dtype)
             conv.values[vi.name] = g.add_const(a, name=_sanitize(vi.name))
             continue
-        conv.values[vi.name] = g.add_input(_input_type(vi, dynamic_dims), _sanitize(vi.name))
+        conv.values[vi.name] = g.add_input(_input_type(vi, dynamic_dims, where), _sanitize(vi.name))
     for t in og.initializer:
-        conv.values[t.name] = g.add_const(_initializer(t), name=_sanitize(t.name),
+        conv.values[t.name] = g.add_const(_initializer(t, where), name=_sanitize(t.name),
                                           provenance=Provenance(f"onnx:{t.name}"))
     for i, node in enumerate(og.node):
-        cx = NodeContext(conv, node, i)
+        try:
+            cx = NodeContext(conv, node, i)
+        except Exception as e:  # an attribute onnx's helper cannot read
+            raise ModelError(f"{where}: {node_label(node, i)}: unreadable attribute "
+                             f"({type(e).__name__}: {e})") from None
         ins = []
         for name in node.input:
             if not name:
@@ -231,6 +274,17 @@ def convert_graph(model, opset: int, where: str, dynamic_dims: Mapping | None = 
             raise CaptureError(f"{where}: {node.op_type} node {cx.name}: {e.reason}") from e
         except IRError as e:  # the IR refused the node a rule built (a type, an attribute)
             raise CaptureError(f"{where}: {node.op_type} node {cx.name}: {e}") from e
+        except ModelError as e:  # the rule found the node breaks ONNX's rules
+            raise ModelError(f"{where}: {e}") from e
+        except CaptureError:
+            raise
+        except Exception as e:
+            # A safety net, not the checks: validate.py and the rules refuse what they can
+            # name precisely; anything a rule still trips over is reported at its node.
+            raise CaptureError(f"{where}: {node.op_type} node {cx.name} could not be "
+                               f"converted ({type(e).__name__}: {e}); the node's inputs are "
+                               f"{[v.type if v is not None else None for v in ins]} and its "
+                               f"attributes {sorted(cx.attrs)}") from e
         outs = out if isinstance(out, (list, tuple)) else [out]
         for name, v in zip(node.output, outs, strict=False):
             if name and v is not None:

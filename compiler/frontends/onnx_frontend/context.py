@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rtinfer.errors import IRError, Unsupported
+from rtinfer.errors import IRError, ModelError, Unsupported
 from rtinfer.frontends.onnx_dtypes import dtype_problem, from_onnx
 from rtinfer.ir.graph import Graph, Provenance, Value
 from rtinfer.ir.types import Dim, DType
@@ -71,6 +71,22 @@ class NodeContext:
         """The error for this node as given (``raise cx.unsupported("dilated LpPool")``)."""
         return Unsupported(self.node.op_type, reason, self.name)
 
+    def invalid(self, reason: str) -> ModelError:
+        """The error for a node that breaks ONNX's rules, which no runtime would run
+        (``raise cx.invalid("kernel_shape [5, 5] disagrees with ...")``)."""
+        return ModelError(f"{self.node.op_type} node {self.name}: {reason}")
+
+    def int_list(self, name: str, length: int, default: int) -> list[int]:
+        """An INTS attribute that has one entry per spatial axis (``length`` of them; pads have
+        two per axis): ``default`` for each when absent."""
+        v = self.attrs.get(name)
+        if v is None:
+            return [default] * length
+        if len(v) != length:
+            raise self.invalid(f"{name} has {len(v)} entries, expected {length} for this "
+                               "input's rank")
+        return [int(x) for x in v]
+
     def dtype(self, elem_type: int, where: str = "") -> DType:
         """rtinfer's dtype for an ONNX element type read by this node (an attribute, a
         constant); ``Unsupported`` for one rtinfer has none for."""
@@ -119,7 +135,13 @@ class NodeContext:
         return v.const_data
 
     def ints(self, v: Value | None, what: str) -> list[int]:
-        return [int(x) for x in np.asarray(self.array(v, what)).reshape(-1)]
+        """A constant integer input (a shape, axes, pads, k) as a list; ONNX types these int64
+        (a float would be truncated silently, or fail on NaN)."""
+        a = np.asarray(self.array(v, what))
+        if a.dtype.kind not in "iu":
+            raise self.invalid(f"{what or 'this input'} must be an integer tensor, got "
+                               f"{v.type}")
+        return [int(x) for x in a.reshape(-1)]
 
     def shape_vector(self, v: Value, what: str) -> list[Dim]:
         """A 1-d shape value as dims: a constant, or one built from ``Shape`` of symbolic dims."""
@@ -155,8 +177,12 @@ def rule(*names: str) -> Callable[[Rule], Rule]:
 # -- helpers the families share -------------------------------------------------------------------
 
 
-def pos_axis(a: int, rank: int) -> int:
-    """An ONNX axis (negative counts from the end) as a non-negative one."""
+def pos_axis(a: int, rank: int, *, end_ok: bool = False, check: bool = True) -> int:
+    """An ONNX axis (negative counts from the end) as a non-negative one. ``check``: an
+    ``IRError`` (reported at the node) for one outside ``[-rank, rank)``, or ``[-rank, rank]``
+    with ``end_ok`` (Flatten's axis); a huge axis would otherwise become a huge range."""
+    if check and not -rank <= a < rank + end_ok:
+        raise IRError(f"axis {a} is out of range for a rank-{rank} input")
     return a + rank if a < 0 else a
 
 

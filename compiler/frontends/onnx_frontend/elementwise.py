@@ -129,6 +129,9 @@ def _clip(cx, ins):
     x = ins[0]
     lo = ins[1] if len(ins) > 1 else None
     hi = ins[2] if len(ins) > 2 else None
+    for name, v in (("min", lo), ("max", hi)):  # ONNX: scalars (a 1-element tensor passes too)
+        if v is not None and not all(d == 1 for d in v.type.shape):
+            raise cx.invalid(f"{name} must be a scalar, got {v.type}")
     if x.type.dtype.is_float and (lo is None or lo.is_const) and (hi is None or hi.is_const):
         return cx.op("clip", x,
                      min=float(cx.array(lo, "min")) if lo is not None else -math.inf,

@@ -8,12 +8,45 @@ import numpy as np
 from rtinfer.frontends.onnx_frontend.context import pos_axis, rule, scalar_op
 from rtinfer.ir.graph import Value
 
+_AUTO_PADS = ("NOTSET", "", "VALID", "SAME_UPPER", "SAME_LOWER")
+
+
+def _window(cx, nd: int, w: Value | None = None) -> tuple[list[int], list[int], list[int]]:
+    """kernel_shape, strides and dilations of a conv or pool over ``nd`` spatial axes, each of
+    ``nd`` positive entries; a conv's kernel_shape must agree with its weight (as ONNX Runtime
+    requires) and defaults to it."""
+    weight_kernel = None
+    if w is not None:
+        if w.type.rank != nd + 2:
+            raise cx.invalid(f"the weight has type {w.type}, expected rank {nd + 2} for "
+                             f"{nd}-d input")
+        if all(isinstance(d, int) for d in w.type.shape[2:]):
+            weight_kernel = [int(d) for d in w.type.shape[2:]]
+    if "kernel_shape" in cx.attrs:
+        kernel = cx.int_list("kernel_shape", nd, 1)
+        if weight_kernel is not None and kernel != weight_kernel:
+            raise cx.invalid(f"kernel_shape {kernel} disagrees with the weight's spatial dims "
+                             f"{weight_kernel} (weight {w.type})")
+    elif weight_kernel is not None:
+        kernel = weight_kernel
+    else:
+        raise cx.invalid("kernel_shape is missing and the weight's shape is not static")
+    strides = cx.int_list("strides", nd, 1)
+    dilations = cx.int_list("dilations", nd, 1)
+    for name, vals in (("kernel_shape", kernel), ("strides", strides), ("dilations", dilations)):
+        if any(v < 1 for v in vals):
+            raise cx.invalid(f"{name} {vals} must be positive")
+    if cx.attr("auto_pad", "NOTSET") not in _AUTO_PADS:
+        raise cx.invalid(f"auto_pad {cx.attr('auto_pad')!r} is not one of "
+                         f"{', '.join(a for a in _AUTO_PADS if a)}")
+    return kernel, strides, dilations
+
 
 def _auto_pads(cx, x: Value, kernel, strides, dilations) -> list[int]:
     nd = len(kernel)
     auto = cx.attr("auto_pad", "NOTSET")
     if auto in ("NOTSET", ""):
-        return list(cx.attr("pads", [0] * (2 * nd)))
+        return cx.int_list("pads", 2 * nd, 0)
     if auto == "VALID":
         return [0] * (2 * nd)
     spatial = cx.static_shape(x, "auto_pad SAME input")[2:]
@@ -34,9 +67,7 @@ def _conv(cx, ins):
     nd = x.type.rank - 2
     if nd not in (1, 2, 3):
         raise cx.unsupported(f"{nd}-d convolution (rtinfer has 1-d to 3-d)")
-    kernel = list(cx.attr("kernel_shape", None) or [int(d) for d in w.type.shape[2:]])
-    strides = list(cx.attr("strides", [1] * nd))
-    dilations = list(cx.attr("dilations", [1] * nd))
+    kernel, strides, dilations = _window(cx, nd, w)
     pads = _auto_pads(cx, x, kernel, strides, dilations)
     args = (x, w) if b is None else (x, w, b)
     return cx.op(f"conv{nd}d", *args, stride=strides, pad=pads, dilation=dilations,
@@ -50,17 +81,17 @@ def _conv_transpose(cx, ins):
     nd = x.type.rank - 2
     if nd not in (1, 2, 3):
         raise cx.unsupported(f"{nd}-d transposed convolution (rtinfer has 1-d to 3-d)")
-    kernel = list(cx.attr("kernel_shape", None) or [int(d) for d in w.type.shape[2:]])
-    strides = list(cx.attr("strides", [1] * nd))
-    dilations = list(cx.attr("dilations", [1] * nd))
-    out_pad = list(cx.attr("output_padding", [0] * nd))
-    pads = list(cx.attr("pads", [0] * (2 * nd)))
+    kernel, strides, dilations = _window(cx, nd, w)
+    out_pad = cx.int_list("output_padding", nd, 0)
+    pads = cx.int_list("pads", 2 * nd, 0)
     auto = cx.attr("auto_pad", "NOTSET")
     out_shape = cx.attr("output_shape", None)
     if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
         spatial = cx.static_shape(x, "ConvTranspose input")[2:]
         if not out_shape:
             out_shape = [s * st for s, st in zip(spatial, strides, strict=True)]
+        if len(out_shape) < nd:
+            raise cx.invalid(f"output_shape {list(out_shape)} has fewer than {nd} entries")
         out_shape = list(out_shape)[-nd:]
         begins, ends = [], []
         for i in range(nd):
@@ -88,9 +119,7 @@ def _pool(cx, ins, kind: str):
         raise cx.unsupported(f"{nd}-d pooling (rtinfer has 1-d to 3-d)")
     if cx.wants(1):
         raise cx.unsupported("MaxPool's Indices output")
-    kernel = list(cx.attr("kernel_shape"))
-    strides = list(cx.attr("strides", [1] * nd))
-    dilations = list(cx.attr("dilations", [1] * nd))
+    kernel, strides, dilations = _window(cx, nd)
     pads = _auto_pads(cx, x, kernel, strides, dilations)
     common = dict(kernel=kernel, stride=strides, pad=pads, ceil_mode=bool(cx.attr("ceil_mode", 0)))
     if kind == "max":
@@ -122,13 +151,13 @@ def _global_max(cx, ins):
 def _lp_pool(cx, ins):
     x, p = ins[0], cx.attr("p", 2)
     nd = x.type.rank - 2
-    kernel = list(cx.attr("kernel_shape"))
-    strides = list(cx.attr("strides", [1] * nd))
-    dilations = list(cx.attr("dilations", [1] * nd))
-    if any(d != 1 for d in dilations):
-        raise cx.unsupported("dilated LpPool")
     if nd not in (1, 2, 3):
         raise cx.unsupported(f"{nd}-d pooling")
+    kernel, strides, dilations = _window(cx, nd)
+    if any(d != 1 for d in dilations):
+        raise cx.unsupported("dilated LpPool")
+    if p == 0:
+        raise cx.invalid("p must not be 0 (the pool takes the 1/p-th power)")
     pads = _auto_pads(cx, x, kernel, strides, dilations)
     # (sum over the window of |x|^p)^(1/p) = (mean * window size)^(1/p); padding adds 0
     a = scalar_op(cx, "pow", cx.op("abs", x), float(p))
@@ -158,6 +187,14 @@ def _resize(cx, ins):
     scales = [float(v) for v in cx.array(scales_v, "Resize's scales").reshape(-1)] \
         if scales_v is not None and np.size(cx.array(scales_v, "Resize's scales")) else []
     sizes = cx.ints(sizes_v, "Resize's sizes") if sizes_v is not None else []
+    if any(not 0 <= a < r for a in axes) or len(set(axes)) != len(axes):
+        raise cx.invalid(f"axes {cx.attr('axes')} must be distinct axes of a rank-{r} input")
+    if not scales and not sizes:
+        raise cx.invalid("needs a non-empty scales or sizes input")
+    for name, vals in (("scales", scales), ("sizes", sizes)):
+        if vals and len(vals) != len(axes):
+            raise cx.invalid(f"{name} has {len(vals)} entries, expected {len(axes)} (one per "
+                             "resized axis)")
     ctm = cx.attr("coordinate_transformation_mode", "half_pixel")
     roi = []
     if ctm == "tf_crop_and_resize" and roi_v is not None:

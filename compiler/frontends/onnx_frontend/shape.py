@@ -18,7 +18,9 @@ def _shape(cx, ins):
     x = ins[0]
     r = x.type.rank
     start, end = cx.attr("start", 0), cx.attr("end", r)
-    start, end = max(0, min(r, pos_axis(start, r))), max(0, min(r, pos_axis(end, r)))
+    # Shape clamps start and end into [0, rank], so any value is valid here
+    start = max(0, min(r, pos_axis(start, r, check=False)))
+    end = max(0, min(r, pos_axis(end, r, check=False)))
     dims = tuple(x.type.shape[start:end])
     if all(isinstance(d, int) for d in dims):
         return cx.const(np.array(dims, dtype=np.int64))
@@ -38,7 +40,10 @@ def _size(cx, ins):
 def _reshape(cx, ins):
     x, shape = ins
     target = cx.shape_vector(shape, "Reshape's shape")
-    if not cx.attr("allowzero", 0):
+    if not cx.attr("allowzero", 0):  # a 0 copies the input's dim at the same position
+        if any(isinstance(d, int) and d == 0 for d in target[x.type.rank:]):
+            raise cx.invalid(f"shape {target} copies (0) a dim past the input's rank "
+                             f"{x.type.rank}")
         target = [x.type.shape[i] if isinstance(d, int) and d == 0 else d
                   for i, d in enumerate(target)]
     return cx.op("reshape", x, shape=target)
@@ -48,7 +53,7 @@ def _reshape(cx, ins):
 def _flatten(cx, ins):
     x = ins[0]
     r = x.type.rank
-    axis = pos_axis(cx.attr("axis", 1), r)
+    axis = pos_axis(cx.attr("axis", 1), r, end_ok=True)
     return cx.op("reshape", x, shape=[numel(x.type.shape[:axis]), numel(x.type.shape[axis:])])
 
 
@@ -97,7 +102,8 @@ def _concat(cx, ins):
     vals = [v for v in ins if v is not None]
     axis = pos_axis(cx.attr("axis"), vals[0].type.rank)
     out = cx.op("concat", *vals, axis=axis)
-    if axis == 0 and all(v.is_const or v in cx.conv.dims for v in vals) and vals[0].type.rank == 1:
+    if (axis == 0 and all(v.is_const or v in cx.conv.dims for v in vals)
+            and vals[0].type.rank == 1 and vals[0].type.dtype.is_int):  # a shape vector
         dims = []
         for v in vals:
             dims += cx.conv.dims[v] if v in cx.conv.dims else cx.ints(v, "")
