@@ -30,6 +30,12 @@ vouch for makes it give up, and the compile keys on the captured IR as before.
 is the same interface doing nothing (``compile(cache=False)``). ``open_cache`` gives the one
 that ``compile(cache=...)`` asks for: the cache lives in ``$RTINFER_CACHE_DIR``, else
 ``~/.cache/rtinfer`` (``rtinfer.paths.compile_cache_dir``); ``cache="dir"`` puts it elsewhere.
+A folder the cache creates is owner-only (``rtinfer.paths.private_dir``); temporaries are named
+``.tmp-<key>-<host>-<pid>-<random>``, and those of a writer that was killed are removed by the
+next process that stores into the cache.
+
+An ``.onnx`` file's external data is checked (``rtinfer.frontends.external_data``: inside the
+model's folder, regular files, ranges inside them) before the fingerprint reads a byte of it.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ import os
 import shutil
 import sys
 import types
-import uuid
 import warnings
 from dataclasses import dataclass
 from functools import cache as _memo
@@ -55,9 +60,16 @@ import numpy as np
 import torch
 
 from rtinfer.artifact import dump_torch_meta, load_torch_meta, read_artifact, write_artifact
-from rtinfer.errors import ArtifactError
+from rtinfer.errors import ArtifactError, CacheDirError
 from rtinfer.ir.graph import Graph
-from rtinfer.paths import compile_cache_dir
+from rtinfer.paths import (
+    CACHE_ENV,
+    TAG_RE,
+    compile_cache_dir,
+    private_dir,
+    remove_stale_temps,
+    temp_tag,
+)
 
 CACHE_FORMAT_VERSION = 1
 
@@ -162,20 +174,33 @@ def store(root: Path, key: str, graph: Graph, input_names: list[str], options: d
     concurrent compiles never see half an entry. ``options``: the compile options the artifact
     records; ``record``: what the compile reported (``compile_info``). False when it could not
     be written."""
-    tmp = root / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
+    tmp = root / f".tmp-{key[:16]}-{temp_tag()}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        _prepare(root)
         write_artifact(tmp, graph, input_names, options,
-                       extra={"cache_key": key, "compile_info": record})
+                       extra={"cache_key": key, "compile_info": record}, atomic=False)
         try:
             os.replace(tmp, root / key)
         except OSError:  # another process stored the same entry first
             shutil.rmtree(tmp, ignore_errors=True)
         return True
-    except OSError as e:
+    except (OSError, CacheDirError, ArtifactError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         warnings.warn(f"rtinfer compile cache: cannot write to {root} ({e})", stacklevel=4)
         return False
+
+
+_TIDIED: set[str] = set()  # the cache folders whose stale temporaries this process removed
+_TEMP_RE = rf"\.tmp-[0-9a-f]{{16}}-{TAG_RE}(\.json)?"
+
+
+def _prepare(folder: Path) -> None:
+    """Create ``folder`` owner-only if missing and, once per process, remove the temporaries
+    of writers that were killed there."""
+    private_dir(folder, "compile cache", CACHE_ENV)
+    if str(folder) not in _TIDIED:
+        _TIDIED.add(str(folder))
+        remove_stale_temps(folder, _TEMP_RE)
 
 
 # -- the model fingerprint: a key computed before capture --------------------------------------
@@ -530,16 +555,20 @@ def model_fingerprint(model: Any, example_inputs: Any = None,
 
 def _onnx_file(h: _Hasher, path: Path) -> None:
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
+    from rtinfer.frontends.external_data import check_external_data
+
+    if not path.is_file():  # a FIFO or device would block or never end: capture says why
+        raise _Doubt(f"{path} is not a regular file")
     blob = path.read_bytes()
     h.h.update(blob)
     model = onnx.load_model_from_string(blob)
-    files = sorted({ExternalDataInfo(t).location for t in model.graph.initializer
-                    if uses_external_data(t)})
-    for name in files:
-        h.put("external", name)
-        h.h.update((path.parent / name).read_bytes())
+    # the one check, before any read: an unsafe reference makes the fingerprint give up, and
+    # capture then rejects the model naming it
+    refs = check_external_data(model, path.parent, str(path))
+    for ref in sorted({(r.location, r.path) for r in refs}):
+        h.put("external", ref[0])
+        h.h.update(ref[1].read_bytes())
 
 
 def model_key(fingerprint: str, target: str, pipeline: str, backend: str,
@@ -569,13 +598,14 @@ def lookup_model(root: Path, key: str) -> tuple[str, dict | None] | None:
 def store_model(root: Path, key: str, entry: str, torch_io: dict | None) -> bool:
     """Write fingerprint entry ``key`` (atomically) naming entry ``entry``."""
     folder = root / "models"
-    tmp = folder / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
+    tmp = folder / f".tmp-{key[:16]}-{temp_tag()}.json"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        _prepare(root)
+        _prepare(folder)
         tmp.write_text(json.dumps({"cache_key": entry, "torch_io": torch_io}) + "\n")
         os.replace(tmp, folder / f"{key}.json")
         return True
-    except OSError:
+    except (OSError, CacheDirError):
         tmp.unlink(missing_ok=True)
         return False
 

@@ -9,6 +9,14 @@ folder built on another CPU is never loaded where those features are missing, it
 A fresh build prints each file as it finishes and the time taken (``build_seconds()`` sums
 the time this process spent building, for reports that keep it apart from a model's compile).
 
+Builds of one folder take turns through ``rtinfer.lock`` in it, an ``fcntl.flock`` lock that
+the kernel releases when its holder ends however it ends (kill -9, OOM, Ctrl-C), with the
+holder's pid and host written in it for the message of whoever waits. A wait is bounded
+(``$RTINFER_BUILD_LOCK_TIMEOUT`` seconds, default 1800) and ends in an error naming the lock and
+its holder. Holding it, a build knows no other build runs in the folder, so torch's own
+``lock`` file found there (``cpp_extension``'s FileBaton, which a killed build leaves behind and
+on which every later build would wait forever) is stale and is removed.
+
 oneDNN comes from the PyPI packages ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` (headers in
 ``<prefix>/include``, ``libdnnl.so`` in ``<prefix>/lib``); it uses GNU OpenMP, the runtime torch
 ships, so oneDNN, torch and rtinfer's own kernels share one thread pool.
@@ -16,19 +24,23 @@ ships, so oneDNN, torch and rtinfer's own kernels share one thread pool.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import socket
 import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-from rtinfer.errors import BackendError
+from rtinfer.errors import BackendError, CacheDirError
 from rtinfer.kernels import isa
 from rtinfer.paths import native_build_dir
 
@@ -53,6 +65,12 @@ SOURCES = ("executor.cpp", "dnnl_ops.cpp", "cpu_norm.cpp", "cpu_attention.cpp", 
            "cpu_copy.cpp")
 CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-Wno-unused-function"]
 STAMP = "cpu.json"
+LOCK = "rtinfer.lock"
+TORCH_BATON = "lock"  # torch.utils.cpp_extension's FileBaton in the build folder
+LOCK_TIMEOUT_ENV = "RTINFER_BUILD_LOCK_TIMEOUT"
+# a fresh build of one CPU level takes a minute or two; a wait past half an hour is a hung
+# holder, not a slow build
+DEFAULT_LOCK_TIMEOUT = 1800.0
 
 _lock = threading.Lock()
 _modules: dict[str, ModuleType] = {}
@@ -131,8 +149,79 @@ def stamp_ok(out: Path, features: frozenset[str] | None = None) -> bool:
 
 
 def build_dir(key: str) -> Path:
-    """Where the extension is built (``rtinfer.paths.native_build_dir``)."""
-    return native_build_dir(key)
+    """Where the extension is built (``rtinfer.paths.native_build_dir``); a folder that cannot
+    be created or written is ``NativeUnavailable`` saying so (a read-only cache is not
+    silently moved: a rebuild elsewhere costs a minute or two in every process)."""
+    try:
+        return native_build_dir(key)
+    except CacheDirError as e:
+        raise NativeUnavailable(f"{e}; or use backend='torch'") from None
+
+
+def lock_timeout_seconds() -> float:
+    """Seconds a build waits for another build of its folder: ``$RTINFER_BUILD_LOCK_TIMEOUT``,
+    else 1800."""
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    try:
+        return float(raw) if raw.strip() else DEFAULT_LOCK_TIMEOUT
+    except ValueError:
+        raise BackendError(f"${LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+
+
+@contextlib.contextmanager
+def build_lock(out: Path, error: type[BackendError] = BackendError,
+               timeout: float | None = None) -> Iterator[None]:
+    """Hold ``out/rtinfer.lock`` while building in ``out``, waiting at most ``timeout`` seconds
+    (default ``lock_timeout_seconds()``) for another holder, then raising ``error`` naming the lock,
+    its holder and how to clear it. Once held, a torch ``lock`` file in ``out`` is left over
+    from a killed build and is removed."""
+    limit = lock_timeout_seconds() if timeout is None else timeout
+    path = out / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise error(f"cannot create the build lock {path}: {e.strerror or e}; set "
+                    f"$RTINFER_NATIVE_CACHE to a writable folder or use backend='torch'") from None
+    try:
+        deadline = time.monotonic() + limit
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            holder = _lock_holder(path)
+            if time.monotonic() >= deadline:
+                raise error(f"waited {limit:.0f} s for the native build lock {path}, held by "
+                            f"{holder}; if that build is stuck, end it (the lock is freed when "
+                            f"its process ends), or raise ${LOCK_TIMEOUT_ENV} to wait longer")
+            if not told:
+                print(f"rtinfer: waiting for another build in {out} ({holder}) to finish",
+                      file=sys.stderr, flush=True)
+                told = True
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.time()}).encode())
+        baton = out / TORCH_BATON
+        if baton.exists():
+            # only a build holding rtinfer.lock makes it: with the lock held here, its maker
+            # is gone and torch would wait on it forever
+            baton.unlink(missing_ok=True)
+            print(f"rtinfer: removed {baton}, left by a build that was killed part way",
+                  file=sys.stderr, flush=True)
+        yield
+    finally:
+        os.close(fd)  # releases the flock; the file stays (unlinking it would race a waiter)
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        owner = json.loads(path.read_text())
+        return f"process {int(owner['pid'])} on {owner['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
 
 
 class _Progress:
@@ -171,11 +260,19 @@ class _Progress:
 
 
 def build_extension(name: str, what: str, out: Path, error: type[BackendError],
-                    verbose: bool = False, **options) -> ModuleType:
-    """``cpp_extension.load(name, **options)`` into ``out``, showing progress on stderr while a
+                    verbose: bool = False, lock_timeout: float | None = None,
+                    **options) -> ModuleType:
+    """``cpp_extension.load(name, **options)`` into ``out`` under ``build_lock`` (waiting at most
+    ``lock_timeout`` seconds for another build there), showing progress on stderr while a
     fresh build runs (each file as it compiles, the elapsed time); a failed build (a compile
     error, no ninja, a toolkit torch cannot find) is an ``error`` naming the build directory,
     never a traceback from inside torch."""
+    with build_lock(out, error, lock_timeout):
+        return _build_locked(name, what, out, error, verbose, **options)
+
+
+def _build_locked(name: str, what: str, out: Path, error: type[BackendError], verbose: bool,
+                  **options) -> ModuleType:
     import subprocess
 
     from torch.utils import cpp_extension
@@ -242,5 +339,6 @@ def load(verbose: bool = False, level: str | None = None) -> ModuleType:
         return module
 
 
-__all__ = ["NativeUnavailable", "add_build_seconds", "build_dir", "build_extension",
-           "build_seconds", "cflags", "load", "onednn_prefix", "stamp_ok"]
+__all__ = ["LOCK_TIMEOUT_ENV", "NativeUnavailable", "add_build_seconds", "build_dir",
+           "build_extension", "build_lock", "build_seconds", "cflags", "load",
+           "lock_timeout_seconds", "onednn_prefix", "stamp_ok"]

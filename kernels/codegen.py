@@ -26,7 +26,8 @@ differs from the IR's shapes (NCHW values stored NHWC): a body is pointwise, so 
 addressing changes.
 
 ``compile_functions`` compiles a model's functions into one shared object (about a second),
-cached by content hash in ``<rtinfer cache>/codegen``.
+cached by content hash in ``<rtinfer cache>/codegen``: code every process trusting the cache
+runs, so the folder is owner-only and its temporaries are tidied (``rtinfer.paths.codegen_dir``).
 """
 
 from __future__ import annotations
@@ -36,20 +37,19 @@ import hashlib
 import math
 import os
 import subprocess
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from rtinfer.errors import BackendError, Unsupported
+from rtinfer.errors import BackendError, CacheDirError, Unsupported
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.types import DType
 from rtinfer.kernels import isa
 from rtinfer.kernels.build import CPP_DIR, NativeUnavailable, compiler
-from rtinfer.paths import codegen_dir
+from rtinfer.paths import codegen_dir, temp_tag
 
 # -fno-trapping-math: the selects in the prelude's branch-free math only vectorize when
 # computing both arms may raise no FP exception; -fwrapv: integer ops wrap, as numpy's
@@ -748,19 +748,28 @@ def compile_functions(sources: dict[str, str], level: str | None = None) -> dict
                                     isa.compiler_id(cxx)]).encode()).hexdigest()[:24]
     lib = _LIBS.get(key)
     if lib is None:
-        d = codegen_dir()
+        try:
+            d = codegen_dir()
+        except CacheDirError as e:
+            raise NativeUnavailable(f"{e}; or use backend='torch'") from None
         so = d / f"ew_{key}.so"
         if not so.is_file():
-            tmp = d / f"ew_{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-            src = tmp.with_suffix(".cpp")
-            src.write_text(text)
-            cmd = [cxx, *flags, str(src), "-o", str(tmp.with_suffix(".so"))]
+            # the tag names this process: a killed build's files are told from a running one's
+            stem = f"ew_{key}.{temp_tag()}"
+            src, tmp_so = d / f"{stem}.cpp", d / f"{stem}.so"
+            try:
+                src.write_text(text)
+            except OSError as e:
+                raise NativeUnavailable(f"cannot write generated code to {d}: "
+                                        f"{e.strerror or e}") from None
+            cmd = [cxx, *flags, str(src), "-o", str(tmp_so)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
+                tmp_so.unlink(missing_ok=True)
                 raise NativeUnavailable(f"compiling generated elementwise code failed (source "
                                         f"kept in {src}):\n{proc.stderr[-4000:]}")
             os.replace(src, d / f"ew_{key}.cpp")
-            os.replace(tmp.with_suffix(".so"), so)
+            os.replace(tmp_so, so)
         lib = ctypes.CDLL(str(so))
         _LIBS[key] = lib
     addresses = {}
