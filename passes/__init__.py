@@ -21,6 +21,7 @@ from rtinfer.passes.fusion import (
     layout,
     merge_parallel_linears,
 )
+from rtinfer.passes.pruning import prune_channels
 
 BUILTIN_PASSES = [
     # cleanup
@@ -30,10 +31,12 @@ BUILTIN_PASSES = [
     fuse_layernorm.fuse_layernorm, fuse_attention.fuse_attention, fuse_mha.fuse_mha,
     merge_parallel_linears.merge_parallel_linears, fuse_elementwise.fuse_elementwise,
     layout.layout,
+    # pruning
+    prune_channels.prune_channels,
 ]
 
 install(BUILTIN_PASSES, pipelines.PIPELINES)
 
 __all__ = ["BUILTIN_PASSES", "canonicalize", "cse", "dce", "fold_batchnorm", "fold_constants",
            "fuse_attention", "fuse_elementwise", "fuse_epilogue", "fuse_gelu", "fuse_layernorm",
-           "fuse_mha", "layout", "merge_parallel_linears", "pipelines"]
+           "fuse_mha", "layout", "merge_parallel_linears", "pipelines", "prune_channels"]

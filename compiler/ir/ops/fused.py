@@ -195,6 +195,7 @@ def _fused_heavy(base: str, bias_inline: bool) -> None:
 
     op(f"fused_{base}", names, infer, ref, attrs={**base_def.attrs, **EPILOGUE_ATTRS},
        traits=[OUT_FUSABLE], channels=channels, weight=base_def.weight, cost=base_def.cost,
+       prune=base_def.prune,
        doc=f"{base} + bias, then the epilogue: act(y + residual), act(y) + residual or act(y) "
            f"(activation, alpha, beta, residual=none|pre|post); made by fuse-epilogue")
 

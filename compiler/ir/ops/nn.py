@@ -16,6 +16,7 @@ import sympy
 import torch.nn.functional as F
 
 from rtinfer.errors import IRError
+from rtinfer.ir.ops import channel_maps
 from rtinfer.ir.ops.common import (
     conv_out_dim,
     expand_ints,
@@ -130,7 +131,7 @@ def _conv(nd: int) -> None:
         infer, ref, channels = with_layout(infer, ref, channels)
     op(f"conv{nd}d", ["x", "weight", "bias?"], infer, ref, attrs=attrs,
        traits=[OUT_FUSABLE], channels=channels, weight=WeightRole(1, out_axis=0, in_axis=1),
-       cost=conv_cost,
+       cost=conv_cost, prune=channel_maps.CONV,
        doc=f"{nd}-d cross-correlation of x {_SPATIAL[nd]} with weight "
            f"[O, C/groups, {', '.join('k' * nd)}] (torch F.conv{nd}d, ONNX pads)"
            + ("; layout=NHWC: x and y channels last" if nd == 2 else ""))
@@ -190,6 +191,7 @@ def _conv_transpose(nd: int) -> None:
     attrs["output_padding"] = Attr("ints", (0,) * nd)
     op(f"conv_transpose{nd}d", ["x", "weight", "bias?"], infer, ref, attrs=attrs,
        traits=[OUT_FUSABLE], channels=channels, weight=WeightRole(1, out_axis=1, in_axis=0),
+       prune=channel_maps.CONV,
        doc=f"{nd}-d transposed convolution, weight [C, O/groups, *kernel] (torch "
            f"F.conv_transpose{nd}d; ONNX pads may be asymmetric)")
 

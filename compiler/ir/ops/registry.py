@@ -156,6 +156,29 @@ class WeightRole:
 # a node's floating-point operations (2 per multiply-add); 0 where its shapes are symbolic
 CostFn = Callable[[Any], int]
 
+# -- structured pruning -------------------------------------------------------------------------
+
+# element a_idx[k] of port axis a is the same channel as element b_idx[k] of port axis b; with
+# b None the elements a_idx of a are read by no other port (a slice's skipped channels) and
+# may go freely
+IndexLink = tuple[PortAxis, np.ndarray, "PortAxis | None", "np.ndarray | None"]
+LinksFn = Callable[[list[TensorType], list[TensorType], dict[str, Any]], list[IndexLink]]
+# the kept (sorted, old) channel indices of each port axis that pruning shrinks -> new attrs
+PruneAttrsFn = Callable[[list[TensorType], dict[str, Any], dict[PortAxis, np.ndarray]],
+                        dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PruneHook:
+    """What channel pruning needs beyond ``channel_groups`` (whose axes map index to index):
+    ``links(in_types, out_types, attrs)`` maps channels between axes that are not one to one
+    (a concat's output axis onto offsets of its inputs, a flatten's features onto blocks of
+    channels), and ``attrs(in_types, attrs, kept)`` rewrites attributes that hold channel
+    counts (reshape shapes, split sizes, conv groups) once channels go."""
+
+    links: LinksFn | None = None
+    attrs: PruneAttrsFn | None = None
+
 
 # -- the op definition ------------------------------------------------------------------------
 
@@ -175,6 +198,7 @@ class OpDef:
     ref_types: bool = False  # the reference also takes ``in_types=`` (e.g. to read QuantParams)
     weight: WeightRole | None = None
     cost: CostFn | None = None  # FLOPs of one node (rtinfer.ir.flops); None: not counted
+    prune: PruneHook | None = None  # channel pruning beyond channel_groups (passes/pruning)
     n_required: int = field(init=False)
     variadic: bool = field(init=False)
 
@@ -325,10 +349,11 @@ OPS = OpTable()
 def op(name: str, inputs: Sequence[str], infer: InferFn, ref: Callable[..., Any], *,
        attrs: dict[str, Attr] | None = None, traits: Sequence[str] = (),
        channels: ChannelFn | None = None, doc: str = "", ref_types: bool = False,
-       weight: WeightRole | None = None, cost: CostFn | None = None) -> OpDef:
+       weight: WeightRole | None = None, cost: CostFn | None = None,
+       prune: PruneHook | None = None) -> OpDef:
     """Declare one op in the table (the one place an op is defined)."""
     return OPS.add(OpDef(name, tuple(inputs), dict(attrs or {}), frozenset(traits), infer, ref,
-                         channels, doc, ref_types, weight, cost))
+                         channels, doc, ref_types, weight, cost, prune))
 
 
 def get_op(name: str) -> OpDef:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import sympy
 
-from rtinfer.errors import IRError
+from rtinfer.errors import IndexOutOfRangeError, IRError
+from rtinfer.ir.ops import channel_maps
 from rtinfer.ir.ops.common import (
     concrete_shape,
     fmt_shapes,
@@ -57,6 +58,20 @@ def _map_channels(axis_map_fn):
 def _need_index(t: TensorType, what: str = "indices") -> None:
     if t.dtype not in (DType.i32, DType.i64):
         raise IRError(f"{what} must be i32 or i64, got {t.dtype}")
+
+
+def check_indices(op: str, indices: np.ndarray, size: int, negative: bool) -> None:
+    """Raise ``IndexOutOfRangeError`` naming ``op`` and the first bad index unless every index
+    lies in [-size, size) (``negative``: numpy take, ONNX Gather) or [0, size) (torch's
+    embedding, index_select and gather, which raise IndexError for a negative index)."""
+    idx = np.asarray(indices)
+    lo = -size if negative else 0
+    bad = (idx < lo) | (idx >= size)
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        allowed = f"[{lo}, {size - 1}]" if size else "none (the axis is empty)"
+        raise IndexOutOfRangeError(f"{op}: index {int(idx[pos])} at position {list(pos)} is out "
+                                   f"of range for an axis of size {size} (allowed: {allowed})")
 
 
 def _fmt(shape: Sequence[Dim]) -> str:
@@ -104,6 +119,7 @@ def _reshape_map(ins: list[TensorType], attrs: dict) -> dict[int, int]:
 op("reshape", ["x"], _reshape_infer,
    lambda x, shape: x.reshape(concrete_shape(shape, x.size)),
    attrs={"shape": Attr("shape")}, traits=[INJECTIVE], channels=_map_channels(_reshape_map),
+   prune=channel_maps.RESHAPE,
    doc="row-major reshape; shape may hold symbolic dims and one -1 (0 is a zero-size dim, "
        "not ONNX's copy)")
 
@@ -133,6 +149,7 @@ op("flatten", ["x"], _flatten_infer, _flatten_ref,
    attrs={"axis": Attr("int", 1), "end_axis": Attr("int", -1)}, traits=[INJECTIVE],
    channels=_map_channels(lambda ins, a: prefix_axis_map(ins[0].shape,
                                                          _flatten_shape(ins[0], a))),
+   prune=channel_maps.FLATTEN,
    doc="merge axes axis..end_axis into one (torch.flatten(x, axis, end_axis)); "
        "[N, C, H, W] -> [N, C*H*W] by default")
 
@@ -299,6 +316,7 @@ def _concat_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortA
 
 op("concat", ["*xs"], _concat_infer, lambda xs, axis: np.concatenate(xs, axis=axis),
    attrs={"axis": Attr("int")}, traits=[INJECTIVE], channels=_concat_channels,
+   prune=channel_maps.CONCAT,
    doc="join the inputs along axis (they match on every other axis)")
 
 
@@ -343,7 +361,7 @@ def _split_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAx
 
 op("split", ["x"], _split_infer, _split_ref,
    attrs={"axis": Attr("int"), "sizes": Attr("ints")}, traits=[INJECTIVE],
-   channels=_split_channels,
+   channels=_split_channels, prune=channel_maps.SPLIT,
    doc="cut x along axis into len(sizes) outputs (one size may be -1: the rest)")
 
 # -- slice ------------------------------------------------------------------------------------
@@ -438,6 +456,7 @@ op("slice", ["x"], _slice_infer, _slice_ref,
    attrs={"starts": Attr("ints"), "ends": Attr("ints"), "axes": Attr("ints", ()),
           "steps": Attr("ints", ())},
    traits=[INJECTIVE], channels=_slice_channels,
+   prune=channel_maps.SLICE,
    doc="ONNX Slice: x[start:end:step] per axis, negative indices count from the end, out of "
        "range ones clamp, INT64_MAX/MIN mean 'to the end'; axes=[] is 0..n-1, steps=[] all 1; "
        "on a symbolic dim, indices are assumed in range")
@@ -466,11 +485,18 @@ def _gather_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortA
     return [frozenset({("in", 0, i), ("out", 0, j)}) for i, j in m.items()]
 
 
-op("gather", ["x", "indices"], _gather_infer,
-   lambda x, indices, axis: np.take(x, indices, axis=axis),
-   attrs={"axis": Attr("int", 0)}, traits=[INJECTIVE], channels=_gather_channels,
-   doc="numpy take: out = x[..., indices, ...] along axis (negative indices count from the "
-       "end)")
+def _gather_ref(x: np.ndarray, indices: np.ndarray, axis: int,
+                negative_indices: bool = True) -> np.ndarray:
+    check_indices("gather", indices, x.shape[axis], negative_indices)
+    return np.take(x, indices, axis=axis)
+
+
+op("gather", ["x", "indices"], _gather_infer, _gather_ref,
+   attrs={"axis": Attr("int", 0), "negative_indices": Attr("bool", True)},
+   traits=[INJECTIVE], channels=_gather_channels,
+   doc="numpy take: out = x[..., indices, ...] along axis; indices in [-n, n) with "
+       "negative_indices (counting from the end, as ONNX Gather and x[idx]), else in [0, n) "
+       "(torch.index_select); any other index is an error")
 
 
 def _gather_elements_infer(ins: list[TensorType], attrs: dict) -> TensorType:
@@ -482,11 +508,17 @@ def _gather_elements_infer(ins: list[TensorType], attrs: dict) -> TensorType:
     return TensorType(x.dtype, idx.shape, _carry_quant(x, None, "gather_elements"))
 
 
-op("gather_elements", ["x", "indices"], _gather_elements_infer,
-   lambda x, indices, axis: np.take_along_axis(x, indices, axis=axis),
-   attrs={"axis": Attr("int", 0)}, traits=[INJECTIVE],
+def _gather_elements_ref(x: np.ndarray, indices: np.ndarray, axis: int,
+                         negative_indices: bool = True) -> np.ndarray:
+    check_indices("gather_elements", indices, x.shape[axis], negative_indices)
+    return np.take_along_axis(x, indices, axis=axis)
+
+
+op("gather_elements", ["x", "indices"], _gather_elements_infer, _gather_elements_ref,
+   attrs={"axis": Attr("int", 0), "negative_indices": Attr("bool", True)}, traits=[INJECTIVE],
    doc="out[i][j][k] = x[i][indices[i][j][k]][k] for axis=1 (torch.gather, ONNX "
-       "GatherElements)")
+       "GatherElements); indices in [-n, n) with negative_indices (ONNX), else [0, n) "
+       "(torch.gather); any other index is an error")
 
 
 def _embedding_infer(ins: list[TensorType], attrs: dict) -> TensorType:
@@ -497,11 +529,16 @@ def _embedding_infer(ins: list[TensorType], attrs: dict) -> TensorType:
     return _out(w, idx.shape + (w.shape[1],), {1: idx.rank}, "embedding")
 
 
-op("embedding", ["weight", "indices"], _embedding_infer,
-   lambda weight, indices: np.take(weight, indices, axis=0),
+def _embedding_ref(weight: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    check_indices("embedding", indices, weight.shape[0], False)
+    return np.take(weight, indices, axis=0)
+
+
+op("embedding", ["weight", "indices"], _embedding_infer, _embedding_ref,
    traits=[INJECTIVE],
    channels=lambda ins, a: [frozenset({("in", 0, 1), ("out", 0, ins[1].rank)})],
-   doc="rows of weight [V, D] picked by indices: out[..., :] = weight[indices[...]]")
+   doc="rows of weight [V, D] picked by indices: out[..., :] = weight[indices[...]]; indices "
+       "in [0, V) as torch's embedding (a negative one is an error)")
 
 # -- pad / tile -------------------------------------------------------------------------------
 

@@ -1,0 +1,438 @@
+"""``rtinfer.prune`` and ``rtinfer.distill``: a smaller model, then its accuracy back.
+
+    pruned = rtinfer.prune(model, example_inputs=x, ratio=0.5, importance="l2", round_to=8)
+    print(pruned.report())                       # MACs, parameters, per group, blocked ops
+    student = rtinfer.distill(pruned, teacher=model, data=batches, steps=600)
+    fast = rtinfer.compile(student, example_inputs=x)
+
+``prune`` captures the model into the IR, runs the ``prune-channels`` pass (the channel
+dependency graph of ``passes/pruning/``: one generic slicer for every op the frontends
+capture) and builds the result with the torch backend with ``trainable=True``: a
+``torch.fx.GraphModule`` whose constants are parameters, wrapped in ``PrunedModel`` (an
+``nn.Module``: eager-runnable, trainable, and captured again by ``rtinfer.compile``). BatchNorm
+keeps its inference form; its running statistics are frozen (not trained).
+
+``distill`` trains the student on the user's batches with Hinton's logit distillation,
+``KL(softmax(t / T) || softmax(s / T)) * T^2``, mixed with cross-entropy when the batches carry
+labels, with Adam and a progress bar.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rtinfer.backends.torch_backend import build_module
+from rtinfer.errors import CaptureError, PruneError
+from rtinfer.frontends import capture
+from rtinfer.frontends.torch_frontend import unflatten_outputs
+from rtinfer.ir.graph import Graph
+from rtinfer.ir.interpreter import bind_dims, eval_dim
+from rtinfer.ir.types import TensorType
+from rtinfer.passes.pruning.prune_channels import IMPORTANCE, GroupResult, prune_graph
+from rtinfer.rewrite import Rewriter
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def _macs(graph: Graph, args: tuple) -> int:
+    """Multiply-adds of ``graph`` at the sizes of ``args`` (the op table's cost hooks read a
+    view of each node whose symbolic dims are bound to them)."""
+    try:
+        env = bind_dims([v.type for v in graph.inputs],
+                        [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)])
+    except ValueError:
+        env = {}
+
+    def view(v: Any) -> SimpleNamespace:
+        t = v.type
+        return SimpleNamespace(type=TensorType(t.dtype, tuple(
+            d if isinstance(d, int) else eval_dim(d, env) or 0 for d in t.shape)))
+
+    total = 0
+    for n in graph.nodes:
+        cost = n.opdef.cost
+        if cost is not None:
+            outs = [view(v) for v in n.outputs]
+            total += cost(SimpleNamespace(op=n.op, attrs=n.attrs, outputs=outs, out=outs[0],
+                                          inputs=[view(v) for v in n.inputs]))
+    return total // 2
+
+
+def _params(graph: Graph) -> int:
+    return sum(int(np.prod(n.out.type.shape)) for n in graph.nodes
+               if n.op == "const" and n.out.type.dtype.is_float)
+
+
+@dataclass
+class PruneReport:
+    """What ``prune`` did: MACs (at the example inputs' sizes) and parameters before and
+    after, per group, and the ops that kept some layer's channels whole."""
+
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    ratio: float
+    importance: str
+    groups: list[GroupResult] = field(default_factory=list)
+    blocked_ops: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def pct(a: int, b: int) -> str:
+            return f"{100 * a / b:.1f}%" if b else "-"
+
+        lines = [f"pruned {self.ratio:g} of each group's channels by {self.importance}",
+                 f"MACs:       {self.macs_before:,} -> {self.macs_after:,} "
+                 f"({pct(self.macs_after, self.macs_before)})",
+                 f"parameters: {self.params_before:,} -> {self.params_after:,} "
+                 f"({pct(self.params_after, self.params_before)})",
+                 "groups (channels, parameters they run through):"]
+        for g in self.groups:
+            note = (" ignored" if g.ignored else
+                    f" kept whole: {', '.join(g.blocked_by)}" if g.blocked_by else "")
+            lines.append(f"  {g.channels_before:>5} -> {g.channels_after:<5} "
+                         f"{g.params_before:>10,} -> {g.params_after:<10,} {g.group}{note}")
+        if self.blocked_ops:
+            lines.append(f"blocked by: {', '.join(self.blocked_ops)}")
+        return "\n".join(lines)
+
+
+# -- the pruned module ------------------------------------------------------------------------
+
+
+def trainable_module(graph: Graph) -> torch.nn.Module:
+    """The torch backend's trainable module of ``graph``, BatchNorm running statistics frozen:
+    they are data, not weights (torch's batch_norm takes no gradient for them, and a trained
+    variance could go negative), so they stay as the dense model measured them."""
+    net = build_module(graph, trainable=True)
+    names = net.rtinfer_constants
+    for node in graph.nodes:
+        if node.op == "batch_norm":
+            for v in node.inputs[1:3]:
+                p = getattr(net, names.get(id(v), ""), None)
+                if isinstance(p, torch.nn.Parameter):
+                    p.requires_grad_(False)
+    return net
+
+
+class PrunedModel(torch.nn.Module):
+    """A pruned model: the IR it was built from (``ir``), the trainable module computing it
+    (``net``, parameters named after the original weights) and what pruning did
+    (``report()``). Call it like the original model, with its tensors positionally."""
+
+    def __init__(self, graph: Graph, report: PruneReport):
+        super().__init__()
+        self.ir = graph
+        self.net = trainable_module(graph)
+        self._report = report
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        if len(args) != len(self.ir.inputs):
+            raise PruneError(f"the pruned model takes {len(self.ir.inputs)} tensor input(s) "
+                             f"positionally, got {len(args)}")
+        for k, (a, v) in enumerate(zip(args, self.ir.inputs, strict=True)):
+            shape = getattr(a, "shape", None)
+            if shape is None or len(shape) != v.type.rank or any(
+                    isinstance(d, int) and d != n for d, n in zip(v.type.shape, shape,
+                                                                   strict=True)):
+                raise PruneError(f"input {k} ({v.name or k}): expected {v.type}, got "
+                                 f"{_describe(a)}")
+        outs = self.net(*args)
+        if "torch" in self.ir.meta:
+            return unflatten_outputs(self.ir, list(outs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def report(self) -> PruneReport:
+        return self._report
+
+    def __deepcopy__(self, memo: dict) -> PrunedModel:
+        # the IR's use lists make a deep recursion for copy.deepcopy (rtinfer.compile copies
+        # the model it captures): clone it instead and re-key the module's constant names
+        out = PrunedModel.__new__(PrunedModel)
+        torch.nn.Module.__init__(out)
+        out.ir = self.ir.clone()
+        out.net = copy.deepcopy(self.net, memo)
+        names = self.net.rtinfer_constants
+        out.net.rtinfer_constants = {
+            id(new): names[id(old)] for old, new in zip(self.ir.values(), out.ir.values(),
+                                                        strict=True) if id(old) in names}
+        out._report = copy.deepcopy(self._report, memo)
+        out.train(self.training)
+        return out
+
+    def to_ir(self) -> Graph:
+        """The pruned IR with the module's current (trained) weights as its constants."""
+        graph = self.ir.clone()
+        names = self.net.rtinfer_constants
+        rw = Rewriter(graph, pass_name="prune")
+        for old, node in zip(self.ir.nodes, list(graph.nodes), strict=True):
+            name = names.get(id(old.out)) if old.op == "const" else None
+            if name is None:
+                continue
+            rw.begin(node, "trained-weights")
+            t = getattr(self.net, name).detach().cpu().numpy()
+            new = rw.const(t, t.dtype)
+            new.name = node.out.name
+            rw.replace(node.out, new)
+            rw.erase(node)
+        return graph
+
+
+def _describe(a: Any) -> str:
+    if isinstance(a, torch.Tensor):
+        return f"a tensor of shape {list(a.shape)} ({a.dtype})"
+    return f"a {type(a).__name__}"
+
+
+# -- prune ------------------------------------------------------------------------------------
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    if example_inputs is None:
+        raise PruneError("prune needs example_inputs (a tensor or a tuple of tensors) to "
+                         "capture the model")
+    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+
+def _capture(model: Any, args: tuple, dynamic_dims: Any) -> Graph:
+    """The model's IR; the batch axis of every tensor input symbolic where the model allows
+    (so the pruned module takes any batch size), else the example's sizes."""
+    if dynamic_dims is not None or not isinstance(model, torch.nn.Module):
+        return capture(model, args, dynamic_dims=dynamic_dims)
+    try:
+        bound = inspect.signature(model.forward).bind_partial(*args).arguments
+    except (TypeError, ValueError):
+        return capture(model, args)
+    batch = {name: {0: "B"} for name, a in bound.items()
+             if isinstance(a, torch.Tensor) and a.dim() > 0}
+    # torch.export specializes a dim of size 1: a batch of one is captured as a batch of two
+    wide = tuple(a.expand(2, *a.shape[1:]).contiguous()
+                 if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
+                 for a in args)
+    try:
+        return capture(model, wide, dynamic_dims=batch or None)
+    except CaptureError:
+        return capture(model, args)  # the model fixes its batch size (x.view(2, -1), ...)
+
+
+def _taylor_saliency(graph: Graph, data: Iterable[Any] | None) -> dict[int, np.ndarray]:
+    """|w * dL/dw| per weight element (by the index of its const node in ``graph``), the
+    gradients summed over ``data``; L is the cross-entropy of the first output against the
+    batch's labels, or against the model's own predictions where a batch has none."""
+    net = trainable_module(graph)
+    names = net.rtinfer_constants
+    seen = 0
+    for batch in data or ():
+        seen += 1
+        inputs, labels = _split_batch(batch, len(graph.inputs), f"data batch {seen}")
+        logits = net(*inputs)[0]
+        if logits.dim() != 2:
+            raise PruneError(f"taylor importance reads the model's first output as logits "
+                             f"[N, classes]; it is {list(logits.shape)}")
+        target = labels.long() if labels is not None else logits.detach().argmax(-1)
+        F.cross_entropy(logits, target).backward()
+    if seen == 0:
+        raise PruneError("taylor importance needs data: pass data=[(inputs..., [labels]), ...]")
+    out = {}
+    for k, node in enumerate(graph.nodes):
+        p = getattr(net, names.get(id(node.out), ""), None) if node.op == "const" else None
+        if isinstance(p, torch.nn.Parameter) and p.grad is not None:
+            out[k] = (p.detach() * p.grad).abs().numpy()
+    return out
+
+
+def _prune_once(graph: Graph, args: tuple, ratio: float, importance: str,
+                ignore: Sequence[str], round_to: int,
+                saliency: dict[int, np.ndarray] | None) -> tuple[Graph, PruneReport]:
+    pruned = graph.clone()
+    by_uid = None if saliency is None else {
+        node.out.uid: saliency[k] for k, node in enumerate(pruned.nodes) if k in saliency}
+    result = prune_graph(pruned, ratio=ratio, round_to=round_to, importance=importance,
+                         ignore=ignore, pass_name="prune", saliency=by_uid)
+    report = PruneReport(_macs(graph, args), _macs(pruned, args), _params(graph),
+                         _params(pruned), ratio, importance, result.groups, result.blocked_ops)
+    return pruned, report
+
+
+def _ignore_names(model: Any, ignore: Any) -> list[str]:
+    """Layer names from names or from the model's own submodules."""
+    if ignore is None:
+        return []
+    items = [ignore] if isinstance(ignore, (str, torch.nn.Module)) else list(ignore)
+    modules = {id(m): n for n, m in model.named_modules()} \
+        if isinstance(model, torch.nn.Module) else {}
+    names = []
+    for it in items:
+        if isinstance(it, str):
+            names.append(it)
+        elif isinstance(it, torch.nn.Module) and id(it) in modules:
+            names.append(modules[id(it)])
+        else:
+            raise PruneError(f"ignore: {it!r} is neither a layer name nor a submodule of the "
+                             f"model")
+    return names
+
+
+def prune(model: Any, example_inputs: Any = None, ratio: float = 0.5, importance: str = "l2",
+          ignore: Any = None, round_to: int = 8, target_macs: float | None = None,
+          data: Iterable[Any] | None = None, dynamic_dims: Any = None) -> PrunedModel:
+    """Prune ``model``'s channels and return a trainable ``PrunedModel`` (``.report()``).
+
+    ``ratio``: fraction of each group's channels removed (the count kept rounded up to a
+    multiple of ``round_to``); or ``target_macs``: the fraction of the dense MACs (at the
+    example's sizes) to keep (the least uniform ratio that stays within it, by bisection).
+    ``importance``: "l1", "l2" (weight magnitude over every member of a group), "bn-scale"
+    (|gamma| of the group's BatchNorms) or "taylor" (|w * dL/dw| summed over ``data``: batches
+    of inputs, optionally followed by labels; without labels the model's own predictions).
+    ``ignore``: layers (names such as ``"fc"`` or the submodules themselves) whose output
+    channels stay. ``dynamic_dims`` as for ``rtinfer.capture`` (default: the batch
+    axis symbolic where the model allows). The model is not modified.
+    """
+    if importance not in IMPORTANCE:
+        raise PruneError(f"unknown importance {importance!r} (choose one of "
+                         f"{', '.join(IMPORTANCE)})")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise PruneError(f"round_to must be a positive int, got {round_to!r}")
+    if target_macs is None and not 0.0 <= ratio < 1.0:
+        raise PruneError(f"ratio must be in [0, 1), got {ratio!r}")
+    if importance == "taylor" and data is None:
+        raise PruneError("importance='taylor' needs data=batches (inputs, then optional "
+                         "labels) to measure gradients")
+    names = _ignore_names(model, ignore)
+    args = _as_tuple(example_inputs)
+    graph = _capture(model, args, dynamic_dims)
+    saliency = None if importance != "taylor" else _taylor_saliency(graph, data)
+    if target_macs is None:
+        pruned, report = _prune_once(graph, args, ratio, importance, names, round_to, saliency)
+    else:
+        if not 0.0 < target_macs <= 1.0:
+            raise PruneError(f"target_macs is the fraction of MACs to keep, in (0, 1]; got "
+                             f"{target_macs!r}")
+        pruned, report = _prune_once(graph, args, 0.0, importance, names, round_to, saliency)
+        if not report.macs_before:
+            raise PruneError("target_macs: the model has no counted MACs (its shapes are "
+                             "symbolic or it has no conv/linear/matmul)")
+        # MACs fall as the ratio grows: find the least ratio that meets the target
+        lo, hi = 0.0, 0.99
+        for _ in range(12 if report.macs_after > target_macs * report.macs_before else 0):
+            mid = (lo + hi) / 2
+            cand = _prune_once(graph, args, mid, importance, names, round_to, saliency)
+            if cand[1].macs_after <= target_macs * report.macs_before:
+                hi, pruned, report = mid, *cand
+            else:
+                lo = mid
+        if report.macs_after > target_macs * report.macs_before:  # not reachable: the most
+            pruned, report = _prune_once(graph, args, hi, importance, names, round_to, saliency)
+    return PrunedModel(pruned, report)
+
+
+# -- distill ----------------------------------------------------------------------------------
+
+LOSSES = ("logits",)
+
+
+def _split_batch(batch: Any, n_inputs: int, where: str) -> tuple[tuple, torch.Tensor | None]:
+    """(inputs, labels or None): a batch is the inputs, optionally followed by labels."""
+    items = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+    if not all(isinstance(t, torch.Tensor) for t in items):
+        raise PruneError(f"{where}: a batch must be tensors (inputs, then optional labels), "
+                         f"got {[type(t).__name__ for t in items]}")
+    if len(items) == n_inputs:
+        return items, None
+    if len(items) == n_inputs + 1:
+        return items[:-1], items[-1]
+    raise PruneError(f"{where}: the student takes {n_inputs} input(s); a batch holds them "
+                     f"and optionally labels, got {len(items)} tensors")
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's logit distillation: KL(softmax(t / T) || softmax(s / T)) * T^2 (the T^2
+    keeps the gradient's scale as T changes)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: int = 600,
+            loss: str = "logits", temperature: float = 4.0, lr: float = 1e-3,
+            alpha: float = 0.5, progress: bool = True) -> torch.nn.Module:
+    """Train ``student`` (in place; returned) to match ``teacher``'s logits on ``data``.
+
+    ``data``: an iterable of batches, each the model's input tensors optionally followed by
+    integer class labels; it is gone through again until ``steps`` optimizer steps are made.
+    With labels the loss is ``alpha * KD + (1 - alpha) * cross-entropy``, without them KD
+    alone. ``temperature``: T of the softened distributions. Adam at ``lr`` over the
+    student's trainable parameters; a tqdm progress bar shows the loss.
+    """
+    from tqdm.auto import tqdm
+
+    if loss not in LOSSES:
+        raise PruneError(f"unknown distillation loss {loss!r} (available: "
+                         f"{', '.join(LOSSES)}; 'hidden' is not available yet)")
+    if not isinstance(steps, int) or steps < 1:
+        raise PruneError(f"steps must be a positive int, got {steps!r}")
+    if not temperature > 0 or not 0.0 <= alpha <= 1.0:
+        raise PruneError(f"temperature must be > 0 and alpha in [0, 1], got {temperature!r} "
+                         f"and {alpha!r}")
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise PruneError("the student has no trainable parameters")
+    n_inputs = len(student.ir.inputs) if isinstance(student, PrunedModel) else 1
+    if isinstance(teacher, torch.nn.Module):
+        teacher_was_training = teacher.training
+        teacher.eval()
+    opt = torch.optim.Adam(params, lr=lr)
+    student.train()
+    step = 0
+    bar = tqdm(total=steps, desc="distill", disable=not progress, leave=False)
+    try:
+        while step < steps:
+            seen = 0
+            for batch in data:
+                seen += 1
+                inputs, labels = _split_batch(batch, n_inputs, f"batch {seen}")
+                with torch.no_grad():
+                    t_out = teacher(*inputs)
+                s_out = student(*inputs)
+                if not isinstance(s_out, torch.Tensor) or not isinstance(t_out, torch.Tensor) \
+                        or s_out.shape != t_out.shape:
+                    raise PruneError("logit distillation needs the student and the teacher to "
+                                     "return one tensor of logits of the same shape")
+                loss_value = kd_loss(s_out, t_out, temperature)
+                if labels is not None:
+                    ce = F.cross_entropy(s_out, labels.long())
+                    loss_value = alpha * loss_value + (1 - alpha) * ce
+                value = loss_value.item()
+                if not math.isfinite(value):
+                    raise PruneError(f"distillation diverged at step {step} (loss {value}); "
+                                     f"try a smaller lr")
+                opt.zero_grad(set_to_none=True)
+                loss_value.backward()
+                opt.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+                if step >= steps:
+                    break
+            if seen == 0:
+                raise PruneError("distill: data gave no batches (pass a list or a loader that "
+                                 "can be iterated again)")
+    finally:
+        bar.close()
+        if isinstance(teacher, torch.nn.Module):
+            teacher.train(teacher_was_training)
+    student.eval()
+    return student
+
+
+__all__ = ["LOSSES", "PruneReport", "PrunedModel", "distill", "kd_loss", "prune"]

@@ -1,0 +1,1 @@
+"""Structured pruning: the channel dependency graph, importance, and the prune-channels pass."""
