@@ -144,7 +144,8 @@ class CompiledModel:
         fast = self._fast
         if fast is not None and not kwargs and len(args) == len(fast):
             for x, (dtype, shape) in zip(args, fast, strict=True):
-                if type(x) is not torch.Tensor or x.dtype is not dtype or x.shape != shape:
+                if type(x) is not torch.Tensor or x.dtype is not dtype or x.shape != shape \
+                        or not x.is_cpu:
                     break
             else:
                 outs = self._run(args)
@@ -253,6 +254,9 @@ class CompiledModel:
             if not isinstance(x, torch.Tensor):
                 raise BackendError(f"input {name!r}: expected {t}, got a "
                                    f"{type(x).__name__} (pass a torch tensor or numpy array)")
+            if not x.is_cpu:  # every backend runs on the CPU (native would read a bad address)
+                raise BackendError(f"input {name!r} is on device {x.device}; this model was "
+                                   f"compiled for the CPU: pass CPU tensors (x.cpu())")
             if static is not None:
                 ok = x.dtype == dtype and x.shape == static
             else:
@@ -299,7 +303,8 @@ class CompiledModel:
         if native is not None:
             kernels = ", ".join(f"{k} x{v}" for k, v in sorted(native.kernels.items()))
             lines.append(f"  native plan: {native.steps} steps ({kernels}); arena "
-                         f"{native.arena_bytes / 2**20:.2f} MiB")
+                         f"{native.arena_bytes / 2**20:.2f} MiB"
+                         + (f"; threads: {native.threads}" if native.threads else ""))
         if i.auto:
             lines += ["  " + line for line in _auto_lines(i.auto)]
         if getattr(self.module, "tuning", None) is not None:

@@ -19,6 +19,11 @@ for that node (a "python" step; listed in the report as a fallback). ``LOWERINGS
 lowering per op, in the family modules of ``rtinfer.backends.native``; ``UNSUPPORTED`` says why
 each other op has none.
 
+Inputs must be CPU tensors (a ``BackendError`` names any other); a call whose inputs have a
+zero-size dim (an empty batch) runs the torch backend's code for the whole graph, as eager
+does; an index outside its axis (embedding, gather) raises ``IndexOutOfRangeError`` naming the
+node, where eager raises ``IndexError``.
+
 After lowering, intermediates get arena offsets (``native.memory``): each buffer lives from the
 step writing it to the last step reading it (a view extends its base), and buffers are placed
 largest first at the lowest offset that overlaps no buffer alive at the same time.
@@ -26,7 +31,10 @@ largest first at the lowest offset that overlaps no buffer alive at the same tim
 
 from __future__ import annotations
 
+import os
+import statistics
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +43,9 @@ import torch
 from rtinfer.backends import native  # noqa: F401  (fills LOWERINGS)
 from rtinfer.backends.native.lowerer import LOWERINGS, UNSUPPORTED, Lowerer, lowers
 from rtinfer.backends.native.plan import View
+from rtinfer.backends.torch_backend import build_module
+from rtinfer.errors import BackendError, IndexOutOfRangeError, RtinferError
+from rtinfer.ir.flops import flops
 from rtinfer.ir.graph import Graph
 from rtinfer.ir.ops import OPS
 from rtinfer.kernels import build
@@ -46,6 +57,20 @@ class NativeStats:
     kernels: dict[str, int] = field(default_factory=dict)
     arena_bytes: int = 0
     steps: int = 0
+    threads: str = ""  # the thread count the plan runs with, and why (a serial choice)
+
+
+class _TorchRun:
+    """The torch backend's module for the whole graph, run where a plan cannot be (inputs with
+    a zero-size dim: oneDNN's primitives and the arena need non-empty tensors), with a plan's
+    ``run`` signature; it gives what eager gives (an empty batch in, an empty batch out)."""
+
+    def __init__(self, graph: Graph):
+        self.module = build_module(graph, mkldnn=False)
+
+    def run(self, tensors: Any, threads: int) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return list(self.module(*tensors))
 
 
 class NativeModule:
@@ -67,40 +92,141 @@ class NativeModule:
             shapes = tuple(tuple(int(d) for d in v.type.shape) for v in graph.inputs)
             self._plan((shapes, torch.get_num_threads()))
 
-    def _plan(self, key: tuple) -> Any:
-        plan = self._plans.get(key)
-        if plan is not None:
-            return plan
+    def _lower(self, shapes: tuple, threads: int) -> tuple[Any, Lowerer]:
+        lw = Lowerer(self.graph, shapes, self.strict, threads, self.ext)
+        lw.lower()
+        return lw.build(self.ext), lw
+
+    def _plan(self, key: tuple) -> tuple[Any, int]:
+        """The plan for (shapes, threads) and the thread count it runs with."""
+        entry = self._plans.get(key)
+        if entry is not None:
+            return entry
         with self._lock:
-            plan = self._plans.get(key)
-            if plan is None:
+            entry = self._plans.get(key)
+            if entry is None and any(0 in shape for shape in key[0]):
+                entry = self._plans[key] = (_TorchRun(self.graph), key[1])
+            if entry is None:
                 shapes, threads = key
-                lw = Lowerer(self.graph, shapes, self.strict, threads, self.ext)
-                lw.lower()
-                plan = lw.build(self.ext)
+                plan, lw = self._lower(shapes, threads)
+                entry, note = (plan, threads), f"{threads}"
+                if threads > 1:
+                    entry, note = self._serial_or(shapes, entry)
+                plan = entry[0]
                 self.stats = NativeStats(dict(lw.fallbacks), dict(lw.kernels), plan.arena_bytes,
-                                         plan.num_steps)
+                                         plan.num_steps, note)
                 self.rtinfer_fallback_ops = sorted(lw.fallbacks)
-                self._plans[key] = plan
-        return plan
+                self._plans[key] = entry
+        return entry
+
+    def _serial_or(self, shapes: tuple, parallel: tuple[Any, int]) -> tuple[tuple[Any, int], str]:
+        """A small plan runs on the calling thread alone when that is not measurably slower
+        (``threads.choose``): no fork/join per step, no worker to wake after idle."""
+        threads = parallel[1]
+        if not choice_enabled() or not _small(self.graph, shapes):
+            return parallel, f"{threads}"
+        serial, _ = self._lower(shapes, 1)
+        inputs = _sample_inputs(self.graph, shapes)
+        try:
+            times = race({1: lambda: serial.run(inputs, 1),
+                          threads: lambda: parallel[0].run(inputs, threads)})
+        except Exception:  # noqa: BLE001  (sample inputs the model rejects: keep the default)
+            return parallel, f"{threads}"
+        one, many = times[1], times[threads]
+        why = f"1 thread {one * 1e6:.1f} us vs {threads} threads {many * 1e6:.1f} us per call"
+        if one <= SERIAL_MARGIN * many:
+            return (serial, 1), (f"1 (a small plan: {why}; a parallel run saves too little "
+                                 f"to pay its fork/join and its workers' wake-up after idle)")
+        return parallel, f"{threads} ({why})"
 
     def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        for i, t in enumerate(tensors):
+            if not t.is_cpu:  # the executor reads the bytes at data_ptr() as CPU memory
+                self._wrong_device(i, t)
         threads = torch.get_num_threads()
         key = (tuple(t.shape for t in tensors), threads)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plan(((tuple(tuple(s) for s in key[0])), threads))
-            self._plans[key] = plan
+        entry = self._plans.get(key)
+        if entry is None:
+            entry = self._plan(((tuple(tuple(s) for s in key[0])), threads))
+            self._plans[key] = entry
         if not all(t.is_contiguous() for t in tensors):
             tensors = tuple(t.contiguous() for t in tensors)
-        return plan.run(tensors, threads)
+        plan, run_threads = entry
+        try:
+            return plan.run(tensors, run_threads)
+        except RtinferError:
+            raise
+        except IndexError as e:  # the executor's index check (embedding, gather rows)
+            raise IndexOutOfRangeError(f"native backend: {e}") from None
+
+    def _wrong_device(self, i: int, t: torch.Tensor) -> None:
+        name = self.graph.inputs[i].name if i < len(self.graph.inputs) else None
+        raise BackendError(f"input {name or i!r} is on device {t.device}; the native backend "
+                           f"runs on the CPU: pass CPU tensors (x.cpu())")
 
     def profile(self, *tensors: torch.Tensor, iters: int = 10) -> list[tuple[str, float]]:
         """Seconds per step (mean over ``iters`` runs)."""
         threads = torch.get_num_threads()
-        plan = self._plan((tuple(tuple(t.shape) for t in tensors), threads))
-        secs = plan.profile([t.contiguous() for t in tensors], threads, iters)
+        plan, run_threads = self._plan((tuple(tuple(t.shape) for t in tensors), threads))
+        secs = plan.profile([t.contiguous() for t in tensors], run_threads, iters)
         return list(zip(plan.step_names, secs, strict=True))
+
+
+# A plan whose heavy ops do fewer multiply-adds than this (a few hundred microseconds on one
+# core) is raced serial against parallel when it is built.
+SMALL_MACS = 16_000_000
+# The serial plan is kept unless the parallel one is faster by more than this: a parallel call
+# measured back to back hides what it costs after idle (its workers sleep and must be woken,
+# about a millisecond on a VM, more when the waker spins on the woken thread's core).
+SERIAL_MARGIN = 1.2
+
+
+def choice_enabled() -> bool:
+    """``RTINFER_SERIAL_SMALL=0`` keeps every plan at torch's thread count."""
+    return os.environ.get("RTINFER_SERIAL_SMALL", "1").strip().lower() not in (
+        "0", "off", "false", "no")
+
+
+def _small(graph: Graph, shapes: tuple) -> bool:
+    if not all(v.type.is_static for v in graph.inputs):
+        return False  # costs need static shapes; a symbolic graph keeps the default
+    if shapes != tuple(tuple(int(d) for d in v.type.shape) for v in graph.inputs):
+        return False
+    return flops(graph) // 2 < SMALL_MACS
+
+
+def _sample_inputs(graph: Graph, shapes: tuple) -> list[torch.Tensor]:
+    """Inputs to time with: random floats, zeros for integers (a valid index for any table)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for v, shape in zip(graph.inputs, shapes, strict=True):
+        dtype = v.type.dtype.torch
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=g).to(dtype))
+        else:
+            out.append(torch.zeros(shape, dtype=dtype))
+    return out
+
+
+def race(calls: dict[int, Any], rounds: int = 15, budget_s: float = 0.25) -> dict[int, float]:
+    """Median seconds per call of each candidate, timed in interleaved rounds (order
+    alternating), a few calls per round, within about ``budget_s``."""
+    for fn in calls.values():
+        fn()  # warm: first-touch of the arena, primitive caches
+    t0 = time.perf_counter()
+    for fn in calls.values():
+        fn()
+    per = max(time.perf_counter() - t0, 1e-7)
+    reps = max(1, min(20, int(budget_s / rounds / per)))
+    samples: dict[int, list[float]] = {k: [] for k in calls}
+    order = list(calls)
+    for r in range(rounds):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            t = time.perf_counter()
+            for _ in range(reps):
+                calls[k]()
+            samples[k].append((time.perf_counter() - t) / reps)
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def build_native_module(graph: Graph, strict: bool = False) -> NativeModule:

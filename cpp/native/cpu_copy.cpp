@@ -195,11 +195,12 @@ void copy_run(const CopyGeom& g, const char* xb, char* yb, int nt) {
 
 void add_embedding(Plan& p, const std::string& name, int weight, int indices, int y,
                    int64_t num_indices, int64_t dim, int64_t vocab,
-                   torch::ScalarType index_dtype, int64_t elem_size) {
+                   torch::ScalarType index_dtype, int64_t elem_size, bool allow_negative) {
   if (index_dtype != torch::kLong && index_dtype != torch::kInt)
     throw std::invalid_argument(name + ": embedding indices must be int64 or int32");
   const bool i64 = index_dtype == torch::kLong;
   const int64_t row = dim * elem_size;
+  const int64_t lo = allow_negative ? -vocab : 0;
   p.add_step({name, [=](Ctx& ctx) {
     const char* w = ctx.ptr[weight];
     char* out = ctx.ptr[y];
@@ -208,10 +209,11 @@ void add_embedding(Plan& p, const std::string& name, int weight, int indices, in
     };
     for (int64_t i = 0; i < num_indices; ++i) {  // check first: no exception leaves a thread
       const int64_t ix = index(i);
-      if (ix < -vocab || ix >= vocab)
+      if (ix < lo || ix >= vocab)
         throw std::out_of_range(name + ": index " + std::to_string(ix) + " (at position " +
                                 std::to_string(i) + ") is out of range for " +
-                                std::to_string(vocab) + " rows");
+                                std::to_string(vocab) + " rows (allowed: [" +
+                                std::to_string(lo) + ", " + std::to_string(vocab - 1) + "])");
     }
     parallel_for(threads_for(ctx, num_indices * row / 4), num_indices, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {

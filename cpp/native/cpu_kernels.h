@@ -45,11 +45,12 @@ void add_pool2d(Plan& p, const std::string& name, int x, int y, int64_t N, int64
 void add_reduce(Plan& p, const std::string& name, int x, int y, int64_t outer, int64_t extent,
                 int64_t inner, const std::string& kind);
 
-// y[i, :] = weight[indices[i], :]; indices in [-vocab, vocab) (negative counts from the end, as
-// numpy take); any other throws std::out_of_range (IndexError in Python).
+// y[i, :] = weight[indices[i], :]; indices in [-vocab, vocab) with allow_negative (negative
+// counts from the end, as numpy take and ONNX Gather), else in [0, vocab) (torch's embedding
+// and index_select); any other throws std::out_of_range (IndexError in Python).
 void add_embedding(Plan& p, const std::string& name, int weight, int indices, int y,
                    int64_t num_indices, int64_t dim, int64_t vocab,
-                   torch::ScalarType index_dtype, int64_t elem_size);
+                   torch::ScalarType index_dtype, int64_t elem_size, bool allow_negative);
 
 // y[out_offset + sum(i_d * out_strides[d])] = x[in_offset + sum(i_d * in_strides[d])] over
 // sizes (rank <= 8, strides and offsets in elements of elem_size bytes: 1, 2, 4 or 8).

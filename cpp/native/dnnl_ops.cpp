@@ -4,12 +4,17 @@
 //
 // as one oneDNN primitive: the bias is the primitive's own, the residual a binary_add post-op whose
 // src1 is the residual slot (it has exactly the output's shape and layout) and the activation an
-// eltwise post-op, ordered as the mode says. Everything is decided when the plan is built: the
-// primitive is created once, constant weights are reordered once into the layout its
-// implementation asked for (format_tag::any), and its scratchpad is the call's ctx.scratch. A
-// call only points the step's memory objects at the call's slots and executes (through the C
-// API: no maps, no allocation).
+// eltwise post-op, ordered as the mode says. relu, clip and leaky_relu with slope 0 are the
+// exception: oneDNN's JIT kernels compute them with max/min instructions, which turn NaN into
+// the bound, where torch (and every unfused path) keeps NaN; they run right after the primitive
+// as rtinfer's own loop in place on dst (a Tail, with a "post" residual added there too).
+// Everything is decided when the plan is built: the primitive is created once, constant
+// weights are reordered once into the layout its implementation asked for (format_tag::any),
+// and its scratchpad is the call's ctx.scratch. A call only points the step's memory objects at
+// the call's slots and executes (through the C API: no maps, no allocation).
 #include "dnnl_ops.h"
+
+#include "cpu_common.h"
 
 #include <dnnl.hpp>
 #include <oneapi/dnnl/dnnl_debug.h>
@@ -58,23 +63,37 @@ memory::desc plain(const Dims& dims) {
   return memory::desc(dims, f32, strides);
 }
 
+// The activation as a oneDNN eltwise post-op (`on`), or run by rtinfer after the primitive
+// (`clamp`: a clamp to [lo, hi], or `leaky` with slope 0): oneDNN's relu with slope 0 is
+// `vmaxps x, 0` and its clip `vmaxps` then `vminps`, which return the bound where x is NaN
+// (torch.relu / clamp keep NaN; measured: a NaN pixel through a fused conv+relu came out 0).
 struct Eltwise {
   bool on = false;
   dnnl::algorithm alg = dnnl::algorithm::undef;
   float alpha = 0.f, beta = 0.f;
+  bool clamp = false;
+  float lo = -kInf, hi = kInf;
+  bool leaky = false;  // instead of the clamp: x > 0 ? x : x * slope (slope 0: -inf * 0 = NaN)
+  float slope = 0.f;
 };
 
 // fused.py's activation table in oneDNN's eltwise terms.
 Eltwise eltwise(const std::string& name, const std::string& act, float alpha, float beta) {
   using A = dnnl::algorithm;
   if (act == "none") return {};
-  if (act == "relu") return {true, A::eltwise_relu, 0.f, 0.f};
+  Eltwise clamp;
+  clamp.clamp = true;
+  if (act == "relu") return clamp.lo = 0.f, clamp;
+  // a nonzero slope takes oneDNN's compare-and-blend path, which keeps NaN (NaN * slope); slope
+  // 0 is not relu either: eager's -inf * 0 is NaN
+  if (act == "leaky_relu" && alpha == 0.f) return clamp.leaky = true, clamp;
   if (act == "leaky_relu") return {true, A::eltwise_relu, alpha, 0.f};  // alpha: the slope
   if (act == "clip") {
     if (!(alpha <= beta))
       invalid(name, "clip needs alpha (min) <= beta (max), got " + std::to_string(alpha) + " > " +
                         std::to_string(beta));
-    return {true, A::eltwise_clip, alpha, beta};
+    clamp.lo = alpha, clamp.hi = beta;
+    return clamp;
   }
   if (act == "gelu") return {true, A::eltwise_gelu_erf, 0.f, 0.f};
   if (act == "gelu_tanh") return {true, A::eltwise_gelu_tanh, 0.f, 0.f};
@@ -88,10 +107,64 @@ Eltwise eltwise(const std::string& name, const std::string& act, float alpha, fl
                     "tanh)");
 }
 
+// After the primitive, in place on dst (n floats, any layout: it is elementwise and a residual
+// has dst's layout): y = min(max(y, lo), hi) (or leaky: y > 0 ? y : y * slope), then + r where
+// residual >= 0. Written with compares so that NaN stays NaN (NaN < lo, NaN > hi are false).
+struct Tail {
+  float lo = -kInf, hi = kInf;
+  bool leaky = false;
+  float slope = 0.f;
+  int dst = -1, residual = -1;
+  int64_t n = 0;
+
+  template <bool kLeaky, bool kResidual>
+  void loop(float* y, const float* r, int64_t b, int64_t e) const {
+    const float l = lo, h = hi, s = slope;
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) {
+      float v;
+      if constexpr (kLeaky) {
+        v = y[i] > 0.f ? y[i] : y[i] * s;
+      } else {
+        v = y[i] < l ? l : y[i];
+        v = v > h ? h : v;
+      }
+      if constexpr (kResidual) v += r[i];
+      y[i] = v;
+    }
+  }
+
+  void run(Ctx& ctx) const {
+    float* y = ctx.at<float>(dst);
+    const float* r = residual >= 0 ? ctx.at<float>(residual) : nullptr;
+    parallel_for(threads_for(ctx, n), n, [&](int64_t b, int64_t e) {
+      if (leaky)
+        r ? loop<true, true>(y, r, b, e) : loop<true, false>(y, r, b, e);
+      else
+        r ? loop<false, true>(y, r, b, e) : loop<false, false>(y, r, b, e);
+    });
+  }
+};
+
+std::shared_ptr<const Tail> make_tail(const Eltwise& act, int dst, int residual,
+                                      const Dims& dims) {
+  auto t = std::make_shared<Tail>();
+  t->lo = act.lo, t->hi = act.hi, t->leaky = act.leaky, t->slope = act.slope;
+  t->dst = dst, t->residual = residual;
+  t->n = 1;
+  for (auto d : dims) t->n *= d;
+  return t;
+}
+
 // The epilogue's attributes; residual_arg is the execute() argument of the residual (0: none).
+// tail: the clamp (and a "post" residual after it, slot tail_residual) rtinfer runs after the
+// primitive.
 struct Epilogue {
   dnnl::primitive_attr attr;
   int residual_arg = 0;
+  bool tail = false;
+  Eltwise act;
+  int tail_residual = -1;
 };
 
 Epilogue epilogue(const std::string& name, const std::string& activation, double alpha,
@@ -106,7 +179,16 @@ Epilogue epilogue(const std::string& name, const std::string& activation, double
   if (!has_residual && residual >= 0)
     invalid(name, "a residual slot was given with residual mode 'none'");
   Epilogue e;
+  e.act = act;
   dnnl::post_ops ops;
+  if (act.clamp) {
+    e.tail = true;
+    // act(y) + r: both in the tail, after the clamp; act(y + r): the add stays a post-op
+    if (residual_mode == "post") {
+      e.tail_residual = residual;
+      has_residual = false;
+    }
+  }
   if (act.on && residual_mode == "post") ops.append_eltwise(act.alg, act.alpha, act.beta);
   if (has_residual) {
     e.residual_arg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(ops.len()) | DNNL_ARG_SRC_1;
@@ -153,6 +235,7 @@ struct Kernel {
   dnnl::primitive prim;
   std::vector<Bound> bound;                   // src, dst, residual, non-constant weights, scratch
   std::vector<std::pair<int, memory>> fixed;  // packed weights, bias
+  std::shared_ptr<const Tail> tail;           // rtinfer's clamp after the primitive, or null
   // Memory objects for `bound`, made once: a call that finds them free only swaps their
   // pointers (10 ns against 200 ns to create one); a concurrent call creates its own.
   std::vector<memory> cached;
@@ -164,6 +247,7 @@ struct Kernel {
     if (st != dnnl_success)
       throw std::runtime_error(name + ": oneDNN execute failed (" + dnnl_status2str(st) + ")");
     s.wait();
+    if (tail) tail->run(ctx);
   }
 
   static void* where(const Bound& b, Ctx& ctx) {
@@ -251,7 +335,8 @@ struct AtenGemm {
   torch::Tensor bias;  // [N] or undefined
   int64_t rows, K, N;
   int a, dst;
-  std::shared_ptr<Kernel> post;  // the epilogue in place on dst, or null
+  std::shared_ptr<Kernel> post;      // the epilogue's oneDNN primitive in place on dst, or null
+  std::shared_ptr<const Tail> tail;  // a clamp with no oneDNN step before it, or null
 
   void run(Ctx& ctx) const {
     auto opt = torch::TensorOptions().dtype(torch::kFloat32);
@@ -262,17 +347,21 @@ struct AtenGemm {
     else
       at::mm_out(y, x, w);
     if (post) post->run(ctx);
+    if (tail) tail->run(ctx);
   }
 };
 
 // The epilogue (activation, residual "pre") on dst in place as one primitive: binary_add with
 // the residual then the activation as a post-op, or the activation alone. Null when there is
-// nothing to do; "post" residuals (act then add) are not offered (returns false).
+// nothing to do; "post" residuals (act then add) are not offered (returns false). A clamp
+// (relu, clip) runs as rtinfer's own Tail: after the binary primitive, or alone (`tail`).
 bool aten_epilogue(const std::string& name, const std::string& activation, double alpha,
                    double beta, const std::string& residual_mode, int residual, int dst,
-                   const memory::desc& dst_md, std::shared_ptr<Kernel>& out, Plan& plan) {
+                   const memory::desc& dst_md, std::shared_ptr<Kernel>& out,
+                   std::shared_ptr<const Tail>& tail, Plan& plan) {
   Eltwise act = eltwise(name, activation, (float)alpha, (float)beta);
   if (residual_mode == "post") return false;
+  if (act.clamp) tail = make_tail(act, dst, -1, dst_md.get_dims());
   if (!act.on && residual_mode == "none") return true;
   auto k = std::make_shared<Kernel>();
   k->name = name;
@@ -418,6 +507,7 @@ std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int 
   kern->fixed.emplace_back(DNNL_ARG_WEIGHTS,
                            pack(weight.reshape(w_dims), w_user, pd.weights_desc()));
   if (bias) kern->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
+  if (e.tail) kern->tail = make_tail(e.act, dst, e.tail_residual, dst_dims);
   return finish(plan, std::move(kern), pd);
 } catch (const dnnl::error& err) {  // at plan-build time: name the step
   throw dnnl_failure(name, err);
@@ -469,6 +559,12 @@ std::string add_conv_dw(Plan* plan, const std::string& name, int src, int dst,
   memory::desc b_md({O}, f32, tag::a);
   Eltwise act = eltwise(name, activation, (float)alpha, (float)beta);
   Eltwise dw_act = eltwise(name, dw_activation, (float)dw_alpha, (float)dw_beta);
+  // the clamp between the two convolutions cannot leave the primitive (the depthwise post-op
+  // reads the 1x1's rows as they are made), and oneDNN's would lose NaN: the caller runs the
+  // pair apart
+  if (act.clamp)
+    invalid(name, "the 1x1 convolution's " + activation +
+                      " cannot run inside the fused pair (oneDNN's turns NaN into the bound)");
   dnnl::post_ops ops;
   if (act.on) ops.append_eltwise(act.alg, act.alpha, act.beta);
   ops.append_dw(f32, f32, f32, 3, dw_stride, 1);
@@ -500,6 +596,7 @@ std::string add_conv_dw(Plan* plan, const std::string& name, int src, int dst,
                                       pd.query_md(dnnl::query::exec_arg_md, dw_w)));
   kern->fixed.emplace_back(dw_b, copy_bias(dw_bias ? *dw_bias : zeros,
                                            pd.query_md(dnnl::query::exec_arg_md, dw_b)));
+  if (dw_act.clamp) kern->tail = make_tail(dw_act, dst, -1, Dims{N, O, Ho, Wo});
   finish(*plan, std::move(kern), pd);
   return impl;
 } catch (const dnnl::error& err) {  // at plan-build time: name the step
@@ -590,12 +687,14 @@ std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int ds
   else
     kern->bound.push_back({DNNL_ARG_WEIGHTS, b, pd.weights_desc()});
   if (bias) kern->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
+  if (e.tail) kern->tail = make_tail(e.act, dst, e.tail_residual, d_dims);
   std::shared_ptr<Kernel> post;
+  std::shared_ptr<const Tail> tail;
   const std::string forced = gemm_forced();
   const bool offer = weight && b_flat && (macs >= kGemmChoiceMacs || forced == "aten") &&
                      forced != "onednn" &&
                      aten_epilogue(name, activation, alpha, beta, residual_mode, residual, dst,
-                                   dst_md, post, plan);
+                                   dst_md, post, tail, plan);
   if (!offer) return finish(plan, std::move(kern), pd);
 
   auto alt = std::make_shared<AtenGemm>();
@@ -603,6 +702,7 @@ std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int ds
   if (bias) alt->bias = bias->detach().contiguous().clone();
   alt->rows = d_dims[0], alt->K = K, alt->N = N, alt->a = a, alt->dst = dst;
   alt->post = post;
+  alt->tail = tail;
   // which is faster, timed once per shape, epilogue and thread count in this process
   using Key = std::tuple<int64_t, int64_t, int64_t, std::string, std::string, bool, int>;
   static std::map<Key, bool> verdicts;

@@ -123,6 +123,20 @@ void Plan::bind(Ctx& ctx, Arena& a, const std::vector<torch::Tensor>& inputs,
   }
 }
 
+// Sets the calling thread's OpenMP thread count for a scope (0: leave it) and restores it.
+struct ThreadCount {
+  int old = 0;
+  explicit ThreadCount(int threads) {
+    if (threads > 0 && threads != omp_get_max_threads()) {
+      old = omp_get_max_threads();
+      omp_set_num_threads(threads);
+    }
+  }
+  ~ThreadCount() {
+    if (old > 0) omp_set_num_threads(old);
+  }
+};
+
 std::unique_ptr<Arena> Plan::start(const std::vector<torch::Tensor>& inputs, int threads,
                                    std::vector<torch::Tensor>& outputs) {
   outputs.reserve(out_types_.size());
@@ -140,7 +154,9 @@ std::vector<torch::Tensor> Plan::run(const std::vector<torch::Tensor>& inputs, i
   Ctx& ctx = arena->ctx;
   {
     pybind11::gil_scoped_release nogil;
-    if (threads > 0) omp_set_num_threads(threads);
+    // the calling thread's OpenMP thread count is the user's (torch reads it too): a plan run
+    // with another count puts it back
+    ThreadCount count(threads);
     try {
       for (const auto& s : steps_) s.run(ctx);
     } catch (...) {
@@ -160,7 +176,7 @@ std::vector<double> Plan::profile(const std::vector<torch::Tensor>& inputs, int 
   Ctx& ctx = arena->ctx;
   {
     pybind11::gil_scoped_release nogil;
-    if (threads > 0) omp_set_num_threads(threads);
+    ThreadCount count(threads);
     for (int it = 0; it < iters; ++it) {
       for (size_t k = 0; k < steps_.size(); ++k) {
         auto t0 = std::chrono::steady_clock::now();
@@ -256,7 +272,8 @@ void bind_cpu_kernels(pybind11::module_& m) {
         py::arg("outer"), py::arg("extent"), py::arg("inner"), py::arg("kind"));
   m.def("add_embedding", &add_embedding, py::arg("plan"), py::arg("name"), py::arg("weight"),
         py::arg("indices"), py::arg("y"), py::arg("num_indices"), py::arg("dim"),
-        py::arg("vocab"), py::arg("index_dtype"), py::arg("elem_size") = 4);
+        py::arg("vocab"), py::arg("index_dtype"), py::arg("elem_size") = 4,
+        py::arg("allow_negative") = true);
   m.def("add_copy", &add_copy, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
         py::arg("elem_size"), py::arg("sizes"), py::arg("in_strides"), py::arg("in_offset"),
         py::arg("out_strides"), py::arg("out_offset"));

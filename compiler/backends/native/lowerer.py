@@ -205,7 +205,7 @@ class Lowerer:
     def step(self, kernel: str, make: Callable[[Any, Any, str], None], reads: Sequence[int],
              writes: Sequence[int]) -> None:
         node = self.node
-        where = (node.name or node.op) if node is not None else "output"
+        where = node_label(node) if node is not None else "output"
         name = f"{where}: {kernel}"
         self.kernels[kernel] = self.kernels.get(kernel, 0) + 1
         self.steps.append(StepRec(name, kernel, lambda ext, plan: make(ext, plan, name),
@@ -312,6 +312,15 @@ class Lowerer:
         return plan
 
 
+def node_label(node: Node) -> str:
+    """How errors and profiles name a node: its name, else its op and first result
+    (``embedding %tok``), so two nodes of one op are told apart."""
+    if node.name:
+        return node.name
+    out = node.outputs[0].name if node.outputs else None
+    return f"{node.op} %{out}" if out else node.op
+
+
 def torch_node_fn(node: Node, shapes: list[tuple[int, ...]]) -> Callable:
     """The torch backend's code for one node, as a callable over plain tensors."""
     g = Graph(f"fallback_{node.op}")
@@ -332,4 +341,5 @@ def torch_node_fn(node: Node, shapes: list[tuple[int, ...]]) -> Callable:
     return run
 
 
-__all__ = ["LOWERINGS", "UNSUPPORTED", "LowerFn", "Lowerer", "lowers", "torch_node_fn"]
+__all__ = ["LOWERINGS", "UNSUPPORTED", "LowerFn", "Lowerer", "lowers", "node_label",
+           "torch_node_fn"]

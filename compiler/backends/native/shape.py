@@ -21,8 +21,9 @@ def _embedding(cx: Lowerer, node: Node) -> None:
     cx.need_f32(w)
     vocab, dim = w.shape
     y = cx.new_value(node.out)
+    # torch's embedding: a negative index is an error, as eager raises IndexError
     args = (w.buf, idx.buf, y.buf, idx.numel, dim, vocab, cx.torch_dtype(idx.dtype),
-            w.dtype.np.itemsize)
+            w.dtype.np.itemsize, False)
     cx.step("embedding", lambda ext, plan, name: ext.add_embedding(plan, name, *args),
             [w.buf, idx.buf], [y.buf])
 
@@ -39,7 +40,7 @@ def _gather(cx: Lowerer, node: Node) -> None:
     vocab, dim = x.shape[0], math.prod(x.shape[1:])
     y = cx.new_value(node.out)
     args = (x.buf, idx.buf, y.buf, idx.numel, dim, vocab, cx.torch_dtype(idx.dtype),
-            x.dtype.np.itemsize)
+            x.dtype.np.itemsize, bool(node.attrs.get("negative_indices", True)))
     cx.step("gather rows", lambda ext, plan, name: ext.add_embedding(plan, name, *args),
             [x.buf, idx.buf], [y.buf])
 

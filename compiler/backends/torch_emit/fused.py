@@ -12,6 +12,7 @@ from rtinfer.backends.torch_emit.mkldnn import (
     MKLDNN_BINARY_ACTIVATIONS,
     few_rows,
     mkldnn_conv,
+    mkldnn_keeps_nan,
     packed_linear_weight,
     use_mkldnn,
 )
@@ -42,7 +43,9 @@ def _fused_emitter(base: str) -> Emitter:
     def emit(cx: EmitContext, x, w, bias, residual, /, **attrs):
         base_attrs = {k: attrs[k] for k in base_attr_names if k in attrs}
         act, alpha, beta = attrs["activation"], attrs["alpha"], attrs["beta"]
-        mk_attr, mk_scalars, mk_alg = MKLDNN_ACTIVATIONS[act]
+        # an activation oneDNN would get wrong for NaN runs in ATen after the primitive
+        in_onednn = mkldnn_keeps_nan(act, alpha)
+        mk_attr, mk_scalars, mk_alg = MKLDNN_ACTIVATIONS[act if in_onednn else "none"]
         mkl = use_mkldnn(cx)
         pre = attrs["residual"] == "pre"
         if mkl and conv_nd is not None:
@@ -59,7 +62,7 @@ def _fused_emitter(base: str) -> Emitter:
                                     done_act=act in MKLDNN_BINARY_ACTIVATIONS)
                 y = mkldnn_conv(cx, x, w, bias, geo, None, mk_attr, mk_scalars(alpha, beta),
                                 mk_alg, packed_only=False)
-                return _add_act(cx, y, residual, attrs, done_pre=True, done_act=True)
+                return _add_act(cx, y, residual, attrs, done_pre=True, done_act=in_onednn)
         if mkl and base == "linear" and not few_rows(cx):
             ops = torch.ops.mkldnn
             w = packed_linear_weight(cx, x, w)
@@ -68,7 +71,7 @@ def _fused_emitter(base: str) -> Emitter:
                 return _add_act(cx, y, residual, attrs, done_pre=True, done_act=False)
             y = cx.call(ops._linear_pointwise.default, x, w, bias, mk_attr,
                         mk_scalars(alpha, beta), mk_alg)
-            return _add_act(cx, y, residual, attrs, done_pre=True, done_act=True)
+            return _add_act(cx, y, residual, attrs, done_pre=True, done_act=in_onednn)
         if base == "matmul":
             y = EMITTERS[base](cx, x, w, **base_attrs)
             if bias is not None:

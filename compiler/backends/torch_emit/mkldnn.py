@@ -37,8 +37,19 @@ MKLDNN_ACTIVATIONS: dict[str, tuple[str, Callable[[float, float], list], str | N
     "hardswish": ("hardswish", lambda a, b: [], None),
     "tanh": ("tanh", lambda a, b: [], None),
 }
-# oneDNN's binary (residual add) post-op takes only these activations after the sum
-MKLDNN_BINARY_ACTIVATIONS = {"none": None, "relu": "relu"}
+# oneDNN's binary (residual add) post-op takes only "none" and relu after the sum; relu is left
+# out for NaN (see mkldnn_keeps_nan) and runs in ATen after the primitive
+MKLDNN_BINARY_ACTIVATIONS: dict[str, str | None] = {"none": None}
+
+
+def mkldnn_keeps_nan(activation: str, alpha: float) -> bool:
+    """Whether oneDNN's post-op computes ``activation`` as torch does where its input is NaN.
+    Its JIT relu (slope 0) is ``max(x, 0)`` and its clip (hardtanh) ``min(max(x, lo), hi)`` as
+    vmaxps/vminps, which return the bound for a NaN x (a NaN pixel through conv+relu came out
+    0); those run in ATen after the primitive, whose relu and clamp keep NaN."""
+    if activation == "leaky_relu":
+        return alpha != 0.0  # a nonzero slope takes oneDNN's compare-and-blend path
+    return activation not in ("relu", "clip")
 
 # Below this many input rows a linear is a matrix-vector product: oneDNN's pointwise linear then
 # costs ~25 us of fixed overhead per call against ~8 us for ATen's linear + activation (measured
@@ -168,4 +179,5 @@ def few_rows(cx: EmitContext) -> bool:
 
 
 __all__ = ["MIN_MKLDNN_LINEAR_ROWS", "MKLDNN_ACTIVATIONS", "MKLDNN_BINARY_ACTIVATIONS",
+           "mkldnn_keeps_nan",
            "few_rows", "mkldnn_available", "mkldnn_conv", "packed_linear_weight", "use_mkldnn"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.fx.proxy import Proxy
 
 from rtinfer.backends.torch_emit.context import EMITTERS, EmitContext, emits, torch_pads
-from rtinfer.ir.ops.shape import SLICE_END_MAX, slice_params, slice_range
+from rtinfer.ir.ops.shape import SLICE_END_MAX, check_indices, slice_params, slice_range
 from rtinfer.ir.types import Dim
 
 
@@ -110,19 +110,49 @@ def _normalize_index(idx: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(idx < 0, idx + size, idx)
 
 
+def _checked_index(idx: torch.Tensor, x: torch.Tensor, axis: int, negative: bool,
+                   where: str) -> torch.Tensor:
+    """``idx`` as int64 in [0, n) for x's ``axis`` of size n, negative indices counted from the
+    end where ``negative`` allows them; any index outside the op's range raises
+    ``IndexOutOfRangeError`` naming ``where`` and the index (eager raises IndexError: ATen
+    would wrap a negative one or fail with its own message)."""
+    idx = idx.long()
+    size = x.shape[axis]
+    if idx.numel():
+        lo, hi = torch.aminmax(idx)
+        if int(lo) < (-size if negative else 0) or int(hi) >= size:
+            check_indices(where, idx.numpy(), size, negative)
+        if negative and int(lo) < 0:
+            idx = torch.where(idx < 0, idx + size, idx)
+    return idx
+
+
+def _where(cx: EmitContext) -> str:
+    """The node, for an index error: ``embedding %tok (torch:emb (aten.embedding.default))``."""
+    node = cx.node
+    out = node.outputs[0].name if node.outputs else None
+    label = node.name or (f"{node.op} %{out}" if out else node.op)
+    where = str(node.provenance) if node.provenance else ""
+    return f"{label} ({where})" if where else label
+
+
 @emits("gather")
-def _gather(cx: EmitContext, x, indices, axis):
+def _gather(cx: EmitContext, x, indices, axis, negative_indices=True):
     axis = axis % cx.in_types[0].rank
-    return x[(slice(None),) * axis + (indices.long(),)]
+    idx = cx.call(_checked_index, indices, x, axis, negative_indices, _where(cx))
+    return x[(slice(None),) * axis + (idx,)]
 
 
 @emits("gather_elements")
-def _gather_elements(cx: EmitContext, x, indices, axis):
+def _gather_elements(cx: EmitContext, x, indices, axis, negative_indices=True):
     axis = axis % cx.in_types[0].rank
-    return torch.gather(x, axis, cx.call(_normalize_index, indices, x.size(axis)))
+    return torch.gather(x, axis,
+                        cx.call(_checked_index, indices, x, axis, negative_indices, _where(cx)))
 
 
-EMITTERS["embedding"] = lambda cx, weight, indices: weight[indices.long()]
+@emits("embedding")
+def _embedding(cx: EmitContext, weight, indices):
+    return weight[cx.call(_checked_index, indices, weight, 0, False, _where(cx))]
 
 
 def _gather_nd(x: torch.Tensor, indices: torch.Tensor, batch_dims: int) -> torch.Tensor:

@@ -56,7 +56,8 @@ def _slice(cx: LowerContext, x, starts, ends, axes, steps):
 
 
 @lowers("gather")
-def _gather(cx: LowerContext, x, indices, axis):
+def _gather(cx: LowerContext, x, indices, axis, negative_indices=True):
+    # TVM's take has no raising mode: an out-of-range index is wrapped, not reported
     return relax_ops().take(x, indices, axis, mode="wrap")
 
 
@@ -66,7 +67,8 @@ def _embedding(cx: LowerContext, weight, indices):
 
 
 lower_table({
-    "gather_elements": lambda cx, x, indices, axis: relax_ops().gather_elements(x, indices, axis),
+    "gather_elements": lambda cx, x, indices, axis, negative_indices=True: (
+        relax_ops().gather_elements(x, indices, axis)),
     "concat": lambda cx, xs, axis: relax_ops().concat(xs, axis),
     "tile": lambda cx, x, repeats: relax_ops().tile(x, list(repeats)),
 })

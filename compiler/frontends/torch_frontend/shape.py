@@ -155,7 +155,9 @@ def _select(cx: Ctx, self: Value, dim: int, index: Any) -> Value:
 
 @converts("aten.index_select.default")
 def _index_select(cx: Ctx, self: Value, dim: int, index: Value) -> Value:
-    return cx.op("gather", self, index, axis=norm_axis(dim, self.type.rank))
+    # eager index_select raises IndexError for a negative index (x[idx] counts from the end)
+    return cx.op("gather", self, index, axis=norm_axis(dim, self.type.rank),
+                 negative_indices=False)
 
 
 @converts("aten.index.Tensor")
@@ -198,7 +200,8 @@ def _embedding(cx: Ctx, weight: Value, indices: Value, **_: Any) -> Value:
 
 @converts("aten.gather.default")
 def _gather(cx: Ctx, self: Value, dim: int, index: Value, sparse_grad: bool = False) -> Value:
-    return cx.op("gather_elements", self, index, axis=norm_axis(dim, self.type.rank))
+    return cx.op("gather_elements", self, index, axis=norm_axis(dim, self.type.rank),
+                 negative_indices=False)  # eager torch.gather rejects a negative index
 
 
 @converts("aten.constant_pad_nd.default", "aten.pad.default")
