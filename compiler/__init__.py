@@ -1,6 +1,7 @@
 """rtinfer: a graph compiler for real-time deep-learning inference."""
 
-from rtinfer import ir, passes  # importing passes installs the built-in passes and pipelines
+# importing passes installs the built-in passes and pipelines
+from rtinfer import ir, passes, serving
 from rtinfer.bisector import BisectResult, bisect
 from rtinfer.compile import CompiledModel, compile, load
 from rtinfer.errors import RtinferError
@@ -15,11 +16,12 @@ from rtinfer.pass_manager import (
     register_pipeline,
     run_pipeline,
 )
+from rtinfer.prune import PrunedModel, distill, prune
 from rtinfer.version import __version__
 
 __all__ = [
     "BisectResult", "CompiledModel", "Option", "PassContext", "RtinferError", "__version__",
     "bisect", "capture", "compile", "export_onnx", "graph_pass", "ir", "load",
-    "load_pass_plugin", "passes", "optimize",
-    "register_pass", "register_pipeline", "run_pipeline",
+    "load_pass_plugin", "passes", "optimize", "PrunedModel", "distill", "prune",
+    "register_pass", "register_pipeline", "run_pipeline", "serving",
 ]

@@ -110,6 +110,14 @@ def _cmd_passes(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from rtinfer.serving.deploy import serve_main
+
+    return serve_main(args.artifact, replicas=args.replicas, host=args.host, port=args.port,
+                      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                      address=args.address, stdout=stdout)
+
+
 def _add_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load", action="append", default=[], metavar="PLUGIN.py",
                    help="load passes from a Python file (repeatable), as mlir-opt's "
@@ -205,6 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="optimize a built-in example and show what happened")
     demo.add_arguments(d)
     d.set_defaults(run=lambda args, stdout, stderr: demo.main(args))
+
+    srv = sub.add_parser(
+        "serve", help="serve a saved compiled model over HTTP with Ray Serve",
+        description="Load ARTIFACT_DIR (CompiledModel.save) in each Ray Serve replica and answer "
+                    'POST / {"inputs": [...]} with {"outputs": [...]}, batching concurrent '
+                    "requests (docs/serving.md). Starts Ray locally unless --address is given.")
+    srv.add_argument("artifact", metavar="ARTIFACT_DIR", help="a saved compiled model")
+    srv.add_argument("--replicas", type=int, default=2, help="replicas (2)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="HTTP port (8000)")
+    srv.add_argument("--max-batch-size", type=int, default=16, help="largest batch (16)")
+    srv.add_argument("--max-wait-ms", type=float, default=2.0,
+                     help="how long the oldest request waits for a batch to fill (2.0)")
+    srv.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto)")
+    srv.set_defaults(run=_cmd_serve)
     return parser
 
 

@@ -31,9 +31,9 @@ LAYERS: dict[str, int] = {
     "rtinfer.backends": 5,
     "rtinfer.testing": 5, "rtinfer.bisector": 5, "rtinfer.models": 5, "rtinfer.measure": 5,
     "rtinfer.artifact": 6, "rtinfer.cache": 6,
-    "rtinfer.compile": 7,
+    "rtinfer.compile": 7, "rtinfer.prune": 7,
     "rtinfer.dynamo": 8,
-    "rtinfer.optimize_cmd": 9, "rtinfer.demo": 9,
+    "rtinfer.optimize_cmd": 9, "rtinfer.demo": 9, "rtinfer.serving": 9,
     "rtinfer.cli": 10,
 }
 MAX_LINES = 800  # "files the size of a thought" (shared/STYLE.md)

@@ -1,0 +1,214 @@
+"""``rtinfer.serving.deployment``: a compiled artifact served over HTTP by Ray Serve replicas.
+
+    app = rtinfer.serving.deployment("artifact_dir", max_batch_size=16, max_wait_ms=2.0,
+                                     num_replicas=2)
+    serve.run(app, route_prefix="/")          # POST / {"inputs": [...]} -> {"outputs": [...]}
+
+Each replica loads the artifact once with ``rtinfer.load`` (its checksums are verified; nothing
+is captured or optimized again) and batches the requests it is given with a ``Batcher``. Ray is
+imported only here, when a deployment is made: importing rtinfer does not import it.
+
+Threads: each replica reserves ``threads_per_replica`` CPUs from Ray (``num_cpus``) and runs
+torch and OpenMP with that many threads, so Ray never places more threads on a node than it
+has cores. The default divides the cluster's CPUs (this machine's where Ray is not started)
+among the replicas.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from rtinfer.artifact import read_artifact
+from rtinfer.compile import load
+from rtinfer.errors import RtinferError
+from rtinfer.serving import codec
+from rtinfer.serving.batcher import Batcher, check_options
+from rtinfer.serving.errors import (
+    BatcherClosed,
+    InvalidRequest,
+    Overloaded,
+    RequestTimeout,
+    ServingError,
+)
+from rtinfer.serving.signature import Signature
+
+# the status each error answers with; other rtinfer errors (the model failed) answer 500
+STATUS = ((InvalidRequest, 400), (Overloaded, 429), (RequestTimeout, 408), (BatcherClosed, 503))
+
+
+def status_of(error: RtinferError) -> int:
+    for kind, status in STATUS:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+class RtinferReplica:
+    """One Ray Serve replica: the artifact loaded once, a batcher in front of it. ``POST``
+    answers a request (``rtinfer.serving.codec`` formats); ``GET`` answers this replica's
+    batcher metrics as JSON."""
+
+    def __init__(self, artifact_dir: str, max_batch_size: int, max_wait_ms: float,
+                 threads: int, batcher_options: dict[str, Any]):
+        import torch
+
+        # before the model is built: the native backend's plans are made for this count
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        self.model = load(artifact_dir)
+        self.batcher = Batcher(self.model, max_batch_size, max_wait_ms, **batcher_options)
+        self.ready_s = time.perf_counter() - t0
+        self.input_names = list(self.model.input_names)
+
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse, Response
+
+        if request.method == "GET":
+            return JSONResponse({**self.batcher.metrics(), "ready_s": self.ready_s,
+                                 "threads": _threads()})
+        if request.method != "POST":
+            return Response(codec.error_body(f"method {request.method} is not allowed; POST "
+                                             f"the inputs"), status_code=405,
+                            media_type=codec.JSON)
+        try:
+            decoded = codec.decode(await request.body(), request.headers.get("content-type"),
+                                   self.input_names)
+            outputs = await self.batcher.submit(*decoded.args, **decoded.named)
+            body, media = codec.encode(outputs, decoded.fmt)
+            return Response(body, media_type=media)
+        except RtinferError as e:
+            return Response(codec.error_body(str(e)), status_code=status_of(e),
+                            media_type=codec.JSON)
+
+    def metrics(self) -> dict[str, Any]:
+        return self.batcher.metrics()
+
+    def __del__(self) -> None:
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.close(drain=False, timeout_s=5)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _import_serve() -> Any:
+    try:
+        from ray import serve
+    except ImportError as e:
+        raise ServingError(f"Ray Serve is not installed ({e}); pip install 'rtinfer[serve]' "
+                           f"(or 'ray[serve]')") from None
+    return serve
+
+
+def _cluster_cpus() -> int:
+    import ray
+
+    if ray.is_initialized():
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1, os.cpu_count() or 1)
+
+
+def deployment(artifact_dir: str | os.PathLike, max_batch_size: int = 16,
+               max_wait_ms: float = 2.0, num_replicas: int = 2, *,
+               threads_per_replica: int | None = None, max_queue_size: int = 1024,
+               timeout_ms: float | None = None, nan_policy: str = "allow",
+               pad_limit: float = 0.25, name: str = "rtinfer") -> Any:
+    """A Ray Serve application serving the artifact ``artifact_dir`` (``CompiledModel.save``)
+    with ``num_replicas`` replicas, each batching with ``Batcher(max_batch_size, max_wait_ms,
+    max_queue_size=..., timeout_ms=..., nan_policy=..., pad_limit=...)``. The options and the
+    artifact are checked here first (the artifact read and verified), so a bad option or a
+    missing or corrupted artifact is an error before anything starts. Run it with
+    ``ray.serve.run(app, route_prefix="/")``."""
+    check_options(max_batch_size, max_wait_ms, max_queue_size, timeout_ms, pad_limit)
+    if type(num_replicas) is not int or num_replicas < 1:
+        raise ServingError(f"num_replicas={num_replicas!r}: expected an integer >= 1")
+    if threads_per_replica is not None and (type(threads_per_replica) is not int
+                                            or threads_per_replica < 1):
+        raise ServingError(f"threads_per_replica={threads_per_replica!r}: expected an integer "
+                           f">= 1")
+    root = Path(artifact_dir).resolve()
+    graph, _ = read_artifact(root)
+    # the batcher's own check of the model (a batch axis on every input and output), before
+    # any replica starts
+    Signature(graph, [v.name or "" for v in graph.inputs], nan_policy)
+    serve = _import_serve()
+
+    threads = threads_per_replica or max(1, _cluster_cpus() // num_replicas)
+    options = {"max_queue_size": max_queue_size, "timeout_ms": timeout_ms,
+               "nan_policy": nan_policy, "pad_limit": pad_limit}
+    replica = serve.deployment(
+        name=name, num_replicas=num_replicas,
+        # the batcher queues and refuses with 429 itself; Ray's own cap per replica must not
+        # keep requests away from it (a cap below max_batch_size would forbid full batches)
+        max_ongoing_requests=max_queue_size + max_batch_size,
+        ray_actor_options={"num_cpus": threads},
+    )(RtinferReplica)
+    return replica.bind(str(root), max_batch_size, max_wait_ms, threads, options)
+
+
+def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
+               port: int = 8000, max_batch_size: int = 16, max_wait_ms: float = 2.0,
+               address: str | None = None, stdout: TextIO = sys.stdout,
+               until: Any = None) -> int:
+    """``rtinfer serve``: start Ray locally (or join ``address``), serve the artifact on
+    ``http://host:port/`` until interrupted (or until ``until()`` is true), then shut Serve
+    down."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    t0 = time.perf_counter()
+    # a bad artifact or option fails before Ray starts; joining a cluster, the threads per
+    # replica are counted from the cluster's CPUs, which are known once joined
+    app = None if address else deployment(artifact_dir, max_batch_size, max_wait_ms, replicas)
+    serve = _import_serve()
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level="warning")
+    restore = _stop_on_signals()  # after ray.init, which installs SIGTERM handlers of its own
+    try:
+        if app is None:
+            app = deployment(artifact_dir, max_batch_size, max_wait_ms, replicas)
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app, name="rtinfer", route_prefix="/")
+        stdout.write(f"rtinfer: serving {artifact_dir} at http://{host}:{port}/ with {replicas} "
+                     f"replica(s), ready in {time.perf_counter() - t0:.1f} s; Ctrl-C stops\n")
+        stdout.flush()
+        while until is None or not until():
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stdout.write("rtinfer: stopping\n")
+    finally:
+        restore()
+        serve.shutdown()
+        if started:
+            ray.shutdown()
+    return 0
+
+
+def _stop_on_signals() -> Any:
+    """SIGTERM (a service manager's stop) and SIGINT stop the server as Ctrl-C does, Serve shut
+    down on the way out; SIGINT too because a background job of a non-interactive shell starts
+    with it ignored. Returns what puts the old handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return lambda: [signal.signal(sig, h) for sig, h in old.items()]
+
+
+__all__ = ["RtinferReplica", "deployment", "serve_main", "status_of"]
