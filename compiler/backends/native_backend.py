@@ -111,7 +111,10 @@ class NativeModule:
                 plan, lw = self._lower(shapes, threads)
                 entry, note = (plan, threads), f"{threads}"
                 if threads > 1:
+                    cpus = _pin(self.ext, threads)
                     entry, note = self._serial_or(shapes, entry)
+                    if entry[1] > 1 and cpus:
+                        note += f"; threads pinned to CPUs {', '.join(map(str, cpus))}"
                 plan = entry[0]
                 self.stats = NativeStats(dict(lw.fallbacks), dict(lw.kernels), plan.arena_bytes,
                                          plan.num_steps, note)
@@ -179,6 +182,24 @@ SMALL_MACS = 16_000_000
 # measured back to back hides what it costs after idle (its workers sleep and must be woken,
 # about a millisecond on a VM, more when the waker spins on the woken thread's core).
 SERIAL_MARGIN = 1.2
+
+
+_pinned: dict[tuple[int, int], list[int]] = {}
+
+
+def _pin(ext: Any, threads: int) -> list[int]:
+    """Bind the OpenMP workers to their own CPUs (once per extension and team size), unless
+    ``RTINFER_PIN_THREADS=0``; the calling thread is held on the first CPU only while a plan
+    runs. A worker woken after idle then starts at once instead of waiting behind the thread
+    that woke it (measured on a 2-core VM after 100 ms idle, median / p90: MobileNetV2 15.6 /
+    20.0 ms unpinned, 6.3 / 6.7 pinned, 3.9 back to back; ResNet-18 p90 21.7 -> 15.4 ms).
+    Returns the CPUs, empty when not pinned (fewer CPUs usable than threads)."""
+    if os.environ.get("RTINFER_PIN_THREADS", "1").strip().lower() in ("0", "off", "false", "no"):
+        return []
+    key = (id(ext), threads)
+    if key not in _pinned:
+        _pinned[key] = list(ext.pin_threads(threads))
+    return _pinned[key]
 
 
 def choice_enabled() -> bool:

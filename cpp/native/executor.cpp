@@ -10,6 +10,10 @@
 #include <dnnl.hpp>
 #include <omp.h>
 
+#include <pthread.h>
+#include <sched.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <stdexcept>
@@ -123,6 +127,71 @@ void Plan::bind(Ctx& ctx, Arena& a, const std::vector<torch::Tensor>& inputs,
   }
 }
 
+// Thread pinning (RTINFER_PIN_THREADS). A worker woken after idle is often queued on the
+// waking thread's core (the scheduler's wake-affine choice) while that thread spins at the
+// region's barrier waiting for it: the call then waits for a time slice, milliseconds. With
+// each OpenMP worker bound to its own core and the calling thread held on the first one for
+// the length of a parallel run, the woken worker starts at once.
+static std::atomic<int> g_master_cpu{-1};
+static std::atomic<int> g_pinned_team{0};
+
+static std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (pthread_getaffinity_np(pthread_self(), sizeof set, &set) != 0) return cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+// Binds OpenMP thread t (t >= 1) of a team of `threads` to the t-th CPU the caller may use and
+// remembers the first for the caller. Returns the CPUs, empty (and unpinned) when the caller
+// may use fewer CPUs than threads. `threads` <= 0 unpins.
+static std::vector<int> pin_threads(int threads) {
+  if (threads <= 0) {
+    g_master_cpu = -1;
+    g_pinned_team = 0;
+    return {};
+  }
+  auto cpus = allowed_cpus();
+  if ((int)cpus.size() < threads) return {};
+  cpus.resize(threads);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    if (t > 0) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpus[t], &one);
+      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+    }
+  }
+  g_pinned_team = threads;
+  g_master_cpu = cpus[0];
+  return cpus;
+}
+
+// Holds the calling thread on the pinned team's first CPU for a scope, then gives it back the
+// CPUs it had (the caller's thread is the user's: it is never left bound).
+struct MasterPin {
+  bool held = false;
+  cpu_set_t old;
+  explicit MasterPin(int threads) {
+    const int cpu = g_master_cpu.load(std::memory_order_relaxed);
+    if (cpu < 0 || threads != g_pinned_team.load(std::memory_order_relaxed)) return;
+    if (pthread_getaffinity_np(pthread_self(), sizeof old, &old) != 0 || !CPU_ISSET(cpu, &old))
+      return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    held = pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0;
+  }
+  ~MasterPin() {
+    if (held) pthread_setaffinity_np(pthread_self(), sizeof old, &old);
+  }
+};
+
 // Sets the calling thread's OpenMP thread count for a scope (0: leave it) and restores it.
 struct ThreadCount {
   int old = 0;
@@ -157,6 +226,7 @@ std::vector<torch::Tensor> Plan::run(const std::vector<torch::Tensor>& inputs, i
     // the calling thread's OpenMP thread count is the user's (torch reads it too): a plan run
     // with another count puts it back
     ThreadCount count(threads);
+    MasterPin pin(threads);
     try {
       for (const auto& s : steps_) s.run(ctx);
     } catch (...) {
@@ -304,6 +374,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("pooled_arenas", &Plan::pooled_arenas);
   m.def("add_python_step", &rtinfer::add_python_step);
   m.def("max_threads", []() { return omp_get_max_threads(); });
+  m.def("pin_threads", &rtinfer::pin_threads, py::arg("threads"));
   m.def("dnnl_version", []() {
     auto v = dnnl::version();
     return std::to_string(v->major) + "." + std::to_string(v->minor) + "." +

@@ -391,3 +391,52 @@ def test_serial_choice_can_be_turned_off(monkeypatch):
     cm = compile_native(MLP().eval(), (torch.randn(3, 64),))
     (_, run_threads), = cm.module._plans.values()
     assert run_threads == torch.get_num_threads()
+
+
+def _bound_threads() -> list[str]:
+    """The CPU lists of this process's threads bound to a single CPU."""
+    import pathlib
+
+    out = []
+    for status in pathlib.Path("/proc/self/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        cpus = next(ln.split(":")[1].strip() for ln in text.splitlines()
+                    if ln.startswith("Cpus_allowed_list"))
+        if cpus.isdigit():
+            out.append(cpus)
+    return out
+
+
+def test_parallel_plans_pin_workers_and_leave_the_callers_cpus_alone(monkeypatch):
+    """Workers are bound one per CPU; the calling thread keeps the CPUs it had after a call."""
+    import os
+
+    from rtinfer.backends import native_backend
+
+    threads = torch.get_num_threads()
+    if threads < 2 or len(os.sched_getaffinity(0)) < threads:
+        pytest.skip("needs at least two threads on two CPUs")
+    monkeypatch.setattr(native_backend, "SERIAL_MARGIN", 0.0)  # keep the plan parallel
+    before = os.sched_getaffinity(0)
+    torch.manual_seed(0)
+    m = MLP().eval()
+    x = torch.randn(5, 64)
+    cm = compile_native(m, (x,))
+    close(cm(x), m(x))
+    assert os.sched_getaffinity(0) == before
+    line = next(ln for ln in cm.report().splitlines() if "native plan:" in ln)
+    assert "threads pinned to CPUs" in line, line
+    assert _bound_threads(), "no OpenMP worker is bound to one CPU"
+
+
+def test_pinning_can_be_turned_off(monkeypatch):
+    from rtinfer.backends import native_backend
+
+    monkeypatch.setenv("RTINFER_PIN_THREADS", "0")
+    monkeypatch.setattr(native_backend, "SERIAL_MARGIN", 0.0)
+    cm = compile_native(MLP().eval(), (torch.randn(6, 64),))
+    line = next(ln for ln in cm.report().splitlines() if "native plan:" in ln)
+    assert "pinned" not in line
