@@ -30,6 +30,7 @@ import bisect
 import collections
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -131,6 +132,14 @@ class Batcher:
         self.model = compiled
         self.signature = Signature(graph, list(compiled.input_names), nan_policy)
         static = self.signature.static_batch
+        if static is not None and static < max_batch_size:
+            # the usual compile (one example, static shapes) cannot batch: say so once, here
+            first = self.signature.names[0] if self.signature.names else "x"
+            warnings.warn(f"rtinfer.serving.Batcher: the model was compiled for a static batch "
+                          f"of {static}, so requests run {static} at a time, not up to "
+                          f"{max_batch_size}; compile it with dynamic_dims={{{first!r}: "
+                          f"{{0: 'B'}}}} (every input's batch axis) to batch them",
+                          stacklevel=2)
         self.buckets = bucket_sizes(max_batch_size, static)
         self.max_batch_size = min(max_batch_size, static) if static else max_batch_size
         self.max_wait = max_wait_ms / 1000.0

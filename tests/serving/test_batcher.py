@@ -320,7 +320,10 @@ def test_models_without_a_batch_axis_are_refused_and_static_ones_use_their_size(
     with pytest.raises(ServingError, match="compiled model"):
         Batcher(mlp)
     static = rtinfer.compile(mlp, example_inputs=torch.randn(4, 16), backend="torch")
-    with Batcher(static, max_batch_size=16, max_wait_ms=0) as b:
+    with pytest.warns(UserWarning, match=r"static batch of 4, so requests run 4 at a time, not "
+                                         r"up to 16; compile it with dynamic_dims=\{'x': "):
+        b = Batcher(static, max_batch_size=16, max_wait_ms=0)
+    with b:
         assert b.buckets == [4] and b.max_batch_size == 4
         x = _examples(1)[0]
         np.testing.assert_allclose(b(x), mlp(torch.from_numpy(x)[None])[0].detach().numpy(),
