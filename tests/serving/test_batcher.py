@@ -321,7 +321,7 @@ def test_models_without_a_batch_axis_are_refused_and_static_ones_use_their_size(
         Batcher(mlp)
     static = rtinfer.compile(mlp, example_inputs=torch.randn(4, 16), backend="torch")
     with pytest.warns(UserWarning, match=r"static batch of 4, so requests run 4 at a time, not "
-                                         r"up to 16; compile it with dynamic_dims=\{'x': "):
+                                         r"up to 16; compile it with dynamic_dims=\{'input': "):
         b = Batcher(static, max_batch_size=16, max_wait_ms=0)
     with b:
         assert b.buckets == [4] and b.max_batch_size == 4
