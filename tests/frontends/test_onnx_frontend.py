@@ -14,23 +14,9 @@ import rtinfer
 from rtinfer.errors import CaptureError, UnsupportedOpsError
 from rtinfer.frontends.onnx_frontend import capture_onnx
 from rtinfer.ir import interpret, verify
+from tests.frontends.onnx_build import init, model, vi
 
 RNG = np.random.default_rng(0)
-
-
-def model(nodes, inputs, outputs, inits=(), opset=17):
-    g = helper.make_graph(nodes, "m", inputs, outputs, list(inits))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m
-
-
-def vi(name, shape, dtype=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, dtype, shape)
-
-
-def init(name, array):
-    return numpy_helper.from_array(np.asarray(array), name)
 
 
 def run_ort(m, *arrays):

@@ -14,33 +14,19 @@ import random
 
 import numpy as np
 import pytest
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper
 
 from rtinfer.errors import CaptureError, UnsupportedOpsError
 from rtinfer.frontends.onnx_frontend import CONVERTERS, capture_onnx
+from tests.frontends.onnx_build import init, model, vi
 from tests.fuzzing import run_case
 
 RNG = np.random.default_rng(0)
 
 
-def _model(nodes, inputs, outputs, inits, opset=17):
-    g = helper.make_graph(nodes, "m", inputs, outputs, inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m
-
-
-def _vi(name, shape, dtype=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, dtype, shape)
-
-
-def _init(name, array):
-    return numpy_helper.from_array(np.asarray(array), name)
-
-
 def conv_net():
     f32 = np.float32
-    return _model(
+    return model(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[1, 1],
                           kernel_shape=[3, 3], name="conv"),
          helper.make_node("Relu", ["c"], ["r"], name="relu"),
@@ -49,14 +35,14 @@ def conv_net():
          helper.make_node("Flatten", ["p"], ["f"], axis=1, name="flatten"),
          helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1, name="fc"),
          helper.make_node("Softmax", ["y"], ["s"], axis=-1, name="softmax")],
-        [_vi("x", ["N", 3, 8, 8])], [_vi("s", ["N", 10])],
-        [_init("w", RNG.standard_normal((4, 3, 3, 3)).astype(f32)), _init("b", np.zeros(4, f32)),
-         _init("fw", RNG.standard_normal((10, 64)).astype(f32)), _init("fb", np.zeros(10, f32))])
+        [vi("x", ["N", 3, 8, 8])], [vi("s", ["N", 10])],
+        [init("w", RNG.standard_normal((4, 3, 3, 3)).astype(f32)), init("b", np.zeros(4, f32)),
+         init("fw", RNG.standard_normal((10, 64)).astype(f32)), init("fb", np.zeros(10, f32))])
 
 
 def attention_block():
     f32 = np.float32
-    return _model(
+    return model(
         [helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
          helper.make_node("Reshape", ["q", "shape"], ["q4"], name="split_heads"),
          helper.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3], name="qt"),
@@ -70,13 +56,13 @@ def attention_block():
          helper.make_node("Concat", ["ln", "e"], ["cat"], axis=1, name="cat"),
          helper.make_node("Slice", ["cat", "starts", "ends", "axes"], ["sl"], name="slice"),
          helper.make_node("Cast", ["sl"], ["out"], to=TensorProto.FLOAT16, name="cast")],
-        [_vi("x", [2, 4, 8]), _vi("ids", [2, 3], TensorProto.INT64)],
-        [_vi("out", None), _vi("m", None)],
-        [_init("wq", RNG.standard_normal((8, 8)).astype(f32)),
-         _init("shape", np.array([2, 4, 2, 4])), _init("g", np.ones(8, f32)),
-         _init("beta", np.zeros(8, f32)), _init("emb", RNG.standard_normal((5, 8)).astype(f32)),
-         _init("starts", np.array([1])), _init("ends", np.array([5])),
-         _init("axes", np.array([1]))])
+        [vi("x", [2, 4, 8]), vi("ids", [2, 3], TensorProto.INT64)],
+        [vi("out", None), vi("m", None)],
+        [init("wq", RNG.standard_normal((8, 8)).astype(f32)),
+         init("shape", np.array([2, 4, 2, 4])), init("g", np.ones(8, f32)),
+         init("beta", np.zeros(8, f32)), init("emb", RNG.standard_normal((5, 8)).astype(f32)),
+         init("starts", np.array([1])), init("ends", np.array([5])),
+         init("axes", np.array([1]))])
 
 
 BASES = [conv_net(), attention_block()]

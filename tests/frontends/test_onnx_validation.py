@@ -8,29 +8,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import rtinfer
 from rtinfer.errors import CaptureError, ModelError
 from rtinfer.frontends.onnx_frontend import capture_onnx
 from rtinfer.ir import interpret
+from tests.frontends.onnx_build import init, model, vi
 
 RNG = np.random.default_rng(0)
-
-
-def model(nodes, inputs, outputs, inits=(), opset=17):
-    g = helper.make_graph(nodes, "m", inputs, outputs, list(inits))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m
-
-
-def vi(name, shape, dtype=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, dtype, shape)
-
-
-def init(name, array):
-    return numpy_helper.from_array(np.asarray(array), name)
 
 
 def ort_refuses(m, **feeds: np.ndarray) -> bool:
