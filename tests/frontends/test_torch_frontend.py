@@ -253,3 +253,24 @@ def test_conversion_table_is_keyed_by_overload():
 def test_input_types():
     g = rtinfer.capture(nn.Identity(), (torch.zeros(2, 3, dtype=torch.int32),))
     assert g.inputs[0].type.dtype is DType.i32
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_several_index_tensors_count_from_the_end_of_their_own_axis(backend):
+    """x[i, j] with j < 0 reads row i from its end, as eager does; j past its axis is an
+    IndexError (it must not wrap into the next row of the flattened axes)."""
+    from rtinfer.errors import IndexOutOfRangeError
+
+    class Pick(torch.nn.Module):
+        def forward(self, x, i, j):
+            return x[i, j]
+
+    x = torch.arange(12.0).reshape(3, 4)
+    i, j = torch.tensor([0, 2, -1]), torch.tensor([-1, 1, -4])
+    cm = rtinfer.compile(Pick(), example_inputs=(x, i, j), backend=backend, cache=False)
+    torch.testing.assert_close(cm(x, i, j), Pick()(x, i, j))
+    for bad_i, bad_j in (([0, 0, 0], [4, 0, 0]), ([3, 0, 0], [0, 0, 0]), ([0, 0, 0], [-5, 0, 0])):
+        with pytest.raises(IndexError):
+            Pick()(x, torch.tensor(bad_i), torch.tensor(bad_j))
+        with pytest.raises(IndexOutOfRangeError):
+            cm(x, torch.tensor(bad_i), torch.tensor(bad_j))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import sympy
 
 from rtinfer.errors import CaptureError
@@ -178,6 +179,11 @@ def _index(cx: Ctx, self: Value, indices: list) -> Value:
     dims = None
     for ax in reversed(used):
         idx = cx.cast(indices[ax], DType.i64)
+        if isinstance(shape[ax], int):
+            # each index counts from the end of its own axis and must lie in it, as in eager
+            # (an index past its axis would otherwise land in the next row of the flat one):
+            # gathering from arange(d) normalizes [-d, d) and raises IndexError outside it
+            idx = cx.op("gather", cx.const(np.arange(shape[ax], dtype=np.int64)), idx, axis=0)
         if isinstance(stride, int):
             term = idx if stride == 1 else cx.op("mul", idx, cx.scalar(stride, DType.i64))
         else:  # a symbolic stride is read off the input's shape at run time
