@@ -173,22 +173,32 @@ static std::vector<int> pin_threads(int threads) {
 }
 
 // Holds the calling thread on the pinned team's first CPU for a scope, then gives it back the
-// CPUs it had (the caller's thread is the user's: it is never left bound).
+// CPUs it had (the caller's thread is the user's: it is never left bound). Only one run at a
+// time is held: concurrent callers (each with a team of its own) are left where they are, so
+// they never queue on one CPU.
+static std::atomic<int> g_held_runs{0};
+
 struct MasterPin {
   bool held = false;
   cpu_set_t old;
   explicit MasterPin(int threads) {
     const int cpu = g_master_cpu.load(std::memory_order_relaxed);
     if (cpu < 0 || threads != g_pinned_team.load(std::memory_order_relaxed)) return;
-    if (pthread_getaffinity_np(pthread_self(), sizeof old, &old) != 0 || !CPU_ISSET(cpu, &old))
+    if (g_held_runs.fetch_add(1) != 0) {
+      g_held_runs.fetch_sub(1);
       return;
+    }
     cpu_set_t one;
     CPU_ZERO(&one);
     CPU_SET(cpu, &one);
-    held = pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0;
+    held = pthread_getaffinity_np(pthread_self(), sizeof old, &old) == 0 &&
+           CPU_ISSET(cpu, &old) && pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0;
+    if (!held) g_held_runs.fetch_sub(1);
   }
   ~MasterPin() {
-    if (held) pthread_setaffinity_np(pthread_self(), sizeof old, &old);
+    if (!held) return;
+    pthread_setaffinity_np(pthread_self(), sizeof old, &old);
+    g_held_runs.fetch_sub(1);
   }
 };
 

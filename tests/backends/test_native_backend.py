@@ -440,3 +440,36 @@ def test_pinning_can_be_turned_off(monkeypatch):
     cm = compile_native(MLP().eval(), (torch.randn(6, 64),))
     line = next(ln for ln in cm.report().splitlines() if "native plan:" in ln)
     assert "pinned" not in line
+
+
+def test_concurrent_callers_keep_their_cpus(monkeypatch):
+    """Only one run at a time holds its caller on the pinned CPU; every caller ends with the
+    CPUs it had, and the results are right."""
+    import os
+
+    from rtinfer.backends import native_backend
+
+    if torch.get_num_threads() < 2 or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs at least two threads on two CPUs")
+    monkeypatch.setattr(native_backend, "SERIAL_MARGIN", 0.0)
+    torch.manual_seed(0)
+    m = MLP().eval()
+    x = torch.randn(7, 64)
+    want = m(x).detach()
+    cm = compile_native(m, (x,))
+    errors: list[str] = []
+
+    def caller() -> None:
+        before = os.sched_getaffinity(0)
+        for _ in range(50):
+            if not torch.allclose(cm(x), want, rtol=1e-4, atol=1e-5):
+                errors.append("wrong result")
+        if os.sched_getaffinity(0) != before:
+            errors.append(f"affinity {os.sched_getaffinity(0)} != {before}")
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
