@@ -13,8 +13,10 @@ capture) and builds the result with the torch backend with ``trainable=True``: a
 keeps its inference form; its running statistics are frozen (not trained).
 
 ``distill`` trains the student on the user's batches with Hinton's logit distillation,
-``KL(softmax(t / T) || softmax(s / T)) * T^2``, mixed with cross-entropy when the batches carry
-labels, with Adam and a progress bar.
+``KL(softmax(t / T) || softmax(s / T)) * T^2``, or on hidden states (``loss="hidden"``: the
+MSE between the student's and the teacher's ``last_hidden_state``, or every layer's
+``hidden_states``, MiniLM-style), mixed with cross-entropy when the batches carry labels, with
+Adam and a progress bar.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -38,7 +40,12 @@ from rtinfer.frontends.torch_frontend import unflatten_outputs
 from rtinfer.ir.graph import Graph
 from rtinfer.ir.interpreter import bind_dims, eval_dim
 from rtinfer.ir.types import TensorType
-from rtinfer.passes.pruning.prune_channels import IMPORTANCE, GroupResult, prune_graph
+from rtinfer.passes.pruning.prune_channels import (
+    IMPORTANCE,
+    GroupResult,
+    group_ratios,
+    prune_graph,
+)
 from rtinfer.rewrite import Rewriter
 
 # -- the report -------------------------------------------------------------------------------
@@ -82,7 +89,7 @@ class PruneReport:
     macs_after: int
     params_before: int
     params_after: int
-    ratio: float
+    ratio: float | dict[str, float]
     importance: str
     groups: list[GroupResult] = field(default_factory=list)
     blocked_ops: list[str] = field(default_factory=list)
@@ -91,16 +98,18 @@ class PruneReport:
         def pct(a: int, b: int) -> str:
             return f"{100 * a / b:.1f}%" if b else "-"
 
-        lines = [f"pruned {self.ratio:g} of each group's channels by {self.importance}",
+        what = (", ".join(f"{r:g} of {k}" for k, r in self.ratio.items())
+                if isinstance(self.ratio, Mapping) else f"{self.ratio:g} of each group's channels")
+        lines = [f"pruned {what} by {self.importance}",
                  f"MACs:       {self.macs_before:,} -> {self.macs_after:,} "
                  f"({pct(self.macs_after, self.macs_before)})",
                  f"parameters: {self.params_before:,} -> {self.params_after:,} "
                  f"({pct(self.params_after, self.params_before)})",
-                 "groups (channels, parameters they run through):"]
+                 "groups (kind, channels, parameters they run through):"]
         for g in self.groups:
             note = (" ignored" if g.ignored else
                     f" kept whole: {', '.join(g.blocked_by)}" if g.blocked_by else "")
-            lines.append(f"  {g.channels_before:>5} -> {g.channels_after:<5} "
+            lines.append(f"  {g.kind:<8} {g.channels_before:>5} -> {g.channels_after:<5} "
                          f"{g.params_before:>10,} -> {g.params_after:<10,} {g.group}{note}")
         if self.blocked_ops:
             lines.append(f"blocked by: {', '.join(self.blocked_ops)}")
@@ -128,7 +137,8 @@ def trainable_module(graph: Graph) -> torch.nn.Module:
 class PrunedModel(torch.nn.Module):
     """A pruned model: the IR it was built from (``ir``), the trainable module computing it
     (``net``, parameters named after the original weights) and what pruning did
-    (``report()``). Call it like the original model, with its tensors positionally."""
+    (``report()``). Call it like the original model: its tensors positionally or by the
+    names of the model's inputs (``input_ids=..., attention_mask=...``)."""
 
     def __init__(self, graph: Graph, report: PruneReport):
         super().__init__()
@@ -136,7 +146,9 @@ class PrunedModel(torch.nn.Module):
         self.net = trainable_module(graph)
         self._report = report
 
-    def forward(self, *args: torch.Tensor) -> Any:
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        if kwargs:
+            args = self._bind(args, kwargs)
         if len(args) != len(self.ir.inputs):
             raise PruneError(f"the pruned model takes {len(self.ir.inputs)} tensor input(s) "
                              f"positionally, got {len(args)}")
@@ -151,6 +163,23 @@ class PrunedModel(torch.nn.Module):
         if "torch" in self.ir.meta:
             return unflatten_outputs(self.ir, list(outs))
         return outs[0] if len(outs) == 1 else outs
+
+    def _bind(self, args: tuple, kwargs: dict[str, Any]) -> tuple:
+        """The inputs in the IR's order from positional and named tensors."""
+        names = [v.name for v in self.ir.inputs]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise PruneError(f"the pruned model has no input named {', '.join(unknown)} "
+                             f"(its inputs: {', '.join(map(str, names))})")
+        out = list(args)
+        for name in names[len(args):]:
+            if name not in kwargs:
+                raise PruneError(f"the pruned model's input {name!r} is missing")
+            out.append(kwargs.pop(name))
+        if kwargs:
+            raise PruneError(f"input(s) {', '.join(kwargs)} given both positionally and by "
+                             f"name")
+        return tuple(out)
 
     def report(self) -> PruneReport:
         return self._report
@@ -197,28 +226,45 @@ def _describe(a: Any) -> str:
 # -- prune ------------------------------------------------------------------------------------
 
 
-def _as_tuple(example_inputs: Any) -> tuple:
+def _as_tuple(example_inputs: Any) -> tuple | dict[str, Any]:
+    """The example as positional inputs, or a dict of named ones (kept a dict: capture binds
+    it to the model's forward by name)."""
     if example_inputs is None:
-        raise PruneError("prune needs example_inputs (a tensor or a tuple of tensors) to "
-                         "capture the model")
+        raise PruneError("prune needs example_inputs (a tensor, a tuple of tensors or a dict "
+                         "of named tensors) to capture the model")
+    if isinstance(example_inputs, dict):
+        return dict(example_inputs)
     return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
 
 
-def _capture(model: Any, args: tuple, dynamic_dims: Any) -> Graph:
+def _example_tensors(graph: Graph, args: tuple | dict[str, Any]) -> tuple:
+    """The example's tensors in the order of the graph's inputs (named inputs by name)."""
+    if not isinstance(args, dict):
+        return args
+    return tuple(args[v.name] for v in graph.inputs if v.name in args)
+
+
+def _capture(model: Any, args: tuple | dict[str, Any], dynamic_dims: Any) -> Graph:
     """The model's IR; the batch axis of every tensor input symbolic where the model allows
     (so the pruned module takes any batch size), else the example's sizes."""
     if dynamic_dims is not None or not isinstance(model, torch.nn.Module):
         return capture(model, args, dynamic_dims=dynamic_dims)
+    named = isinstance(args, dict)
     try:
-        bound = inspect.signature(model.forward).bind_partial(*args).arguments
+        sig = inspect.signature(model.forward)
+        bound = (sig.bind_partial(**args) if named else sig.bind_partial(*args)).arguments
     except (TypeError, ValueError):
         return capture(model, args)
     batch = {name: {0: "B"} for name, a in bound.items()
              if isinstance(a, torch.Tensor) and a.dim() > 0}
-    # torch.export specializes a dim of size 1: a batch of one is captured as a batch of two
-    wide = tuple(a.expand(2, *a.shape[1:]).contiguous()
-                 if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
-                 for a in args)
+
+    def widen(a: Any) -> Any:
+        # torch.export specializes a dim of size 1: a batch of one is captured as a batch of 2
+        if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1:
+            return a.expand(2, *a.shape[1:]).contiguous()
+        return a
+
+    wide = {k: widen(a) for k, a in args.items()} if named else tuple(map(widen, args))
     try:
         return capture(model, wide, dynamic_dims=batch or None)
     except CaptureError:
@@ -251,7 +297,7 @@ def _taylor_saliency(graph: Graph, data: Iterable[Any] | None) -> dict[int, np.n
     return out
 
 
-def _prune_once(graph: Graph, args: tuple, ratio: float, importance: str,
+def _prune_once(graph: Graph, args: tuple, ratio: float | dict[str, float], importance: str,
                 ignore: Sequence[str], round_to: int,
                 saliency: dict[int, np.ndarray] | None) -> tuple[Graph, PruneReport]:
     pruned = graph.clone()
@@ -283,34 +329,44 @@ def _ignore_names(model: Any, ignore: Any) -> list[str]:
     return names
 
 
-def prune(model: Any, example_inputs: Any = None, ratio: float = 0.5, importance: str = "l2",
+def prune(model: Any, example_inputs: Any = None, ratio: float | Mapping[str, float] = 0.5,
+          importance: str = "l2",
           ignore: Any = None, round_to: int = 8, target_macs: float | None = None,
           data: Iterable[Any] | None = None, dynamic_dims: Any = None) -> PrunedModel:
     """Prune ``model``'s channels and return a trainable ``PrunedModel`` (``.report()``).
 
     ``ratio``: fraction of each group's channels removed (the count kept rounded up to a
-    multiple of ``round_to``); or ``target_macs``: the fraction of the dense MACs (at the
-    example's sizes) to keep (the least uniform ratio that stays within it, by bisection).
+    multiple of ``round_to`` features: a head of 32 features counts as 32), or a fraction per
+    group kind, such as ``{"ffn": 0.5, "heads": 0.34}`` (kinds: "channels" of convolutions,
+    "ffn" neurons of fully connected layers, attention "heads", the "hidden" size a LayerNorm
+    normalizes; a kind left out stays whole, and a plain ratio leaves "hidden" whole: pruning
+    it is never exact); or ``target_macs``: the
+    fraction of the dense MACs (at the example's sizes) to keep (the least uniform ratio that
+    stays within it, by bisection).
     ``importance``: "l1", "l2" (weight magnitude over every member of a group), "bn-scale"
     (|gamma| of the group's BatchNorms) or "taylor" (|w * dL/dw| summed over ``data``: batches
     of inputs, optionally followed by labels; without labels the model's own predictions).
     ``ignore``: layers (names such as ``"fc"`` or the submodules themselves) whose output
-    channels stay. ``dynamic_dims`` as for ``rtinfer.capture`` (default: the batch
-    axis symbolic where the model allows). The model is not modified.
+    channels stay. ``example_inputs``: a tensor, a tuple, or a dict of named tensors (the
+    pruned model then also takes them by name). ``dynamic_dims`` as for ``rtinfer.capture``
+    (default: the batch axis symbolic where the model allows). The model is not modified.
     """
     if importance not in IMPORTANCE:
         raise PruneError(f"unknown importance {importance!r} (choose one of "
                          f"{', '.join(IMPORTANCE)})")
     if not isinstance(round_to, int) or round_to < 1:
         raise PruneError(f"round_to must be a positive int, got {round_to!r}")
-    if target_macs is None and not 0.0 <= ratio < 1.0:
-        raise PruneError(f"ratio must be in [0, 1), got {ratio!r}")
+    if target_macs is None:
+        group_ratios(ratio)  # a bad ratio fails before the capture
+        if isinstance(ratio, Mapping):
+            ratio = {k: float(r) for k, r in ratio.items()}
     if importance == "taylor" and data is None:
         raise PruneError("importance='taylor' needs data=batches (inputs, then optional "
                          "labels) to measure gradients")
     names = _ignore_names(model, ignore)
     args = _as_tuple(example_inputs)
     graph = _capture(model, args, dynamic_dims)
+    args = _example_tensors(graph, args)
     saliency = None if importance != "taylor" else _taylor_saliency(graph, data)
     if target_macs is None:
         pruned, report = _prune_once(graph, args, ratio, importance, names, round_to, saliency)
@@ -338,7 +394,7 @@ def prune(model: Any, example_inputs: Any = None, ratio: float = 0.5, importance
 
 # -- distill ----------------------------------------------------------------------------------
 
-LOSSES = ("logits",)
+LOSSES = ("logits", "hidden")
 
 
 def _split_batch(batch: Any, n_inputs: int, where: str) -> tuple[tuple, torch.Tensor | None]:
@@ -355,6 +411,16 @@ def _split_batch(batch: Any, n_inputs: int, where: str) -> tuple[tuple, torch.Te
                      f"and optionally labels, got {len(items)} tensors")
 
 
+def _split_named(batch: dict, where: str) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """(named inputs, labels or None) of a dict batch; its labels, if any, under "labels"."""
+    bad = [k for k, t in batch.items() if not isinstance(t, torch.Tensor)]
+    if bad:
+        raise PruneError(f"{where}: a batch dict must hold tensors; {', '.join(map(str, bad))} "
+                         f"is not one")
+    inputs = {k: t for k, t in batch.items() if k != "labels"}
+    return inputs, batch.get("labels")
+
+
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's logit distillation: KL(softmax(t / T) || softmax(s / T)) * T^2 (the T^2
     keeps the gradient's scale as T changes)."""
@@ -363,22 +429,91 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
                     reduction="batchmean", log_target=True) * t * t
 
 
+def hidden_states(out: Any) -> list[torch.Tensor]:
+    """The hidden states a model returns: every layer's (a transformer output's
+    ``hidden_states``, when the model was asked for them: ``output_hidden_states=True``), else
+    its ``last_hidden_state``, else the output itself or its first tensor (a tuple's)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    layers = getattr(out, "hidden_states", None)
+    if isinstance(layers, (tuple, list)) and layers and all(
+            isinstance(h, torch.Tensor) for h in layers):
+        return list(layers)
+    h = getattr(out, "last_hidden_state", None)
+    if isinstance(h, torch.Tensor):
+        return [h]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return [out[0]]
+    return []
+
+
+def _masked_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over the tokens ``mask`` keeps ([N, S] against [N, S, ...] hidden
+    states; every element without a mask of that shape)."""
+    if mask is None or mask.shape != s.shape[:2]:
+        return F.mse_loss(s, t)
+    w = mask.to(s.dtype).reshape(*mask.shape, *(1,) * (s.dim() - 2))
+    n = w.sum() * (s[0, 0].numel())
+    return ((s - t) ** 2 * w).sum() / n.clamp(min=1)
+
+
+def _loss(loss: str, s_out: Any, t_out: Any, labels: torch.Tensor | None, temperature: float,
+          alpha: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The distillation loss of one batch, mixed with cross-entropy where labels are given;
+    ``mask``: the batch's attention_mask (padding is not distilled)."""
+    if loss == "hidden":
+        ss, ts = hidden_states(s_out), hidden_states(t_out)
+        if not ss or [h.shape for h in ss] != [h.shape for h in ts]:
+            raise PruneError(
+                "hidden-state distillation needs the student and the teacher to return hidden "
+                "states of the same shapes (a tensor, a tuple starting with one, or an output "
+                f"with last_hidden_state or hidden_states); got "
+                f"{[list(h.shape) for h in ss] or _describe(s_out)} and "
+                f"{[list(h.shape) for h in ts] or _describe(t_out)}")
+        # each layer's hidden states pulled to the teacher's (MiniLM / TinyBERT style)
+        value = sum(_masked_mse(s, t, mask) for s, t in zip(ss, ts, strict=True)) / len(ss)
+        s = ss[-1]
+    else:
+        s = s_out
+        if not isinstance(s_out, torch.Tensor) or not isinstance(t_out, torch.Tensor) \
+                or s_out.shape != t_out.shape:
+            raise PruneError("logit distillation needs the student and the teacher to return "
+                             "one tensor of logits of the same shape (loss='hidden' matches "
+                             "hidden states)")
+        value = kd_loss(s_out, t_out, temperature)
+    if labels is None:
+        return value
+    if s.dim() != 2:
+        raise PruneError(f"labels need the student's output to be logits [N, classes]; it is "
+                         f"{list(s.shape)} (leave the labels out to distill alone)")
+    return alpha * value + (1 - alpha) * F.cross_entropy(s, labels.long())
+
+
 def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: int = 600,
             loss: str = "logits", temperature: float = 4.0, lr: float = 1e-3,
             alpha: float = 0.5, progress: bool = True) -> torch.nn.Module:
-    """Train ``student`` (in place; returned) to match ``teacher``'s logits on ``data``.
+    """Train ``student`` (in place; returned) to match ``teacher`` on ``data``.
 
     ``data``: an iterable of batches, each the model's input tensors optionally followed by
-    integer class labels; it is gone through again until ``steps`` optimizer steps are made.
-    With labels the loss is ``alpha * KD + (1 - alpha) * cross-entropy``, without them KD
-    alone. ``temperature``: T of the softened distributions. Adam at ``lr`` over the
+    integer class labels, or a dict of named inputs (labels under ``"labels"``); it is gone
+    through again until ``steps`` optimizer steps are made. ``loss``: ``"logits"``, Hinton's
+    KD with temperature ``temperature`` on the (single tensor) outputs, or ``"hidden"``, the
+    mean squared error between the student's and the teacher's hidden states (a
+    transformer's ``last_hidden_state``, or every layer's ``hidden_states`` where the model
+    returns them, else the output or its first tensor: MiniLM / TinyBERT-style feature
+    distillation, which pulls the mean-pooled sentence embedding along; with dict batches the
+    tokens their ``attention_mask`` zeroes, padding, are left out). With
+    labels the loss is ``alpha * distillation + (1 - alpha) * cross-entropy`` of the
+    student's logits, without them the distillation loss alone. Adam at ``lr`` over the
     student's trainable parameters; a tqdm progress bar shows the loss.
     """
     from tqdm.auto import tqdm
 
     if loss not in LOSSES:
         raise PruneError(f"unknown distillation loss {loss!r} (available: "
-                         f"{', '.join(LOSSES)}; 'hidden' is not available yet)")
+                         f"{', '.join(LOSSES)})")
     if not isinstance(steps, int) or steps < 1:
         raise PruneError(f"steps must be a positive int, got {steps!r}")
     if not temperature > 0 or not 0.0 <= alpha <= 1.0:
@@ -400,18 +535,16 @@ def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: 
             seen = 0
             for batch in data:
                 seen += 1
-                inputs, labels = _split_batch(batch, n_inputs, f"batch {seen}")
+                if isinstance(batch, dict):
+                    named, labels = _split_named(batch, f"batch {seen}")
+                    inputs: tuple = ()
+                else:
+                    (inputs, labels), named = _split_batch(batch, n_inputs, f"batch {seen}"), {}
                 with torch.no_grad():
-                    t_out = teacher(*inputs)
-                s_out = student(*inputs)
-                if not isinstance(s_out, torch.Tensor) or not isinstance(t_out, torch.Tensor) \
-                        or s_out.shape != t_out.shape:
-                    raise PruneError("logit distillation needs the student and the teacher to "
-                                     "return one tensor of logits of the same shape")
-                loss_value = kd_loss(s_out, t_out, temperature)
-                if labels is not None:
-                    ce = F.cross_entropy(s_out, labels.long())
-                    loss_value = alpha * loss_value + (1 - alpha) * ce
+                    t_out = teacher(*inputs, **named)
+                s_out = student(*inputs, **named)
+                loss_value = _loss(loss, s_out, t_out, labels, temperature, alpha,
+                                   named.get("attention_mask"))
                 value = loss_value.item()
                 if not math.isfinite(value):
                     raise PruneError(f"distillation diverged at step {step} (loss {value}); "
@@ -421,7 +554,7 @@ def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: 
                 opt.step()
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}")
+                bar.set_postfix(loss=f"{value:.4g}")
                 if step >= steps:
                     break
             if seen == 0:
@@ -435,4 +568,5 @@ def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: 
     return student
 
 
-__all__ = ["LOSSES", "PruneReport", "PrunedModel", "distill", "kd_loss", "prune"]
+__all__ = ["LOSSES", "PruneReport", "PrunedModel", "distill", "hidden_states", "kd_loss",
+           "prune"]

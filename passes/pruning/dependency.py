@@ -8,7 +8,8 @@ flatten's features onto blocks of channels). The connected components of those l
 prunable units (a *channel*: every element that goes when it goes); channels touching the same
 set of (value, axis) rows form a *group* (Torch-Pruning's dependency group): the output
 channels of a conv together with the BatchNorm, the residual adds and the next layers' input
-channels they feed.
+channels they feed. A group's kind (conv ``channels``, ``ffn`` neurons, attention ``heads``,
+the ``hidden`` size a norm reduces over) lets a ratio differ per kind.
 
 A channel is blocked (kept whole) when it reaches a graph input or output (the model's
 interface stays), or an op that does not say how the element flows: an op without
@@ -60,6 +61,24 @@ class ChannelGroup:
     dims: list[tuple[Value, int]]
     weights: list[WeightMember]
     blocked_by: list[str] = field(default_factory=list)
+    # features per channel in the producing layers' weights: 1 for a conv channel or an FFN
+    # neuron, the head size for attention heads (a reshape splits the features into heads)
+    width: int = 1
+    reduced_by: list[str] = field(default_factory=list)  # ops normalizing over the channels
+
+    @property
+    def kind(self) -> str:
+        """What the channels are: ``"hidden"`` (an op reduces over them: a LayerNorm's hidden
+        size, the residual stream of a transformer; pruning them is never exact),
+        ``"heads"`` (each a block of several features of the layers producing it: attention
+        heads), ``"ffn"`` (single neurons of fully connected layers, rank-2 weights) or
+        ``"channels"`` (convolution channels)."""
+        if self.reduced_by:
+            return "hidden"
+        if self.width > 1:
+            return "heads"
+        outs = [w for w in self.weights if w.role == "out"] or self.weights
+        return "ffn" if all(w.weight.type.rank == 2 for w in outs) else "channels"
 
     @property
     def size(self) -> int:
@@ -117,6 +136,8 @@ class ChannelDependency:
         self._cols: list[np.ndarray] = []
         # element index arrays and why they are blocked
         self._blocked: list[tuple[np.ndarray, str]] = []
+        # element index arrays an op reduces over (a norm's hidden size) and which op
+        self._reduced: list[tuple[np.ndarray, str]] = []
         for v in graph.inputs:
             self._block_value(v, f"graph input {v.name or v.uid}")
         for v in graph.outputs:
@@ -154,10 +175,14 @@ class ChannelDependency:
         in_types = [v.type for v in node.inputs]
         try:
             groups = opdef.channel_groups(in_types, node.attrs)
-            links = (opdef.prune.links(in_types, [v.type for v in node.outputs], node.attrs)
-                     if opdef.prune is not None and opdef.prune.links is not None else [])
+            hook = opdef.prune
+            links = (hook.links(in_types, [v.type for v in node.outputs], node.attrs)
+                     if hook is not None and hook.links is not None else [])
+            reduced = (hook.reduces(in_types, node.attrs)
+                       if hook is not None and hook.reduces is not None else [])
         except (IRError, ValueError, KeyError, IndexError, TypeError):
-            groups, links = None, []  # hooks that cannot read this node: it blocks pruning
+            # hooks that cannot read this node: it blocks pruning
+            groups, links, reduced = None, [], []
         # per port axis, which of its elements the op says how to prune
         covered: dict[tuple[Value, int], np.ndarray] = {}
         for vals in (node.inputs, node.outputs):
@@ -181,6 +206,10 @@ class ChannelDependency:
                 self._rows.append(first)
                 self._cols.append(self.elements(v, ax))
                 covered[(v, ax)][:] = True
+        for port in reduced:
+            pa = self._port(node, port)
+            if pa is not None and (pa[0].uid, pa[1]) in self.offsets:
+                self._reduced.append((self.elements(*pa), why))
         for a, a_idx, b, b_idx in links:
             pa = self._port(node, a)
             if pa is None or (pa[0].uid, pa[1]) not in self.offsets:
@@ -207,6 +236,10 @@ class ChannelDependency:
         for idx, why in self._blocked:
             for label in np.unique(self.labels[idx]):
                 blocked[int(label)].add(why)
+        reduced: dict[int, set[str]] = defaultdict(set)
+        for idx, why in self._reduced:
+            for label in np.unique(self.labels[idx]):
+                reduced[int(label)].add(why)
         # which (value, axis) rows each channel touches: its group's signature
         dim_of = np.empty(n, np.int64)
         dims = list(self.offsets)
@@ -227,9 +260,19 @@ class ChannelDependency:
             if not members:
                 continue  # no layer owns these channels (spatial axes, the batch)
             why = sorted(set().union(*(blocked.get(label, set()) for label in labels)))
+            channels = np.array(sorted(labels))
             self.groups.append(ChannelGroup(
-                len(self.groups), np.array(sorted(labels)),
-                [(self.values[dims[d][0]], dims[d][1]) for d in sig], members, why))
+                len(self.groups), channels,
+                [(self.values[dims[d][0]], dims[d][1]) for d in sig], members, why,
+                self._width(members, channels),
+                sorted(set().union(*(reduced.get(label, set()) for label in labels)))))
+
+    def _width(self, members: list[WeightMember], channels: np.ndarray) -> int:
+        """Elements per channel on the producing layers' output axes (the fewest over them;
+        the consuming layers' input axes where no layer produces the channels)."""
+        outs = [w for w in members if w.role == "out"] or members
+        counts = [int(np.isin(self.label_of(w.weight, w.axis), channels).sum()) for w in outs]
+        return max(1, min(counts) // len(channels))
 
     def _weight_dims(self) -> dict[Dim, list[WeightMember]]:
         out: dict[Dim, list[WeightMember]] = defaultdict(list)

@@ -5,7 +5,11 @@ every member at once: the producing layers' output channels (weight rows, biases
 BatchNorm parameters, the residual adds and concats they reach, the next layers' input
 channels (a flatten's blocks of features included). ``ratio`` of each group's channels go,
 the count kept rounded up to a multiple of ``round-to`` (never below ``round-to``, or all of
-them when a group has fewer); a layer named in ``ignore`` keeps its output channels.
+them when a group has fewer; a group whose channels are blocks of features, attention heads,
+rounds its features: 32-wide heads are multiples of 8 whatever their count); a layer named in
+``ignore`` keeps its output channels. ``rtinfer.prune`` also takes a ratio per group kind
+(``ChannelGroup.kind``: conv ``channels``, ``ffn`` neurons, attention ``heads``, and the
+``hidden`` size a LayerNorm normalizes, which a plain ratio leaves whole).
 
 Importance of a channel combines every member weight of its group:
 
@@ -25,7 +29,8 @@ Stats: groups, pruned-groups, channels-removed, blocked-groups.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +44,7 @@ from rtinfer.rewrite import Rewriter
 from rtinfer.rewrite.events import RewriteLog
 
 IMPORTANCE = ("l1", "l2", "bn-scale", "taylor")
+KINDS = ("channels", "ffn", "heads", "hidden")  # ChannelGroup.kind: keys of a per-kind ratio
 # a weight's first-order Taylor saliency |sum over data of w * dL/dw|, per element, by the
 # weight's value uid (the data-driven half of "taylor", measured by rtinfer.prune)
 Saliency = dict[int, np.ndarray]
@@ -55,6 +61,7 @@ class GroupResult:
     ignored: bool = False
     params_before: int = 0
     params_after: int = 0
+    kind: str = "channels"  # ChannelGroup.kind: "channels", "ffn", "heads" or "hidden"
 
 
 @dataclass
@@ -127,12 +134,32 @@ def _ignored(group: ChannelGroup, ignore: Collection[str]) -> bool:
                                        for i in ignore) for w in group.weights)
 
 
-def select_channels(dep: ChannelDependency, ratio: float, round_to: int, importance: str,
-                    ignore: Collection[str] = (), saliency: Saliency | None = None
+def group_ratios(ratio: float | Mapping[str, float]) -> dict[str, float]:
+    """The fraction removed per group kind (``ChannelGroup.kind``): one float for every kind
+    but "hidden" (a normalization's hidden size stays whole unless named: pruning it is never
+    exact), or a mapping such as ``{"ffn": 0.5, "heads": 0.34}`` whose missing kinds stay
+    whole."""
+    if isinstance(ratio, Mapping):
+        unknown = sorted(set(ratio) - set(KINDS))
+        if unknown:
+            raise PruneError(f"ratio: unknown group kind(s) {', '.join(map(repr, unknown))} "
+                             f"(kinds: {', '.join(KINDS)})")
+        ratios = {k: ratio.get(k, 0.0) for k in KINDS}
+    else:
+        ratios = {**dict.fromkeys(KINDS, ratio), "hidden": 0.0}
+    for kind, r in ratios.items():
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
+            raise PruneError(f"ratio must be in [0, 1), got {r!r}"
+                             + (f" for {kind!r}" if isinstance(ratio, Mapping) else ""))
+    return {k: float(r) for k, r in ratios.items()}
+
+
+def select_channels(dep: ChannelDependency, ratio: float | Mapping[str, float], round_to: int,
+                    importance: str, ignore: Collection[str] = (),
+                    saliency: Saliency | None = None
                     ) -> tuple[np.ndarray, list[GroupResult]]:
     """The channels (component labels) to remove, and what happens per group."""
-    if not 0.0 <= ratio < 1.0:
-        raise PruneError(f"ratio must be in [0, 1), got {ratio!r}")
+    ratios = group_ratios(ratio)
     if round_to < 1:
         raise PruneError(f"round_to must be at least 1, got {round_to!r}")
     removed: list[np.ndarray] = []
@@ -140,14 +167,15 @@ def select_channels(dep: ChannelDependency, ratio: float, round_to: int, importa
     for g in dep.groups:
         if g.size <= 1:
             continue
-        res = GroupResult(g.describe(), g.size, g.size, list(g.blocked_by))
+        res = GroupResult(g.describe(), g.size, g.size, list(g.blocked_by), kind=g.kind)
         results.append(res)
-        if not g.prunable:
+        if not g.prunable or ratios[g.kind] == 0.0:
             continue
         if _ignored(g, ignore):
             res.ignored = True
             continue
-        keep = kept_count(g.size, ratio, round_to)
+        # round_to counts features: a head of 32 features is a multiple of 8 by itself
+        keep = kept_count(g.size, ratios[g.kind], round_to // math.gcd(round_to, g.width))
         order = np.argsort(-group_importance(dep, g, importance, saliency), kind="stable")
         drop = g.channels[order[keep:]]
         removed.append(drop)
@@ -241,8 +269,8 @@ def apply_pruning(graph: Graph, dep: ChannelDependency, removed: np.ndarray,
     return len(rebuilt)
 
 
-def prune_graph(graph: Graph, *, ratio: float, round_to: int = 1, importance: str = "l2",
-                ignore: Sequence[str] = (), log: RewriteLog | None = None,
+def prune_graph(graph: Graph, *, ratio: float | Mapping[str, float], round_to: int = 1,
+                importance: str = "l2", ignore: Sequence[str] = (), log: RewriteLog | None = None,
                 pass_name: str = "prune-channels",
                 saliency: Saliency | None = None) -> PruneResult:
     """Prune ``graph`` in place; what each group kept and which ops blocked pruning."""
@@ -276,6 +304,6 @@ def prune_channels(graph: Graph, ctx: PassContext) -> None:
     ctx.stat("blocked-groups", sum(bool(g.blocked_by) for g in result.groups))
 
 
-__all__ = ["IMPORTANCE", "GroupResult", "PruneResult", "Saliency", "apply_pruning",
-           "group_importance", "group_params", "kept_count", "kept_indices", "prune_channels",
-           "prune_graph", "select_channels"]
+__all__ = ["IMPORTANCE", "KINDS", "GroupResult", "PruneResult", "Saliency", "apply_pruning",
+           "group_importance", "group_params", "group_ratios", "kept_count", "kept_indices",
+           "prune_channels", "prune_graph", "select_channels"]

@@ -144,8 +144,8 @@ def test_distill_with_labels_and_bad_batches(digits, pruned):
                         progress=False)
     with pytest.raises(PruneError, match="data gave no batches"):
         rtinfer.distill(student, teacher=model, data=[], steps=1, progress=False)
-    with pytest.raises(PruneError, match="unknown distillation loss 'hidden'"):
-        rtinfer.distill(student, teacher=model, data=batches, loss="hidden", progress=False)
+    with pytest.raises(PruneError, match="unknown distillation loss 'features'"):
+        rtinfer.distill(student, teacher=model, data=batches, loss="features", progress=False)
 
 
 def test_prune_options(digits):

@@ -9,6 +9,7 @@ import numpy as np
 import sympy
 
 from rtinfer.errors import IRError
+from rtinfer.ir.ops import channel_maps
 from rtinfer.ir.ops.common import (
     broadcast_shapes,
     fmt_shapes,
@@ -168,6 +169,7 @@ def _mha_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis
 op("multi_head_attention", ["q", "k", "v", "mask?"], _mha_infer, _mha_ref,
    attrs={"num_heads": Attr("int"), "scale": Attr("float", 0.0), "causal": Attr("bool", False)},
    traits=[OPAQUE], channels=_mha_channels, cost=attention_cost,
+   prune=channel_maps.MULTI_HEAD_ATTENTION,
    doc="scaled_dot_product_attention over heads packed in the last axis: q [..., L, H*E], "
        "k [..., S, H*E], v [..., S, H*Ev] are split into H = num_heads heads "
        "([..., L, H*E] -> [..., H, L, E]), attended per head (scale 0 = 1/sqrt(E); the mask "

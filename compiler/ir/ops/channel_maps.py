@@ -1,6 +1,8 @@
 """Channel pruning hooks (``OpDef.prune``) of the ops whose channels do not map index to index
-(concat, split, slice, reshape, flatten) or whose attributes hold channel counts (reshape
-shapes, split sizes, slice bounds, a depthwise convolution's groups).
+(concat, split, slice, reshape, flatten, a multi-head attention's heads), whose attributes
+hold channel counts (reshape shapes, split sizes, slice bounds, a depthwise convolution's
+groups, a multi-head attention's num_heads), or that reduce over channels (a LayerNorm's
+hidden size, pruned only when asked).
 
 ``links`` functions return ``IndexLink`` s: element ``a_idx[k]`` of port axis ``a`` is the
 same channel as element ``b_idx[k]`` of port axis ``b`` (``b`` None: elements no other port
@@ -186,4 +188,45 @@ def _conv_attrs(ins: list[TensorType], attrs: dict, kept: Kept) -> dict[str, Any
 
 CONV = PruneHook(attrs=_conv_attrs)
 
-__all__ = ["CONCAT", "CONV", "FLATTEN", "RESHAPE", "SLICE", "SPLIT", "merge_links"]
+# -- multi-head attention over [..., S, H*D] -----------------------------------------------
+
+
+def _mha_links(ins: list[TensorType], outs: list[TensorType], attrs: dict
+               ) -> list[IndexLink]:
+    """Whole heads: every feature of head h of q is one channel with the first (so is k's,
+    which ``channel_groups`` pairs with q's feature by feature), and head h of v (and of the
+    output, paired with v) is the same channel as head h of q: a head goes from q, k, v and
+    the output at once, and ``num_heads`` stays a divisor."""
+    h = attrs["num_heads"]
+    q, v = ins[0].shape[-1], ins[2].shape[-1]
+    if not isinstance(q, int) or not isinstance(v, int) or q % h or v % h:
+        return []
+    e, ev = q // h, v // h
+    qa, va = ("in", 0, ins[0].rank - 1), ("in", 2, ins[2].rank - 1)
+    return [(qa, np.arange(q), qa, np.arange(q) // e * e),
+            (va, np.arange(v), qa, np.arange(v) // ev * e)]
+
+
+def _mha_attrs(ins: list[TensorType], attrs: dict, kept: Kept) -> dict[str, Any]:
+    q = ("in", 0, ins[0].rank - 1)
+    if q not in kept:
+        return attrs
+    return {**attrs, "num_heads": len(kept[q]) // (ins[0].shape[-1] // attrs["num_heads"])}
+
+
+MULTI_HEAD_ATTENTION = PruneHook(links=_mha_links, attrs=_mha_attrs)
+
+# -- layer_norm / rms_norm --------------------------------------------------------------------
+
+
+def _last_axes_reduced(ins: list[TensorType], attrs: dict) -> list[PortAxis]:
+    """The normalized axes axis..rank-1: their statistics (mean, variance) read every channel,
+    so removing one changes the others (a transformer's hidden size)."""
+    x = ins[0]
+    return [("in", 0, ax) for ax in range(_axis(attrs["axis"], x.rank), x.rank)]
+
+
+LAST_AXES_NORM = PruneHook(reduces=_last_axes_reduced)
+
+__all__ = ["CONCAT", "CONV", "FLATTEN", "LAST_AXES_NORM", "MULTI_HEAD_ATTENTION", "RESHAPE",
+           "SLICE", "SPLIT", "merge_links"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from rtinfer.errors import IRError
+from rtinfer.ir.ops import channel_maps
 from rtinfer.ir.ops.common import (
     need_float,
     need_no_quant,
@@ -116,7 +117,7 @@ def _ln_ref(x, gamma, beta, axis: int, eps: float) -> np.ndarray:
 
 op("layer_norm", ["x", "gamma?", "beta?"], _last_axes_infer, _ln_ref,
    attrs={"axis": Attr("int", -1), "eps": Attr("float", 1e-5)}, traits=[OPAQUE],
-   channels=_last_axes_channels,
+   channels=_last_axes_channels, prune=channel_maps.LAST_AXES_NORM,
    doc="normalize over axes axis..rank-1 (biased variance), then * gamma + beta; gamma and "
        "beta have shape x.shape[axis:] (torch F.layer_norm)")
 
@@ -130,7 +131,7 @@ def _rms_ref(x, gamma, axis: int, eps: float) -> np.ndarray:
 
 op("rms_norm", ["x", "gamma?"], _last_axes_infer, _rms_ref,
    attrs={"axis": Attr("int", -1), "eps": Attr("float", 1e-6)}, traits=[OPAQUE],
-   channels=_last_axes_channels,
+   channels=_last_axes_channels, prune=channel_maps.LAST_AXES_NORM,
    doc="x / sqrt(mean(x^2 over axes axis..rank-1) + eps) * gamma (torch F.rms_norm)")
 
 # -- group_norm / instance_norm ---------------------------------------------------------------

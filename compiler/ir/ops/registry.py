@@ -174,10 +174,13 @@ class PruneHook:
     ``links(in_types, out_types, attrs)`` maps channels between axes that are not one to one
     (a concat's output axis onto offsets of its inputs, a flatten's features onto blocks of
     channels), and ``attrs(in_types, attrs, kept)`` rewrites attributes that hold channel
-    counts (reshape shapes, split sizes, conv groups) once channels go."""
+    counts (reshape shapes, split sizes, conv groups) once channels go. ``reduces(in_types,
+    attrs)`` names the port axes the op reduces over (a LayerNorm's hidden size): pruning them
+    changes every output, so their groups are pruned only when asked (kind "hidden")."""
 
     links: LinksFn | None = None
     attrs: PruneAttrsFn | None = None
+    reduces: Callable[[list[TensorType], dict[str, Any]], list[PortAxis]] | None = None
 
 
 # -- the op definition ------------------------------------------------------------------------
