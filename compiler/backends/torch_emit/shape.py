@@ -118,6 +118,11 @@ def _checked_index(idx: torch.Tensor, x: torch.Tensor, axis: int, negative: bool
     would wrap a negative one or fail with its own message)."""
     idx = idx.long()
     size = x.shape[axis]
+    if torch.compiler.is_compiling():
+        # traced (torch.export of a module built here, as rtinfer.compile of a PrunedModel
+        # does; Dynamo): no data-dependent check to trace; the graph captured from it checks
+        # its indices itself
+        return torch.where(idx < 0, idx + size, idx) if negative else idx
     if idx.numel():
         lo, hi = torch.aminmax(idx)
         if int(lo) < (-size if negative else 0) or int(hi) >= size:
