@@ -51,7 +51,7 @@ from rtinfer.backends.tvm_lower.context import (
     lowers,
     require_tvm,
 )
-from rtinfer.backends.tvm_lower.driver import Lowered, lower_graph
+from rtinfer.backends.tvm_lower.driver import Lowered, lower_graph, take_raised
 from rtinfer.errors import BackendError
 from rtinfer.ir.graph import Graph
 from rtinfer.ir.ops import OPS
@@ -136,7 +136,14 @@ class TVMModule:
         self.tuning: Any = None  # a tvm_tune.TuneReport when built with tune=N
 
     def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self._main(*[_to_tvm(t) for t in tensors])
+        args = [_to_tvm(t) for t in tensors]
+        try:
+            out = self._main(*args)
+        except Exception:
+            err = take_raised()  # a fallback's own error (an index out of range), as it was
+            if err is not None:
+                raise err from None
+            raise
         outs = list(out) if self.n_outputs > 1 else [out]
         return tuple(torch.from_dlpack(o) for o in outs)
 

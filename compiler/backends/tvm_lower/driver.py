@@ -5,6 +5,7 @@ or whose lowering declines."""
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from rtinfer.backends.tvm_lower.context import (
     UNSUPPORTED,
     LowerContext,
 )
-from rtinfer.errors import BackendError, Unsupported
+from rtinfer.errors import BackendError, RtinferError, Unsupported
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node
 from rtinfer.ir.printer import format_node
@@ -92,13 +93,26 @@ class Fallback:
 
     def __call__(self, *args: Any) -> None:
         ins = [torch.from_dlpack(a) for a in args[:self.n_in]]
-        with torch.no_grad():
-            outs = self.module(*ins)
+        try:
+            with torch.no_grad():
+                outs = self.module(*ins)
+        except RtinferError as e:
+            # TVM's FFI turns it into its own error on the way out: keep it for the caller
+            _raised.error = e
+            raise
         for dst, src in zip(args[self.n_in:], outs, strict=True):
             torch.from_dlpack(dst).copy_(src)
 
 
 _fallback_ids = itertools.count()
+_raised = threading.local()
+
+
+def take_raised() -> RtinferError | None:
+    """The rtinfer error a fallback raised during this thread's last VM call, once."""
+    err = getattr(_raised, "error", None)
+    _raised.error = None
+    return err
 
 
 def _lower_fallback(cx: LowerContext, node: Node, env: dict[int, Any],

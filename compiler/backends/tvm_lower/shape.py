@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from rtinfer.backends.tvm_lower.context import LowerContext, lower_table, lowers, relax_ops
-from rtinfer.ir.ops.shape import slice_params, slice_range
+from rtinfer.ir.ops.shape import check_indices, slice_params, slice_range
 from rtinfer.ir.types import DType
 
 
@@ -55,20 +55,45 @@ def _slice(cx: LowerContext, x, starts, ends, axes, steps):
     return x
 
 
+def _checked_indices(cx: LowerContext, axis: int, negative: bool) -> None:
+    """TVM's take and gather_elements cannot report an index outside its axis (take wraps it,
+    gather_elements reads out of bounds), where eager raises IndexError: constant indices are
+    checked here, once; run-time ones leave the node to the torch fallback, which checks them."""
+    node = cx.node
+    idx = node.inputs[1]
+    if not idx.is_const:
+        raise cx.unsupported("run-time indices: TVM cannot report an index outside the axis, "
+                             "eager raises IndexError")
+    size = node.inputs[0].type.shape[axis]
+    if not isinstance(size, int):
+        raise cx.unsupported(f"indices into the symbolic axis {axis}")
+    check_indices(node.op, np.asarray(idx.const_data), size, negative)
+
+
 @lowers("gather")
 def _gather(cx: LowerContext, x, indices, axis, negative_indices=True):
-    # TVM's take has no raising mode: an out-of-range index is wrapped, not reported
-    return relax_ops().take(x, indices, axis, mode="wrap")
+    axis = axis % cx.in_types[0].rank
+    _checked_indices(cx, axis, negative_indices)
+    return relax_ops().take(x, indices, axis, mode="wrap")  # wrap: negatives count from the end
 
 
 @lowers("embedding")
 def _embedding(cx: LowerContext, weight, indices):
+    _checked_indices(cx, 0, False)
     return relax_ops().take(weight, indices, 0, mode="wrap")
 
 
+@lowers("gather_elements")
+def _gather_elements(cx: LowerContext, x, indices, axis, negative_indices=True):
+    axis = axis % cx.in_types[0].rank
+    _checked_indices(cx, axis, negative_indices)
+    if negative_indices and (np.asarray(cx.node.inputs[1].const_data) < 0).any():
+        raise cx.unsupported("negative constant indices (TVM's gather_elements reads them "
+                             "out of bounds)")
+    return relax_ops().gather_elements(x, indices, axis)
+
+
 lower_table({
-    "gather_elements": lambda cx, x, indices, axis, negative_indices=True: (
-        relax_ops().gather_elements(x, indices, axis)),
     "concat": lambda cx, xs, axis: relax_ops().concat(xs, axis),
     "tile": lambda cx, x, repeats: relax_ops().tile(x, list(repeats)),
 })
