@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import inspect
+import io
 import json
 import os
 import sys
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workloads  # noqa: E402 - the benchmark's models, beside this script
 
 import rtinfer  # noqa: E402
+from rtinfer.serving.codec import NPY, NPZ  # noqa: E402
 
 SYSTEMS = ("rtinfer", "rtinfer-nobatch", "torch", "onnxruntime")
 
@@ -61,15 +63,24 @@ class _BatchedServer:
     async def _batch(self, examples: list[list[np.ndarray]]) -> list[Any]:
         stacked = [np.stack([ex[i] for ex in examples]) for i in range(len(examples[0]))]
         out = self.run(stacked)
-        return [out[i].tolist() for i in range(len(examples))]
+        return [out[i] for i in range(len(examples))]
 
     async def __call__(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
+        from starlette.responses import JSONResponse, Response
 
-        payload = json.loads(await request.body())
+        body = await request.body()
+        if request.headers.get("content-type", "").startswith(NPZ):
+            # the same binary body rtinfer's deployment takes: np.savez of the inputs in order
+            with np.load(io.BytesIO(body), allow_pickle=False) as z:
+                example = [z[f"arr_{i}"] for i in range(len(self.run.dtypes))]
+            out = await self.batched(example)
+            buf = io.BytesIO()
+            np.save(buf, out, allow_pickle=False)
+            return Response(buf.getvalue(), media_type=NPY)
+        payload = json.loads(body)
         example = [np.asarray(x, dtype=d) for x, d in zip(payload["inputs"], self.run.dtypes,
                                                           strict=True)]
-        return JSONResponse({"outputs": [await self.batched(example)]})
+        return JSONResponse({"outputs": [(await self.batched(example)).tolist()]})
 
 
 def _make_torch(model: torch.nn.Module, threads: int) -> Any:
@@ -129,8 +140,8 @@ def _app(system: str, w: workloads.Workload, artifact: Path, onnx_path: Path, ar
                        args.max_wait_ms)
 
 
-def load_test(port: int, body: bytes, clients: int, requests: int, seconds: float
-              ) -> dict[str, Any]:
+def load_test(port: int, body: bytes, clients: int, requests: int, seconds: float,
+              content_type: str = "application/json") -> dict[str, Any]:
     """``clients`` closed loops over keep-alive connections; at most ``requests`` answers and
     ``seconds`` of wall time in all."""
     lat: list[float] = []
@@ -149,7 +160,7 @@ def load_test(port: int, body: bytes, clients: int, requests: int, seconds: floa
                     issued[0] += 1
                 t0 = time.perf_counter()
                 try:
-                    conn.request("POST", "/", body, {"Content-Type": "application/json"})
+                    conn.request("POST", "/", body, {"Content-Type": content_type})
                     r = conn.getresponse()
                     r.read()
                     ok = r.status == 200
@@ -229,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", help="rtinfer's backend (auto)")
     p.add_argument("--port", type=int, default=18000)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--body", choices=["json", "npz"], default="json",
+                   help="request body: JSON lists, or np.savez of the inputs (large tensors)")
     args = p.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
@@ -253,7 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path = tmp / "model.onnx"
     if "onnxruntime" in systems:
         _export_onnx(w, onnx_path)
-    body = json.dumps({"inputs": [x[0].tolist() for x in w.inputs]}).encode()
+    if args.body == "npz":
+        buf = io.BytesIO()
+        np.savez(buf, *[x[0].numpy() for x in w.inputs])
+        body, content_type = buf.getvalue(), NPZ
+    else:
+        body = json.dumps({"inputs": [x[0].tolist() for x in w.inputs]}).encode()
+        content_type = "application/json"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="error",
              log_to_driver=False)
@@ -263,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         for system in systems:
             serve.run(_app(system, w, artifact, onnx_path, args, threads), name=system,
                       route_prefix="/")
-            load_test(args.port, body, 2, 20, 10)  # warm the replicas and connections
+            load_test(args.port, body, 2, 20, 10, content_type)  # warm replicas, connections
             for n in clients:
                 r = {"system": system, **load_test(args.port, body, n, args.requests,
-                                                   args.seconds)}
+                                                   args.seconds, content_type)}
                 rows.append(r)
                 print(_table([r]).splitlines()[-1], flush=True)
             serve.delete(system)
@@ -276,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"model": w.description, "replicas": args.replicas, "cpus": args.cpus,
             "threads_per_replica": threads, "max_batch_size": args.max_batch_size,
             "max_wait_ms": args.max_wait_ms, "rtinfer_backend": cm.info.backend,
-            "requests_per_n": args.requests, "seconds_per_n": args.seconds}
+            "requests_per_n": args.requests, "seconds_per_n": args.seconds, "body": args.body}
     text = (f"# Serving load test: {w.description}\n\n" + ", ".join(
         f"{k}={v}" for k, v in meta.items()) + "\n\n" + _table(rows) + "\n")
     print("\n" + text)
