@@ -22,6 +22,7 @@ from rtinfer.passes.fusion import (
     merge_parallel_linears,
 )
 from rtinfer.passes.pruning import prune_channels
+from rtinfer.passes.quant import bias_correction, calibrate, insert_qdq, lower_int8, smooth_quant
 
 BUILTIN_PASSES = [
     # cleanup
@@ -33,10 +34,14 @@ BUILTIN_PASSES = [
     layout.layout,
     # pruning
     prune_channels.prune_channels,
+    # int8
+    calibrate.calibrate, smooth_quant.smooth_quant, insert_qdq.insert_qdq,
+    bias_correction.bias_correction, lower_int8.lower_int8,
 ]
 
 install(BUILTIN_PASSES, pipelines.PIPELINES)
 
 __all__ = ["BUILTIN_PASSES", "canonicalize", "cse", "dce", "fold_batchnorm", "fold_constants",
            "fuse_attention", "fuse_elementwise", "fuse_epilogue", "fuse_gelu", "fuse_layernorm",
-           "fuse_mha", "layout", "merge_parallel_linears", "pipelines", "prune_channels"]
+           "fuse_mha", "bias_correction", "calibrate", "insert_qdq", "layout",
+           "lower_int8", "merge_parallel_linears", "pipelines", "prune_channels", "smooth_quant"]

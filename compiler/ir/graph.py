@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rtinfer.errors import IRError
-from rtinfer.ir.types import TensorType
+from rtinfer.ir.types import QuantParams, TensorType
 
 
 @dataclass(frozen=True)
@@ -155,13 +155,16 @@ class Graph:
         return self.create_node(op, inputs, attrs).out
 
     def add_const(self, array: Any, name: str | None = None, before: Node | None = None,
-                  provenance: Provenance = NO_PROVENANCE) -> Value:
+                  provenance: Provenance = NO_PROVENANCE, quant: QuantParams | None = None
+                  ) -> Value:
+        """A ``const`` node holding a frozen copy of ``array``; ``quant``: the QuantParams of
+        an integer constant (an int8 weight)."""
         array = np.asarray(array)
         if array.flags.writeable:  # never freeze (or alias) the caller's own array
             array = array.copy()
             array.setflags(write=False)
-        node = self.create_node("const", [], {"value": array}, provenance=provenance,
-                                before=before)
+        node = self.create_node("const", [], {"value": array, "quant": quant},
+                                provenance=provenance, before=before)
         node.out.name = name
         return node.out
 

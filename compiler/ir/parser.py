@@ -666,7 +666,7 @@ class _Parser:
             raise self.error(op_tok, f"const has one result, {len(names)} names given")
         t = self.parse_type()
         value = self.parse_tensor_data(t)
-        return Node("const", [], {"value": value}, [t], NO_PROVENANCE)
+        return Node("const", [], {"value": value, "quant": t.quant}, [t], NO_PROVENANCE)
 
     def parse_op_rest(self, opdef, op_tok: Token, names: list[Token],
                       scope: dict[str, tuple[Value, Token]]) -> Node:

@@ -15,7 +15,7 @@ import numpy as np
 from rtinfer.errors import PassError
 from rtinfer.ir.graph import NO_PROVENANCE, Graph, Node, Provenance, Value
 from rtinfer.ir.printer import Namer, NodeText
-from rtinfer.ir.types import DType
+from rtinfer.ir.types import DType, QuantParams
 from rtinfer.rewrite.events import Decline, RewriteLog, Text
 
 
@@ -141,16 +141,18 @@ class Rewriter:
         """Insert a single-output ``op(inputs) {attrs}`` before the root; return its output."""
         return self.node(op, *inputs, **attrs).out
 
-    def const(self, array: Any, dtype: DType | np.dtype | type | str | None = None) -> Value:
+    def const(self, array: Any, dtype: DType | np.dtype | type | str | None = None,
+              quant: QuantParams | None = None) -> Value:
         """Insert a ``const`` node holding ``array`` (cast to ``dtype`` if given; pass the
-        dtype for python scalars, which numpy would otherwise make 64-bit)."""
+        dtype for python scalars, which numpy would otherwise make 64-bit); ``quant``: the
+        QuantParams of an integer constant (an int8 weight)."""
         if isinstance(dtype, DType):
             dtype = dtype.np
         elif isinstance(dtype, str):
             dtype = DType.parse(dtype).np
         self._will_mutate()
         arr = np.array(array, dtype=dtype)
-        v = self.graph.add_const(arr, before=self.root, provenance=self.provenance)
+        v = self.graph.add_const(arr, before=self.root, provenance=self.provenance, quant=quant)
         assert v.producer is not None
         self.created.append(v.producer)
         return v

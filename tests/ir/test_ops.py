@@ -481,6 +481,47 @@ CASES += [
          id="dequantize-per-channel"),
 ]
 
+# quantized heavy ops (lower-int8): the fp32 op of the dequantized inputs, then quantize
+_QW = ints(6, 4, 3, 3, lo=-127, hi=128, dtype=np.int8)
+_QW_T = TensorType(DType.i8, (6, 4, 3, 3), QuantParams(np.linspace(0.01, 0.03, 6), [0] * 6, 0))
+_QA = ints(1, 4, 5, 5, lo=0, hi=256, dtype=np.uint8)
+_QA_T = TensorType(DType.u8, (1, 4, 5, 5), QuantParams(np.float32(0.02), np.int64(100)))
+_QA2_T = TensorType(DType.u8, (5, 5), _QA_T.quant)
+_QW_LIN = ints(6, 5, lo=-127, hi=128, dtype=np.int8)
+
+
+def _deq(q, t: TensorType) -> torch.Tensor:
+    qp, shape = t.quant, [1] * t.rank
+    if qp.axis is not None:
+        shape[qp.axis] = -1
+    s = torch.tensor(np.asarray(qp.scale, np.float32)).reshape(shape)
+    return (q.long() - torch.tensor(qp.zero_point).reshape(shape)).float() * s
+
+
+def _requant(y, scale, zp, lo, hi, dtype):
+    return (torch.round(y / torch.tensor(scale, dtype=torch.float32)) + zp).clamp(lo, hi).to(dtype)
+
+
+CASES += [
+    Case("qconv2d", [_QA, _QW, rand(6)], {"pad": [1], "activation": "relu",
+                                          "out_dtype": "u8", "out_scale": 0.05,
+                                          "out_zero_point": 3},
+         lambda a, w, b: _requant(F.relu(F.conv2d(_deq(a, _QA_T), _deq(w, _QW_T), b,
+                                                  padding=1)), 0.05, 3, 0, 255, torch.uint8),
+         types=[_QA_T, _QW_T, f32(6)], id="qconv2d-relu-u8"),
+    Case("qconv2d", [_QA, _QW], {}, lambda a, w: F.conv2d(_deq(a, _QA_T), _deq(w, _QW_T)),
+         types=[_QA_T, _QW_T], tol=1e-4, id="qconv2d-f32-out"),
+    Case("qlinear", [_QA[0, 0], _QW_LIN], {"out_dtype": "i8", "out_scale": 0.02},
+         lambda a, w: _requant(F.linear(_deq(a, _QA2_T), w.float() * 0.015), 0.02, 0, -128, 127,
+                               torch.int8),
+         types=[_QA2_T, TensorType(DType.i8, (6, 5), QuantParams(np.float32(0.015),
+                                                                  np.int64(0)))],
+         id="qlinear-i8"),
+    Case("qmatmul", [_QA[0, 0], _QA[0, 1]], {},
+         lambda a, b: _deq(a, _QA2_T) @ _deq(b, _QA2_T), types=[_QA2_T] * 2, tol=1e-4,
+         id="qmatmul-activations"),
+]
+
 
 # fused heavy ops (fuse-epilogue): op + bias, then act(y + r), act(y) + r or act(y)
 CASES += [

@@ -22,7 +22,7 @@ from rtinfer.ir.ops.common import expand_ints, expand_pads
 from rtinfer.ir.ops.fused import activation_op
 
 
-def _add_act(cx: EmitContext, y, residual, attrs: dict, *, done_pre: bool, done_act: bool):
+def add_epilogue(cx: EmitContext, y, residual, attrs: dict, *, done_pre: bool, done_act: bool):
     """The rest of the epilogue in ATen: (y + r), the activation (the op table's own op), + r."""
     if attrs["residual"] == "pre" and not done_pre:
         y = y + residual
@@ -58,27 +58,27 @@ def _fused_emitter(base: str) -> Emitter:
                     unary = MKLDNN_BINARY_ACTIVATIONS.get(act)
                     y = mkldnn_conv(cx, x, w, bias, geo, residual, unary, [], None,
                                     packed_only=False)
-                    return _add_act(cx, y, residual, attrs, done_pre=True,
+                    return add_epilogue(cx, y, residual, attrs, done_pre=True,
                                     done_act=act in MKLDNN_BINARY_ACTIVATIONS)
                 y = mkldnn_conv(cx, x, w, bias, geo, None, mk_attr, mk_scalars(alpha, beta),
                                 mk_alg, packed_only=False)
-                return _add_act(cx, y, residual, attrs, done_pre=True, done_act=in_onednn)
+                return add_epilogue(cx, y, residual, attrs, done_pre=True, done_act=in_onednn)
         if mkl and base == "linear" and not few_rows(cx):
             ops = torch.ops.mkldnn
             w = packed_linear_weight(cx, x, w)
             if pre:
                 y = cx.call(ops._linear_pointwise.binary, x, residual, w, bias, "add")
-                return _add_act(cx, y, residual, attrs, done_pre=True, done_act=False)
+                return add_epilogue(cx, y, residual, attrs, done_pre=True, done_act=False)
             y = cx.call(ops._linear_pointwise.default, x, w, bias, mk_attr,
                         mk_scalars(alpha, beta), mk_alg)
-            return _add_act(cx, y, residual, attrs, done_pre=True, done_act=in_onednn)
+            return add_epilogue(cx, y, residual, attrs, done_pre=True, done_act=in_onednn)
         if base == "matmul":
             y = EMITTERS[base](cx, x, w, **base_attrs)
             if bias is not None:
                 y = y + bias
         else:
             y = EMITTERS[base](cx, x, w, bias, **base_attrs)
-        return _add_act(cx, y, residual, attrs, done_pre=False, done_act=False)
+        return add_epilogue(cx, y, residual, attrs, done_pre=False, done_act=False)
     return emit
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rtinfer.backends.torch_emit.context import EmitContext, emits
+from rtinfer.backends.torch_emit.context import EMITTERS, EmitContext, emits
+from rtinfer.ir.ops import get_op
+from rtinfer.ir.ops.quant import QUANTIZED_OPS
 
 
 def _quant_tensors(scale, zero_point, axis: int | None, rank: int):
@@ -41,3 +43,44 @@ def _dequantize_emit(cx: EmitContext, q):
     qp = cx.in_types[0].quant
     return cx.call(_dequantize, q, tuple(np.atleast_1d(qp.scale).tolist()),
                    tuple(np.atleast_1d(qp.zero_point).tolist()), qp.axis)
+
+
+def _dequantize_value(cx: EmitContext, x, t):
+    """``x`` as real values: dequantized when its type is quantized."""
+    if t.quant is None:
+        return x
+    qp = t.quant
+    return cx.call(_dequantize, x, tuple(np.atleast_1d(qp.scale).tolist()),
+                   tuple(np.atleast_1d(qp.zero_point).tolist()), qp.axis)
+
+
+def _quantized_emitter(base: str):
+    """Fake-quant: the fused fp32 op of the dequantized inputs, then quantize (the reference's
+    own definition; the native backend runs these on integers)."""
+    from rtinfer.backends.torch_emit.fused import add_epilogue
+
+    base_attrs = tuple(get_op(base).attrs)
+
+    def emit(cx: EmitContext, x, w, bias, residual, /, **attrs):
+        types = cx.in_types
+        x, w = _dequantize_value(cx, x, types[0]), _dequantize_value(cx, w, types[1])
+        if residual is not None:
+            residual = _dequantize_value(cx, residual, types[3])
+        own = {k: attrs[k] for k in base_attrs if k in attrs}
+        if base == "matmul":
+            y = EMITTERS[base](cx, x, w, **own)
+            if bias is not None:
+                y = y + bias
+        else:
+            y = EMITTERS[base](cx, x, w, bias, **own)
+        y = add_epilogue(cx, y, residual, attrs, done_pre=False, done_act=False)
+        out = cx.out_types[0]
+        if out.quant is None:
+            return y
+        return cx.call(_quantize, y, (float(out.quant.scale),), (int(out.quant.zero_point),),
+                       None, out.dtype.torch)
+    return emit
+
+
+for _base, (_name, _) in QUANTIZED_OPS.items():
+    emits(_name)(_quantized_emitter(_base))

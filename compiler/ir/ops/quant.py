@@ -8,11 +8,13 @@ axis ``a`` with one scale per channel). Its output type carries them as ``QuantP
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from rtinfer.errors import IRError
 from rtinfer.ir.ops.common import need_float, need_no_quant, norm_axis
-from rtinfer.ir.ops.registry import ELEMENTWISE, KEEP, Attr, op
+from rtinfer.ir.ops.registry import ELEMENTWISE, KEEP, Attr, get_op, op
 from rtinfer.ir.types import DType, QuantParams, TensorType
 
 QUANT_DTYPES = (DType.i8, DType.u8, DType.i32)
@@ -87,3 +89,106 @@ def _dequantize_ref(q: np.ndarray, in_types: list[TensorType]) -> np.ndarray:
 op("dequantize", ["q"], _dequantize_infer, _dequantize_ref, traits=[ELEMENTWISE, KEEP],
    ref_types=True,
    doc="scale * (q - zero_point) -> f32, with the QuantParams of the input type")
+
+
+# -- quantized heavy ops: qconv2d, qlinear, qmatmul (docs/int8.md) ----------------------------
+
+# base op -> (the quantized op, the weight's per-channel axis: the output channel)
+QUANTIZED_OPS: dict[str, tuple[str, int]] = {
+    "conv2d": ("qconv2d", 0), "linear": ("qlinear", 0), "matmul": ("qmatmul", -1)}
+QUANT_OUT_ATTRS = {
+    "out_dtype": Attr("dtype", DType.f32, (DType.u8, DType.i8, DType.f32)),
+    "out_scale": Attr("float", 1.0),
+    "out_zero_point": Attr("int", 0),
+}
+
+
+def quantized_output(out: TensorType, attrs: dict) -> TensorType:
+    """The output type of a quantized op whose real output is ``out``."""
+    if attrs["out_dtype"] == DType.f32:
+        return out
+    qp = quant_params(out.rank, [attrs["out_scale"]], [attrs["out_zero_point"]], [])
+    info = np.iinfo(attrs["out_dtype"].np)
+    if not info.min <= int(qp.zero_point) <= info.max:
+        raise IRError(f"out_zero_point {int(qp.zero_point)} does not fit {attrs['out_dtype']}")
+    return TensorType(attrs["out_dtype"], out.shape, qp)
+
+
+def _check_act(t: TensorType, what: str) -> None:
+    if t.dtype not in (DType.u8, DType.i8) or t.quant is None or t.quant.per_channel:
+        raise IRError(f"{what} must be u8 or i8 quantized per tensor, got {t}")
+
+
+def _check_weight(t: TensorType, axis: int, what: str) -> None:
+    if t.dtype != DType.i8 or t.quant is None:
+        raise IRError(f"{what} must be i8 with quantization parameters, got {t}")
+    if np.any(t.quant.zero_point != 0):
+        raise IRError(f"{what} must be quantized symmetrically (zero point 0), got {t}")
+    if t.quant.per_channel and t.quant.axis != axis % t.rank:
+        raise IRError(f"{what} is quantized along axis {t.quant.axis}; the output channel axis "
+                      f"is {axis % t.rank}")
+
+
+def _real_type(t: TensorType) -> TensorType:
+    return t if t.quant is None else TensorType(DType.f32, t.shape)
+
+
+def _dequant(x: np.ndarray | None, t: TensorType | None) -> np.ndarray | None:
+    if x is None or t is None or t.quant is None:
+        return x
+    return _dequantize_ref(x, [t])
+
+
+def _quantized_heavy(base: str) -> None:
+    from rtinfer.ir.ops.fused import FUSED_OPS
+
+    name, w_axis = QUANTIZED_OPS[base]
+    fused = get_op(FUSED_OPS[base])
+    n_base = 2  # x (a) and weight (b)
+    attr_names = tuple(fused.attrs)
+
+    def split(attrs: dict) -> dict:
+        return {k: attrs[k] for k in attr_names}
+
+    def real_inputs(ins: list[TensorType]) -> list[TensorType]:
+        return [_real_type(t) for t in ins]
+
+    def infer(ins: list[TensorType], attrs: dict) -> TensorType:
+        if len(ins) < n_base:
+            raise IRError(f"takes {fused.inputs[0]}, {fused.inputs[1]}, bias?, residual?; got "
+                          f"{len(ins)} inputs")
+        _check_act(ins[0], fused.inputs[0])
+        b = ins[1]
+        if base == "matmul" and (b.dtype == DType.u8 or (
+                b.quant is not None and not b.quant.per_channel and b.quant.zero_point != 0)):
+            _check_act(b, "b")  # activation x activation (attention's matmuls)
+        else:
+            _check_weight(b, w_axis, fused.inputs[1])
+        if len(ins) > n_base and ins[n_base].quant is not None:
+            raise IRError(f"the bias is real (f32), got {ins[n_base]}")
+        if attrs["residual"] != "none" and len(ins) == n_base + 2:
+            r = ins[-1]
+            if r.quant is not None:
+                _check_act(r, "the residual")
+        real = fused.infer_types(real_inputs(ins), split(attrs))[0]
+        return quantized_output(real, attrs)
+
+    def ref(*args: Any, in_types: list[TensorType], **attrs: Any) -> np.ndarray:
+        given = [a for a in args if a is not None]  # the optional inputs pass as None
+        real = [_dequant(a, t) for a, t in zip(given, in_types, strict=True)]
+        y = fused.evaluate(real, split(attrs))[0]
+        if attrs["out_dtype"] == DType.f32:
+            return y
+        return _quantize_ref(y, [attrs["out_scale"]], [attrs["out_zero_point"]], [],
+                             attrs["out_dtype"])
+
+    op(name, list(fused.inputs), infer, ref, attrs={**fused.attrs, **QUANT_OUT_ATTRS},
+       traits=[KEEP], ref_types=True, weight=fused.weight, cost=fused.cost,
+       doc=f"int8 {base}: {FUSED_OPS[base]} of the dequantized x and weight (u8/i8 per tensor; "
+           f"i8 symmetric weight, per tensor or per output channel), f32 bias, residual "
+           f"quantized or f32, then quantize to out_dtype/out_scale/out_zero_point (f32: the "
+           f"real output); made by lower-int8 (docs/int8.md)")
+
+
+for _base in QUANTIZED_OPS:
+    _quantized_heavy(_base)

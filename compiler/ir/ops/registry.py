@@ -60,6 +60,8 @@ class Attr:
         from rtinfer.ir.types import QuantParams
 
         k = self.kind
+        if value is None and self.default is None:  # an optional attribute left unset
+            return None
 
         def bad(expected: str):
             return IRError(f"{where}: expected {expected}, got {value!r}")
