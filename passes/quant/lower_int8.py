@@ -54,10 +54,10 @@ def _only_quantize_reader(out: Value) -> Node | None:
     if g.is_output(out) or len(out.users) != 1:
         return None
     user = out.users[0]
-    t = user.out.type
-    if user.op != "quantize" or t.dtype not in INT8 or t.quant.per_channel:
+    if user.op != "quantize":
         return None
-    return user
+    t = user.out.type
+    return user if t.dtype in INT8 and not t.quant.per_channel else None
 
 
 def _weight_ok(base: str, wq: Value) -> str | None:

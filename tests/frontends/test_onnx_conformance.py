@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from tests.frontends.onnx_conformance import load_cases, run_all
 
-STRICT_FLOOR = 1079  # 1084 strict passes when last raised
-FLOOR = 1339  # 1344 passes in all (260 with frozen shape inputs)
+STRICT_FLOOR = 1092  # 1097 strict passes when last raised
+FLOOR = 1359  # 1364 passes in all (267 with frozen shape inputs)
 
 
 def test_conformance_does_not_regress():

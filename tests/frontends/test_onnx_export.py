@@ -46,7 +46,8 @@ def one_op_graph(case) -> Graph:
     g = Graph(case.op)
     types = case.types or [TensorType.of(a) for a in case.inputs]
     values = [g.add_input(types[0], "x")]
-    values += [g.add_const(a, name=f"p{i}") for i, a in enumerate(case.inputs[1:], 1)]
+    values += [g.add_const(a, name=f"p{i}", quant=types[i].quant)  # int8 weights keep theirs
+               for i, a in enumerate(case.inputs[1:], 1)]
     g.set_outputs(g.create_node(case.op, values, case.attrs).outputs)
     return g
 

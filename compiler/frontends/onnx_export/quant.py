@@ -1,4 +1,14 @@
-"""ONNX export rules: quantization (QuantizeLinear, DequantizeLinear)."""
+"""ONNX export rules: quantization (QuantizeLinear, DequantizeLinear) and the quantized ops.
+
+An int8 constant that carries ``QuantParams`` exports as an int8 initializer, which its reader
+``dequantize`` turns into a DequantizeLinear (per channel with ``axis``). ``qconv2d``,
+``qlinear`` and ``qmatmul`` export as the QDQ graph their reference is (docs/int8.md), the form
+ONNX Runtime's own quantizer writes and fuses into its integer kernels:
+
+    DequantizeLinear(x), DequantizeLinear(weight) [, DequantizeLinear(residual)]
+      -> Conv / Gemm / MatMul (+ bias), the epilogue (residual add, activation)
+      -> QuantizeLinear(out_scale, out_zero_point)     (none for out_dtype=f32)
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rtinfer.frontends.onnx_export.context import Emitter, Rule, Site
-from rtinfer.ir.types import DType
+from rtinfer.ir.ops import get_op
+from rtinfer.ir.ops.fused import FUSED_OPS
+from rtinfer.ir.ops.quant import QUANTIZED_OPS, quant_params
+from rtinfer.ir.types import DType, TensorType
 
 
 def _quant_vectors(e: Emitter, qp, dt: DType) -> tuple[gs.Tensor, gs.Tensor]:
@@ -52,3 +65,37 @@ RULES: dict[str, Rule] = {
     "quantize": _quantize,
     "dequantize": _dequantize,
 }
+
+
+def _real(e: Emitter, s: Site, t: TensorType, x: gs.Tensor) -> gs.Tensor:
+    """An input of a quantized op as its real f32 value (a quantized one dequantized)."""
+    if t.quant is None:
+        return x
+    return _dequantize(e, Site(s.node, s.name, [t], [TensorType(DType.f32, t.shape)], {}), [x])
+
+
+def _quantized(base: str, rules: dict[str, Rule]) -> Rule:
+    """q<base>: the fused op's rule over the dequantized inputs, then QuantizeLinear."""
+    fused = FUSED_OPS[base]
+    fused_attrs = tuple(get_op(fused).attrs)
+
+    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        real_types = [t if t.quant is None else TensorType(DType.f32, t.shape)
+                      for t in s.in_types]
+        real = [_real(e, s, t, v) for t, v in zip(s.in_types, x, strict=True)]
+        out_dt = s.attrs["out_dtype"]
+        real_out = TensorType(DType.f32, s.out.shape)
+        y = rules[fused](e, Site(s.node, s.name, real_types, [real_out],
+                                 {k: s.attrs[k] for k in fused_attrs}), real)
+        if out_dt == DType.f32:
+            return y
+        qp = quant_params(s.out.rank, [s.attrs["out_scale"]], [s.attrs["out_zero_point"]], [])
+        return _quantize(e, Site(s.node, s.name, [real_out],
+                                 [TensorType(out_dt, s.out.shape, qp)], {}), [y])
+    return rule
+
+
+def quantized_rules(rules: dict[str, Rule]) -> dict[str, Rule]:
+    """The rules of qconv2d, qlinear and qmatmul, emitting through ``rules`` (the whole table,
+    which holds the fused ops' rules they spell their real computation with)."""
+    return {q: _quantized(base, rules) for base, (q, _) in QUANTIZED_OPS.items()}

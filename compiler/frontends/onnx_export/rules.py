@@ -31,3 +31,4 @@ RULES: dict[str, Rule] = {
     **attention.RULES,
 }
 RULES.update(fused.fused_rules(RULES))  # they emit through the table's other rules
+RULES.update(quant.quantized_rules(RULES))  # qconv2d, qlinear, qmatmul: through the fused rules

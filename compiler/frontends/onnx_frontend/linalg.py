@@ -32,7 +32,10 @@ def _gemm(cx, ins):
     _check_gemm_shapes(cx, a, b, ta, tb)
     bias_ok = c is None or (beta == 1.0 and c.is_const and c.type.rank == 1
                             and c.type.shape[0] == b.type.shape[0])
-    if not ta and tb and alpha == 1.0 and b.is_const and bias_ok:
+    # a constant weight, or an int8 one read through dequantize (QDQ models)
+    const_w = b.is_const or (b.producer is not None and b.producer.op == "dequantize"
+                             and b.producer.inputs[0].is_const)
+    if not ta and tb and alpha == 1.0 and const_w and bias_ok:
         # y = a @ b^T + c with a constant weight: the IR's linear(x, weight[O, I], bias[O])
         return cx.op("linear", a, b, c) if c is not None else cx.op("linear", a, b)
     if ta:
