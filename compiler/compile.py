@@ -78,6 +78,8 @@ class CompileInfo:
     # .select_backend; stored in the compile cache, so a hit on this CPU does not measure again:
     # it adds "remembered": True)
     auto: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    int8: dict[str, Any] | None = None  # precision="int8": rtinfer.int8.Int8Report's record
 
     def artifact_options(self) -> dict[str, Any]:
         """The compile options an artifact's manifest records."""
@@ -89,7 +91,7 @@ class CompileInfo:
         return {"frontend": self.frontend, "pipeline": self.pipeline,
                 "passes": [list(p) for p in self.passes], "ops_before": self.ops_before,
                 "ops_after": self.ops_after, "cold_timings": self.timings,
-                "auto": self.auto or None}
+                "auto": self.auto or None, "int8": self.int8}
 
 
 class CompiledModel:
@@ -315,6 +317,10 @@ class CompiledModel:
                                         if i.fallbacks else "none"))
         lines.append("  timings: " + ", ".join(f"{k} {v * 1e3:.1f} ms"
                                                for k, v in i.timings.items()))
+        if i.int8:
+            from rtinfer.int8 import Int8Report
+
+            lines += ["  " + line for line in Int8Report.from_record(i.int8).table().splitlines()]
         lines.append("  " + self._cache_line())
         return "\n".join(lines)
 
@@ -435,7 +441,8 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
             pipeline: str | None = None, backend: str = "auto", dynamic_dims: Any = None,
             strict: bool = False, trainable: bool = False, mkldnn: bool | None = None,
             verify_each: bool = False,
-            cache: bool | str | os.PathLike = True, tune: int = 0) -> CompiledModel:
+            cache: bool | str | os.PathLike = True, tune: int = 0, precision: str = "fp32",
+            calibration: Any = None, accuracy_budget: float | None = None) -> CompiledModel:
     """Compile ``model`` (``nn.Module``, ``torch.fx.GraphModule``, ``onnx.ModelProto``, a path
     to an ``.onnx`` file, or an rtinfer ``Graph``) for ``target``.
 
@@ -459,7 +466,18 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     ``<cache>/tvm-tune/<target>/`` (with ``cache=False``, in a temporary directory), so a later
     compile of the same kernels tunes nothing (``rtinfer.backends.tvm_tune``). The user's model
     is never modified.
+
+    ``precision``: ``"fp32"``, ``"int8"`` or ``"bf16"``. ``"int8"`` (``rtinfer.int8``) needs
+    ``calibration``, an iterable of input tuples like ``example_inputs``: the optimized graph is
+    calibrated on it, each layer's int8 output error and int8 vs fp32 kernel time measured, and
+    layers go back to fp32 where int8 is not faster or, most sensitive first, until the output
+    error is within ``accuracy_budget`` (the largest relative output error allowed, e.g. 0.01;
+    ``None``: no bound); ``report()`` has the per-layer table. The calibration data's digest is
+    part of the compile cache's key.
     """
+    from rtinfer.int8 import check_precision
+
+    check_precision(precision, calibration, accuracy_budget)
     resolved = resolve_backend(backend)
     tune = check_tune(tune, resolved)
     candidates = auto_candidates(target, trainable) if resolved == "auto" else []
@@ -468,14 +486,19 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
         raise BackendError(f"unknown target {target!r}; rtinfer compiles for: "
                            f"{', '.join(TARGETS)} (CUDA comes with the native backend)")
     info = CompileInfo(backend=resolved, backend_requested=backend, trainable=trainable,
-                       pipeline=default_pipeline() if pipeline is None else pipeline)
-    # the data passes read (none of the built-in passes reads any yet) is shared by the run
-    pctx = PipelineContext()
+                       pipeline=default_pipeline() if pipeline is None else pipeline,
+                       precision=precision)
+    # the data passes read is shared by the run (and its digest is in the cache key)
+    batches = None if calibration is None else list(calibration)
+    pctx = PipelineContext(data={} if batches is None else {"calibration": batches})
     # a tuned build is another result than an untuned one: the tuning budget is in the key, and
     # so is the digest of the data the passes read
+    # and so are the precision and its budget (fp32 keys stay as they were)
+    digest = pctx.data_digest() if precision == "fp32" else \
+        f"{pctx.data_digest()};precision={precision};budget={accuracy_budget}"
     compile_cache = open_cache(cache, str(target), info.pipeline,
                                f"{resolved}:tune={tune}" if tune else resolved,
-                               data_digest=pctx.data_digest())
+                               data_digest=digest)
     info.cache_dir = compile_cache.where
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -495,6 +518,10 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
         if hit is None:
             _optimize(graph, info, verify_each, pctx)  # 2. optimize
             timings["optimize"] = time.perf_counter() - t1
+            if precision == "int8":
+                t1 = time.perf_counter()
+                graph = _int8(graph, model, batches, accuracy_budget, resolved, info)
+                timings["int8 (calibrate, measure, lower)"] = time.perf_counter() - t1
         else:
             timings["cache lookup"] = time.perf_counter() - t1
     if hit is not None:
@@ -541,6 +568,34 @@ def _optimize(graph: Graph, info: CompileInfo, verify_each: bool,
     info.ops_after = graph.op_counts()
 
 
+def _int8(graph: Graph, model: Any, batches: list, accuracy_budget: float | None,
+          backend: str, info: CompileInfo) -> Graph:
+    """Stage 2b: the int8 graph of the optimized one, with calibration batches bound to the
+    graph's inputs as a call binds its arguments."""
+    from rtinfer.int8 import quantize_for_compile
+    from rtinfer.passes.quant.calibrate import calibration_batches
+
+    if "torch" in graph.meta:
+        from rtinfer.frontends.torch_frontend import example_args
+
+        binder = CompiledModel(graph, None, CompileInfo())
+        bound = []
+        for b, batch in enumerate(batches):
+            try:
+                args, kwargs = example_args(model, batch)
+                bound.append(binder.bind_inputs(*args, **kwargs))
+            except (RtinferError, TypeError, ValueError) as e:
+                from rtinfer.errors import QuantizeError
+
+                raise QuantizeError(f"calibration batch {b}: {e}") from None
+        batches = bound
+    qgraph, report = quantize_for_compile(graph, calibration_batches(graph, batches),
+                                          accuracy_budget, backend=backend)
+    info.int8 = report.to_record()
+    info.ops_after = qgraph.op_counts()
+    return qgraph
+
+
 def _recalled(info: CompileInfo, hit: CacheHit) -> None:
     """Stages 1 (a hit by the model's fingerprint) or 2 answered by the cache: what the cold
     compile reported."""
@@ -552,6 +607,7 @@ def _recalled(info: CompileInfo, hit: CacheHit) -> None:
     info.ops_before = record.get("ops_before", info.ops_before)
     info.ops_after = hit.graph.op_counts()
     info.cold_timings = dict(record.get("cold_timings", {}))
+    info.int8 = record.get("int8")
 
 
 def _build(graph: Graph, info: CompileInfo, candidates: list[AutoCandidate],

@@ -8,7 +8,11 @@ with ``torch.manual_seed`` before building. ``minilm`` is the real all-MiniLM-L6
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import re
+import warnings
 from typing import Any
 
 import torch
@@ -203,3 +207,35 @@ def minilm_inputs(texts: list[str] | None = None, seq: int = 16) -> dict[str, An
     texts = texts or ["a graph compiler for real-time inference"]
     enc = tok(texts, padding="max_length", max_length=seq, truncation=True, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+# -- real English text, offline ---------------------------------------------------------------
+
+_DOC_MODULES = (
+    "json os.path collections textwrap string itertools functools shutil pathlib csv "
+    "argparse logging random statistics datetime heapq bisect difflib fractions decimal "
+    "typing dataclasses copy pprint tempfile zipfile glob fnmatch calendar base64 "
+    "hashlib uuid urllib.parse html threading subprocess socket io contextlib abc enum "
+    "operator secrets sqlite3 gzip tarfile configparser unittest doctest timeit "
+    "traceback warnings weakref types ast tokenize codecs locale gettext shlex queue "
+    "sched selectors struct numbers zlib bz2 lzma filecmp stat platform sysconfig "
+    "importlib pkgutil runpy trace tracemalloc pstats smtplib ftplib http.client "
+    "http.server mimetypes ipaddress colorsys").split()
+
+
+def english_sentences() -> list[str]:
+    """English prose sentences from the docstrings of the standard library's public callables
+    (about two thousand; sorted, so a seeded split is the same on every run): real text for
+    calibration and accuracy checks without a download."""
+    out: set[str] = set()
+    for name in _DOC_MODULES:
+        mod = importlib.import_module(name)
+        for attr, obj in sorted(vars(mod).items()):
+            with warnings.catch_warnings():  # typing's deprecated aliases warn when read
+                warnings.simplefilter("ignore", DeprecationWarning)
+                doc = inspect.getdoc(obj) if callable(obj) and not attr.startswith("_") else None
+            for s in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
+                # prose only: a capital to open, a stop to end, no code or markup inside
+                if 30 <= len(s) <= 200 and re.match(r"^[A-Z][^>{}\[\]=]*[.!?]$", s):
+                    out.add(s)
+    return sorted(out)

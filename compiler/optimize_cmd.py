@@ -59,6 +59,8 @@ class Measured:
     cache: str = "off"
     artifact: str = ""
     warnings: list[str] = field(default_factory=list)  # why the latencies may not be trusted
+    precision: str = "fp32"
+    int8: dict[str, Any] | None = None  # --int8: the per-layer record (rtinfer.int8)
 
 
 @dataclass
@@ -209,6 +211,69 @@ def _ir(path: Path, shapes: dict, dims: dict, seed: int, inputs: str | None) -> 
                     _const_bytes(graph))
 
 
+def _calibration(subject: _Subject, args: Any) -> tuple[list[Any], str | None]:
+    """``--calibration N`` (real sentences for minilm; generated inputs otherwise, with a
+    warning) or ``--calibration data.npz`` (by input name, samples along the first axis): the
+    batches, and a warning if the data is not real."""
+    import torch
+
+    spec = "64" if args.calibration is None else str(args.calibration)
+    if spec.isdigit():
+        n = int(spec)
+        if n < 1:
+            raise OptimizeError("--calibration N needs N >= 1")
+        if subject.kind == "builtin" and "input_ids" in subject.shapes:
+            from rtinfer.models import english_sentences, minilm_inputs
+
+            texts = english_sentences()
+            order = np.random.default_rng(1).permutation(len(texts))[:n]
+            return [minilm_inputs([texts[i]], seq=args.seq) for i in order], None
+        note = (f"calibrated on {n} generated inputs, not real data: give --calibration "
+                f"data.npz for a faithful int8 model")
+        if subject.kind == "builtin":
+            from rtinfer.models import image_input
+
+            return [image_input(seed=1000 + i) for i in range(n)], note
+        from rtinfer.ir import random_inputs
+
+        graph = subject.compile_arg
+        if not hasattr(graph, "inputs"):
+            from rtinfer.frontends import capture
+
+            graph = capture(str(graph))
+        dims = {str(d): int(a.shape[i]) for v, a in zip(graph.inputs, subject.feeds or [],
+                                                        strict=False)
+                for i, d in enumerate(v.type.shape) if not isinstance(d, int)}
+        return [tuple(random_inputs(graph, seed=1000 + i, dims=dims)) for i in range(n)], note
+    try:
+        with np.load(spec, allow_pickle=False) as npz:
+            given = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise OptimizeError(f"cannot read --calibration {spec}: {e}") from None
+    names = list(subject.shapes)
+    missing = [k for k in names if k not in given]
+    if missing:
+        raise OptimizeError(f"--calibration {spec} lacks input(s) {', '.join(missing)} (arrays "
+                            f"by input name, calibration samples along the first axis)")
+    counts = {len(given[k]) for k in names}
+    if len(counts) != 1:
+        raise OptimizeError(f"--calibration {spec}: the inputs hold different numbers of "
+                            f"samples ({sorted(counts)})")
+    step = max(1, subject.shapes[names[0]][0] if subject.shapes[names[0]] else 1)
+    batches = []
+    for i in range(0, counts.pop() - step + 1, step):
+        arrays = [given[k][i:i + step] for k in names]
+        if subject.kind == "builtin":
+            tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+            batches.append(dict(zip(names, tensors, strict=True)) if len(names) > 1
+                           else tensors[0])
+        else:
+            batches.append(tuple(arrays))
+    if not batches:
+        raise OptimizeError(f"--calibration {spec} holds fewer samples than one batch ({step})")
+    return batches, None
+
+
 def _subject(model: str, args: Any) -> _Subject:
     shapes = dict(parse_shape(s) for s in args.input_shape or [])
     dims = args.dims or {}
@@ -243,8 +308,15 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
     steps.update()
     steps.set_postfix_str("capture, optimize, build")
     t0 = time.perf_counter()
+    precision, calibration, note = "fp32", None, None
+    if args.int8:
+        precision = "int8"
+        calibration, note = _calibration(subject, args)
+    elif args.budget is not None or args.calibration is not None:
+        raise OptimizeError("--calibration and --budget go with --int8")
     cm = rt_compile(subject.compile_arg, target=args.target, example_inputs=subject.example,
-                    pipeline=args.pipeline, backend=args.backend, cache=not args.no_cache)
+                    pipeline=args.pipeline, backend=args.backend, cache=not args.no_cache,
+                    precision=precision, calibration=calibration, accuracy_budget=args.budget)
     compile_s = time.perf_counter() - t0
     steps.update()
 
@@ -297,10 +369,17 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
     loads = (load_before, load_after)
     m.warnings = stability_warnings(
         m.latency_ms, None if None in loads else loads, usable_cores())  # type: ignore[arg-type]
+    m.precision, m.int8 = precision, info.int8
+    if note:
+        m.warnings.append(note)
     (out / "report.json").write_text(json.dumps(asdict(m), indent=2) + "\n")
     (out / "report.md").write_text(markdown(m, cm.report()))
     steps.update()
     steps.close()
+    if m.int8:
+        from rtinfer.int8 import Int8Report
+
+        stdout.write(Int8Report.from_record(m.int8).table() + "\n")
     stdout.write(table(m) + f"\nwrote {out}{os.sep}: artifact/, report.md, report.json\n")
     return 0
 
@@ -324,9 +403,9 @@ def rows(m: Measured) -> list[tuple[str, str, str]]:
 
 
 def table(m: Measured) -> str:
-    head = (f"rtinfer optimize {m.model}: target {m.target}, pipeline {m.pipeline}, backend "
-            f"{m.backend}; compiled in {m.compile_seconds:.2f} s (cache {m.cache}); "
-            f"{m.runs} runs")
+    head = (f"rtinfer optimize {m.model}: target {m.target}, pipeline {m.pipeline}, "
+            f"precision {m.precision}, backend {m.backend}; compiled in "
+            f"{m.compile_seconds:.2f} s (cache {m.cache}); {m.runs} runs")
     cols = ("", f"before ({m.baseline})", "after (rtinfer)")
     body = rows(m)
     w = [max(len(r[i]) for r in [cols, *body]) for i in range(3)]
@@ -373,3 +452,13 @@ def add_arguments(p: Any, dims_type: Callable[[str], dict[str, int]]) -> None:
     p.add_argument("--runs", type=int, default=50, help="timed runs of each (50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs of each (5)")
     p.add_argument("--no-cache", action="store_true", help="do not use the compile cache")
+    p.add_argument("--int8", action="store_true",
+                   help="compile to int8: calibrate, choose int8 or fp32 per layer by measured "
+                        "sensitivity and kernel speed, print the per-layer table")
+    p.add_argument("--calibration", metavar="N|FILE.npz", default=None,
+                   help="--int8: N calibration inputs (real sentences for minilm, generated "
+                        "otherwise; default 64) or an .npz of arrays by input name, samples "
+                        "along the first axis")
+    p.add_argument("--budget", type=float, default=None, metavar="ERR",
+                   help="--int8: the largest relative output error allowed (e.g. 0.01); "
+                        "the most sensitive layers go back to fp32 until it holds")

@@ -9,10 +9,6 @@ must give the zeroed model's outputs; the pruned IR must verify and compile nati
 from __future__ import annotations
 
 import copy
-import importlib
-import inspect
-import re
-import warnings
 
 import numpy as np
 import pytest
@@ -184,32 +180,8 @@ def test_hidden_distillation_pulls_the_student_to_the_teacher():
 
 # -- accuracy on real sentences ---------------------------------------------------------------
 
-MODULES = ("json os.path collections textwrap string itertools functools shutil pathlib csv "
-           "argparse logging random statistics datetime heapq bisect difflib fractions decimal "
-           "typing dataclasses copy pprint tempfile zipfile glob fnmatch calendar base64 "
-           "hashlib uuid urllib.parse html threading subprocess socket io contextlib abc enum "
-           "operator secrets sqlite3 gzip tarfile configparser unittest doctest timeit "
-           "traceback warnings weakref types ast tokenize codecs locale gettext shlex queue "
-           "sched selectors struct numbers zlib bz2 lzma filecmp stat platform sysconfig "
-           "importlib pkgutil runpy trace tracemalloc pstats smtplib ftplib http.client "
-           "http.server mimetypes ipaddress colorsys").split()
-
-
 def stdlib_sentences() -> list[str]:
-    """English sentences from the docstrings of the standard library's public callables
-    (about two thousand; sorted, so the split below is the same on every run)."""
-    out: set[str] = set()
-    for name in MODULES:
-        mod = importlib.import_module(name)
-        for attr, obj in sorted(vars(mod).items()):
-            with warnings.catch_warnings():  # typing's deprecated aliases warn when read
-                warnings.simplefilter("ignore", DeprecationWarning)
-                doc = inspect.getdoc(obj) if callable(obj) and not attr.startswith("_") else None
-            for s in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
-                # prose only: a capital to open, a stop to end, no code or markup inside
-                if 30 <= len(s) <= 200 and re.match(r"^[A-Z][^>{}\[\]=]*[.!?]$", s):
-                    out.add(s)
-    return sorted(out)
+    return models.english_sentences()
 
 
 def _embed(out, mask: torch.Tensor) -> torch.Tensor:

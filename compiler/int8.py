@@ -1,0 +1,308 @@
+"""``precision="int8"``: calibrate, insert QDQ, choose int8 or fp32 per layer by measured
+sensitivity and speed within the accuracy budget, then lower to the quantized ops.
+
+    graph, report = quantize_for_compile(graph, batches, accuracy_budget=0.01, backend="native")
+    print(report.table())     # per layer: precision, sensitivity, int8 vs fp32 kernel time, why
+
+The steps (docs/int8.md):
+
+1. ``smooth-quant`` (transformer linears after a LayerNorm; a no-op elsewhere), then the QDQ
+   form of every quantizable layer: ``calibrate``, ``insert-qdq``, ``bias-correction``.
+2. Speed: where the backend can time one layer (native), each layer's int8 and fp32 kernels
+   are timed at its shape on this CPU; a layer whose int8 kernel is not faster stays fp32.
+3. Sensitivity: each int8 layer alone quantized (every other layer fp32), its output error on
+   the first calibration batches: ``mean over batches of |y_int8 - y_fp32| / |y_fp32|`` (L2
+   norms over all outputs). The same error of the whole candidate model is what the budget
+   bounds.
+4. With ``accuracy_budget``: while the model's error exceeds it, the most sensitive int8 layer
+   goes back to fp32 (greedy), and the error is measured again.
+5. ``lower-int8``: the QDQ chains of the int8 layers become qconv2d / qlinear / qmatmul.
+
+A layer kept fp32 gets back its fp32 weight and bias (those after smooth-quant, which keeps the
+fp32 model's function) and reads real activations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtinfer.backends.torch_backend import build_module
+from rtinfer.errors import QuantizeError
+from rtinfer.ir.graph import Graph, Node
+from rtinfer.pass_manager import PipelineContext, run_pipeline
+
+PRECISIONS = ("fp32", "bf16", "int8")
+METHODS = ("entropy", "minmax", "percentile", "mse")
+SENSITIVITY_BATCHES = 16  # calibration batches the errors are measured on
+INT8_SPEED_MARGIN = 1.0  # int8 stays only where int8_ms < fp32_ms * margin
+
+
+@dataclass
+class LayerRow:
+    """One layer of the int8 report."""
+
+    name: str
+    op: str
+    shape: str  # the weight's shape
+    precision: str  # "int8" | "fp32"
+    sensitivity: float | None  # output error with this layer alone int8
+    fp32_ms: float | None
+    int8_ms: float | None
+    why: str
+
+
+@dataclass
+class Int8Report:
+    """What ``precision="int8"`` chose and measured (``CompiledModel.report()`` prints it)."""
+
+    method: str
+    batches: int
+    budget: float | None
+    error: float  # the chosen model's output error on the measured batches
+    all_int8_error: float  # every layer int8
+    layers: list[LayerRow] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def int8_layers(self) -> int:
+        return sum(r.precision == "int8" for r in self.layers)
+
+    def table(self) -> str:
+        def num(x: float | None, fmt: str) -> str:
+            return "-" if x is None else format(x, fmt)
+
+        budget = "none" if self.budget is None else f"{self.budget:g}"
+        lines = [
+            f"int8: {self.int8_layers} of {len(self.layers)} layers int8 ({self.method} "
+            f"calibration on {self.batches} batches); output error {self.error:.4g} "
+            f"(all int8: {self.all_int8_error:.4g}; budget {budget})",
+            f"  {'layer':<28} {'op':<14} {'weight':<16} {'precision':<9} {'sensitivity':>11} "
+            f"{'fp32 ms':>8} {'int8 ms':>8}  why",
+        ]
+        for r in self.layers:
+            lines.append(f"  {r.name[:28]:<28} {r.op:<14} {r.shape:<16} {r.precision:<9} "
+                         f"{num(r.sensitivity, '11.3g')} {num(r.fp32_ms, '8.3f')} "
+                         f"{num(r.int8_ms, '8.3f')}  {r.why}")
+        if self.seconds:
+            lines.append("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Int8Report:
+        rows = [LayerRow(**r) for r in rec.get("layers", [])]
+        return cls(**{**rec, "layers": rows})
+
+
+def check_precision(precision: str, calibration: Any, accuracy_budget: Any) -> None:
+    """The compile arguments of the precision, checked before any work."""
+    if precision not in PRECISIONS:
+        raise QuantizeError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and calibration is None:
+        raise QuantizeError("precision='int8' needs calibration=...: an iterable of input "
+                            "tuples like example_inputs (a few hundred real inputs is typical)")
+    if precision != "int8" and (calibration is not None or accuracy_budget is not None):
+        raise QuantizeError(f"calibration and accuracy_budget apply to precision='int8', not "
+                            f"{precision!r}")
+    if accuracy_budget is not None and (
+            isinstance(accuracy_budget, bool) or not isinstance(accuracy_budget, (int, float))
+            or not 0 < accuracy_budget < math.inf):
+        raise QuantizeError(f"accuracy_budget must be a positive number (the largest relative "
+                            f"output error allowed, e.g. 0.01), got {accuracy_budget!r}")
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+
+def _is_qdq_layer(n: Node) -> bool:
+    """A layer insert-qdq made int8: its weight reads an int8 constant through dequantize."""
+    role = n.opdef.weight
+    if role is None or role.input >= len(n.inputs):
+        return False
+    w = n.inputs[role.input].producer
+    return w is not None and w.op == "dequantize" and w.inputs[0].is_const \
+        and w.inputs[0].type.quant is not None
+
+
+def _layer_name(n: Node, i: int) -> str:
+    """The module the layer came from (``torch:encoder.layer.0.output.dense (aten.linear)``
+    -> ``encoder.layer.0.output.dense``), else its value's name, else ``op#i``."""
+    origin = n.provenance.origin
+    if ":" in origin:
+        where = origin.split(":", 1)[1].split(" (", 1)[0].strip()
+        if where:
+            return f"{i}:{where}"
+    return f"{i}:{n.out.name or n.op}"
+
+
+class Variants:
+    """The QDQ graph and the fp32 graph it came from, layer by layer, and the graphs with a
+    chosen set of layers int8 (the rest fp32)."""
+
+    def __init__(self, fp32: Graph, qdq: Graph):
+        self.fp32, self.qdq = fp32, qdq
+        self.layers = [n for n in qdq.nodes if _is_qdq_layer(n)]
+        from rtinfer.passes.quant.calibrate import plan
+
+        fp_layers = plan(fp32).layers
+        if len(fp_layers) != len(self.layers) or any(
+                a.op != b.op for a, b in zip(fp_layers, self.layers, strict=True)):
+            raise QuantizeError(f"int8: the QDQ graph's {len(self.layers)} layers do not match "
+                                f"the fp32 graph's {len(fp_layers)}")
+        self.fp_layers = fp_layers
+
+    def graph(self, int8: set[int]) -> Graph:
+        """A clone of the QDQ graph with the layers not in ``int8`` back in fp32."""
+        from rtinfer.rewrite import Rewriter
+
+        g = self.qdq.clone()
+        vmap = {id(a): b for a, b in zip(self.qdq.values(), g.values(), strict=True)}
+        rw = Rewriter(g, pass_name="int8-mixed-precision")
+        for k, (qn, fn) in enumerate(zip(self.layers, self.fp_layers, strict=True)):
+            if k in int8:
+                continue
+            node = vmap[id(qn.out)].producer
+            rw.begin(node, "fp32")
+            for i, (qv, fv) in enumerate(zip(node.inputs, fn.inputs, strict=True)):
+                if fv.is_const:  # the weight and the bias: the fp32 graph's own
+                    if qv is not fv and not (qv.is_const and qv.const_data is fv.const_data):
+                        rw.set_input(node, i, rw.const(fv.const_data))
+                    continue
+                dq = qv.producer
+                if dq is not None and dq.op == "dequantize" and dq.inputs[0].producer \
+                        is not None and dq.inputs[0].producer.op == "quantize":
+                    rw.set_input(node, i, dq.inputs[0].producer.inputs[0])
+        run_pipeline(g, "dce")
+        return g
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+def _runner(graph: Graph) -> Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]:
+    module = build_module(graph)
+
+    def run(xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            outs = module(*xs)
+        outs = outs if isinstance(outs, (tuple, list)) else [outs]
+        return [o.float() for o in outs]
+    return run
+
+
+def _calibration_runner(graph: Graph) -> Callable[..., Sequence[torch.Tensor]]:
+    """The pipeline's ``GraphRunner`` for calibration: the torch backend, built once."""
+    module = build_module(graph)
+
+    def run(*xs: torch.Tensor) -> Sequence[torch.Tensor]:
+        with torch.inference_mode():
+            return module(*xs)
+    return run
+
+
+def output_error(ref: list[list[torch.Tensor]], got: list[list[torch.Tensor]]) -> float:
+    """Mean over batches of ``|got - ref| / |ref|`` (L2 norms over all outputs of a batch)."""
+    errs = []
+    for r, g in zip(ref, got, strict=True):
+        num = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(r, g, strict=True)))
+        den = math.sqrt(sum(float((a ** 2).sum()) for a in r))
+        errs.append(num / den if den > 0 else num)
+    return float(np.mean(errs))
+
+
+def _layer_times(fp32: Graph, layers: list[Node], backend: str
+                 ) -> list[tuple[float, float] | None]:
+    """(fp32 ms, int8 ms) of each layer's kernel at its shape, where the backend can time one
+    layer (native); None otherwise."""
+    if backend not in ("native", "auto"):
+        return [None] * len(layers)
+    try:
+        from rtinfer.backends.native import time_layer
+    except ImportError:
+        return [None] * len(layers)
+    out: list[tuple[float, float] | None] = []
+    for n in layers:
+        try:
+            out.append(time_layer(n))
+        except Exception:  # noqa: BLE001 (an untimeable layer is chosen on accuracy alone)
+            out.append(None)
+    return out
+
+
+def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
+                         accuracy_budget: float | None = None, *, method: str = "entropy",
+                         backend: str = "native", per_channel: bool = True,
+                         progress: Callable[[str], None] | None = None
+                         ) -> tuple[Graph, Int8Report]:
+    """The int8 graph (lowered) of the optimized fp32 ``graph`` (not modified) and the report."""
+    if method not in METHODS:
+        raise QuantizeError(f"method={method!r}: choose one of {', '.join(METHODS)}")
+    say = progress or (lambda s: None)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    fp32 = graph.clone()
+    pctx = PipelineContext(data={"calibration": batches}, runner=_calibration_runner)
+    run_pipeline(fp32, "smooth-quant", pipeline_ctx=pctx)
+    qdq = fp32.clone()
+    run_pipeline(qdq, f"insert-qdq{{method={method},per-channel={str(per_channel).lower()}}},"
+                      f"bias-correction", pipeline_ctx=pctx)
+    seconds["calibrate"] = time.perf_counter() - t
+    v = Variants(fp32, qdq)
+    n = len(v.layers)
+    every = set(range(n))
+    names = [_layer_name(fn, i) for i, fn in enumerate(v.fp_layers)]
+    rows = [LayerRow(names[i], fn.op, "x".join(map(str, fn.inputs[1].type.shape)), "int8",
+                     None, None, None, "") for i, fn in enumerate(v.fp_layers)]
+
+    t = time.perf_counter()
+    for row, times in zip(rows, _layer_times(fp32, v.fp_layers, backend), strict=True):
+        if times is not None:
+            row.fp32_ms, row.int8_ms = times
+            if not row.int8_ms < row.fp32_ms * INT8_SPEED_MARGIN:
+                row.precision, row.why = "fp32", "int8 kernel not faster at this shape"
+    seconds["time layers"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    data = batches[:SENSITIVITY_BATCHES]
+    run_fp32 = _runner(fp32)
+    ref = [run_fp32(b) for b in data]
+
+    def error(int8: set[int]) -> float:
+        run = _runner(v.graph(int8))
+        return output_error(ref, [run(b) for b in data])
+
+    all_int8 = error(every)
+    for i, row in enumerate(rows):
+        say(f"sensitivity {i + 1}/{n}")
+        row.sensitivity = error({i})
+    chosen = {i for i, r in enumerate(rows) if r.precision == "int8"}
+    current = error(chosen) if chosen != every else all_int8
+    if accuracy_budget is not None:
+        by_sensitivity = sorted(chosen, key=lambda i: -(rows[i].sensitivity or 0.0))
+        for i in by_sensitivity:
+            if current <= accuracy_budget:
+                break
+            chosen.discard(i)
+            rows[i].precision = "fp32"
+            rows[i].why = f"sensitive: model error {current:.3g} > budget {accuracy_budget:g}"
+            current = error(chosen)
+    for i in chosen:
+        r = rows[i]
+        faster = f"{r.fp32_ms / r.int8_ms:.2f}x faster" if r.int8_ms else "speed not measured"
+        r.why = f"int8 ({faster})" if accuracy_budget is None else \
+            f"int8 ({faster}, within budget)"
+    seconds["sensitivity"] = time.perf_counter() - t
+
+    final = v.graph(chosen)
+    run_pipeline(final, "lower-int8,dce")
+    report = Int8Report(method, len(data), accuracy_budget, current, all_int8, rows, seconds)
+    return final, report
