@@ -17,11 +17,12 @@ from rtinfer.pass_manager import (
     run_pipeline,
 )
 from rtinfer.prune import PrunedModel, distill, prune
+from rtinfer.quantize import quantize
 from rtinfer.version import __version__
 
 __all__ = [
     "BisectResult", "CompiledModel", "Option", "PassContext", "RtinferError", "__version__",
     "bisect", "capture", "compile", "export_onnx", "graph_pass", "ir", "load",
-    "load_pass_plugin", "passes", "optimize", "PrunedModel", "distill", "prune",
+    "load_pass_plugin", "passes", "optimize", "PrunedModel", "distill", "prune", "quantize",
     "register_pass", "register_pipeline", "run_pipeline", "serving",
 ]

@@ -148,3 +148,8 @@ class CacheDirError(RtinferError):
 class PruneError(PassError):
     """Structured pruning or distillation got options or data it cannot use (a ratio out of
     range, an unknown importance, a batch that does not fit the model); the message names it."""
+
+
+class QuantizeError(PassError):
+    """Quantization got options or data it cannot use (no calibration batches, a batch of the
+    wrong arity or shape, an unknown observer); the message names the input and batch."""

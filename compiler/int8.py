@@ -107,6 +107,9 @@ def check_precision(precision: str, calibration: Any, accuracy_budget: Any) -> N
     """The compile arguments of the precision, checked before any work."""
     if precision not in PRECISIONS:
         raise QuantizeError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        raise QuantizeError("precision='bf16' is not built yet (bf16 kernels for AVX512_BF16 / "
+                            "AMX CPUs are planned); use 'fp32' or 'int8'")
     if precision == "int8" and calibration is None:
         raise QuantizeError("precision='int8' needs calibration=...: an iterable of input "
                             "tuples like example_inputs (a few hundred real inputs is typical)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -27,13 +27,20 @@ if TYPE_CHECKING:
     from rtinfer.ir.graph import Graph
 
 T = TypeVar("T")
+# builds a callable that runs ``graph``: input tensors in, its outputs (torch tensors or arrays)
+# out; data-driven analyses (calibration) run graphs through it
+GraphRunner = Callable[["Graph"], Callable[..., Sequence[Any]]]
 
 
 class PipelineContext:
     """Named data inputs and cached analyses shared by the passes of one pipeline run."""
 
-    def __init__(self, data: Mapping[str, Any] | None = None):
+    def __init__(self, data: Mapping[str, Any] | None = None, runner: GraphRunner | None = None):
         self.data: dict[str, Any] = dict(data or {})
+        # how analyses run a graph on the data: the layer that owns the backends gives one
+        # (rtinfer.quantize: the torch backend); None: the reference interpreter. Not part of
+        # the data digest: any correct runner computes the same statistics
+        self.runner = runner
         # name -> (the graph it was computed on, result); a weak reference, not an id: a freed
         # graph's id may come back as another graph's
         self._analyses: dict[str, tuple[weakref.ref, Any]] = {}
@@ -107,4 +114,4 @@ def _feed(h: Any, x: Any, where: str) -> None:
                             "of them (materialize an iterator with list(...))")
 
 
-__all__ = ["PipelineContext"]
+__all__ = ["GraphRunner", "PipelineContext"]
