@@ -61,8 +61,8 @@ def _cpp_dir() -> Path:
 CPP_DIR = _cpp_dir()
 # $RTINFER_NATIVE_SRC: build another copy of cpp/native (kernel development)
 NATIVE_DIR = Path(os.environ.get("RTINFER_NATIVE_SRC") or CPP_DIR / "native").resolve()
-SOURCES = ("executor.cpp", "dnnl_ops.cpp", "cpu_norm.cpp", "cpu_attention.cpp", "cpu_pool.cpp",
-           "cpu_copy.cpp")
+SOURCES = ("executor.cpp", "dnnl_ops.cpp", "dnnl_int8.cpp", "cpu_norm.cpp", "cpu_attention.cpp",
+           "cpu_pool.cpp", "cpu_copy.cpp")
 CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-Wno-unused-function"]
 STAMP = "cpu.json"
 LOCK = "rtinfer.lock"

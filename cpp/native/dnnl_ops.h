@@ -39,4 +39,50 @@ std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int ds
                        const std::string& activation, double alpha, double beta,
                        const std::string& residual_mode, int threads);
 
+// -- int8 (dnnl_int8.cpp; docs/int8.md) --------------------------------------------------------
+
+// y = quantize(x) (f32 -> u8/i8/i32: saturate(round_half_even(x / scale) + zero_point)) or, with
+// `dequantize`, y = (x - zero_point) * scale; over [outer, channels, inner] with one scale and
+// zero point per channel (channels = 1: per tensor).
+void add_quantize(Plan& plan, const std::string& name, int x, int y, int64_t outer,
+                  int64_t channels, int64_t inner, std::vector<double> scale,
+                  std::vector<int64_t> zero_point, const std::string& dtype, bool dequantize);
+
+// Max pooling of u8/i8 codes; dst_shape (logical NCHW) sets the end padding (ceil mode).
+std::string add_pool_int8(Plan& plan, const std::string& name, int x, int y,
+                          const std::string& dtype, std::vector<int64_t> src_shape,
+                          std::vector<int64_t> dst_shape, std::vector<int64_t> kernel,
+                          std::vector<int64_t> stride, std::vector<int64_t> pad_begin,
+                          std::vector<int64_t> dilation, bool nhwc, int threads);
+
+// qconv2d: NHWC u8/i8 src with a per-tensor scale and zero point, i8 weight [O, C/g, kh, kw] with
+// one scale or one per output channel (symmetric), f32 bias; the fused epilogue; the output u8/i8
+// (out scale and zero point) or f32. A u8/i8 residual (res_dt) is a sum post-op, an f32 one a
+// binary add.
+std::string add_qconv(Plan& plan, const std::string& name, int src, int dst, int residual,
+                      std::vector<int64_t> src_shape, const std::string& src_dt, double src_scale,
+                      int64_t src_zp, torch::Tensor weight, std::vector<double> w_scales,
+                      std::optional<torch::Tensor> bias, std::vector<int64_t> stride,
+                      std::vector<int64_t> pad_begin, std::vector<int64_t> pad_end,
+                      std::vector<int64_t> dilation, int64_t groups,
+                      const std::string& activation, double alpha, double beta,
+                      const std::string& residual_mode, const std::string& res_dt,
+                      double res_scale, int64_t res_zp, const std::string& dst_dt,
+                      double dst_scale, int64_t dst_zp, int threads,
+                      std::vector<int64_t> dst_shape);
+
+// qlinear / qmatmul with a constant weight: [rows, K] u8/i8 @ i8 [K, N] (one scale or one per
+// column), as qconv2d otherwise.
+std::string add_qmatmul(Plan& plan, const std::string& name, int a, int dst, int residual,
+                        int64_t rows, const std::string& src_dt, double src_scale,
+                        int64_t src_zp, torch::Tensor weight, std::vector<double> w_scales,
+                        std::optional<torch::Tensor> bias, const std::string& activation,
+                        double alpha, double beta, const std::string& residual_mode,
+                        const std::string& res_dt, double res_scale, int64_t res_zp,
+                        const std::string& dst_dt, double dst_scale, int64_t dst_zp,
+                        int threads);
+
+// Whether the ISA oneDNN runs has VNNI (u8 x s8 products summed in int32, no int16 saturation).
+bool onednn_has_vnni();
+
 }  // namespace rtinfer

@@ -329,6 +329,30 @@ void bind_dnnl(pybind11::module_& m) {
         py::arg("threads") = 0,
         "A oneDNN matmul step [..., M, K] @ [..., K, N] (batch dims broadcast) with its fused "
         "epilogue; b = -1 with a constant weight; returns the oneDNN implementation chosen.");
+  m.def("add_quantize", &add_quantize, py::arg("plan"), py::arg("name"), py::arg("x"),
+        py::arg("y"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("scale"),
+        py::arg("zero_point"), py::arg("dtype"), py::arg("dequantize") = false);
+  m.def("add_pool_int8", &add_pool_int8, py::arg("plan"), py::arg("name"), py::arg("x"),
+        py::arg("y"), py::arg("dtype"), py::arg("src_shape"), py::arg("dst_shape"),
+        py::arg("kernel"), py::arg("stride"), py::arg("pad_begin"), py::arg("dilation"),
+        py::arg("nhwc"), py::arg("threads") = 0);
+  m.def("add_qconv", &add_qconv, py::arg("plan"), py::arg("name"), py::arg("src"),
+        py::arg("dst"), py::arg("residual"), py::arg("src_shape"), py::arg("src_dt"),
+        py::arg("src_scale"), py::arg("src_zp"), py::arg("weight"), py::arg("w_scales"),
+        py::arg("bias"), py::arg("stride"), py::arg("pad_begin"), py::arg("pad_end"),
+        py::arg("dilation"), py::arg("groups"), py::arg("activation"), py::arg("alpha"),
+        py::arg("beta"), py::arg("residual_mode"), py::arg("res_dt"), py::arg("res_scale"),
+        py::arg("res_zp"), py::arg("dst_dt"), py::arg("dst_scale"), py::arg("dst_zp"),
+        py::arg("threads"), py::arg("dst_shape"),
+        "An int8 oneDNN convolution step (NHWC); returns the implementation chosen.");
+  m.def("add_qmatmul", &add_qmatmul, py::arg("plan"), py::arg("name"), py::arg("a"),
+        py::arg("dst"), py::arg("residual"), py::arg("rows"), py::arg("src_dt"),
+        py::arg("src_scale"), py::arg("src_zp"), py::arg("weight"), py::arg("w_scales"),
+        py::arg("bias"), py::arg("activation"), py::arg("alpha"), py::arg("beta"),
+        py::arg("residual_mode"), py::arg("res_dt"), py::arg("res_scale"), py::arg("res_zp"),
+        py::arg("dst_dt"), py::arg("dst_scale"), py::arg("dst_zp"), py::arg("threads"),
+        "An int8 oneDNN matmul step with a constant [K, N] weight; returns the implementation.");
+  m.def("onednn_has_vnni", &onednn_has_vnni);
 }
 
 void bind_cpu_kernels(pybind11::module_& m) {

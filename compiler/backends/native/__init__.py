@@ -10,8 +10,12 @@ from rtinfer.backends.native import (  # noqa: F401  (fills LOWERINGS)
     linalg,
     norm,
     pool,
+    quant,
     shape,
 )
+from rtinfer.backends.native.timing import time_layer
 
 # last: the generated code takes the elementwise ops no family above lowers
 elementwise.register_leftovers()
+
+__all__ = ["time_layer"]

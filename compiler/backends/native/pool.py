@@ -20,21 +20,31 @@ def _pool_window(node: Node, nd: int = 2):
     return kernel, stride, pad, dil
 
 
-def _pool_input(cx: Lowerer, node: Node) -> View:
-    """A pool's input as it lies: NHWC (from a conv) or plain NCHW."""
+def _pool_input(cx: Lowerer, node: Node, ints: bool = False) -> View:
+    """A pool's input as it lies: NHWC (from a conv) or plain NCHW; f32, or (``ints``) u8/i8
+    codes too."""
     if node.attrs.get("layout", "NCHW") != "NCHW":
         raise cx.unsupported("an NHWC-attributed pool")
     x = cx.view(node.inputs[0])
-    x = x if x.nhwc else cx.plain(node.inputs[0])
-    cx.need_f32(x)
+    x = x if x.nhwc and x.offset == 0 else cx.plain(node.inputs[0])
+    if not (ints and x.dtype in (DType.u8, DType.i8)):
+        cx.need_f32(x)
     return x
 
 
 @lowers("max_pool2d", "avg_pool2d")
 def _pool2d(cx: Lowerer, node: Node) -> None:
-    x = _pool_input(cx, node)
+    x = _pool_input(cx, node, ints=node.op == "max_pool2d")
     kernel, stride, pad, dil = _pool_window(node)
     y = cx.new_value(node.out, nhwc=x.nhwc)  # a 1x1 result is the same bytes either way
+    if x.dtype is not DType.f32:
+        # int8 codes: max commutes with the (increasing) affine map, so the output keeps the
+        # input's QuantParams; oneDNN's int8 max pooling
+        args = (x.buf, y.buf, str(x.dtype), list(x.shape), list(y.shape), kernel, stride,
+                pad[:2], dil, x.nhwc, cx.threads)
+        cx.step("oneDNN int8 max_pool2d",
+                lambda ext, plan, name: ext.add_pool_int8(plan, name, *args), [x.buf], [y.buf])
+        return
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
     kind = "max" if node.op == "max_pool2d" else "avg"

@@ -83,6 +83,9 @@ UNSUPPORTED: dict[str, str] = {
     "multi_head_attention": "not lowered yet (its parts are: linear, reshape, attention)",
     "quantize": "int8 (QuantParams on types) is not lowered to TVM yet",
     "dequantize": "int8 (QuantParams on types) is not lowered to TVM yet",
+    "qconv2d": "int8 convolution is not lowered to TVM yet (the native backend runs it)",
+    "qlinear": "int8 linear is not lowered to TVM yet (the native backend runs it)",
+    "qmatmul": "int8 matmul is not lowered to TVM yet (the native backend runs it)",
     "hardmax": "argmax + one_hot: not lowered yet",
 }
 

@@ -1,0 +1,487 @@
+// int8 steps (docs/int8.md): quantize / dequantize (rtinfer's own loops), max pooling on the
+// integers, and qconv2d / qlinear / qmatmul as oneDNN int8 primitives.
+//
+// A quantized op's reference is dequantize -> fused f32 op -> quantize; oneDNN v3 computes the
+// same thing as
+//
+//     acc = sum((x - x_zp) * w)                      int32, exact
+//     y   = x_scale * w_scale[oc] * acc + bias       f32 (the bias is the real one)
+//     y   = post-ops(y)                             activation, residual (sum or binary add)
+//     out = saturate(round_half_even(y / out_scale) + out_zp)     or y itself for f32 outputs
+//
+// so the only difference to the reference is where f32 rounds (the reference rounds each
+// product), at most one unit of the output's last place. A quantized residual of an int8
+// output is a sum post-op: the residual's codes are copied into dst and read back as
+// res_scale * (r - res_zp); an f32 residual is a binary add. Weights are reordered once into
+// the layout the implementation picked (with the compensation terms oneDNN adds there for s8
+// sources and source zero points); scales and zero points are constant operands of the step.
+#include "dnnl_ops.h"
+
+#include "dnnl_common.h"
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+namespace rtinfer {
+
+namespace {
+
+using dt = memory::data_type;
+
+dt data_type(const std::string& name, const std::string& s) {
+  if (s == "u8") return dt::u8;
+  if (s == "i8" || s == "s8") return dt::s8;
+  if (s == "f32") return dt::f32;
+  if (s == "i32" || s == "s32") return dt::s32;
+  invalid(name, "unknown data type '" + s + "' (u8, i8, i32, f32)");
+}
+
+memory scalar_memory(float v) {
+  memory m(memory::desc({1}, dt::f32, memory::format_tag::a), cpu_engine());
+  *static_cast<float*>(m.get_data_handle()) = v;
+  return m;
+}
+
+memory zero_point_memory(int32_t v) {
+  memory m(memory::desc({1}, dt::s32, memory::format_tag::a), cpu_engine());
+  *static_cast<int32_t*>(m.get_data_handle()) = v;
+  return m;
+}
+
+memory scales_memory(const std::vector<float>& s) {
+  memory m(memory::desc({(int64_t)s.size()}, dt::f32, memory::format_tag::a), cpu_engine());
+  std::memcpy(m.get_data_handle(), s.data(), s.size() * sizeof(float));
+  return m;
+}
+
+// The quantization attributes and the epilogue of one int8 primitive.
+struct QuantSpec {
+  dt src_dt;
+  float src_scale;
+  int32_t src_zp;
+  std::vector<float> w_scales;  // 1 (per tensor) or one per output channel
+  int w_mask;                   // oneDNN's scale mask of the weights when per channel
+  dt dst_dt;
+  float dst_scale;
+  int32_t dst_zp;
+  std::string activation;
+  double alpha, beta;
+  std::string residual_mode;
+  int residual;  // slot, -1 none
+  dt res_dt;     // f32: binary add; u8/s8: a sum post-op (the codes copied into dst first)
+  float res_scale;
+  int32_t res_zp;
+};
+
+void check_spec(const std::string& name, const QuantSpec& q) {
+  if (q.src_dt != dt::u8 && q.src_dt != dt::s8) invalid(name, "the source must be u8 or i8");
+  if (q.dst_dt != dt::u8 && q.dst_dt != dt::s8 && q.dst_dt != dt::f32)
+    invalid(name, "the output must be u8, i8 or f32");
+  if (!(q.src_scale > 0.f) || !(q.dst_scale > 0.f))
+    invalid(name, "scales must be positive, got source " + std::to_string(q.src_scale) +
+                      " and output " + std::to_string(q.dst_scale));
+  for (float s : q.w_scales)
+    if (!(s > 0.f) || !std::isfinite(s))
+      invalid(name, "weight scales must be positive and finite, got " + std::to_string(s));
+  if (q.residual_mode != "none" && q.residual < 0)
+    invalid(name, "residual mode '" + q.residual_mode + "' needs a residual slot");
+  if (q.residual_mode == "none" && q.residual >= 0)
+    invalid(name, "a residual slot was given with residual mode 'none'");
+  if (q.residual >= 0 && q.res_dt != dt::f32 && q.dst_dt == dt::f32)
+    invalid(name, "a quantized residual needs a quantized output (dequantize it first)");
+}
+
+// The primitive attributes: scales, zero points and post-ops. An f32 output takes the f32
+// epilogue (NaN-keeping clamps run after the primitive as a Tail); an int8 output clamps inside
+// oneDNN (its int32 accumulation of int8 codes is finite, so there is no NaN to keep).
+struct QuantAttr {
+  dnnl::primitive_attr attr;
+  int residual_arg = 0;  // binary add's execute() argument, 0: none
+  bool sum = false;      // the residual is copied into dst and read by a sum post-op
+  bool tail = false;
+  Eltwise act;
+  int tail_residual = -1;
+};
+
+QuantAttr quant_attr(const std::string& name, const QuantSpec& q, const memory::desc& dst_f32,
+                     int w_mask) {
+  QuantAttr a;
+  if (q.dst_dt == dt::f32) {
+    Epilogue e = epilogue(name, q.activation, q.alpha, q.beta, q.residual_mode, q.residual,
+                          dst_f32);
+    a.attr = e.attr;
+    a.residual_arg = e.residual_arg;
+    a.tail = e.tail, a.act = e.act, a.tail_residual = e.tail_residual;
+  } else {
+    Eltwise act = eltwise(name, q.activation, (float)q.alpha, (float)q.beta);
+    if (q.residual_mode != "none" && q.residual_mode != "pre" && q.residual_mode != "post")
+      invalid(name, "unknown residual mode '" + q.residual_mode + "' (none, pre, post)");
+    dnnl::post_ops ops;
+    auto append_act = [&] {
+      if (act.on) ops.append_eltwise(act.alg, act.alpha, act.beta);
+      else if (act.leaky || (act.clamp && act.lo == 0.f && act.hi == kInf))
+        ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      else if (act.clamp)
+        ops.append_eltwise(dnnl::algorithm::eltwise_clip_v2, act.lo, act.hi);
+    };
+    auto append_residual = [&] {
+      if (q.residual < 0) return;
+      if (q.res_dt == dt::f32) {
+        a.residual_arg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(ops.len()) | DNNL_ARG_SRC_1;
+        ops.append_binary(dnnl::algorithm::binary_add, dst_f32);
+      } else {
+        a.sum = true;
+        ops.append_sum(q.res_scale, q.res_zp, q.res_dt);
+      }
+    };
+    if (q.residual_mode == "post") {
+      append_act();
+      append_residual();
+    } else {
+      append_residual();
+      append_act();
+    }
+    a.attr.set_post_ops(ops);
+    a.attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  }
+  a.attr.set_scales_mask(DNNL_ARG_SRC, 0);
+  a.attr.set_scales_mask(DNNL_ARG_WEIGHTS, q.w_scales.size() > 1 ? w_mask : 0);
+  a.attr.set_zero_points_mask(DNNL_ARG_SRC, 0);
+  if (q.dst_dt != dt::f32) {
+    a.attr.set_scales_mask(DNNL_ARG_DST, 0);
+    a.attr.set_zero_points_mask(DNNL_ARG_DST, 0);
+  }
+  return a;
+}
+
+// The constant operands: scales and zero points.
+void add_quant_operands(Kernel& k, const QuantSpec& q) {
+  k.fixed.emplace_back(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, scalar_memory(q.src_scale));
+  k.fixed.emplace_back(DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, scales_memory(q.w_scales));
+  k.fixed.emplace_back(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zero_point_memory(q.src_zp));
+  if (q.dst_dt != dt::f32) {
+    // oneDNN divides by the dst scale: out = y / dst_scale + dst_zp
+    k.fixed.emplace_back(DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, scalar_memory(q.dst_scale));
+    k.fixed.emplace_back(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, zero_point_memory(q.dst_zp));
+  }
+}
+
+// Registers the step: a quantized residual's codes copied into dst first (unless the residual
+// is dst itself), then the primitive (and the f32 tail).
+template <typename PD>
+std::string finish_int8(Plan& plan, std::shared_ptr<Kernel> k, const PD& pd, bool sum,
+                        int residual, int dst, int64_t dst_bytes) {
+  if (!sum) return finish(plan, std::move(k), pd);
+  memory::desc scratch = pd.scratchpad_desc();
+  plan.need_scratch((int64_t)scratch.get_size());
+  if (scratch.get_size() > 0) k->bound.push_back({DNNL_ARG_SCRATCHPAD, -1, scratch});
+  for (const auto& b : k->bound) k->cached.emplace_back(b.md, cpu_engine(), nullptr);
+  std::string impl = pd.impl_info_str();
+  std::shared_ptr<const Kernel> kc = std::move(k);
+  plan.add_step({kc->name, [kc, residual, dst, dst_bytes](Ctx& ctx) {
+    if (ctx.ptr[residual] != ctx.ptr[dst])
+      std::memcpy(ctx.ptr[dst], ctx.ptr[residual], (size_t)dst_bytes);
+    kc->run(ctx);
+  }});
+  return impl;
+}
+
+void check_int8_weight(const std::string& name, const torch::Tensor& w) {
+  if (w.scalar_type() != torch::kInt8 || !w.device().is_cpu())
+    invalid(name, "the weight must be an int8 CPU tensor, got " +
+                      std::string(c10::toString(w.scalar_type())) + " on " + w.device().str());
+}
+
+QuantSpec make_spec(const std::string& name, const std::string& src_dt, double src_scale,
+                    int64_t src_zp, std::vector<double> w_scales, const std::string& dst_dt,
+                    double dst_scale, int64_t dst_zp, const std::string& activation, double alpha,
+                    double beta, const std::string& residual_mode, int residual,
+                    const std::string& res_dt, double res_scale, int64_t res_zp) {
+  QuantSpec q;
+  q.src_dt = data_type(name, src_dt);
+  q.src_scale = (float)src_scale, q.src_zp = (int32_t)src_zp;
+  for (double s : w_scales) q.w_scales.push_back((float)s);
+  if (q.w_scales.empty()) invalid(name, "no weight scales");
+  q.dst_dt = data_type(name, dst_dt);
+  q.dst_scale = (float)dst_scale, q.dst_zp = (int32_t)dst_zp;
+  q.activation = activation, q.alpha = alpha, q.beta = beta;
+  q.residual_mode = residual_mode, q.residual = residual;
+  q.res_dt = residual >= 0 ? data_type(name, res_dt) : dt::f32;
+  q.res_scale = (float)res_scale, q.res_zp = (int32_t)res_zp;
+  check_spec(name, q);
+  return q;
+}
+
+// -- quantize / dequantize ---------------------------------------------------------------------
+
+// One affine map per channel over [outer, channels, inner]: per tensor is channels = 1.
+struct Affine {
+  int64_t outer, channels, inner;
+  std::vector<float> scale;
+  std::vector<int32_t> zp;
+};
+
+// 1.5 * 2^23: for |v| < 2^22, (v + kMagic) - kMagic is v rounded to an integer in the default
+// rounding mode, half to even (the sum lies where the float spacing is 1); std::nearbyint is a
+// libm call per element (measured 12 ns each, 50x the vector loop)
+constexpr float kMagic = 12582912.f;
+
+template <typename Q>
+void quantize_rows(const Affine& a, const float* x, Q* y, int64_t b, int64_t e) {
+  // numpy's reference: rint(x / scale) in f32 (half to even), plus the zero point, saturated;
+  // the division (not a reciprocal multiply) keeps it bit-exact
+  for (int64_t r = b; r < e; ++r) {
+    const int64_t c = r % a.channels;
+    const float s = a.scale[c];
+    const float* xr = x + r * a.inner;
+    Q* yr = y + r * a.inner;
+    if constexpr (std::is_same_v<Q, int32_t>) {
+      const double lo = (double)std::numeric_limits<Q>::min();
+      const double hi = (double)std::numeric_limits<Q>::max();
+      const double zp = a.zp[c];
+      for (int64_t i = 0; i < a.inner; ++i) {
+        double v = (double)std::nearbyint(xr[i] / s) + zp;
+        v = v < lo ? lo : (v > hi ? hi : v);
+        yr[i] = v == v ? (Q)v : (Q)a.zp[c];  // NaN: the code of zero
+      }
+    } else {
+      const float lo = (float)std::numeric_limits<Q>::min();
+      const float hi = (float)std::numeric_limits<Q>::max();
+      const float zp = (float)a.zp[c];
+      // past these, the code saturates: clamping first keeps |v| small for the rounding
+      const float vlo = lo - zp - 1.f, vhi = hi - zp + 1.f;
+#pragma omp simd
+      for (int64_t i = 0; i < a.inner; ++i) {
+        float v = xr[i] / s;
+        v = v < vlo ? vlo : v;
+        v = v > vhi ? vhi : v;
+        float q = ((v + kMagic) - kMagic) + zp;
+        q = q < lo ? lo : q;
+        q = q > hi ? hi : q;
+        yr[i] = (Q)(q == q ? q : zp);  // NaN: the code of zero
+      }
+    }
+  }
+}
+
+template <typename Q>
+void dequantize_rows(const Affine& a, const Q* x, float* y, int64_t b, int64_t e) {
+  for (int64_t r = b; r < e; ++r) {
+    const int64_t c = r % a.channels;
+    const float s = a.scale[c];
+    const int32_t zp = a.zp[c];
+    const Q* xr = x + r * a.inner;
+    float* yr = y + r * a.inner;
+#pragma omp simd
+    for (int64_t i = 0; i < a.inner; ++i) yr[i] = (float)((int32_t)xr[i] - zp) * s;
+  }
+}
+
+}  // namespace
+
+void add_quantize(Plan& plan, const std::string& name, int x, int y, int64_t outer,
+                  int64_t channels, int64_t inner, std::vector<double> scale,
+                  std::vector<int64_t> zero_point, const std::string& dtype, bool dequantize) {
+  if (outer < 1 || channels < 1 || inner < 1)
+    invalid(name, "bad extent [" + std::to_string(outer) + ", " + std::to_string(channels) +
+                      ", " + std::to_string(inner) + "]");
+  if ((int64_t)scale.size() != channels || (int64_t)zero_point.size() != channels)
+    invalid(name, std::to_string(scale.size()) + " scales and " +
+                      std::to_string(zero_point.size()) + " zero points for " +
+                      std::to_string(channels) + " channels");
+  const dt q = data_type(name, dtype);
+  if (q == dt::f32) invalid(name, "quantized data must be u8, i8 or i32");
+  auto a = std::make_shared<Affine>();
+  a->outer = outer, a->channels = channels, a->inner = inner;
+  for (double s : scale) {
+    if (!(s > 0.0) || !std::isfinite(s))
+      invalid(name, "scales must be positive and finite, got " + std::to_string(s));
+    a->scale.push_back((float)s);
+  }
+  for (int64_t z : zero_point) a->zp.push_back((int32_t)z);
+  const int64_t rows = outer * channels;
+  plan.add_step({name, [a, x, y, q, dequantize, rows](Ctx& ctx) {
+    const int nt = threads_for(ctx, rows * a->inner);
+    // rows of one element (per channel, channels last) are split in runs, not one by one
+    parallel_for(nt, rows, [&](int64_t b, int64_t e) {
+      if (dequantize) {
+        float* yp = ctx.at<float>(y);
+        if (q == dt::u8) dequantize_rows(*a, ctx.at<uint8_t>(x), yp, b, e);
+        else if (q == dt::s8) dequantize_rows(*a, ctx.at<int8_t>(x), yp, b, e);
+        else dequantize_rows(*a, ctx.at<int32_t>(x), yp, b, e);
+      } else {
+        const float* xp = ctx.at<float>(x);
+        if (q == dt::u8) quantize_rows(*a, xp, ctx.at<uint8_t>(y), b, e);
+        else if (q == dt::s8) quantize_rows(*a, xp, ctx.at<int8_t>(y), b, e);
+        else quantize_rows(*a, xp, ctx.at<int32_t>(y), b, e);
+      }
+    });
+  }});
+}
+
+// Max pooling of u8/i8 codes (NHWC): max commutes with the increasing affine map, so the output
+// has the input's QuantParams. oneDNN's max pooling skips padding taps.
+std::string add_pool_int8(Plan& plan, const std::string& name, int x, int y,
+                          const std::string& dtype, std::vector<int64_t> src_shape,
+                          std::vector<int64_t> dst_shape, std::vector<int64_t> kernel,
+                          std::vector<int64_t> stride, std::vector<int64_t> pad_begin,
+                          std::vector<int64_t> dilation, bool nhwc, int threads) try {
+  const dt q = data_type(name, dtype);
+  if (q != dt::u8 && q != dt::s8) invalid(name, "int8 pooling takes u8 or i8");
+  if (src_shape.size() != 4 || dst_shape.size() != 4 || kernel.size() != 2 ||
+      stride.size() != 2 || pad_begin.size() != 2 || dilation.size() != 2)
+    invalid(name, "2-d pooling: shapes [N, C, H, W], two kernel, stride, pad and dilation "
+                  "values");
+  // the end padding that gives dst_shape (ceil mode included): windows past it read padding
+  Dims pe(2);
+  for (int i = 0; i < 2; ++i)
+    pe[i] = (dst_shape[2 + i] - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1 -
+            src_shape[2 + i] - pad_begin[i];
+  for (int i = 0; i < 2; ++i) pe[i] = std::max<int64_t>(pe[i], 0);
+  auto tag = nhwc ? memory::format_tag::nhwc : memory::format_tag::nchw;
+  memory::desc src_md(src_shape, q, tag), dst_md(dst_shape, q, tag);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  double work = 1;
+  for (auto d : dst_shape) work *= d;
+  CreationThreads creation(threads, work * kernel[0] * kernel[1]);
+  dnnl::pooling_forward::primitive_desc pd(
+      cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max, src_md,
+      dst_md, stride, kernel, Dims{dilation[0] - 1, dilation[1] - 1}, pad_begin, pe, attr);
+  auto k = std::make_shared<Kernel>();
+  k->name = name;
+  k->prim = dnnl::pooling_forward(pd);
+  k->bound.push_back({DNNL_ARG_SRC, x, pd.src_desc()});
+  k->bound.push_back({DNNL_ARG_DST, y, pd.dst_desc()});
+  return finish(plan, std::move(k), pd);
+} catch (const dnnl::error& err) {
+  throw dnnl_failure(name, err);
+}
+
+std::string add_qconv(Plan& plan, const std::string& name, int src, int dst, int residual,
+                      std::vector<int64_t> src_shape, const std::string& src_dt, double src_scale,
+                      int64_t src_zp, torch::Tensor weight, std::vector<double> w_scales,
+                      std::optional<torch::Tensor> bias, std::vector<int64_t> stride,
+                      std::vector<int64_t> pad_begin, std::vector<int64_t> pad_end,
+                      std::vector<int64_t> dilation, int64_t groups,
+                      const std::string& activation, double alpha, double beta,
+                      const std::string& residual_mode, const std::string& res_dt,
+                      double res_scale, int64_t res_zp, const std::string& dst_dt,
+                      double dst_scale, int64_t dst_zp, int threads,
+                      std::vector<int64_t> dst_shape) try {
+  if (src_shape.size() != 4 || dst_shape.size() != 4)
+    invalid(name, "qconv2d src and dst must be [N, C, H, W], got " + str(src_shape) + " and " +
+                      str(dst_shape));
+  if (src < 0 || dst < 0) invalid(name, "src and dst must be slots");
+  check_int8_weight(name, weight);
+  QuantSpec q = make_spec(name, src_dt, src_scale, src_zp, std::move(w_scales), dst_dt,
+                          dst_scale, dst_zp, activation, alpha, beta, residual_mode, residual,
+                          res_dt, res_scale, res_zp);
+  const int64_t N = src_shape[0], C = src_shape[1], O = weight.size(0);
+  if (weight.dim() != 4 || groups < 1 || C % groups || O % groups ||
+      weight.size(1) * groups != C)
+    invalid(name, "the weight " + str(weight.sizes().vec()) + " does not fit src channels " +
+                      std::to_string(C) + " with groups=" + std::to_string(groups));
+  if (q.w_scales.size() != 1 && (int64_t)q.w_scales.size() != O)
+    invalid(name, std::to_string(q.w_scales.size()) + " weight scales for " + std::to_string(O) +
+                      " output channels");
+  if (dst_shape[0] != N || dst_shape[1] != O) invalid(name, "bad dst shape " + str(dst_shape));
+  if (bias) {
+    check_weight(name, "the bias", *bias);
+    if (bias->numel() != O) invalid(name, "the bias must have " + std::to_string(O) + " values");
+  }
+  using tag = memory::format_tag;
+  const int64_t kh = weight.size(2), kw = weight.size(3);
+  Dims src_dims = src_shape, dst_dims = dst_shape;
+  memory::desc src_md(src_dims, q.src_dt, tag::nhwc);
+  memory::desc dst_md(dst_dims, q.dst_dt, tag::nhwc), dst_f32(dst_dims, f32, tag::nhwc);
+  Dims w_dims = groups == 1 ? Dims{O, C, kh, kw} : Dims{groups, O / groups, C / groups, kh, kw};
+  memory::desc w_user(w_dims, dt::s8, groups == 1 ? tag::oihw : tag::goihw);
+  memory::desc w_any(w_dims, dt::s8, tag::any);
+  memory::desc b_md = bias ? memory::desc({O}, f32, tag::a) : memory::desc();
+  // per output channel: axis 0 of oihw, axes 0 and 1 of goihw
+  QuantAttr a = quant_attr(name, q, dst_f32, groups == 1 ? 1 : 3);
+  double macs = (double)N * O * dst_shape[2] * dst_shape[3] * (C / groups) * kh * kw;
+  CreationThreads creation(threads, macs);
+  dnnl::convolution_forward::primitive_desc pd(
+      cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+      src_md, w_any, b_md, dst_md, Dims{stride[0], stride[1]},
+      Dims{dilation[0] - 1, dilation[1] - 1}, Dims{pad_begin[0], pad_begin[1]},
+      Dims{pad_end[0], pad_end[1]}, a.attr);
+  auto k = std::make_shared<Kernel>();
+  k->name = name;
+  k->prim = dnnl::convolution_forward(pd);
+  k->bound.push_back({DNNL_ARG_SRC, src, pd.src_desc()});
+  k->bound.push_back({DNNL_ARG_DST, dst, pd.dst_desc()});
+  if (a.residual_arg) k->bound.push_back({a.residual_arg, residual, dst_f32});
+  k->fixed.emplace_back(DNNL_ARG_WEIGHTS, pack(weight.reshape(w_dims), w_user, pd.weights_desc()));
+  if (bias) k->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
+  add_quant_operands(*k, q);
+  if (a.tail) k->tail = make_tail(a.act, dst, a.tail_residual, dst_dims);
+  return finish_int8(plan, std::move(k), pd, a.sum, residual, dst,
+                     (int64_t)dst_md.get_size());
+} catch (const dnnl::error& err) {
+  throw dnnl_failure(name, err);
+}
+
+std::string add_qmatmul(Plan& plan, const std::string& name, int a_slot, int dst, int residual,
+                        int64_t rows, const std::string& src_dt, double src_scale,
+                        int64_t src_zp, torch::Tensor weight, std::vector<double> w_scales,
+                        std::optional<torch::Tensor> bias, const std::string& activation,
+                        double alpha, double beta, const std::string& residual_mode,
+                        const std::string& res_dt, double res_scale, int64_t res_zp,
+                        const std::string& dst_dt, double dst_scale, int64_t dst_zp,
+                        int threads) try {
+  if (a_slot < 0 || dst < 0) invalid(name, "a and dst must be slots");
+  check_int8_weight(name, weight);
+  if (weight.dim() != 2) invalid(name, "the weight must be [K, N], got " +
+                                           str(weight.sizes().vec()));
+  QuantSpec q = make_spec(name, src_dt, src_scale, src_zp, std::move(w_scales), dst_dt,
+                          dst_scale, dst_zp, activation, alpha, beta, residual_mode, residual,
+                          res_dt, res_scale, res_zp);
+  const int64_t K = weight.size(0), N = weight.size(1);
+  if (rows < 1) invalid(name, "bad row count " + std::to_string(rows));
+  if (q.w_scales.size() != 1 && (int64_t)q.w_scales.size() != N)
+    invalid(name, std::to_string(q.w_scales.size()) + " weight scales for " + std::to_string(N) +
+                      " output columns");
+  if (bias) {
+    check_weight(name, "the bias", *bias);
+    if (bias->numel() != N) invalid(name, "the bias must have " + std::to_string(N) + " values");
+  }
+  using tag = memory::format_tag;
+  memory::desc a_md({rows, K}, q.src_dt, tag::ab), dst_md({rows, N}, q.dst_dt, tag::ab);
+  memory::desc dst_f32({rows, N}, f32, tag::ab);
+  memory::desc w_user({K, N}, dt::s8, tag::ab), w_any({K, N}, dt::s8, tag::any);
+  memory::desc b_md = bias ? memory::desc({1, N}, f32, tag::ab) : memory::desc();
+  QuantAttr at = quant_attr(name, q, dst_f32, 1 << 1);  // per column of [K, N]
+  CreationThreads creation(threads, (double)rows * K * N);
+  dnnl::matmul::primitive_desc pd(cpu_engine(), a_md, w_any, b_md, dst_md, at.attr);
+  auto k = std::make_shared<Kernel>();
+  k->name = name;
+  k->prim = dnnl::matmul(pd);
+  k->bound.push_back({DNNL_ARG_SRC, a_slot, pd.src_desc()});
+  k->bound.push_back({DNNL_ARG_DST, dst, pd.dst_desc()});
+  if (at.residual_arg) k->bound.push_back({at.residual_arg, residual, dst_f32});
+  k->fixed.emplace_back(DNNL_ARG_WEIGHTS, pack(weight, w_user, pd.weights_desc()));
+  if (bias) k->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
+  add_quant_operands(*k, q);
+  if (at.tail) k->tail = make_tail(at.act, dst, at.tail_residual, Dims{rows, N});
+  return finish_int8(plan, std::move(k), pd, at.sum, residual, dst,
+                     (int64_t)dst_md.get_size());
+} catch (const dnnl::error& err) {
+  throw dnnl_failure(name, err);
+}
+
+bool onednn_has_vnni() {
+  // the ISA oneDNN runs (after any cap): VNNI multiplies u8 x s8 into int32 (vpdpbusd); without
+  // it the pairs go through vpmaddubsw, whose int16 sums saturate
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto has = [isa](dnnl::cpu_isa want) {
+    const auto w = static_cast<unsigned>(want);
+    return (isa & w) == w;
+  };
+  return has(dnnl::cpu_isa::avx2_vnni) || has(dnnl::cpu_isa::avx512_core_vnni);
+}
+
+}  // namespace rtinfer
