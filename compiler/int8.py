@@ -6,8 +6,8 @@ sensitivity and speed within the accuracy budget, then lower to the quantized op
 
 The steps (docs/int8.md):
 
-1. ``smooth-quant`` (transformer linears after a LayerNorm; a no-op elsewhere), then the QDQ
-   form of every quantizable layer: ``calibrate``, ``insert-qdq``, ``bias-correction``.
+1. ``smooth-quant`` (transformer linears after a LayerNorm; a no-op elsewhere), then
+   ``calibrate``: the statistics every QDQ form below reads (one run over the data).
 2. Speed: where the backend can time one layer (native), each layer's int8 and fp32 kernels
    are timed at its shape on this CPU; a layer whose int8 kernel is not faster stays fp32.
 3. Sensitivity: each int8 layer alone quantized (every other layer fp32), its output error on
@@ -18,8 +18,9 @@ The steps (docs/int8.md):
    goes back to fp32 (greedy), and the error is measured again.
 5. ``lower-int8``: the QDQ chains of the int8 layers become qconv2d / qlinear / qmatmul.
 
-A layer kept fp32 gets back its fp32 weight and bias (those after smooth-quant, which keeps the
-fp32 model's function) and reads real activations.
+Each candidate model is ``insert-qdq`` of the fp32 graph with that set of layers int8: a layer
+kept fp32 has its fp32 weight and bias (after smooth-quant, which keeps the fp32 model's
+function) and reads real activations, and what is measured is exactly what is built.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from rtinfer.ir.graph import Graph, Node
 from rtinfer.pass_manager import PipelineContext, run_pipeline
 
 PRECISIONS = ("fp32", "bf16", "int8")
-METHODS = ("entropy", "minmax", "percentile", "mse")
-SENSITIVITY_BATCHES = 16  # calibration batches the errors are measured on
+METHODS = ("auto", "entropy", "minmax", "percentile", "mse")
+SENSITIVITY_BATCHES = 8  # calibration batches the errors are measured on
 INT8_SPEED_MARGIN = 1.0  # int8 stays only where int8_ms < fp32_ms * margin
 
 
@@ -126,16 +127,6 @@ def check_precision(precision: str, calibration: Any, accuracy_budget: Any) -> N
 # -- layers ------------------------------------------------------------------------------------
 
 
-def _is_qdq_layer(n: Node) -> bool:
-    """A layer insert-qdq made int8: its weight reads an int8 constant through dequantize."""
-    role = n.opdef.weight
-    if role is None or role.input >= len(n.inputs):
-        return False
-    w = n.inputs[role.input].producer
-    return w is not None and w.op == "dequantize" and w.inputs[0].is_const \
-        and w.inputs[0].type.quant is not None
-
-
 def _layer_name(n: Node, i: int) -> str:
     """The module the layer came from (``torch:encoder.layer.0.output.dense (aten.linear)``
     -> ``encoder.layer.0.output.dense``), else its value's name, else ``op#i``."""
@@ -148,44 +139,37 @@ def _layer_name(n: Node, i: int) -> str:
 
 
 class Variants:
-    """The QDQ graph and the fp32 graph it came from, layer by layer, and the graphs with a
-    chosen set of layers int8 (the rest fp32)."""
+    """The smoothed fp32 graph, its calibration statistics, and the QDQ graph of any set of its
+    layers made int8 (the rest fp32, reading real values: no quantize is left on their path)."""
 
-    def __init__(self, fp32: Graph, qdq: Graph):
-        self.fp32, self.qdq = fp32, qdq
-        self.layers = [n for n in qdq.nodes if _is_qdq_layer(n)]
-        from rtinfer.passes.quant.calibrate import plan
+    def __init__(self, fp32: Graph, pctx: PipelineContext, per_channel: bool, levels: int):
+        from rtinfer.passes.quant.calibrate import CALIBRATION, plan
 
-        fp_layers = plan(fp32).layers
-        if len(fp_layers) != len(self.layers) or any(
-                a.op != b.op for a, b in zip(fp_layers, self.layers, strict=True)):
-            raise QuantizeError(f"int8: the QDQ graph's {len(self.layers)} layers do not match "
-                                f"the fp32 graph's {len(fp_layers)}")
-        self.fp_layers = fp_layers
+        self.fp32, self.pctx = fp32, pctx
+        run_pipeline(fp32, "calibrate", pipeline_ctx=pctx)
+        self.stats = pctx.analysis(CALIBRATION, _not_computed, fp32)
+        self.layers = plan(fp32).layers
+        self.options = f"per-channel={str(per_channel).lower()},weight-max={levels}"
+        self.method = "entropy"
 
     def graph(self, int8: set[int]) -> Graph:
-        """A clone of the QDQ graph with the layers not in ``int8`` back in fp32."""
-        from rtinfer.rewrite import Rewriter
+        """A clone of the fp32 graph with the layers in ``int8`` in QDQ form (ranges by the
+        observer ``self.method``)."""
+        from rtinfer.passes.quant.calibrate import CALIBRATION, CalibrationStats
 
-        g = self.qdq.clone()
-        vmap = {id(a): b for a, b in zip(self.qdq.values(), g.values(), strict=True)}
-        rw = Rewriter(g, pass_name="int8-mixed-precision")
-        for k, (qn, fn) in enumerate(zip(self.layers, self.fp_layers, strict=True)):
-            if k in int8:
-                continue
-            node = vmap[id(qn.out)].producer
-            rw.begin(node, "fp32")
-            for i, (qv, fv) in enumerate(zip(node.inputs, fn.inputs, strict=True)):
-                if fv.is_const:  # the weight and the bias: the fp32 graph's own
-                    if qv is not fv and not (qv.is_const and qv.const_data is fv.const_data):
-                        rw.set_input(node, i, rw.const(fv.const_data))
-                    continue
-                dq = qv.producer
-                if dq is not None and dq.op == "dequantize" and dq.inputs[0].producer \
-                        is not None and dq.inputs[0].producer.op == "quantize":
-                    rw.set_input(node, i, dq.inputs[0].producer.inputs[0])
-        run_pipeline(g, "dce")
+        g = self.fp32.clone()
+        vmap = {id(a): b for a, b in zip(self.fp32.values(), g.values(), strict=True)}
+        stats = CalibrationStats({vmap[id(v)]: s for v, s in self.stats.stats.items()},
+                                 self.stats.batches)
+        self.pctx.provide(CALIBRATION, g, stats)
+        layers = ",".join(map(str, sorted(int8))) or "none"
+        run_pipeline(g, f'insert-qdq{{{self.options},method={self.method},layers="{layers}"}}',
+                     pipeline_ctx=self.pctx)
         return g
+
+
+def _not_computed(graph: Graph) -> None:
+    raise QuantizeError("int8: the calibration statistics were not computed")
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -222,27 +206,59 @@ def output_error(ref: list[list[torch.Tensor]], got: list[list[torch.Tensor]]) -
     return float(np.mean(errs))
 
 
-def _layer_times(fp32: Graph, layers: list[Node], backend: str
+def _weight_levels(backend: str) -> int:
+    """127, or 63 where the native backend's int8 kernels have no VNNI (8-bit weights would
+    saturate their 16-bit pair sums); the torch backend computes in fp32 (fake-quant)."""
+    if backend not in ("native", "auto"):
+        return 127
+    try:
+        from rtinfer.backends.native import weight_max
+    except ImportError:
+        return 127
+    return weight_max()
+
+
+def _static_layer(node: Node, dims: dict) -> Node:
+    """``node`` alone in a scratch graph, its symbolic dims bound to ``dims`` (the sizes of the
+    first calibration batch): a dynamic model's layers are timed at the size it calibrated on."""
+    from rtinfer.ir.types import TensorType
+
+    if all(v.type.is_static for v in node.inputs):
+        return node
+    g = Graph("layer")
+    ins = []
+    for v in node.inputs:
+        if v.is_const:
+            ins.append(g.add_const(v.const_data, quant=v.type.quant))
+        else:
+            shape = tuple(int(d.subs(dims)) if not isinstance(d, int) else d
+                          for d in v.type.shape)
+            ins.append(g.add_input(TensorType(v.type.dtype, shape, v.type.quant)))
+    return g.create_node(node.op, ins, dict(node.attrs))
+
+
+def _layer_times(fp32: Graph, layers: list[Node], backend: str, first: list[torch.Tensor]
                  ) -> list[tuple[float, float] | None]:
     """(fp32 ms, int8 ms) of each layer's kernel at its shape, where the backend can time one
     layer (native); None otherwise."""
     if backend not in ("native", "auto"):
         return [None] * len(layers)
-    try:
-        from rtinfer.backends.native import time_layer
-    except ImportError:
-        return [None] * len(layers)
+    from rtinfer.backends.native import time_layer
+    from rtinfer.errors import RtinferError
+    from rtinfer.ir.interpreter import bind_dims
+
+    dims = bind_dims([v.type for v in fp32.inputs], [tuple(x.shape) for x in first])
     out: list[tuple[float, float] | None] = []
     for n in layers:
         try:
-            out.append(time_layer(n))
-        except Exception:  # noqa: BLE001 (an untimeable layer is chosen on accuracy alone)
+            out.append(time_layer(_static_layer(n, dims)))
+        except RtinferError:  # a layer the native backend cannot time: chosen on accuracy
             out.append(None)
     return out
 
 
 def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
-                         accuracy_budget: float | None = None, *, method: str = "entropy",
+                         accuracy_budget: float | None = None, *, method: str = "auto",
                          backend: str = "native", per_channel: bool = True,
                          progress: Callable[[str], None] | None = None
                          ) -> tuple[Graph, Int8Report]:
@@ -255,19 +271,15 @@ def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
     fp32 = graph.clone()
     pctx = PipelineContext(data={"calibration": batches}, runner=_calibration_runner)
     run_pipeline(fp32, "smooth-quant", pipeline_ctx=pctx)
-    qdq = fp32.clone()
-    run_pipeline(qdq, f"insert-qdq{{method={method},per-channel={str(per_channel).lower()}}},"
-                      f"bias-correction", pipeline_ctx=pctx)
+    v = Variants(fp32, pctx, per_channel, _weight_levels(backend))
     seconds["calibrate"] = time.perf_counter() - t
-    v = Variants(fp32, qdq)
     n = len(v.layers)
     every = set(range(n))
-    names = [_layer_name(fn, i) for i, fn in enumerate(v.fp_layers)]
-    rows = [LayerRow(names[i], fn.op, "x".join(map(str, fn.inputs[1].type.shape)), "int8",
-                     None, None, None, "") for i, fn in enumerate(v.fp_layers)]
+    rows = [LayerRow(_layer_name(fn, i), fn.op, "x".join(map(str, fn.inputs[1].type.shape)),
+                     "int8", None, None, None, "") for i, fn in enumerate(v.layers)]
 
     t = time.perf_counter()
-    for row, times in zip(rows, _layer_times(fp32, v.fp_layers, backend), strict=True):
+    for row, times in zip(rows, _layer_times(fp32, v.layers, backend, batches[0]), strict=True):
         if times is not None:
             row.fp32_ms, row.int8_ms = times
             if not row.int8_ms < row.fp32_ms * INT8_SPEED_MARGIN:
@@ -283,10 +295,21 @@ def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
         run = _runner(v.graph(int8))
         return output_error(ref, [run(b) for b in data])
 
-    all_int8 = error(every)
+    if method == "auto":  # the observer whose all-int8 model is closest to fp32, measured
+        errors = {}
+        for m in METHODS[1:]:
+            v.method = m
+            errors[m] = error(every)
+        v.method = min(errors, key=errors.__getitem__)
+        all_int8 = errors[v.method]
+        seconds["choose observer"] = time.perf_counter() - t
+    else:
+        v.method = method
+        all_int8 = error(every)
     for i, row in enumerate(rows):
-        say(f"sensitivity {i + 1}/{n}")
-        row.sensitivity = error({i})
+        if row.precision == "int8":  # a layer fp32 for speed needs no accuracy verdict
+            say(f"sensitivity {i + 1}/{n}")
+            row.sensitivity = error({i})
     chosen = {i for i, r in enumerate(rows) if r.precision == "int8"}
     current = error(chosen) if chosen != every else all_int8
     if accuracy_budget is not None:
@@ -307,5 +330,7 @@ def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
 
     final = v.graph(chosen)
     run_pipeline(final, "lower-int8,dce")
-    report = Int8Report(method, len(data), accuracy_budget, current, all_int8, rows, seconds)
+    chosen_by = f"{v.method} (auto: " + ", ".join(f"{m} {e:.3g}" for m, e in errors.items()) + \
+        ")" if method == "auto" else v.method
+    report = Int8Report(chosen_by, len(data), accuracy_budget, current, all_int8, rows, seconds)
     return final, report

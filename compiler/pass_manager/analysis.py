@@ -66,6 +66,11 @@ class PipelineContext:
         self.computed.append(name)
         return result
 
+    def provide(self, name: str, graph: Graph, result: Any) -> None:
+        """Give the analysis ``name`` of ``graph`` computed elsewhere (the statistics of a
+        graph carried over to its clone's values), as if ``analysis`` had computed it."""
+        self._analyses[name] = (weakref.ref(graph), result)
+
     def cached(self) -> list[str]:
         """The analyses kept now."""
         return sorted(self._analyses)

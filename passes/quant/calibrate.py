@@ -68,9 +68,18 @@ def residual_index(node: Node) -> int | None:
 
 
 def activation_inputs(node: Node) -> list[int]:
-    """The input indices of ``node`` that insert-qdq reads through dequantize(quantize(.))."""
+    """The input indices of ``node`` that insert-qdq reads through dequantize(quantize(.)):
+    the activation, and the residual where int8 costs it nothing: when a quantizable layer or
+    a pass-through op makes it (ResNet's shortcut is the last block's int8 output). Any other
+    residual stays f32: a transformer's residual stream (a LayerNorm's output, with outlier
+    channels) loses most of its precision to one per-tensor scale, added straight into the
+    output."""
     r = residual_index(node)
-    return [0] if r is None else [0, r]
+    if r is None:
+        return [0]
+    p = node.inputs[r].producer
+    quantized_source = p is not None and (p.op in PASS_THROUGH or is_quantizable(p))
+    return [0, r] if quantized_source else [0]
 
 
 @dataclass
@@ -90,12 +99,16 @@ class QuantPlan:
         return [v for g in self.groups for v in g]
 
 
-def plan(graph: Graph, ops: Collection[str] | None = None) -> QuantPlan:
+def plan(graph: Graph, ops: Collection[str] | None = None,
+         only: Collection[int] | None = None) -> QuantPlan:
     """The quantization plan of ``graph``: its quantizable layers (only those whose base op,
-    ``fused_`` removed, is in ``ops`` when given) and their activation inputs, closed over the
+    ``fused_`` removed, is in ``ops`` when given; of those, only the ``only``-th in graph
+    order when given: mixed precision) and their activation inputs, closed over the
     pass-through ops that produce them."""
     layers = [n for n in graph.nodes if is_quantizable(n)
               and (ops is None or n.op.removeprefix("fused_") in ops)]
+    if only is not None:
+        layers = [n for i, n in enumerate(layers) if i in only]
     parent: dict[Value, Value] = {}
 
     def find(v: Value) -> Value:

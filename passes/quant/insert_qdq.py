@@ -64,9 +64,9 @@ def group_params(group: list[Value], stats: CalibrationStats, method: str) -> tu
     return u8_params(min(r[0] for r in ranges), max(r[1] for r in ranges))
 
 
-def weight_const(rw: Rewriter, w: Value, out_axis: int | None) -> Value:
+def weight_const(rw: Rewriter, w: Value, out_axis: int | None, levels: int = 127) -> Value:
     """An s8 constant carrying its QuantParams for the float constant ``w``."""
-    q, scale = s8_weight(w.const_data, out_axis)
+    q, scale = s8_weight(w.const_data, out_axis, levels)
     if out_axis is None:
         qp = QuantParams(np.float32(scale), np.int64(0))
     else:
@@ -74,10 +74,28 @@ def weight_const(rw: Rewriter, w: Value, out_axis: int | None) -> Value:
     return rw.const(q, quant=qp)
 
 
+def parse_layers(text: str) -> set[int] | None:
+    """The ``layers`` option: "all", "none" or comma-separated layer indices (graph order)."""
+    if text.strip() == "all":
+        return None
+    if text.strip() == "none":
+        return set()
+    try:
+        out = {int(t) for t in text.split(",") if t.strip()}
+    except ValueError:
+        out = {-1}
+    if any(i < 0 for i in out):
+        raise QuantizeError(f"insert-qdq: layers {text!r}: give all, none or layer indices "
+                            f"(0, 1, ... in graph order), comma-separated")
+    return out
+
+
 def insert_qdq_graph(graph: Graph, ctx: PassContext, stats: CalibrationStats, method: str,
-                     per_channel: bool, ops: set[str] | None = None) -> None:
-    """Rewrite ``graph`` into the QDQ form in place, with ranges from ``stats``."""
-    p = plan(graph, ops)
+                     per_channel: bool, ops: set[str] | None = None,
+                     weight_levels: int = 127, only: set[int] | None = None) -> None:
+    """Rewrite ``graph`` into the QDQ form in place, with ranges from ``stats``; ``only``:
+    the indices of the layers made int8 (None: all)."""
+    p = plan(graph, ops, only)
     rw = Rewriter(graph, ctx)
     readers: dict[Value, list[tuple[Node, int]]] = {}
     for n in p.layers:
@@ -115,7 +133,7 @@ def insert_qdq_graph(graph: Graph, ctx: PassContext, stats: CalibrationStats, me
         rw.begin(n, "weight")
         if w not in made:
             axis = role.axes(w.type.rank)[0] if per_channel else None
-            made[w] = rw.op("dequantize", weight_const(rw, w, axis))
+            made[w] = rw.op("dequantize", weight_const(rw, w, axis, weight_levels))
         rw.set_input(n, role.input, made[w])
         ctx.record_rewrite(RewriteEvent(ctx.pass_name, "weight", rw.before, "", applied))
         applied += 1
@@ -138,6 +156,12 @@ def insert_qdq_graph(graph: Graph, ctx: PassContext, stats: CalibrationStats, me
         "per-channel": Option(bool, True, "weight scales per output channel (false: per "
                                           "tensor)"),
         "ops": Option(str, ",".join(LAYER_KINDS), "the layer kinds made int8, comma-separated"),
+        "weight-max": Option(int, 127, "the largest weight level: 127, or 63 (7-bit weights) "
+                                       "for int8 kernels without VNNI, which saturate 8-bit "
+                                       "products (rtinfer.backends.native.weight_max)"),
+        "layers": Option(str, "all", "which of the quantizable layers (indices in graph order, "
+                                     "comma-separated; all; none) become int8: mixed "
+                                     "precision leaves the rest fp32"),
     },
     preserves=(FLOAT_WEIGHTS,),
 )
@@ -147,4 +171,7 @@ def insert_qdq(graph: Graph, ctx: PassContext) -> None:
     if not plan(graph, ops).layers:  # nothing to quantize (or done already): no data run
         return
     stats = calibration_stats(ctx, graph)
-    insert_qdq_graph(graph, ctx, stats, o["method"], o["per-channel"], ops)
+    if not 1 <= o["weight-max"] <= 127:
+        raise QuantizeError(f"insert-qdq: weight-max {o['weight-max']} is not in 1..127")
+    insert_qdq_graph(graph, ctx, stats, o["method"], o["per-channel"], ops, o["weight-max"],
+                     parse_layers(o["layers"]))

@@ -245,17 +245,19 @@ def u8_params(lo: float, hi: float) -> tuple[float, int]:
     return scale, zero_point
 
 
-def s8_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric s8 (zero point 0, levels -127..127) of ``w``: the int8 array and its scales,
-    one per index of ``axis`` (None: one for the tensor). An all-zero channel gets scale 1."""
+def s8_weight(w: np.ndarray, axis: int | None, levels: int = 127
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric s8 (zero point 0, levels -levels..levels: 127, or 63 where the CPU's int8
+    kernels would saturate 8-bit weights) of ``w``: the int8 array and its scales, one per
+    index of ``axis`` (None: one for the tensor). An all-zero channel gets scale 1."""
     w = np.asarray(w, np.float32)
     if axis is None:
         amax = np.asarray(np.abs(w).max())
     else:
         amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(1)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / float(levels), 1.0).astype(np.float32)
     shape = [1] * w.ndim
     if axis is not None:
         shape[axis] = -1
-    q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(w / scale.reshape(shape)), -levels, levels).astype(np.int8)
     return q, scale

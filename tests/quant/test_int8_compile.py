@@ -117,3 +117,25 @@ def test_a_bad_calibration_batch_is_named(digits):  # noqa: F811
     with pytest.raises(QuantizeError, match="calibration batch 1"):
         rtinfer.compile(model, example_inputs=(x[:B],), precision="int8", calibration=bad,
                         backend="torch", cache=False)
+
+
+def test_int8_digits_on_the_native_backend(digits, int8_digits):  # noqa: F811
+    """The same model on rtinfer's int8 kernels: top-1 within the bound, every layer timed
+    (int8 vs fp32 at its shape on this CPU), and the native run agreeing with the torch
+    backend's fake-quant one to within a quantization step of the logits."""
+    model, x, y, train, test = digits
+    cm = rtinfer.compile(model, example_inputs=(x[:B],), precision="int8",
+                         calibration=_calibration(x, train), backend="native",
+                         dynamic_dims={"x": {0: "B"}}, cache=False)
+    fp32 = _top1(model, x[test], y[test])
+    assert _top1(cm, x[test], y[test]) >= fp32 - 0.2
+    rec = Int8Report.from_record(cm.info.int8)
+    assert all(r.fp32_ms and r.int8_ms for r in rec.layers)
+    assert all(r.precision == "int8" or "not faster" in r.why for r in rec.layers)
+    with torch.no_grad():
+        got, fake = cm(x[test]), int8_digits(x[test])
+    assert any("int8" in k for k in cm.module.stats.kernels), cm.module.stats.kernels
+    if all(r.precision == "int8" for r in rec.layers):  # the same model as int8_digits
+        cos = torch.nn.functional.cosine_similarity(got.flatten(), fake.flatten(), dim=0)
+        assert cos > 0.999
+        assert (got.argmax(1) == fake.argmax(1)).float().mean() > 0.99

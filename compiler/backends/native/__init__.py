@@ -13,9 +13,10 @@ from rtinfer.backends.native import (  # noqa: F401  (fills LOWERINGS)
     quant,
     shape,
 )
+from rtinfer.backends.native.quant import weight_max
 from rtinfer.backends.native.timing import time_layer
 
 # last: the generated code takes the elementwise ops no family above lowers
 elementwise.register_leftovers()
 
-__all__ = ["time_layer"]
+__all__ = ["time_layer", "weight_max"]
