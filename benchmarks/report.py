@@ -160,6 +160,103 @@ def _gflops_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _int8_systems(doc: dict[str, Any]) -> list[str]:
+    return [n for n, s in doc["systems"].items() if s.get("precision") == "int8"]
+
+
+def _accuracy_cells(rec: dict[str, Any]) -> list[str]:
+    """The cosine and the agreement cells of a system's held-out accuracy."""
+    acc = rec.get("accuracy")
+    if not acc:
+        return ["error" if rec.get("accuracy_error") else "-"] * 2
+    agree = acc.get("top1_agreement", acc.get("nn_unchanged"))
+    return [f"{acc['cosine']:.4f}", f"{agree:.1%}" if agree is not None else "-"]
+
+
+def _int8_table(doc: dict[str, Any]) -> list[str]:
+    """Per model and int8 system: speed, calibration, accuracy on held-out data, GOP/s."""
+    names = _int8_systems(doc)
+    ceiling = (doc["machine"].get("int8_ceiling") or {}).get("gops")
+    lines = ["| model | system | median ms (× eager) | × best int8 peer | setup s "
+             "(calibration s) | cosine to fp32 | top-1 same / NN same | GOP/s | of ceiling |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, m in doc["models"].items():
+        for n in names:
+            rec = m["results"].get(n)
+            if rec is None:
+                continue
+            if rec.get("status") != "ok":
+                lines.append(f"| {model} | {_col(doc, n)} | {_cell(rec)} | | | | | | |")
+                continue
+            setup = (f"{rec['setup_s']:.1f}" + (f" ({rec['calibration_s']:.1f})"
+                                                 if "calibration_s" in rec else "")
+                     if "setup_s" in rec else "-")
+            gops = rec.get("gops")
+            cells = [_cell(rec),
+                     f"×{rec['vs_best_int8_peer']:.2f}" if "vs_best_int8_peer" in rec else "-",
+                     setup, *_accuracy_cells(rec), f"{gops:.0f}" if gops else "-",
+                     f"{gops / ceiling:.0%}" if gops and ceiling else "-"]
+            lines.append(f"| {model} | {_col(doc, n)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _int8_lines(doc: dict[str, Any]) -> list[str]:
+    """The int8 section: how accuracy is measured, the data, the ceiling, the table."""
+    if not _int8_systems(doc):
+        return []
+    c = doc["machine"].get("int8_ceiling") or {}
+    if c.get("gops"):
+        ceiling = (f"The int8 ceiling: {c['cores']} cores × {c['ghz']:.2f} GHz "
+                   f"({c['clock_source']}) × {c['macs_per_cycle']} int8 multiply-adds a cycle "
+                   f"({c['level']}: {c['how']}) × 2 = **{c['gops']:.0f} GOP/s**"
+                   + (f"; with AMX (tdpbusd, 1024 a cycle) {c['amx_gops']:.0f} GOP/s"
+                      if c.get("amx_gops") else "") + ". GOP/s: 2 × the model's "
+                   "multiply-adds (rtinfer's cost model) / the median.")
+    else:
+        ceiling = "The int8 ceiling: unknown here (no CPU flags or clock)."
+    lines = ["## int8: speed, accuracy on held-out data, GOP/s", "",
+             "Each int8 system against fp32 eager on held-out inputs (never the calibration "
+             "ones): classifiers, the mean cosine of the output vectors and the fraction of "
+             "inputs with the same top-1 class; MiniLM, the mean cosine of the mean-pooled "
+             "sentence embeddings and the fraction of sentences whose nearest other held-out "
+             "sentence is unchanged. × best int8 peer: the fastest non-rtinfer int8 system's "
+             "median over this one's.", "", ceiling, ""]
+    for model, m in doc["models"].items():
+        d = m.get("int8")
+        if d:
+            lines.append(f"- {model}: " + (f"data unavailable: {d['error']}" if "error" in d
+                                           else f"{d['source']} (digest {d['digest']})"))
+    return [*lines, "", *_int8_table(doc), ""]
+
+
+# the issue-13 acceptance numbers: held-out accuracy an int8 rtinfer must keep, per model
+INT8_ACCURACY = {"resnet18": {"cosine": 0.999}, "mobilenet_v2": {"cosine": 0.99},
+                 "minilm": {"cosine": 0.995, "nn_unchanged": 0.97}}
+INT8_SPEEDUP = 1.1  # rtinfer int8 against the faster of ONNX Runtime int8 and OpenVINO int8
+
+
+def int8_targets(doc: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """rtinfer-int8's targets: at least 1.1x faster than the best int8 peer, and the held-out
+    accuracy of ``INT8_ACCURACY``; only where rtinfer-int8 was timed."""
+    out = []
+    for model, m in doc["models"].items():
+        rec = m["results"].get("rtinfer-int8", {})
+        if "median_ms" not in rec:
+            continue
+        peer = (m.get("int8") or {}).get("best_peer")
+        ratio = rec.get("vs_best_int8_peer")
+        out.append((f"rtinfer-int8 ≥ ×{INT8_SPEEDUP:g} the best int8 peer on {model}",
+                    None if ratio is None else ratio >= INT8_SPEEDUP,
+                    "no int8 peer timed" if ratio is None else f"×{ratio:.2f} vs {peer}"))
+        for key, need in INT8_ACCURACY.get(model, {}).items():
+            got = (rec.get("accuracy") or {}).get(key)
+            label = "mean cosine to fp32" if key == "cosine" else "nearest neighbours unchanged"
+            out.append((f"rtinfer-int8 {label} ≥ {need:g} on {model}",
+                        None if got is None else got >= need,
+                        "not measured" if got is None else f"{got:.4f}"))
+    return out
+
+
 def native_targets(doc: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     """The native backend's targets: faster than ONNX Runtime and OpenVINO on ResNet-18,
     MobileNetV2 and MiniLM, or within 5% of the sgemm ceiling where compute-bound; on the MLP,
@@ -260,7 +357,7 @@ def markdown(doc: dict[str, Any]) -> str:
              f"The measured sgemm ceiling (torch.mm 1536³, best of 15, same threads; the "
              f"better of the measurements at the start and at the end): "
              f"{doc['machine'].get('sgemm_gflops', 0):.0f} GFLOP/s.", "", *_gflops_table(doc),
-             "", "## Targets", ""]
+             "", *_int8_lines(doc), "## Targets", ""]
     lines += _target_lines(doc)
     lines += ["", "## Setup time, s (ONNX export or capture, compile, first call)", "",
               *_setup_table(doc), "", "## Notes", "",
@@ -287,7 +384,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def _target_lines(doc: dict[str, Any]) -> list[str]:
     return [f"- {'–' if ok is None else ('✓' if ok else '✗')} {name}: {got}"
-            for name, ok, got in targets(doc) + native_targets(doc)]
+            for name, ok, got in targets(doc) + native_targets(doc) + int8_targets(doc)]
 
 
 def readme_block(doc: dict[str, Any]) -> str:
@@ -297,7 +394,10 @@ def readme_block(doc: dict[str, Any]) -> str:
                       "rtinfer against the best peer:", "", *_peer_table(doc), "",
                       f"Achieved GFLOP/s (sgemm ceiling measured here: "
                       f"{doc['machine'].get('sgemm_gflops', 0):.0f}):", "",
-                      *_gflops_table(doc), "", "Targets:", "", *_target_lines(doc), "",
+                      *_gflops_table(doc), "",
+                      *(["int8 (held-out accuracy against fp32 eager, GOP/s against the int8 "
+                         "ceiling):", "", *_int8_table(doc), ""] if _int8_systems(doc) else []),
+                      "Targets:", "", *_target_lines(doc), "",
                       "Full report (minimums, setup times, notes): "
                       "[benchmarks/results/latest.md](benchmarks/results/latest.md)."])
 

@@ -138,10 +138,63 @@ def setup_system(system: System, w: Workload, settings: Settings
                       "reason": f"{type(e).__name__}: {msg[0][:300] if msg else ''}"}
 
 
+def int8_data(w: Workload, systems: list[System], log) -> dict[str, Any] | None:
+    """Build the int8 systems' calibration and held-out data before any setup (so no system's
+    setup time pays for it) and count the model's operations; None without int8 systems."""
+    from calibration import DataUnavailable
+
+    if not any(s.precision == "int8" for s in systems):
+        return None
+    t0 = time.perf_counter()
+    try:
+        data = w.data()
+    except DataUnavailable as e:
+        log(f"  int8 data: unavailable: {e}")
+        return {"error": str(e)}
+    doc: dict[str, Any] = {"source": data.source, "task": data.task, "digest": data.digest,
+                           "calibration": len(data.calibration), "heldout": len(data.heldout),
+                           "build_s": time.perf_counter() - t0}
+    try:
+        doc["gop"] = w.gop()
+    except Exception as e:  # no operation count: the GOP/s columns stay empty
+        doc["gop_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    log(f"  int8 data: {data.source} ({doc['build_s']:.1f} s)")
+    return doc
+
+
+def int8_accuracy(w: Workload, systems: list[System], prepared: dict[str, Prepared],
+                  results: dict[str, dict[str, Any]], log) -> None:
+    """Each int8 system against fp32 eager on the held-out inputs (``int8.accuracy``)."""
+    import int8
+    import numpy as np
+    from systems import first_output
+
+    todo = [s.name for s in systems if s.precision == "int8" and s.name in prepared
+            and prepared[s.name].infer is not None]
+    if not todo:
+        return
+    data = w.data()
+    ref = [np.array(first_output(w.model(*x)), copy=True) for x in data.heldout]
+    for name in todo:
+        try:
+            # copies: a runtime may return a buffer that its next call overwrites
+            got = [np.array(prepared[name].infer(x), copy=True) for x in data.heldout]
+            results[name]["accuracy"] = int8.accuracy(data.task, data.heldout, ref, got)
+        except Exception as e:  # a system that fails on held-out data: recorded, run goes on
+            results[name]["accuracy_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            log(f"    {name}: held-out accuracy failed: {results[name]['accuracy_error']}")
+            continue
+        acc = results[name]["accuracy"]
+        log(f"  {name}: held-out " + ", ".join(f"{k} {v:.4g}" for k, v in acc.items()
+                                               if k != "n"))
+
+
 def bench_model(w: Workload, systems: list[System], args, settings: Settings,
                 log) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     prepared: dict[str, Prepared] = {}
+    int8_doc = int8_data(w, systems, log)
+    precision = {s.name: s.precision for s in systems}
     for system in systems:
         log(f"  setup {system.name} ...")
         p, rec = setup_system(system, w, settings)
@@ -163,6 +216,14 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
             continue
         if ref is None:
             rec.update(fidelity_ok=None, fidelity="no eager reference")
+        elif precision.get(name) == "int8":
+            # int8 is never within fp32's tolerance: the held-out accuracy columns judge it;
+            # only a wrong shape or a non-finite output is flagged
+            rec.update(fidelity(first, ref))
+            if rec["max_abs_err"] is not None and math.isfinite(rec["max_abs_err"]):
+                rec.update(fidelity_ok=None, fidelity="int8: see the held-out accuracy")
+            else:
+                log(f"    {name}: WRONG OUTPUT ({rec.get('fidelity') or 'not finite'})")
         else:
             rec.update(fidelity(first, ref))
             if not rec["fidelity_ok"]:
@@ -203,7 +264,13 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
     for name, s in samples.items():
         if name in prepared and s:
             results[name].update(stats_ms(s), samples=len(s), samples_ns=s)
+    int8_accuracy(w, systems, prepared, results, log)
     ratios(results, systems)
+    if int8_doc and int8_doc.get("gop"):
+        for system in systems:
+            rec = results.get(system.name, {})
+            if system.precision == "int8" and _timed(rec):
+                rec["gops"] = int8_doc["gop"] / (rec["median_ms"] / 1e3)
     peer90 = best_peer(results, systems, "p90_ms")
     for system in systems:
         rec = results.get(system.name, {})
@@ -217,6 +284,9 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
            "onnx_export_s": w.onnx_export_s, "onnx_exporter": w.onnx_exporter,
            "best_peer": best_peer(results, systems),
            "best_peer_p90": best_peer(results, systems, "p90_ms"), "results": results}
+    if int8_doc is not None:
+        out["int8"] = int8_doc | {"best_peer": best_peer(results, systems,
+                                                          precision="int8")}
     return out
 
 
@@ -225,10 +295,12 @@ def _timed(rec: dict[str, Any]) -> bool:
 
 
 def best_peer(results: dict[str, dict[str, Any]], systems: list[System],
-              key: str = "median_ms") -> str | None:
-    """The fastest (by ``key``: the median, or ``p90_ms``) non-rtinfer system with correct
-    outputs."""
-    peers = [s.name for s in systems if not s.rtinfer and _timed(results.get(s.name, {}))
+              key: str = "median_ms", precision: str = "fp32") -> str | None:
+    """The fastest (by ``key``: the median, or ``p90_ms``) non-rtinfer system of
+    ``precision`` with correct outputs (fp32 peers are rtinfer fp32's; int8 ones rtinfer
+    int8's)."""
+    peers = [s.name for s in systems if not s.rtinfer and s.precision == precision
+             and _timed(results.get(s.name, {}))
              and key in results[s.name] and results[s.name].get("fidelity_ok") is not False]
     return min(peers, key=lambda n: results[n][key], default=None)
 
@@ -240,7 +312,9 @@ def ratios(results: dict[str, dict[str, Any]], systems: list[System]) -> None:
     eager = results.get("eager", {})
     peer = best_peer(results, systems)
     peer90 = best_peer(results, systems, "p90_ms")
-    for rec in results.values():
+    peer8 = best_peer(results, systems, precision="int8")
+    precision = {s.name: s.precision for s in systems}
+    for name, rec in results.items():
         if not _timed(rec):
             continue
         if _timed(eager):
@@ -251,6 +325,8 @@ def ratios(results: dict[str, dict[str, Any]], systems: list[System]) -> None:
             rec["vs_best_peer"] = results[peer]["median_ms"] / rec["median_ms"]
         if peer90 is not None:
             rec["vs_best_peer_p90"] = results[peer90]["p90_ms"] / rec["p90_ms"]
+        if peer8 is not None and precision.get(name) == "int8":
+            rec["vs_best_int8_peer"] = results[peer8]["median_ms"] / rec["median_ms"]
 
 
 # -- machine ----------------------------------------------------------------------------------
@@ -501,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
     # a ceiling is the best rate the machine reaches: measured at the start and again at the
     # end, the better one counts (a busy phase of a shared machine only lowers it)
     machine["sgemm_gflops"] = machine["sgemm_gflops_start"] = sgemm_ceiling()
+    if any(s.precision == "int8" for s in systems):
+        import int8
+
+        machine["int8_ceiling"] = int8.int8_ceiling(int8.effective_cores(args.threads),
+                                                    level=args.isa)
     started = datetime.datetime.now(datetime.timezone.utc)
     log(f"rtinfer bench: {machine['cpu']}, {args.threads} threads, models {', '.join(models)}; "
         f"systems {', '.join(s.name for s in systems)}; CPU level "
@@ -525,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
                      "thread_env": thread_env(args.threads),
                      "torch_threads": torch.get_num_threads(),
                      "inductor_cache": "warm" if inductor_cache is None else "cold"},
-        "systems": {s.name: {"summary": s.summary, "rtinfer": s.rtinfer, "slow": s.slow}
-                    for s in systems},
+        "systems": {s.name: {"summary": s.summary, "rtinfer": s.rtinfer, "slow": s.slow,
+                             "precision": s.precision} for s in systems},
         "models": {},
     }
     for m in models:

@@ -10,13 +10,20 @@ exception is recorded as an error of that system on that model.
 Inputs are converted to each system's own tensor type once, in ``setup``: the timed call is
 the inference itself, as a deployed model would make it. The harness turns autograd off
 globally (``torch.set_grad_enabled(False)``) before any setup.
+
+The int8 systems (``precision="int8"``) quantize with the workload's 128 calibration inputs
+(``Workload.data()``, benchmarks/calibration.py) inside ``setup``, so their setup time includes
+calibration; their ``Prepared.infer`` runs any input tuple, which the harness uses to compare
+them with fp32 eager on the held-out inputs (benchmarks/int8.py).
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.metadata
+import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from calibration import DataSet, DataUnavailable
 from workloads import Workload
 
 
@@ -44,6 +52,9 @@ class Prepared:
     output: Callable[[Any], np.ndarray]
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # recorded with the result as is
+    # one inference on any input tuple shaped like the workload's, its first output as NumPy
+    # (the int8 systems': the held-out accuracy check runs it)
+    infer: Callable[[tuple[torch.Tensor, ...]], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,9 @@ class System:
     # what a CPU-level cap (run.py --isa) reaches: "capped", "partly capped" or "uncapped",
     # then how (see ISA_CAP_TORCH and the table below)
     isa_cap: str = "uncapped"
+    # "fp32" or "int8": int8 systems are compared with each other (the best int8 peer) and
+    # judged by accuracy on held-out data, not by the fp32 fidelity tolerance
+    precision: str = "fp32"
 
 
 def first_output(out: Any) -> np.ndarray:
@@ -130,22 +144,29 @@ def setup_torch_compile_freezing(w: Workload, s: Settings) -> Prepared:
 # -- ONNX Runtime, OpenVINO -------------------------------------------------------------------
 
 
-def _feeds(w: Workload, names: list[str]) -> dict[str, np.ndarray]:
-    arrays = dict(zip(w.input_names, w.numpy_inputs(), strict=True))
+def _feeds(w: Workload, names: list[str],
+           inputs: tuple[torch.Tensor, ...] | None = None) -> dict[str, np.ndarray]:
+    """``inputs`` (default: the workload's) as NumPy feeds for the model inputs ``names``."""
+    values = w.numpy_inputs() if inputs is None else [x.numpy() for x in inputs]
+    arrays = dict(zip(w.input_names, values, strict=True))
     if set(names) <= set(arrays):
         return {n: arrays[n] for n in names}
-    return dict(zip(names, w.numpy_inputs(), strict=False))  # exporter renamed: by position
+    return dict(zip(names, values, strict=False))  # exporter renamed: by position
 
 
-def setup_onnxruntime(w: Workload, s: Settings) -> Prepared:
-    ort = _require("onnxruntime", "onnxruntime")
-    path, exporter = w.onnx()
+def _ort_session(ort: Any, path: Path, s: Settings) -> Any:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = s.threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def setup_onnxruntime(w: Workload, s: Settings) -> Prepared:
+    ort = _require("onnxruntime", "onnxruntime")
+    path, exporter = w.onnx()
+    sess = _ort_session(ort, path, s)
     feeds = _feeds(w, [i.name for i in sess.get_inputs()])
 
     def run():
@@ -172,6 +193,127 @@ def setup_openvino(w: Workload, s: Settings) -> Prepared:
 
     return Prepared(run, lambda r: np.array(r[out0]),
                     [f"ONNX exporter: {exporter}", "OpenVINO CPU, f32 precision hint"])
+
+
+# -- int8 peers: ONNX Runtime's quantization tool, OpenVINO with NNCF --------------------------
+
+
+def _onnx_input_names(path: Path) -> list[str]:
+    """The graph inputs of an ONNX file that are not initializers (older exporters list
+    weights as inputs too)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input if i.name not in weights]
+
+
+def _int8_data(w: Workload) -> DataSet:
+    try:
+        return w.data()
+    except DataUnavailable as e:
+        raise Unavailable(str(e)) from None
+
+
+def setup_onnxruntime_int8(w: Workload, s: Settings) -> Prepared:
+    """ONNX Runtime's own int8 recipes on the workload's ONNX export, after
+    ``quant_pre_process`` (shape inference and graph optimization, which ONNX Runtime's docs
+    ask for before quantizing). CNNs: static QDQ quantization (``quantize_static``: S8S8, the
+    docs' first choice, per-channel weights, MinMax calibration over the 128 calibration
+    inputs). Transformers: ``quantize_dynamic`` (per-channel s8 weights, activation scales
+    computed per call), which its docs recommend for them; it takes no calibration data."""
+    ort = _require("onnxruntime", "onnxruntime")
+    import onnx
+    from onnxruntime import quantization as ortq
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    data = _int8_data(w)
+    path, exporter = w.onnx()
+    names = _onnx_input_names(path)
+    pre, out = path.with_name(f"{w.name}-pre.onnx"), path.with_name(f"{w.name}-ort-int8.onnx")
+    t0 = time.perf_counter()
+    quant_pre_process(path, pre)
+    if data.task == "embed":
+        # per-channel weights: per-tensor ones lose much more here (MiniLM on the held-out
+        # sentences: cosine 0.969 and 83% of neighbours kept, against 0.994 and 89%)
+        ortq.quantize_dynamic(pre, out, per_channel=True, weight_type=ortq.QuantType.QInt8)
+        recipe = ("quantize_dynamic, per-channel s8 weights, activations quantized per call "
+                  "(no calibration)")
+    else:
+
+        class Reader(ortq.CalibrationDataReader):
+            def __init__(self) -> None:
+                self.it = iter(data.calibration)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self.it, None)
+                return None if batch is None else _feeds(w, names, batch)
+
+            def rewind(self) -> None:
+                self.it = iter(data.calibration)
+
+        ortq.quantize_static(pre, out, Reader(), quant_format=ortq.QuantFormat.QDQ,
+                             per_channel=True, activation_type=ortq.QuantType.QInt8,
+                             weight_type=ortq.QuantType.QInt8)
+        recipe = (f"quantize_static QDQ S8S8, per-channel, MinMax over "
+                  f"{len(data.calibration)} calibration inputs")
+    calibration_s = time.perf_counter() - t0
+    # what was quantized: the activation quantizers the recipe inserted
+    quantizers = sum(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
+                     for n in onnx.load(str(out)).graph.node)
+    sess = _ort_session(ort, out, s)
+    feeds = _feeds(w, names)
+
+    def run():
+        return sess.run(None, feeds)
+
+    def infer(inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+        return first_output(sess.run(None, _feeds(w, names, inputs)))
+
+    return Prepared(run, first_output, [f"ONNX exporter: {exporter}", recipe],
+                    {"calibration_s": calibration_s, "quantize_nodes": quantizers}, infer)
+
+
+def setup_openvino_int8(w: Workload, s: Settings) -> Prepared:
+    """NNCF's post-training quantization of OpenVINO's model of the ONNX export
+    (``nncf.quantize`` with the 128 calibration inputs; ``model_type=TRANSFORMER`` for MiniLM,
+    which keeps softmax, LayerNorm and the like in floating point and uses the mixed preset),
+    compiled for the CPU like the fp32 system (LATENCY hint, one stream, f32 for what stays
+    in floating point)."""
+    ov = _require("openvino", "openvino")
+    nncf = _require("nncf", "nncf")
+    data = _int8_data(w)
+    path, exporter = w.onnx()
+    core = ov.Core()
+    model = core.read_model(str(path))
+    names = [p.get_any_name() for p in model.inputs]
+    dataset = nncf.Dataset([_feeds(w, names, batch) for batch in data.calibration])
+    model_type = nncf.ModelType.TRANSFORMER if data.task == "embed" else None
+    nncf.set_log_level(logging.ERROR)  # its INFO lines and progress bars drown the run's log
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(model, dataset, subset_size=len(data.calibration),
+                              model_type=model_type)
+    calibration_s = time.perf_counter() - t0
+    quantizers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    config = {"INFERENCE_NUM_THREADS": s.threads, "NUM_STREAMS": 1,
+              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = core.compile_model(quantized, "CPU", config)
+    request = compiled.create_infer_request()
+    feeds = _feeds(w, names)
+    out0 = compiled.output(0)
+
+    def run():
+        return request.infer(feeds)
+
+    def infer(inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+        return np.array(request.infer(_feeds(w, names, inputs))[out0])
+
+    return Prepared(run, lambda r: np.array(r[out0]),
+                    [f"ONNX exporter: {exporter}", f"nncf.quantize, "
+                     f"{len(data.calibration)} calibration inputs"
+                     + (", model_type=TRANSFORMER" if model_type else "")
+                     + "; OpenVINO CPU, f32 precision hint outside the int8 ops"],
+                    {"calibration_s": calibration_s, "quantize_nodes": quantizers}, infer)
 
 
 # -- TVM's own path ---------------------------------------------------------------------------
@@ -308,6 +450,47 @@ def setup_rtinfer_native(w: Workload, s: Settings) -> Prepared:
     return _setup_rtinfer(w, s, "native")
 
 
+def setup_rtinfer_int8(w: Workload, s: Settings) -> Prepared:
+    """``rtinfer.compile(precision="int8")`` on the native backend with the 128 calibration
+    inputs and no accuracy budget (issue 13's public surface)."""
+    import rtinfer
+    from rtinfer.errors import BackendError
+
+    data = _int8_data(w)
+    t0 = time.perf_counter()
+    try:
+        cm = rtinfer.compile(w.model, example_inputs=w.inputs, precision="int8",
+                             calibration=data.calibration, accuracy_budget=None,
+                             backend="native", pipeline=s.pipeline)
+    except TypeError as e:
+        # only compile() refusing the int8 keywords means int8 is not there yet; any other
+        # TypeError is a bug of int8 itself and is recorded as an error
+        if ("unexpected keyword argument" in str(e)
+                and any(k in str(e) for k in ("precision", "calibration", "accuracy_budget"))):
+            raise Unavailable("rtinfer int8 not built yet") from None
+        raise
+    except BackendError as e:
+        if "not available" in str(e) or "unknown backend" in str(e):
+            raise Unavailable(str(e)) from None
+        raise
+    calibration_s = time.perf_counter() - t0
+    inputs = w.inputs
+
+    def run():
+        return cm(*inputs)
+
+    def infer(batch: tuple[torch.Tensor, ...]) -> np.ndarray:
+        # a copy: the native executor may hand back its own output buffer, which the next
+        # call overwrites (the held-out check keeps every output)
+        return np.array(first_output(cm(*batch)), copy=True)
+
+    notes = [f"pipeline {cm.info.pipeline}, backend {cm.info.backend}, int8, "
+             f"{len(data.calibration)} calibration inputs"]
+    if cm.info.fallbacks:
+        notes.append("reference fallbacks: " + ", ".join(cm.info.fallbacks))
+    return Prepared(run, first_output, notes, {"calibration_s": calibration_s}, infer)
+
+
 # What run.py --isa avx2|avx512 sets, before any runtime loads, and whom it reaches. Torch's
 # ATen kernels read ATEN_CPU_CAPABILITY, its bundled oneDNN ONEDNN_MAX_CPU_ISA, MKL (torch's
 # BLAS here) MKL_ENABLE_INSTRUCTIONS; Inductor picks its vector ISA from ATEN_CPU_CAPABILITY and
@@ -353,4 +536,14 @@ SYSTEMS: dict[str, System] = {sys.name: sys for sys in [
     System("rtinfer-native", "rtinfer.compile(backend='native'): rtinfer's C++ executor, "
            "oneDNN conv/matmul, own kernels, default pipeline (O3)",
            setup_rtinfer_native, rtinfer=True, isa_cap=ISA_CAP_NATIVE),
+    System("onnxruntime-int8", "ONNX Runtime CPU on its own int8 quantization of the ONNX "
+           "model: static QDQ S8S8 per-channel, 128 calibration inputs (CNNs); dynamic "
+           "(transformers)", setup_onnxruntime_int8, needs_onnx=True,
+           isa_cap=ISA_UNCAPPED_ORT, precision="int8"),
+    System("openvino-int8", "OpenVINO CPU on NNCF post-training quantization (nncf.quantize, "
+           "128 calibration inputs; model_type=TRANSFORMER for MiniLM)", setup_openvino_int8,
+           needs_onnx=True, isa_cap=ISA_PARTLY_OV, precision="int8"),
+    System("rtinfer-int8", "rtinfer.compile(precision='int8', calibration=128 inputs, "
+           "backend='native')", setup_rtinfer_int8, rtinfer=True, isa_cap=ISA_CAP_NATIVE,
+           precision="int8"),
 ]}

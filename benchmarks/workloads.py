@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from calibration import DataSet, dataset
 from torch import nn
 
 from rtinfer import models
@@ -32,6 +33,26 @@ class Workload:
     input_names: tuple[str, ...]
     _onnx: tuple[Path, str, float] | None = field(default=None, repr=False)
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    _data: DataSet | None = field(default=None, repr=False)
+    _gop: float | None = field(default=None, repr=False)
+
+    def data(self) -> DataSet:
+        """The int8 systems' calibration and held-out inputs (``calibration.dataset``), built
+        once; raises ``calibration.DataUnavailable`` where a package it needs is missing."""
+        if self._data is None:
+            self._data = dataset(self.name, self.inputs)
+        return self._data
+
+    def gop(self) -> float:
+        """Billions of operations of one call: 2 x the multiply-adds of the convolutions,
+        matrix products and attention, by rtinfer's cost model on the captured graph (the
+        same count for fp32 and int8: an int8 multiply-add is two operations too)."""
+        if self._gop is None:
+            import rtinfer
+            from rtinfer.ir.flops import flops
+
+            self._gop = flops(rtinfer.capture(self.model, self.inputs)) / 1e9
+        return self._gop
 
     def numpy_inputs(self) -> list[np.ndarray]:
         return [x.numpy() for x in self.inputs]

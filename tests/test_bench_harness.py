@@ -83,3 +83,300 @@ def test_unavailable_system_is_a_result_not_a_crash(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert "| mlp | 1 (×1.00) | n/a |" in text
+
+
+# -- int8: data, accuracy metrics, ceiling, adapters, report ------------------------------------
+
+BENCH = ROOT / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark's modules, imported as run.py imports them (benchmarks/ on sys.path)."""
+    import importlib
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        mods = {name: importlib.import_module(name)
+                for name in ("calibration", "int8", "workloads", "systems", "report")}
+        spec = importlib.util.spec_from_file_location("bench_run", RUN)
+        run = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(run)
+        mods["run"] = run
+        yield type("Bench", (), mods)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_classify_accuracy_exact(bench):
+    import numpy as np
+
+    ref = [np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), np.array([[1.0, 1.0]])]
+    got = [np.array([[3.0, 0.0]]), np.array([[1.0, 0.0]]), np.array([[2.0, 2.0]])]
+    acc = bench.int8.classify_accuracy(ref, got)
+    # cosines 1, 0, 1; top-1 0=0, 1!=0, 0=0 (a tie takes the first class)
+    assert acc == {"cosine": pytest.approx(2 / 3), "top1_agreement": pytest.approx(2 / 3),
+                   "n": 3}
+
+
+def test_embed_accuracy_exact(bench):
+    import numpy as np
+
+    junk = [100.0, -100.0]  # a padding token: the mask leaves it out of the mean
+    # fp32 sentence vectors a=(1,0), b=(1,.1), c=(0,1); a's is the mean of its two tokens
+    ref = [np.array([[[2.0, 0.0], [0.0, 0.0]]]), np.array([[[1.0, 0.1], junk]]),
+           np.array([[[0.0, 1.0], junk]])]
+    masks = [np.array([[1, 1]]), np.array([[1, 0]]), np.array([[1, 0]])]
+    # int8 vectors a=(1,0), b=(1,.1), c=(1,.2): neighbours a->b, b->c (was a), c->b
+    got = [np.array([[[1.0, 0.0], [1.0, 0.0]]]), np.array([[[1.0, 0.1], [5.0, 5.0]]]),
+           np.array([[[1.0, 0.2], junk]])]
+    acc = bench.int8.embed_accuracy(ref, got, masks)
+    cos_c = 0.2 / np.sqrt(1.04)
+    assert acc["cosine"] == pytest.approx((1 + 1 + cos_c) / 3)
+    assert acc["nn_unchanged"] == pytest.approx(2 / 3) and acc["n"] == 3
+    # the masks come from the inputs (input 1 of each tuple), as the harness passes them
+    inputs = [(None, m) for m in masks]
+    assert bench.int8.accuracy("embed", inputs, ref, got) == acc
+    assert list(bench.int8.nearest_neighbours(np.array([[1.0, 0], [1, .1], [0, 1]]))) == [1, 0, 1]
+
+
+def test_accuracy_rejects_mismatched_outputs(bench):
+    import numpy as np
+
+    ref = [np.zeros((1, 4)), np.zeros((1, 4))]
+    with pytest.raises(ValueError, match=r"int8 outputs: 1 outputs for 2 inputs"):
+        bench.int8.classify_accuracy(ref, [np.zeros((1, 4))])
+    with pytest.raises(ValueError, match=r"int8 output shape \[1, 5\] != fp32 \[1, 4\]"):
+        bench.int8.classify_accuracy(ref, [np.zeros((1, 5))] * 2)
+    with pytest.raises(ValueError, match="at least 2 embeddings, got 1"):
+        bench.int8.nearest_neighbours(np.ones((1, 3)))
+    with pytest.raises(ValueError, match="unknown accuracy task 'segment'"):
+        bench.int8.accuracy("segment", [], ref, ref)
+    # two zero vectors agree, a zero against a non-zero one does not
+    acc = bench.int8.classify_accuracy(ref, [np.zeros((1, 4)), np.ones((1, 4))])
+    assert acc["cosine"] == pytest.approx(0.5)
+
+
+def test_int8_ceiling_formula(bench):
+    ceiling = bench.int8.int8_ceiling
+    host = frozenset({"sse4_1", "avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"})
+    c = ceiling(2, host, ghz=2.0)
+    # 2 cores x 2 GHz x 128 MACs (vpdpbusd zmm, 2 ports) x 2 ops
+    assert (c["level"], c["macs_per_cycle"], c["gops"]) == ("avx512_vnni", 128, 1024.0)
+    assert c["amx_gops"] == 2 * 2.0 * 1024 * 2
+    # a run capped at AVX2: neither VNNI nor AMX counts
+    c = ceiling(2, host, ghz=2.0, level="avx2")
+    assert (c["level"], c["gops"], c["amx_gops"]) == ("avx2", 256.0, None)
+    assert ceiling(1, frozenset({"avx2", "avx_vnni"}), ghz=3.0)["gops"] == 3.0 * 64 * 2
+    assert ceiling(1, frozenset({"avx2", "avx512bw"}), ghz=1.0)["gops"] == 128.0
+    assert ceiling(1, frozenset(), ghz=1.0)["gops"] is None
+    with pytest.raises(ValueError, match="unknown CPU level 'avx9'"):
+        ceiling(1, host, ghz=1.0, level="avx9")
+
+
+def test_calibration_data_is_real_fixed_and_disjoint(bench):
+    cal = bench.calibration
+    first, again = cal.stdlib_sentences(), cal.stdlib_sentences()
+    assert first == again and len(first) >= 2 * cal.CALIBRATION_SIZE
+    train, held = cal.sentence_split()
+    assert len(train) == 128 and len(held) == cal.HELDOUT_SENTENCES
+    assert not set(train) & set(held)
+    assert all(s.endswith(".") and 6 <= len(s.split()) <= 40 for s in train + held)
+    ids, mask = cal.tokenized(["Return a new list of the items."], seq=16)[0]
+    assert ids.shape == mask.shape == (1, 16)
+    # [CLS] 7 words and a full stop [SEP], then padding (id 0) that the mask leaves out
+    assert int(mask.sum()) == 10 and ids[0, 0] == 101 and (ids[0, 10:] == 0).all()
+    data = cal.dataset("mlp", (bench.workloads.build("mlp").inputs[0],))
+    assert len(data.calibration) == 128 and data.task == "classify"
+    assert data.digest == cal.dataset("mlp", data.calibration[0]).digest
+    with pytest.raises(ValueError, match="no int8 data set for workload 'vit'"):
+        cal.dataset("vit", ())
+
+
+def test_calibration_images_are_fixed_normalized_photo_crops(bench):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("PIL")  # the bench extra's; scikit-learn reads its JPEGs with it
+    cal = bench.calibration
+    crops = cal.image_crops(3, seed=0, size=64)
+    assert all(c.shape == (1, 3, 64, 64) for c in crops)
+    assert all((a == b).all() for a, b in zip(crops, cal.image_crops(3, seed=0, size=64),
+                                                      strict=True))
+    assert not (crops[0] == cal.image_crops(1, seed=1, size=64)[0]).all()
+    # ImageNet-normalized photographs: roughly zero-mean, unit-scale, not noise
+    assert -1.5 < float(crops[0].mean()) < 1.5 and 0.1 < float(crops[0].std()) < 2.0
+
+
+def _held_out_accuracy(bench, w, prepared):
+    import numpy as np
+
+    data = w.data()
+    ref = [w.model(*x).numpy() for x in data.heldout]
+    got = [np.array(prepared.infer(x), copy=True) for x in data.heldout]
+    return bench.int8.accuracy(data.task, data.heldout, ref, got)
+
+
+def test_onnxruntime_int8_static_on_mlp(bench):
+    import torch
+
+    torch.set_grad_enabled(False)
+    w = bench.workloads.build("mlp")
+    try:
+        p = bench.systems.setup_onnxruntime_int8(w, bench.systems.Settings(threads=1))
+        assert p.info["quantize_nodes"] >= 3 and p.info["calibration_s"] > 0
+        assert any("quantize_static" in n for n in p.notes)
+        acc = _held_out_accuracy(bench, w, p)
+        assert acc["n"] == 64 and acc["cosine"] > 0.99 and acc["top1_agreement"] >= 0.9
+        out = p.output(p.run())
+        assert out.shape == (1, 10)
+    finally:
+        w.close()
+
+
+def test_onnxruntime_int8_dynamic_for_embeddings(bench):
+    """The transformer path (task "embed"): quantize_dynamic, no calibration."""
+    import torch
+
+    torch.set_grad_enabled(False)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 16)
+            self.proj = torch.nn.Linear(16, 16)
+
+        def forward(self, ids, mask):
+            return self.proj(self.emb(ids)) * mask.unsqueeze(-1).float()
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 50, (1, 8), generator=g), torch.ones(1, 8, dtype=torch.long))
+               for _ in range(6)]
+    w = bench.workloads.Workload("tiny-encoder", "", Encoder().eval(), batches[0],
+                                 ("input_ids", "attention_mask"))
+    w._data = bench.calibration.DataSet(batches[:3], batches[3:], "test", "embed", "x")
+    try:
+        p = bench.systems.setup_onnxruntime_int8(w, bench.systems.Settings(threads=1))
+        assert any("quantize_dynamic" in n for n in p.notes)
+        assert p.info["quantize_nodes"] >= 1  # DynamicQuantizeLinear before the int8 MatMul
+        acc = _held_out_accuracy(bench, w, p)
+        assert acc["n"] == 3 and acc["cosine"] > 0.99
+    finally:
+        w.close()
+
+
+def test_openvino_int8_on_mlp(bench):
+    pytest.importorskip("nncf")
+    pytest.importorskip("openvino")
+    import torch
+
+    torch.set_grad_enabled(False)
+    w = bench.workloads.build("mlp")
+    try:
+        p = bench.systems.setup_openvino_int8(w, bench.systems.Settings(threads=1))
+        assert p.info["quantize_nodes"] >= 2  # NNCF's FakeQuantize before the linears
+        acc = _held_out_accuracy(bench, w, p)
+        assert acc["cosine"] > 0.99 and acc["top1_agreement"] >= 0.9
+    finally:
+        w.close()
+
+
+def test_rtinfer_int8_unavailable_only_for_missing_keywords(bench, monkeypatch):
+    import rtinfer
+
+    systems = bench.systems
+    w = bench.workloads.build("mlp")
+
+    def old_compile(model, example_inputs=None, backend="auto", pipeline=None):
+        raise AssertionError("not reached: the int8 keywords are refused first")
+
+    monkeypatch.setattr(rtinfer, "compile", old_compile)
+    with pytest.raises(systems.Unavailable, match="rtinfer int8 not built yet"):
+        systems.setup_rtinfer_int8(w, systems.Settings(threads=1))
+
+    def broken_int8(model, **kwargs):
+        assert kwargs["precision"] == "int8" and kwargs["backend"] == "native"
+        assert len(list(kwargs["calibration"])) == 128 and kwargs["accuracy_budget"] is None
+        raise TypeError("unsupported operand type(s) for *: 'QuantParams' and 'float'")
+
+    monkeypatch.setattr(rtinfer, "compile", broken_int8)
+    with pytest.raises(TypeError, match="QuantParams"):  # a bug of int8: an error, not n/a
+        systems.setup_rtinfer_int8(w, systems.Settings(threads=1))
+
+
+def test_bench_model_reports_int8_accuracy_and_gops(bench):
+    import torch
+
+    torch.set_grad_enabled(False)
+    run, systems = bench.run, bench.systems
+    args = run.parse_args(["--quick", "--iters", "2"])
+    chosen = [systems.SYSTEMS["eager"], systems.SYSTEMS["onnxruntime"],
+              systems.SYSTEMS["onnxruntime-int8"]]
+    w = bench.workloads.build("mlp")
+    try:
+        doc = run.bench_model(w, chosen, args, systems.Settings(threads=1), lambda _: None)
+    finally:
+        w.close()
+    res = doc["results"]
+    rec = res["onnxruntime-int8"]
+    assert rec["status"] == "ok", rec
+    # int8 is judged by held-out accuracy, not by fp32's tolerance; never the fp32 best peer
+    assert rec["fidelity_ok"] is None and rec["max_abs_err"] > 0
+    assert doc["best_peer"] in ("eager", "onnxruntime")
+    assert doc["int8"]["best_peer"] == "onnxruntime-int8" and rec["vs_best_int8_peer"] == 1.0
+    assert rec["accuracy"]["n"] == 64 and rec["accuracy"]["cosine"] > 0.99
+    assert doc["int8"]["gop"] == pytest.approx(2 * (64 * 128 + 128 * 128 + 128 * 10) / 1e9)
+    assert rec["gops"] == pytest.approx(doc["int8"]["gop"] / (rec["median_ms"] / 1e3))
+    assert "accuracy" not in res["onnxruntime"] and "gops" not in res["onnxruntime"]
+
+
+def _int8_doc():
+    ok = {"status": "ok", "min_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0}
+    return {"date": "d", "git": None,
+            "machine": {"cpu": "c", "logical_cores": 2, "int8_ceiling": {
+                "cores": 2, "ghz": 2.0, "clock_source": "given", "level": "avx512_vnni",
+                "macs_per_cycle": 128, "how": "vpdpbusd zmm", "gops": 1024.0,
+                "amx_gops": None}},
+            "versions": {}, "settings": {"threads": 2, "rounds": 1, "iters_per_round": 1,
+                                         "warmup": 1, "fidelity_rtol": 1e-3, "max_seconds": 1},
+            "systems": {"eager": {"summary": "", "rtinfer": False},
+                        "onnxruntime-int8": {"summary": "", "rtinfer": False,
+                                             "precision": "int8"},
+                        "rtinfer-int8": {"summary": "", "rtinfer": True, "precision": "int8"}},
+            "models": {"minilm": {"best_peer": "eager", "int8": {
+                "source": "sentences", "digest": "abc", "best_peer": "onnxruntime-int8"},
+                "results": {
+                    "eager": ok | {"median_ms": 20.0, "vs_eager": 1.0},
+                    "onnxruntime-int8": ok | {
+                        "median_ms": 10.0, "vs_eager": 2.0, "vs_best_int8_peer": 1.0,
+                        "setup_s": 3.0, "calibration_s": 2.5, "gops": 256.0,
+                        "accuracy": {"cosine": 0.99213, "nn_unchanged": 0.91, "n": 100}},
+                    "rtinfer-int8": ok | {
+                        "median_ms": 8.0, "vs_eager": 2.5, "vs_best_int8_peer": 1.25,
+                        "setup_s": 4.0, "calibration_s": 3.0, "gops": 320.0,
+                        "accuracy": {"cosine": 0.996, "nn_unchanged": 0.96, "n": 100}}}}}}
+
+
+def test_report_int8_table_and_targets(bench):
+    md = bench.report.markdown(_int8_doc())
+    assert "## int8: speed, accuracy on held-out data, GOP/s" in md
+    assert "2 cores × 2.00 GHz (given) × 128 int8 multiply-adds" in md
+    assert "**1024 GOP/s**" in md and "- minilm: sentences (digest abc)" in md
+    assert ("| minilm | onnxruntime-int8 | 10.0 (×2.00) | ×1.00 | 3.0 (2.5) | 0.9921 | 91.0% "
+            "| 256 | 25% |") in md
+    assert "| minilm | rtinfer-int8 | 8 (×2.50) | ×1.25 | 4.0 (3.0) | 0.9960 | 96.0% | 320 |" in md
+    assert "- ✓ rtinfer-int8 ≥ ×1.1 the best int8 peer on minilm: ×1.25 vs onnxruntime-int8" in md
+    assert "- ✓ rtinfer-int8 mean cosine to fp32 ≥ 0.995 on minilm: 0.9960" in md
+    assert "- ✗ rtinfer-int8 nearest neighbours unchanged ≥ 0.97 on minilm: 0.9600" in md
+    assert "int8 (held-out accuracy" in bench.report.readme_block(_int8_doc())
+
+
+def test_missing_data_packages_make_int8_systems_unavailable(bench, monkeypatch):
+    def no_photos(name, inputs):
+        raise bench.calibration.DataUnavailable("the calibration photos need Pillow")
+
+    monkeypatch.setattr(bench.workloads, "dataset", no_photos)
+    w = bench.workloads.build("mlp")
+    for setup in (bench.systems.setup_onnxruntime_int8, bench.systems.setup_rtinfer_int8):
+        with pytest.raises(bench.systems.Unavailable, match="calibration photos need Pillow"):
+            setup(w, bench.systems.Settings(threads=1))
+    assert w.onnx_export_s is None  # refused before exporting anything
