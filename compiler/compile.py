@@ -475,7 +475,7 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     ``None``: no bound); ``report()`` has the per-layer table. The calibration data's digest is
     part of the compile cache's key.
     """
-    from rtinfer.int8 import check_precision
+    from rtinfer.int8 import INT8_VERSION, check_precision
 
     check_precision(precision, calibration, accuracy_budget)
     resolved = resolve_backend(backend)
@@ -495,7 +495,8 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     # so is the digest of the data the passes read
     # and so are the precision and its budget (fp32 keys stay as they were)
     digest = pctx.data_digest() if precision == "fp32" else \
-        f"{pctx.data_digest()};precision={precision};budget={accuracy_budget}"
+        f"{pctx.data_digest()};precision={precision};budget={accuracy_budget};" \
+        f"int8={INT8_VERSION}"
     compile_cache = open_cache(cache, str(target), info.pipeline,
                                f"{resolved}:tune={tune}" if tune else resolved,
                                data_digest=digest)

@@ -40,6 +40,8 @@ from rtinfer.ir.graph import Graph, Node
 from rtinfer.pass_manager import PipelineContext, run_pipeline
 
 PRECISIONS = ("fp32", "bf16", "int8")
+# in the compile cache's key: a cached int8 model made by an older algorithm is not reused
+INT8_VERSION = 2
 METHODS = ("auto", "entropy", "minmax", "percentile", "mse")
 SENSITIVITY_BATCHES = 8  # calibration batches the errors are measured on
 INT8_SPEED_MARGIN = 1.0  # int8 stays only where int8_ms < fp32_ms * margin

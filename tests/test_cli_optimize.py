@@ -113,3 +113,38 @@ def test_bad_input_shape(mlp_onnx, tmp_path, capsys):
     assert "unknown input(s) y; the model's inputs: x" in capsys.readouterr().err
     assert main(["optimize", str(mlp_onnx), "--input-shape", "x=3by16"]) == 1
     assert "NAME=D0xD1" in capsys.readouterr().err
+
+
+def test_optimize_int8_prints_and_writes_the_layer_table(mlp_onnx, tmp_path, capsys):
+    """--int8 with --calibration FILE.npz (samples along the first axis) and --budget: the
+    per-layer table on stdout, in report.md and in report.json; outputs close to ORT's fp32."""
+    x = np.random.default_rng(2).standard_normal((24, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = tmp_path / "q"
+    rc = main(["optimize", str(mlp_onnx), "--input-shape", "x=3x16", "--runs", "2",
+               "--warmup", "0", "--out", str(out), "--backend", "torch", "--int8",
+               "--calibration", str(tmp_path / "calib.npz"), "--budget", "0.5"])
+    stdout, stderr = capsys.readouterr()
+    assert rc == 0, stderr
+    assert "int8: 2 of 2 layers int8" in stdout and "sensitivity" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["precision"] == "int8"
+    layers = report["int8"]["layers"]
+    assert len(layers) == 2 and all(r["sensitivity"] is not None for r in layers)
+    assert report["int8"]["budget"] == 0.5 and report["int8"]["error"] <= 0.5
+    assert report["fidelity"]["cosine_similarity"] > 0.99  # int8, not bit-exact
+    assert "int8:" in (out / "report.md").read_text()
+    assert "generated inputs" not in stdout  # real data given: no warning
+
+
+def test_optimize_int8_with_generated_calibration_warns(mlp_onnx, tmp_path, capsys):
+    out = tmp_path / "g"
+    rc = main(["optimize", str(mlp_onnx), "--input-shape", "x=3x16", "--runs", "2",
+               "--warmup", "0", "--out", str(out), "--backend", "torch", "--int8",
+               "--calibration", "4"])
+    stdout, stderr = capsys.readouterr()
+    assert rc == 0, stderr
+    assert "calibrated on 4 generated inputs, not real data" in stdout
+    assert main(["optimize", str(mlp_onnx), "--input-shape", "x=3x16", "--budget", "0.1",
+                 "--out", str(tmp_path / "b")]) == 1
+    assert "--calibration and --budget go with --int8" in capsys.readouterr().err
