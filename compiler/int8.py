@@ -9,7 +9,8 @@ The steps (docs/int8.md):
 1. ``smooth-quant`` (transformer linears after a LayerNorm; a no-op elsewhere), then
    ``calibrate``: the statistics every QDQ form below reads (one run over the data).
 2. Speed: where the backend can time one layer (native), each layer's int8 and fp32 kernels
-   are timed at its shape on this CPU; a layer whose int8 kernel is not faster stays fp32.
+   are timed at its shape on this CPU; a layer stays fp32 where its fp32 kernel, plus the
+   quantize/dequantize an fp32 layer needs between int8 ones, is faster than its int8 kernel.
 3. Sensitivity: each int8 layer alone quantized (every other layer fp32), its output error on
    the first calibration batches: ``mean over batches of |y_int8 - y_fp32| / |y_fp32|`` (L2
    norms over all outputs). The same error of the whole candidate model is what the budget
@@ -41,10 +42,12 @@ from rtinfer.pass_manager import PipelineContext, run_pipeline
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # in the compile cache's key: a cached int8 model made by an older algorithm is not reused
-INT8_VERSION = 2
+INT8_VERSION = 3
 METHODS = ("auto", "entropy", "minmax", "percentile", "mse")
 SENSITIVITY_BATCHES = 8  # calibration batches the errors are measured on
-INT8_SPEED_MARGIN = 1.0  # int8 stays only where int8_ms < fp32_ms * margin
+# an fp32 layer between int8 ones dequantizes its input and quantizes its output: about this
+# many ns per element of the two (rtinfer's quantize ~0.7 ns, dequantize ~0.15 ns, one thread)
+CONVERT_NS_PER_ELEMENT = 0.5
 
 
 @dataclass
@@ -220,6 +223,18 @@ def _weight_levels(backend: str) -> int:
     return weight_max()
 
 
+def _convert_ms(node: Node, dims: dict) -> float:
+    """What an fp32 ``node`` between int8 layers costs in conversions, estimated (symbolic
+    dims at ``dims``, the first calibration batch's sizes)."""
+    elements = 0
+    for v in (node.inputs[0], node.out):
+        n = 1
+        for d in v.type.shape:
+            n *= d if isinstance(d, int) else int(d.subs(dims))
+        elements += n
+    return elements * CONVERT_NS_PER_ELEMENT * 1e-6
+
+
 def _static_layer(node: Node, dims: dict) -> Node:
     """``node`` alone in a scratch graph, its symbolic dims bound to ``dims`` (the sizes of the
     first calibration batch): a dynamic model's layers are timed at the size it calibrated on."""
@@ -281,11 +296,21 @@ def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
                      "int8", None, None, None, "") for i, fn in enumerate(v.layers)]
 
     t = time.perf_counter()
-    for row, times in zip(rows, _layer_times(fp32, v.layers, backend, batches[0]), strict=True):
+    from rtinfer.ir.interpreter import bind_dims
+
+    dims = bind_dims([v.type for v in fp32.inputs], [tuple(x.shape) for x in batches[0]])
+    for layer, row, times in zip(v.layers, rows,
+                                 _layer_times(fp32, v.layers, backend, batches[0]),
+                                 strict=True):
         if times is not None:
             row.fp32_ms, row.int8_ms = times
-            if not row.int8_ms < row.fp32_ms * INT8_SPEED_MARGIN:
-                row.precision, row.why = "fp32", "int8 kernel not faster at this shape"
+            convert = _convert_ms(layer, dims)
+            if not row.int8_ms < row.fp32_ms + convert:
+                row.precision, row.why = "fp32", (
+                    f"int8 not faster at this shape (fp32 + {convert:.3f} ms of conversions)")
+            elif row.int8_ms >= row.fp32_ms:
+                row.why = f"int8 kernel slower, but fp32 here costs {convert:.3f} ms of " \
+                          f"conversions"
     seconds["time layers"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -325,9 +350,11 @@ def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
             current = error(chosen)
     for i in chosen:
         r = rows[i]
-        faster = f"{r.fp32_ms / r.int8_ms:.2f}x faster" if r.int8_ms else "speed not measured"
-        r.why = f"int8 ({faster})" if accuracy_budget is None else \
-            f"int8 ({faster}, within budget)"
+        if not r.why:
+            faster = f"{r.fp32_ms / r.int8_ms:.2f}x faster" if r.int8_ms else \
+                "speed not measured"
+            r.why = f"int8 ({faster})" if accuracy_budget is None else \
+                f"int8 ({faster}, within budget)"
     seconds["sensitivity"] = time.perf_counter() - t
 
     final = v.graph(chosen)

@@ -11,11 +11,12 @@ by s and multiplying the weights' input columns by s leaves every output equal (
 rounding); the activation's outlier channels shrink and the weights absorb them, where
 per-channel weight scales cope. Norms: ``layer_norm`` and ``rms_norm`` over the last axis
 (gamma/beta of shape [C]); readers: ``linear``/``fused_linear`` with a constant weight [N, C].
-All readers of the norm's output must be such linears (one s serves them all).
+One s serves all the linears; any other reader (a transformer's residual add reads the same
+LayerNorm output) reads ``mul(norm', s)``, the unsmoothed value, instead.
 
-Declines: the norm's output has another reader or is a graph output; a weight is not a
+Declines: no linear reads the norm's output, or it is a graph output; a weight is not a
 constant; the norm normalizes more than the last axis. Requires: calibration data. Stats:
-smoothed (norms), layers.
+smoothed (norms), layers, restored (norms whose other readers get a mul).
 """
 
 from __future__ import annotations
@@ -42,18 +43,23 @@ def smoothing_scale(x_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) ->
     return np.clip(s, 1e-5, 1e5)
 
 
-def _readers(rw: Rewriter, norm: Node) -> list[Node] | None:
-    """The linears reading ``norm``'s output, or None (declined) if it has other readers."""
+def _readers(rw: Rewriter, norm: Node) -> tuple[list[Node], list[tuple[Node, int]]] | None:
+    """The linears reading ``norm``'s output as their activation, and every other use (a
+    transformer's residual add, say), or None (declined) without such a linear."""
     out = norm.out
     if rw.graph.is_output(out):
         return rw.decline("the normalized value is a graph output")
-    users = out.users
-    for u in users:
-        if u.op not in SMOOTHED or not is_quantizable(u):
-            return rw.decline("{} reads the normalized value", u.op)
-        if any(i != 0 for node, i in out.uses if node is u):
-            return rw.decline("{} reads the normalized value as its weight", u.op)
-    return users or None
+    linears: list[Node] = []
+    others: list[tuple[Node, int]] = []
+    for u, i in out.uses:
+        if i == 0 and u.op in SMOOTHED and is_quantizable(u):
+            if u not in linears:
+                linears.append(u)
+        else:
+            others.append((u, i))
+    if not linears:
+        return rw.decline("no linear reads the normalized value as its activation")
+    return linears, others
 
 
 def smooth_quant_graph(graph: Graph, ctx: PassContext, alpha: float) -> None:
@@ -73,9 +79,10 @@ def smooth_quant_graph(graph: Graph, ctx: PassContext, alpha: float) -> None:
         if any(not p.is_const for p in params):
             rw.decline("the norm's gamma/beta are not constants")
             continue
-        users = _readers(rw, norm)
-        if not users:
+        readers = _readers(rw, norm)
+        if not readers:
             continue
+        users, others = readers
         s_x = stats[norm.out].channel_absmax if stats and norm.out in stats else None
         if s_x is None:
             rw.decline("no per-channel statistics of the normalized value")
@@ -88,6 +95,11 @@ def smooth_quant_graph(graph: Graph, ctx: PassContext, alpha: float) -> None:
         if len(params) > 1:
             new_params.append(rw.const((params[1].const_data / s).astype(dtype)))
         smoothed = rw.op(norm.op, norm.inputs[0], *new_params, **norm.attrs)
+        if others:  # the residual (or any other reader) gets the unsmoothed value back
+            restored = rw.op("mul", smoothed, rw.const(s.astype(dtype)))
+            for node, i in others:
+                rw.set_input(node, i, restored)
+            ctx.stat("restored")
         for u in users:
             rw.begin(u, "smooth")
             w = u.inputs[1]

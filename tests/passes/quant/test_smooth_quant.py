@@ -77,13 +77,29 @@ def test_smoothing_lowers_the_int8_error_on_outliers():
     assert errors[0.5] < 0.9 * errors[None]
 
 
-def test_declines_when_the_normalized_value_has_another_reader():
+def test_another_reader_keeps_the_unsmoothed_value():
+    """A residual add (here a relu) reads the LayerNorm output too: it reads mul(norm', s),
+    the value it read before, while the linears read the smoothed one."""
     text = MODEL.replace("return %y1, %y2", "%a = add(%y2, %y2)\n  %z = relu(%n)\n"
                          "  return %y1, %z").replace("-> (f32[B,8], f32[B,4])",
                                                      "-> (f32[B,8], f32[B,16])")
+    original = parse(text)
+    graph, result = _smooth(text)
+    assert result.stat("smooth-quant", "smoothed") == 1
+    assert result.stat("smooth-quant", "restored") == 1
+    x = np.concatenate([b[0] for b in _batches()])
+    for a, b in zip(interpret(original, x), interpret(graph, x), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    (relu,) = [n for n in graph.nodes if n.op == "relu"]
+    assert relu.inputs[0].producer.op == "mul"
+
+
+def test_declines_without_a_linear_reader():
+    text = MODEL.replace("%y1 = linear(%n, %w1, %b1)", "%y1 = linear(%x, %w1, %b1)").replace(
+        "%y2 = linear(%n, %w2)", "%y2 = linear(%x, %w2)\n  %r = relu(%n)")
     graph, result = _smooth(text)
     assert result.stat("smooth-quant", "smoothed") == 0
-    assert any("relu reads the normalized value" in d.reason for d in result.declines)
+    assert any("no linear reads the normalized value" in d.reason for d in result.declines)
     (norm,) = [n for n in graph.nodes if n.op == "layer_norm"]
     assert norm.inputs[1].const_data[3] == pytest.approx(30.0)  # gamma as it was
 
