@@ -38,6 +38,7 @@ import torch
 from rtinfer.backends.torch_backend import build_module
 from rtinfer.errors import QuantizeError
 from rtinfer.ir.graph import Graph, Node
+from rtinfer.ir.interpreter import bind_dims
 from rtinfer.pass_manager import PipelineContext, run_pipeline
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -254,17 +255,15 @@ def _static_layer(node: Node, dims: dict) -> Node:
     return g.create_node(node.op, ins, dict(node.attrs))
 
 
-def _layer_times(fp32: Graph, layers: list[Node], backend: str, first: list[torch.Tensor]
+def _layer_times(layers: list[Node], backend: str, dims: dict
                  ) -> list[tuple[float, float] | None]:
-    """(fp32 ms, int8 ms) of each layer's kernel at its shape, where the backend can time one
-    layer (native); None otherwise."""
+    """(fp32 ms, int8 ms) of each layer's kernel at its shape (symbolic dims at ``dims``),
+    where the backend can time one layer (native); None otherwise."""
     if backend not in ("native", "auto"):
         return [None] * len(layers)
     from rtinfer.backends.native import time_layer
     from rtinfer.errors import RtinferError
-    from rtinfer.ir.interpreter import bind_dims
 
-    dims = bind_dims([v.type for v in fp32.inputs], [tuple(x.shape) for x in first])
     out: list[tuple[float, float] | None] = []
     for n in layers:
         try:
@@ -296,11 +295,8 @@ def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
                      "int8", None, None, None, "") for i, fn in enumerate(v.layers)]
 
     t = time.perf_counter()
-    from rtinfer.ir.interpreter import bind_dims
-
     dims = bind_dims([v.type for v in fp32.inputs], [tuple(x.shape) for x in batches[0]])
-    for layer, row, times in zip(v.layers, rows,
-                                 _layer_times(fp32, v.layers, backend, batches[0]),
+    for layer, row, times in zip(v.layers, rows, _layer_times(v.layers, backend, dims),
                                  strict=True):
         if times is not None:
             row.fp32_ms, row.int8_ms = times

@@ -89,3 +89,25 @@ def test_int8_minilm_within_a_budget_on_held_out_sentences():
     assert held_error <= 1.5 * budget
     assert cos >= 0.995
     assert same >= 0.85
+
+
+def test_int8_resnet18_exports_as_qdq_onnx_that_onnxruntime_runs():
+    """rtinfer's own int8 ResNet-18 (qconv2d / qlinear / int8 pooling) exported as QDQ ONNX:
+    ONNX Runtime runs it and agrees with rtinfer's interpreter-exact torch backend to within
+    int8 rounding of the logits."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = models.randomize_batchnorm(models.resnet18()).eval()
+    x = models.image_input()
+    calibration = [(models.image_input(seed=100 + i),) for i in range(8)]
+    cm = rtinfer.compile(model, example_inputs=(x,), precision="int8",
+                         calibration=calibration, backend="torch", cache=False)
+    assert cm.ir.op_counts().get("qconv2d", 0) >= 15
+    m = rtinfer.export_onnx(cm.ir, check=True)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = cm(x).numpy()
+        fp32 = model(x).numpy()
+    assert _cosine(torch.from_numpy(got), torch.from_numpy(want)) > 0.9999
+    assert _cosine(torch.from_numpy(got), torch.from_numpy(fp32)) > 0.999
