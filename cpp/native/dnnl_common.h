@@ -295,13 +295,19 @@ struct CreationThreads {
   static constexpr double kSerialMacs = 1 << 17;
 };
 
+// Binds the primitive's scratchpad (the plan's shared one) and caches its memories.
+template <typename PD>
+void bind_scratchpad(Plan& plan, Kernel& k, const PD& pd) {
+  memory::desc scratch = pd.scratchpad_desc();
+  plan.need_scratch((int64_t)scratch.get_size());
+  if (scratch.get_size() > 0) k.bound.push_back({DNNL_ARG_SCRATCHPAD, -1, scratch});
+  for (const auto& b : k.bound) k.cached.emplace_back(b.md, cpu_engine(), nullptr);
+}
+
 // Registers the step (scratchpad included) and returns the implementation oneDNN picked.
 template <typename PD>
 std::string finish(Plan& plan, std::shared_ptr<Kernel> k, const PD& pd) {
-  memory::desc scratch = pd.scratchpad_desc();
-  plan.need_scratch((int64_t)scratch.get_size());
-  if (scratch.get_size() > 0) k->bound.push_back({DNNL_ARG_SCRATCHPAD, -1, scratch});
-  for (const auto& b : k->bound) k->cached.emplace_back(b.md, cpu_engine(), nullptr);
+  bind_scratchpad(plan, *k, pd);
   std::string impl = pd.impl_info_str();
   std::shared_ptr<const Kernel> kc = std::move(k);
   plan.add_step({kc->name, [kc](Ctx& ctx) { kc->run(ctx); }});

@@ -173,10 +173,7 @@ template <typename PD>
 std::string finish_int8(Plan& plan, std::shared_ptr<Kernel> k, const PD& pd, bool sum,
                         int residual, int dst, int64_t dst_bytes) {
   if (!sum) return finish(plan, std::move(k), pd);
-  memory::desc scratch = pd.scratchpad_desc();
-  plan.need_scratch((int64_t)scratch.get_size());
-  if (scratch.get_size() > 0) k->bound.push_back({DNNL_ARG_SCRATCHPAD, -1, scratch});
-  for (const auto& b : k->bound) k->cached.emplace_back(b.md, cpu_engine(), nullptr);
+  bind_scratchpad(plan, *k, pd);
   std::string impl = pd.impl_info_str();
   std::shared_ptr<const Kernel> kc = std::move(k);
   plan.add_step({kc->name, [kc, residual, dst, dst_bytes](Ctx& ctx) {

@@ -72,14 +72,17 @@ def _fused_emitter(base: str) -> Emitter:
             y = cx.call(ops._linear_pointwise.default, x, w, bias, mk_attr,
                         mk_scalars(alpha, beta), mk_alg)
             return add_epilogue(cx, y, residual, attrs, done_pre=True, done_act=in_onednn)
-        if base == "matmul":
-            y = EMITTERS[base](cx, x, w, **base_attrs)
-            if bias is not None:
-                y = y + bias
-        else:
-            y = EMITTERS[base](cx, x, w, bias, **base_attrs)
+        y = base_op(cx, base, x, w, bias, base_attrs)
         return add_epilogue(cx, y, residual, attrs, done_pre=False, done_act=False)
     return emit
+
+
+def base_op(cx: EmitContext, base: str, x, w, bias, attrs: dict):
+    """The base op with its bias, in ATen (matmul takes no bias input: added after)."""
+    if base != "matmul":
+        return EMITTERS[base](cx, x, w, bias, **attrs)
+    y = EMITTERS[base](cx, x, w, **attrs)
+    return y if bias is None else y + bias
 
 
 for _base in ("conv1d", "conv2d", "linear", "matmul"):

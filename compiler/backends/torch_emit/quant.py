@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rtinfer.backends.torch_emit.context import EMITTERS, EmitContext, emits
+from rtinfer.backends.torch_emit.context import EmitContext, emits
 from rtinfer.ir.ops import get_op
 from rtinfer.ir.ops.quant import QUANTIZED_OPS
 
@@ -57,7 +57,7 @@ def _dequantize_value(cx: EmitContext, x, t):
 def _quantized_emitter(base: str):
     """Fake-quant: the fused fp32 op of the dequantized inputs, then quantize (the reference's
     own definition; the native backend runs these on integers)."""
-    from rtinfer.backends.torch_emit.fused import add_epilogue
+    from rtinfer.backends.torch_emit.fused import add_epilogue, base_op
 
     base_attrs = tuple(get_op(base).attrs)
 
@@ -67,12 +67,7 @@ def _quantized_emitter(base: str):
         if residual is not None:
             residual = _dequantize_value(cx, residual, types[3])
         own = {k: attrs[k] for k in base_attrs if k in attrs}
-        if base == "matmul":
-            y = EMITTERS[base](cx, x, w, **own)
-            if bias is not None:
-                y = y + bias
-        else:
-            y = EMITTERS[base](cx, x, w, bias, **own)
+        y = base_op(cx, base, x, w, bias, own)
         y = add_epilogue(cx, y, residual, attrs, done_pre=False, done_act=False)
         out = cx.out_types[0]
         if out.quant is None:
