@@ -13,6 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "benchmarks" / "run.py"
 
 
+@pytest.fixture(autouse=True)
+def _grad_mode_restored():
+    """Tests here turn autograd off globally, as the harness does; the next test, in this
+    worker, must not inherit that."""
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")

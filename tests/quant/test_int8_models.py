@@ -74,7 +74,7 @@ def test_int8_minilm_within_a_budget_on_held_out_sentences():
     back = [r for r in rec.layers if r.precision == "fp32" and "sensitive" in r.why]
     assert back, "the budget sent no layer back to fp32"
     assert rec.error <= budget < rec.all_int8_error
-    assert all(r.name in cm.report() for r in back)
+    assert all(r.name[:28] in cm.report() for r in back)  # the table shows 28 characters
     x = tokens(held)
     with torch.no_grad():
         ref = model(**x).last_hidden_state
