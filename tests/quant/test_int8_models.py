@@ -111,3 +111,45 @@ def test_int8_resnet18_exports_as_qdq_onnx_that_onnxruntime_runs():
         fp32 = model(x).numpy()
     assert _cosine(torch.from_numpy(got), torch.from_numpy(want)) > 0.9999
     assert _cosine(torch.from_numpy(got), torch.from_numpy(fp32)) > 0.999
+
+
+def test_onnxruntime_quantized_resnet18_imports_compiles_and_matches(tmp_path):
+    """ResNet-18 quantized by ONNX Runtime (quantize_static, QDQ, per-channel s8 weights, u8
+    activations) imports with its weights int8, lowers to rtinfer's quantized ops and runs
+    on the native backend, agreeing with ONNX Runtime on held-out images."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    torch.manual_seed(0)
+    model = models.randomize_batchnorm(models.resnet18()).eval()
+    fp32_path, q_path = tmp_path / "r18.onnx", tmp_path / "r18-int8.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (models.image_input(),), str(fp32_path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"x": models.image_input(seed=100 + i).numpy()}
+                               for i in range(8)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(fp32_path), str(q_path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    cm = rtinfer.compile(str(q_path), backend="native", cache=False)
+    ops = cm.ir.op_counts()
+    assert ops.get("qconv2d", 0) >= 15, ops
+    sess = ort.InferenceSession(str(q_path), providers=["CPUExecutionProvider"])
+    for i in range(3):
+        x = models.image_input(seed=500 + i)
+        want = torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
+        got = cm(x)
+        assert _cosine(got, want) > 0.9999
+        assert int(got.argmax()) == int(want.argmax())
