@@ -4,10 +4,10 @@ O3 runs the pattern fusions (fuse-gelu, fuse-layernorm, fuse-attention, fuse-mha
 merge-parallel-linears after it (on ONNX captures the Q/K/V biases are separate adds until
 fuse-epilogue folds them in; a merge before it would strand them behind the split), and
 lower-int8 (a no-op without quantize/dequantize: it turns an imported QDQ model's chains into
-rtinfer's int8 ops) and fuse-elementwise last, on what the other fusions left. ``layout`` (NCHW -> NHWC) is not in O3: it
-pays on conv-heavy graphs with channels-last kernels only, so it is opt-in: run it before
-fuse-elementwise, e.g. ``"O2,layout,fuse-elementwise,dce"`` (transposes do not sink through
-fused_elementwise nodes).
+rtinfer's int8 ops) and fuse-elementwise last, on what the other fusions left. ``layout``
+(NCHW -> NHWC) is not in O3: it pays on conv-heavy graphs with channels-last kernels only, so
+it is opt-in: run it before fuse-elementwise, e.g. ``"O2,layout,fuse-elementwise,dce"``
+(transposes do not sink through fused_elementwise nodes).
 """
 
 from rtinfer.pass_manager import NamedPipeline

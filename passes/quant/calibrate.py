@@ -34,6 +34,7 @@ from tqdm import tqdm
 from rtinfer.errors import QuantizeError
 from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.interpreter import bind_dims, interpret
+from rtinfer.ir.ops.quant import LAYER_BASE
 from rtinfer.ir.types import TensorType
 from rtinfer.pass_manager import PassContext, graph_pass
 from rtinfer.pass_manager.analysis import GraphRunner
@@ -41,9 +42,9 @@ from rtinfer.passes.quant.observers import Histogram
 
 CALIBRATION = "calibration"  # the pipeline data input and the analysis
 # the layers lower-int8 has quantized forms of (qconv2d, qlinear, qmatmul: docs/int8.md)
-QUANTIZABLE = frozenset({"conv2d", "fused_conv2d", "linear", "fused_linear", "matmul",
-                         "fused_matmul"})
-# ops that compute exactly on the integers of their input (lower-int8 runs them on int8)
+QUANTIZABLE = frozenset(LAYER_BASE)
+# ops that compute exactly on the integers of their input: insert-qdq wraps them and
+# lower-int8 runs them on int8 (one table for both passes)
 PASS_THROUGH = frozenset({"max_pool2d", "reshape", "flatten", "transpose", "concat"})
 # layers whose input's per-channel |max| smooth-quant reads (the channels are the last axis)
 LINEAR_LIKE = frozenset({"linear", "fused_linear", "matmul", "fused_matmul"})

@@ -22,19 +22,16 @@ lowered (quantized ops in the result). Dead dequantize nodes are removed at the 
 from __future__ import annotations
 
 from rtinfer.ir.graph import Graph, Node, Value
-from rtinfer.ir.ops.fused import EPILOGUE_ATTRS, FUSED_OPS
-from rtinfer.ir.ops.quant import QUANTIZED_OPS
+from rtinfer.ir.ops.fused import EPILOGUE_ATTRS
+from rtinfer.ir.ops.quant import LAYER_BASE, QUANTIZED_OPS
 from rtinfer.ir.types import DType
 from rtinfer.pass_manager import PassContext, graph_pass
+from rtinfer.passes.quant.calibrate import PASS_THROUGH
 from rtinfer.rewrite import P, Rewriter, Rule, RuleSet
 
-BASE_OF = {**{f: b for b, f in FUSED_OPS.items() if b in QUANTIZED_OPS},
-           **{b: b for b in QUANTIZED_OPS}}
+BASE_OF = LAYER_BASE
 QUANTIZED_OPS_NAMES = frozenset(q for q, _ in QUANTIZED_OPS.values())
 INT8 = (DType.u8, DType.i8)
-# ops that compute exactly on the integers of a per-tensor quantized input, keeping its
-# parameters (max commutes with an increasing affine map; the rest move elements)
-PASS_THROUGH = ("max_pool2d", "reshape", "flatten", "transpose", "squeeze", "unsqueeze")
 
 
 def _dequantized(v: Value) -> Value | None:
@@ -142,7 +139,7 @@ RULES = RuleSet("lower-int8", [
     Rule("fold", P.op("quantize", P.op("dequantize", P.any(), name="dq"), name="quant"),
          fold_pair),
     # quantize(p(dequantize(q), ...)) -> p(q, ...)
-    Rule("pass-through", P.op("quantize", P.op(PASS_THROUGH + ("concat",), ..., name="p"),
+    Rule("pass-through", P.op("quantize", P.op(tuple(sorted(PASS_THROUGH)), ..., name="p"),
                               name="quant"), pass_through),
     # [quantize](op(dequantize(xq), dequantize(wq), b, r)) -> qop(xq, wq, b, r)
     Rule("heavy", P.op(tuple(BASE_OF), ..., name="h"), lower_heavy),

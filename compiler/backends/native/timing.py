@@ -23,12 +23,10 @@ from rtinfer.backends.native.lowerer import Lowerer
 from rtinfer.backends.native.quant import weight_max
 from rtinfer.errors import Unsupported
 from rtinfer.ir.graph import Graph, Node
-from rtinfer.ir.ops.fused import FUSED_OPS
-from rtinfer.ir.ops.quant import QUANTIZED_OPS
+from rtinfer.ir.ops.quant import LAYER_BASE, QUANTIZED_OPS
 from rtinfer.ir.types import DType, QuantParams, TensorType
 from rtinfer.kernels import build
 
-_BASE = {**{f: b for b, f in FUSED_OPS.items()}, **{b: b for b in FUSED_OPS}}
 # codes of a typical activation: scale and zero point do not change an int8 kernel's time
 _ACT = QuantParams(np.float32(0.05), np.int64(128))
 _OUT = {"out_dtype": DType.u8, "out_scale": 0.1, "out_zero_point": 128}
@@ -36,8 +34,8 @@ _OUT = {"out_dtype": DType.u8, "out_scale": 0.1, "out_zero_point": 128}
 
 def _layer_graphs(node: Node, level: str | None) -> tuple[Graph, Graph, list[tuple[int, ...]]]:
     """(the fp32 layer, its int8 counterpart, the input shapes) as one-node graphs."""
-    base = _BASE.get(node.op)
-    if base is None or base not in QUANTIZED_OPS:
+    base = LAYER_BASE.get(node.op)
+    if base is None:
         raise Unsupported(node.op, "time_layer takes conv2d, linear or matmul (or their fused "
                           "forms) with a constant weight", node.name)
     qop, w_axis = QUANTIZED_OPS[base]

@@ -96,6 +96,9 @@ op("dequantize", ["q"], _dequantize_infer, _dequantize_ref, traits=[ELEMENTWISE,
 # base op -> (the quantized op, the weight's per-channel axis: the output channel)
 QUANTIZED_OPS: dict[str, tuple[str, int]] = {
     "conv2d": ("qconv2d", 0), "linear": ("qlinear", 0), "matmul": ("qmatmul", -1)}
+# every layer op with a quantized form (the base op and its fused form) -> the base op
+LAYER_BASE: dict[str, str] = {**{b: b for b in QUANTIZED_OPS},
+                              **{f"fused_{b}": b for b in QUANTIZED_OPS}}
 QUANT_OUT_ATTRS = {
     "out_dtype": Attr("dtype", DType.f32, (DType.u8, DType.i8, DType.f32)),
     "out_scale": Attr("float", 1.0),
