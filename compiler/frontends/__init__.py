@@ -21,7 +21,8 @@ def capture(model: Any, example_inputs: Any = None, dynamic_dims: Any = None) ->
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
         from rtinfer.frontends.onnx_frontend import capture_onnx
 
-        return capture_onnx(model, dynamic_dims=dynamic_dims)
+        # shape-like inputs (shapes, axes, pads) are specialized on their example values
+        return capture_onnx(model, dynamic_dims=dynamic_dims, example_inputs=example_inputs)
     import torch
 
     if isinstance(model, torch.nn.Module):

@@ -197,3 +197,83 @@ def test_unsupported_dtype_is_a_capture_error():
               [vi("x", [3], TensorProto.FLOAT8E4M3FN)], [vi("y", [3], TensorProto.FLOAT8E4M3FN)])
     with pytest.raises(CaptureError, match="unsupported dtype FLOAT8E4M3FN"):
         rtinfer.capture(m)
+
+
+# -- shape-like graph inputs specialized on example values ---------------------------------------
+
+
+def reshape_by_input(shape_dtype=TensorProto.INT64):
+    """relu(reshape(x, shape)) with ``shape`` a graph input, as exporters sometimes leave it."""
+    return model([helper.make_node("Reshape", ["x", "shape"], ["y"]),
+                  helper.make_node("Relu", ["y"], ["z"])],
+                 [vi("x", [2, 6]), vi("shape", [2], shape_dtype)], [vi("z", None)])
+
+
+X26 = RNG.standard_normal((2, 6)).astype(np.float32)
+
+
+def test_shape_input_is_specialized_on_its_example_value():
+    from rtinfer.frontends.onnx_frontend import specialized_inputs
+
+    shape = np.array([3, 4], np.int64)
+    g = capture_onnx(reshape_by_input(), example_inputs={"x": X26, "shape": shape})
+    verify(g)
+    assert [v.name for v in g.inputs] == ["x", "shape"]  # still the model's signature
+    assert {k: v.tolist() for k, v in specialized_inputs(g).items()} == {"shape": [3, 4]}
+    np.testing.assert_array_equal(interpret(g, X26, shape), np.maximum(X26.reshape(3, 4), 0))
+    # positional examples bind in input order, as a call does
+    assert specialized_inputs(capture_onnx(reshape_by_input(), example_inputs=(X26, shape)))
+
+
+def test_shape_input_without_examples_says_how_to_specialize():
+    with pytest.raises(CaptureError, match=r"'shape'.*example_inputs"):
+        capture_onnx(reshape_by_input())
+
+
+def test_specialization_refuses_a_bad_example():
+    with pytest.raises(CaptureError, match=r"example input 'shape' is int32\[2\].*i64\[2\]"):
+        capture_onnx(reshape_by_input(), example_inputs=(X26, np.array([3, 4], np.int32)))
+    with pytest.raises(CaptureError, match=r"'shape'.*example_inputs lacks"):
+        capture_onnx(reshape_by_input(), example_inputs={"x": X26})
+    with pytest.raises(CaptureError, match=r"names 'nope'"):
+        capture_onnx(reshape_by_input(), example_inputs={"nope": X26})
+
+
+def test_a_data_tensor_is_not_specialized():
+    # the target shape comes from a 2-d tensor: not shape-like, so no model is built for it
+    m = model([helper.make_node("Reshape", ["s", "flat"], ["s1"]),
+               helper.make_node("Reshape", ["x", "s1"], ["y"])],
+              [vi("x", [2, 6]), vi("s", [2, 1], TensorProto.INT64)], [vi("y", None)],
+              [init("flat", np.array([2], np.int64))])
+    with pytest.raises(CaptureError, match=r"'s'.*not shape-like"):
+        capture_onnx(m, example_inputs=(X26, np.array([[3], [4]], np.int64)))
+
+
+def test_compiled_model_checks_the_specialized_value(tmp_path):
+    from rtinfer.errors import BackendError
+
+    m = reshape_by_input()
+    cm = rtinfer.compile(m, example_inputs=(X26, np.array([3, 4])), backend="torch",
+                         cache=False)
+    np.testing.assert_allclose(cm(X26, np.array([3, 4])), np.maximum(X26.reshape(3, 4), 0))
+    with pytest.raises(BackendError, match=r"'shape' = \[4, 3\].*compiled for \[3, 4\]"):
+        cm(X26, np.array([4, 3]))
+    cm.save(tmp_path / "a")  # the check travels with the artifact
+    loaded = rtinfer.load(tmp_path / "a")
+    np.testing.assert_allclose(loaded(X26, np.array([3, 4])), np.maximum(X26.reshape(3, 4), 0))
+    with pytest.raises(BackendError, match=r"compiled for \[3, 4\]"):
+        loaded(X26, np.array([4, 3]))
+
+
+def test_compile_cache_keeps_specializations_apart(tmp_path):
+    m = reshape_by_input()
+    a = rtinfer.compile(m, example_inputs=(X26, np.array([3, 4])), backend="torch",
+                        cache=tmp_path)
+    b = rtinfer.compile(m, example_inputs=(X26, np.array([6, 2])), backend="torch",
+                        cache=tmp_path)
+    again = rtinfer.compile(m, example_inputs=(X26, np.array([3, 4])), backend="torch",
+                            cache=tmp_path)
+    assert again.info.cache == "hit"
+    np.testing.assert_allclose(b(X26, np.array([6, 2])), np.maximum(X26.reshape(6, 2), 0))
+    np.testing.assert_allclose(again(X26, np.array([3, 4])), a(X26, np.array([3, 4])))
+    assert again(X26, np.array([3, 4])).shape == (3, 4)

@@ -10,12 +10,15 @@ rule sees (``NodeContext``) and the error for an input the IR needs as a constan
 
 from rtinfer.frontends.onnx_frontend.capture import (
     MIN_OPSET,
+    SPECIALIZE_MAX_ELEMENTS,
     capture_onnx,
     convert_graph,
     load_model,
     prepare,
+    specialized_inputs,
 )
 from rtinfer.frontends.onnx_frontend.context import CONVERTERS, NodeContext, NotConstant, rule
 
-__all__ = ["CONVERTERS", "MIN_OPSET", "NodeContext", "NotConstant", "capture_onnx",
-           "convert_graph", "load_model", "prepare", "rule"]
+__all__ = ["CONVERTERS", "MIN_OPSET", "SPECIALIZE_MAX_ELEMENTS", "NodeContext", "NotConstant",
+           "capture_onnx", "convert_graph", "load_model", "prepare", "rule",
+           "specialized_inputs"]

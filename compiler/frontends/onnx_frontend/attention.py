@@ -1,4 +1,5 @@
-"""ONNX -> IR rule: Attention (opset 23), spelled out as matmuls and a softmax."""
+"""ONNX -> IR rules: Attention (opset 23), spelled out as matmuls and a softmax, and
+RotaryEmbedding, as slices, products and a concat."""
 
 from __future__ import annotations
 
@@ -88,3 +89,55 @@ def _attention(cx, ins):
         # onnx's reference: 0 and 1 give the (softcapped) scores, 2 adds the bias, 3 softmaxes
         outs.append({0: qk_raw, 1: qk_raw, 2: qk_bias, 3: p}[mode])
     return outs
+
+
+@rule("RotaryEmbedding")
+def _rotary_embedding(cx, ins):
+    # With x1, x2 the two halves of each head's first rotary_embedding_dim features (or its
+    # even and odd features, interleaved) and cos, sin the caches (at position_ids):
+    #     [x1, x2] -> [cos * x1 - sin * x2, sin * x1 + cos * x2]; the other features pass.
+    x, cos, sin = ins[0], ins[1], ins[2]
+    pos = ins[3] if len(ins) > 3 else None
+    shape = cx.static_shape(x)
+    if len(shape) == 4:  # [batch, heads, seq, head_size] -> [batch, seq, heads, head_size]
+        h = cx.op("transpose", x, perm=[0, 2, 1, 3])
+    elif len(shape) == 3:
+        heads = cx.attr("num_heads", 0)
+        if heads <= 0 or shape[2] % heads:
+            raise cx.invalid(f"a rank-3 input {x.type} needs num_heads (a positive divisor of "
+                             f"{shape[2]}), got {heads}")
+        h = cx.op("reshape", x, shape=[shape[0], shape[1], heads, shape[2] // heads])
+    else:
+        raise cx.invalid(f"input {x.type} must be rank 3 or 4")
+    head = cx.static_shape(h)[3]
+    rd = cx.attr("rotary_embedding_dim", 0) or head
+    if rd % 2 or rd > head:
+        raise cx.invalid(f"rotary_embedding_dim {rd} must be even and at most the head size "
+                         f"{head}")
+    if pos is not None:
+        cos, sin = cx.op("gather", cos, pos, axis=0), cx.op("gather", sin, pos, axis=0)
+    for c in (cos, sin):
+        if c.type.rank != 3 or c.type.shape[-1] != rd // 2:
+            raise cx.invalid(f"the cos/sin cache (at position_ids) is {c.type}, expected "
+                             f"[batch, seq, {rd // 2}]")
+    cos, sin = cx.op("unsqueeze", cos, axes=[2]), cx.op("unsqueeze", sin, axes=[2])
+    if cx.attr("interleaved", 0):
+        x1 = cx.op("slice", h, starts=[0], ends=[rd], axes=[3], steps=[2])
+        x2 = cx.op("slice", h, starts=[1], ends=[rd], axes=[3], steps=[2])
+    else:
+        x1 = cx.op("slice", h, starts=[0], ends=[rd // 2], axes=[3])
+        x2 = cx.op("slice", h, starts=[rd // 2], ends=[rd], axes=[3])
+    real = cx.op("sub", cx.op("mul", cos, x1), cx.op("mul", sin, x2))
+    imag = cx.op("add", cx.op("mul", sin, x1), cx.op("mul", cos, x2))
+    if cx.attr("interleaved", 0):  # back to real0, imag0, real1, imag1, ...
+        pairs = cx.op("concat", cx.op("unsqueeze", real, axes=[4]),
+                      cx.op("unsqueeze", imag, axes=[4]), axis=4)
+        rotated = cx.op("reshape", pairs, shape=[*cx.static_shape(h)[:3], rd])
+    else:
+        rotated = cx.op("concat", real, imag, axis=3)
+    if rd < head:
+        rotated = cx.op("concat", rotated,
+                        cx.op("slice", h, starts=[rd], ends=[head], axes=[3]), axis=3)
+    if len(shape) == 4:
+        return cx.op("transpose", rotated, perm=[0, 2, 1, 3])
+    return cx.op("reshape", rotated, shape=list(shape))

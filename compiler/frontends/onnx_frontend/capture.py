@@ -32,18 +32,28 @@ from rtinfer.frontends.onnx_frontend import (  # noqa: F401  (each declares its 
     reduce,
     shape,
 )
-from rtinfer.frontends.onnx_frontend.context import CONVERTERS, Converter, NodeContext
+from rtinfer.frontends.onnx_frontend.context import (
+    CONVERTERS,
+    Converter,
+    NodeContext,
+    NotConstant,
+)
 from rtinfer.frontends.onnx_frontend.validate import (
     check_nodes,
     check_values,
     node_label,
     validate,
 )
-from rtinfer.ir.graph import Graph, Provenance
+from rtinfer.ir.graph import Graph, Provenance, Value
 from rtinfer.ir.types import Dim, DType, TensorType, sym
 
 MIN_OPSET = 13
 _TWO_GB = 2**31
+# A graph input the IR needs as a constant (a shape, axes, pads, k, scales) is specialized on
+# its example value only when it looks like one: a scalar or a vector of at most this many
+# entries. A larger input (a data tensor feeding a data-dependent shape) stays an error, since
+# a model compiled for one data value would be of no use.
+SPECIALIZE_MAX_ELEMENTS = 64
 
 
 def _sanitize(name: str) -> str:
@@ -229,10 +239,33 @@ def _unsupported(model) -> list[tuple[str, str, str]]:
     return missing
 
 
+def _specialized_input(g: Graph, vi, value: np.ndarray, dynamic_dims: Mapping | None,
+                       where: str) -> Value:
+    """Add graph input ``vi`` (kept in the signature, of the example's shape) and return the
+    constant its uses read instead; the example must fit the declared type."""
+    declared = _input_type(vi, dynamic_dims, where)
+    a = np.asarray(value)
+    got = f"{a.dtype}{list(a.shape)}"
+    try:
+        dtype = DType.from_numpy(a.dtype)
+    except IRError:
+        dtype = None
+    fits = dtype == declared.dtype and a.ndim == declared.rank and all(
+        not isinstance(d, int) or d == n for d, n in zip(declared.shape, a.shape, strict=True))
+    if not fits:
+        raise CaptureError(f"{where}: example input {vi.name!r} is {got}, but the model "
+                           f"declares {declared}")
+    g.add_input(TensorType(declared.dtype, tuple(int(n) for n in a.shape)), _sanitize(vi.name))
+    return g.add_const(a.copy(), provenance=Provenance(f"onnx:{vi.name} (specialized)"))
+
+
 def convert_graph(model, opset: int, where: str, dynamic_dims: Mapping | None = None,
-                  constant_inputs: Mapping[str, np.ndarray] | None = None) -> Graph:
+                  constant_inputs: Mapping[str, np.ndarray] | None = None,
+                  specialize: Mapping[str, np.ndarray] | None = None) -> Graph:
     """Convert a prepared model; a node no rule can express is a ``CaptureError`` naming it,
-    caused by the rule's ``Unsupported`` (a ``NotConstant`` names the input to freeze)."""
+    caused by the rule's ``Unsupported`` (a ``NotConstant`` names the input to freeze).
+    ``specialize``: graph inputs that stay inputs but whose uses read these values (recorded
+    in ``graph.meta["onnx_specialized"]``, for the compiled model's call-time check)."""
     missing = _unsupported(model)
     if missing:
         raise UnsupportedOpsError("onnx", missing)
@@ -241,8 +274,15 @@ def convert_graph(model, opset: int, where: str, dynamic_dims: Mapping | None = 
     conv = Converter(g, opset)
     init_names = {t.name for t in og.initializer}
     constant_inputs = dict(constant_inputs or {})
+    specialize = dict(specialize or {})
+    specialized: dict[str, tuple[int, np.ndarray]] = {}
     for vi in og.input:
         if vi.name in init_names:
+            continue
+        if vi.name in specialize:
+            conv.values[vi.name] = _specialized_input(g, vi, specialize[vi.name], dynamic_dims,
+                                                      where)
+            specialized[vi.name] = (len(g.inputs) - 1, conv.values[vi.name].const_data)
             continue
         if vi.name in constant_inputs:
             a = np.asarray(constant_inputs[vi.name])
@@ -300,21 +340,118 @@ def convert_graph(model, opset: int, where: str, dynamic_dims: Mapping | None = 
             v = g.add_op("identity", v)  # a graph output that is an input (or repeated)
         outputs.append(v)
     g.set_outputs(outputs)
+    if specialized:
+        g.meta["onnx_specialized"] = specialized
     return g
 
 
+def specialized_inputs(graph: Graph) -> dict[str, np.ndarray]:
+    """The graph inputs ``capture_onnx`` specialized on their example values (ONNX input name
+    -> the value compiled for); a call must pass exactly these values."""
+    return {name: a for name, (_, a) in graph.meta.get("onnx_specialized", {}).items()}
+
+
+def _example_values(model, example_inputs: Any, where: str) -> dict[str, np.ndarray]:
+    """``example_inputs`` by ONNX input name: a mapping (ONNX or IR names), a sequence in the
+    order of the graph's inputs, or one array for the first input."""
+    init_names = {t.name for t in model.graph.initializer}
+    names = [vi.name for vi in model.graph.input if vi.name not in init_names]
+
+    def array(x: Any, name: str) -> np.ndarray:
+        if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor
+            x = x.detach().cpu().numpy()
+        try:
+            return np.asarray(x)
+        except Exception as e:  # whatever numpy cannot read is the user's example
+            raise CaptureError(f"{where}: example input {name!r} is not an array "
+                               f"({type(x).__name__}: {e})") from None
+
+    if isinstance(example_inputs, Mapping):
+        by_ir = {_sanitize(n): n for n in names}
+        out = {}
+        for k, x in example_inputs.items():
+            name = k if k in names else by_ir.get(str(k))
+            if name is None:
+                raise CaptureError(f"{where}: example_inputs names {k!r}, which is not an "
+                                   f"input of the model (its inputs: {', '.join(names)})")
+            out[name] = array(x, name)
+        return out
+    if isinstance(example_inputs, (list, tuple)):
+        if len(example_inputs) > len(names):
+            raise CaptureError(f"{where}: {len(example_inputs)} example inputs, but the model "
+                               f"takes {len(names)} ({', '.join(names)})")
+        return {n: array(x, n) for n, x in zip(names, example_inputs, strict=False)}
+    return {names[0]: array(example_inputs, names[0])} if names else {}
+
+
+def _feeding_inputs(value: Value | None, model) -> list[str]:
+    """The ONNX names of the graph inputs ``value`` is computed from (in graph order)."""
+    if value is None:
+        return []
+    found: set[str] = set()
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen or v.is_const:
+            continue
+        seen.add(id(v))
+        if v.producer is None:
+            found.add(v.name or "")
+        else:
+            stack.extend(v.producer.inputs)
+    return [vi.name for vi in model.graph.input if _sanitize(vi.name) in found]
+
+
 def capture_onnx(model_or_path: Any, dynamic_dims: Mapping | None = None, *,
-                 constant_inputs: Mapping[str, np.ndarray] | None = None) -> Graph:
+                 constant_inputs: Mapping[str, np.ndarray] | None = None,
+                 example_inputs: Any = None) -> Graph:
     """Capture an ONNX model (a ``ModelProto`` or a path) into a new IR graph.
 
     ``dynamic_dims``: ``{"batch": "B"}`` renames a symbolic dim (``dim_param``), and
     ``{"input": {0: "B"}}`` makes dim 0 of that input symbolic. ``constant_inputs`` freezes
     graph inputs to given arrays (they become constants, e.g. a shape fed as an input).
+    ``example_inputs`` (a mapping by input name, a sequence in input order, or one array): a
+    graph input the IR needs as a constant (a shape, axes, pads, k, scales; a scalar or a vector
+    of at most ``SPECIALIZE_MAX_ELEMENTS``) is specialized on its example value: it stays an
+    input, the graph is built for that value, and ``specialized_inputs(graph)`` lists it (the
+    compiled model refuses a call that passes another value).
     The caller's model is never modified.
     """
     model, where = load_model(model_or_path)
     model, opset = prepare(model, where)
-    return convert_graph(model, opset, where, dynamic_dims, constant_inputs)
+    specialize: dict[str, np.ndarray] = {}
+    examples: dict[str, np.ndarray] | None = None
+    while True:  # each round specializes at least one more input: bounded by their number
+        try:
+            return convert_graph(model, opset, where, dynamic_dims, constant_inputs, specialize)
+        except CaptureError as e:
+            nc = e.__cause__
+            if not isinstance(nc, NotConstant):
+                raise
+            names = [n for n in _feeding_inputs(nc.value, model)
+                     if n not in specialize and n not in (constant_inputs or {})]
+            if not names:
+                raise
+            if example_inputs is None:
+                raise CaptureError(
+                    f"{e}; it is computed from graph input(s) {', '.join(map(repr, names))}: "
+                    "pass example_inputs (rtinfer.compile(model, example_inputs=...)) to "
+                    "specialize the model on their values") from nc
+            if examples is None:
+                examples = _example_values(model, example_inputs, where)
+            for n in names:
+                if n not in examples:
+                    raise CaptureError(f"{e}; specializing on graph input {n!r} needs its "
+                                       "value, which example_inputs lacks") from nc
+                a = examples[n]
+                if a.ndim > 1 or a.size > SPECIALIZE_MAX_ELEMENTS:
+                    raise CaptureError(
+                        f"{e}; graph input {n!r} ({a.dtype}{list(a.shape)}) is not shape-like "
+                        f"(a scalar or a vector of at most {SPECIALIZE_MAX_ELEMENTS} entries), "
+                        "so rtinfer does not specialize on its value") from nc
+                specialize[n] = a
 
 
-__all__ = ["MIN_OPSET", "capture_onnx", "convert_graph", "load_model", "prepare"]
+__all__ = ["MIN_OPSET", "SPECIALIZE_MAX_ELEMENTS", "capture_onnx", "convert_graph", "load_model",
+           "prepare", "specialized_inputs"]

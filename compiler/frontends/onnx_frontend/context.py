@@ -24,10 +24,14 @@ from rtinfer.ir.types import Dim, DType
 
 class NotConstant(Unsupported):
     """An input the IR needs as a constant (a shape, pads, axes) is computed at run time.
-    ``input_name`` names it, so that a caller can freeze it and try again."""
+    ``input_name`` names it, so that a caller can freeze it and try again; ``value`` is the IR
+    value, whose producers lead to the graph inputs it is computed from (capture specializes
+    those on example inputs)."""
 
-    def __init__(self, op: str, input_name: str, what: str, node: str | None = None):
+    def __init__(self, op: str, input_name: str, what: str, node: str | None = None,
+                 value: Value | None = None):
         self.input_name = input_name
+        self.value = value
         super().__init__(op, f"{what} must be a constant (input {input_name!r} is computed at "
                              "run time)", node)
 
@@ -131,7 +135,7 @@ class NodeContext:
         if v is None:
             raise self.unsupported(f"{what} is missing")
         if not v.is_const:
-            raise NotConstant(self.node.op_type, v.name or "?", what, self.name)
+            raise NotConstant(self.node.op_type, v.name or "?", what, self.name, v)
         return v.const_data
 
     def ints(self, v: Value | None, what: str) -> list[int]:
@@ -149,7 +153,7 @@ class NodeContext:
             return self.ints(v, what)
         if v in self.conv.dims:
             return list(self.conv.dims[v])
-        raise NotConstant(self.node.op_type, v.name or "?", what, self.name)
+        raise NotConstant(self.node.op_type, v.name or "?", what, self.name, v)
 
     def static_shape(self, v: Value, what: str = "input") -> tuple[int, ...]:
         if not v.type.is_static:

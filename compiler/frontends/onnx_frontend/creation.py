@@ -1,5 +1,5 @@
 """ONNX -> IR rules: tensors built from attributes and shapes (Constant, ConstantOfShape, Range,
-EyeLike, OneHot, Trilu)."""
+EyeLike, OneHot, Trilu, the Hann, Hamming and Blackman windows)."""
 
 from __future__ import annotations
 
@@ -81,3 +81,35 @@ def _one_hot(cx, ins):
     off = cx.op("gather", values, cx.const(np.int64(0)))
     on = cx.op("gather", values, cx.const(np.int64(1)))
     return cx.op("where", hot, on, off)
+
+
+def _window(cx, ins, terms: list[float]) -> object:
+    """``sum_j terms[j] * cos(2 pi j n / N)``, n = 0..size-1, N = size (periodic) or size - 1:
+    the cosine-sum windows (Hann, Hamming, Blackman), computed here as a constant."""
+    sizes = cx.ints(ins[0], f"{cx.node.op_type}'s size")
+    if len(sizes) != 1 or sizes[0] < 0:
+        raise cx.invalid(f"size must be one non-negative integer, got {sizes}")
+    size = sizes[0]
+    if size > 2**24:  # built here as a constant: a corrupted size must not exhaust memory
+        raise cx.unsupported(f"a window of {size} samples (at most 2**24)")
+    n = np.arange(size, dtype=np.float64)
+    denom = size if cx.attr("periodic", 1) else size - 1
+    w = sum(t * np.cos(2 * np.pi * j * n / denom) for j, t in enumerate(terms)) if denom else \
+        np.ones(size)  # a symmetric window of one sample
+    return cx.const(np.asarray(w).astype(cx.dtype(cx.attr("output_datatype", 1),
+                                                  "output_datatype").np))
+
+
+@rule("HannWindow")
+def _hann_window(cx, ins):
+    return _window(cx, ins, [0.5, -0.5])  # sin^2(pi n / N) = (1 - cos(2 pi n / N)) / 2
+
+
+@rule("HammingWindow")
+def _hamming_window(cx, ins):
+    return _window(cx, ins, [25 / 46, -21 / 46])  # alpha = 25/46, beta = 1 - alpha
+
+
+@rule("BlackmanWindow")
+def _blackman_window(cx, ins):
+    return _window(cx, ins, [0.42, -0.5, 0.08])

@@ -1,4 +1,5 @@
-"""ONNX -> IR rules: elementwise ops (activations, arithmetic, comparisons, logic, casts).
+"""ONNX -> IR rules: elementwise ops (activations, arithmetic, comparisons, logic, casts,
+SwiGLU).
 
 The one-to-one ops are the tables ``UNARY``, ``BINARY`` and ``VARIADIC``; every other op is one
 rule.
@@ -234,3 +235,13 @@ def _shrink(cx, ins):
     hi = cx.op("greater", x, cx.scalar(lambd, x))
     y = cx.op("where", hi, scalar_op(cx, "sub", x, bias), cx.scalar(0, x))
     return cx.op("where", lo, scalar_op(cx, "add", x, bias), y)
+
+
+@rule("SwiGLU")
+def _swiglu(cx, ins):
+    a, b = ins[0], ins[1]  # (a * sigmoid(alpha * a)) * b, with A and B of one type
+    if a.type != b.type:
+        raise cx.invalid(f"A is {a.type} and B is {b.type}; SwiGLU takes one type for both "
+                         "(no broadcasting)")
+    gate = cx.op("mul", a, cx.op("sigmoid", scalar_op(cx, "mul", a, cx.attr("alpha", 1.0))))
+    return cx.op("mul", gate, b)

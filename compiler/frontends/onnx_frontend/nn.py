@@ -1,5 +1,5 @@
 """ONNX -> IR rules: convolution, pooling and resizing (Conv, ConvTranspose, MaxPool,
-AveragePool, LpPool, the global pools, Resize and Upsample)."""
+AveragePool, LpPool, MaxUnpool, the global pools, Resize and Upsample, CausalConvWithState)."""
 
 from __future__ import annotations
 
@@ -222,3 +222,62 @@ def _resize(cx, ins):
                  exclude_outside=bool(cx.attr("exclude_outside", 0)),
                  extrapolation_value=cx.attr("extrapolation_value", 0.0),
                  antialias=bool(cx.attr("antialias", 0)), roi=roi, **attrs)
+
+
+@rule("CausalConvWithState")
+def _causal_conv_with_state(cx, ins):
+    # a depthwise 1-d conv over [past_state (zeros when absent), input] along the time axis, with
+    # no padding, so output t sees inputs t-k+1..t; present_state is the last k-1 steps of that
+    # concatenation (the next call's past_state)
+    x, w = ins[0], ins[1]
+    b = ins[2] if len(ins) > 2 else None
+    past = ins[3] if len(ins) > 3 else None
+    act = cx.attr("activation", "none")
+    if act not in ("none", "silu", "swish"):
+        raise cx.invalid(f"activation {act!r} is not one of 'none', 'silu', 'swish'")
+    if x.type.rank != 3 or w.type.rank != 3:
+        raise cx.invalid(f"input {x.type} and weight {w.type} must both be rank 3 "
+                         "([batch, channels, length] and [channels, 1, k])")
+    channels, _, k = cx.static_shape(w, "the weight")
+    if past is None:
+        padded = cx.op("pad", x, pads=[0, 0, k - 1, 0, 0, 0])
+    else:
+        padded = cx.op("concat", past, x, axis=2)
+    length = cx.static_shape(padded, "the padded input")[2]
+    args = (padded, w) if b is None else (padded, w, b)
+    y = cx.op("conv1d", *args, groups=channels)
+    if act != "none":
+        y = cx.op("silu", y)
+    present = cx.op("slice", padded, starts=[length - (k - 1)], ends=[length], axes=[2])
+    return [y, present]
+
+
+@rule("MaxUnpool")
+def _max_unpool(cx, ins):
+    # zeros of the inferred shape ((in - 1) * stride - pads + kernel) with each X value written
+    # where MaxPool's Indices say it came from (indices into that whole shape, flattened), then
+    # zero-padded at the ends up to output_shape when one is given
+    x, idx = ins[0], ins[1]
+    shape = cx.static_shape(x)
+    nd = len(shape) - 2
+    if nd < 1:
+        raise cx.invalid(f"input {x.type} has no spatial axes")
+    kernel = cx.int_list("kernel_shape", nd, 0)
+    strides, pads = cx.int_list("strides", nd, 1), cx.int_list("pads", 2 * nd, 0)
+    if any(k < 1 for k in kernel):
+        raise cx.invalid(f"kernel_shape {kernel} must be given and positive")
+    inferred = list(shape[:2]) + [(d - 1) * s - pads[i] - pads[nd + i] + k for i, (d, s, k)
+                                  in enumerate(zip(shape[2:], strides, kernel, strict=True))]
+    flat = cx.op("scatter_elements", cx.const(np.zeros(int(np.prod(inferred)),
+                                                       x.type.dtype.np)),
+                 cx.op("reshape", idx, shape=[int(np.prod(shape))]),
+                 cx.op("reshape", x, shape=[int(np.prod(shape))]), axis=0)
+    y = cx.op("reshape", flat, shape=inferred)
+    if len(ins) < 3 or ins[2] is None:
+        return y
+    out = cx.ints(ins[2], "MaxUnpool's output_shape")
+    if len(out) != len(shape) or any(o < i for o, i in zip(out, inferred, strict=True)):
+        raise cx.invalid(f"output_shape {out} must have rank {len(shape)} and hold the "
+                         f"unpooled shape {inferred}")
+    return cx.op("pad", y, pads=[0] * len(out) + [o - i for o, i in zip(out, inferred,
+                                                                     strict=True)])

@@ -1,6 +1,6 @@
 """ONNX -> IR rules: normalization (BatchNormalization, InstanceNormalization,
 LayerNormalization, RMSNormalization, GroupNormalization, LpNormalization,
-MeanVarianceNormalization) and Softmax / LogSoftmax."""
+MeanVarianceNormalization, LRN) and Softmax / LogSoftmax."""
 
 from __future__ import annotations
 
@@ -88,3 +88,29 @@ def _mvn(cx, ins):
     d = cx.op("sub", x, cx.op("reduce_mean", x, axes=axes, keepdims=True))
     var = cx.op("reduce_mean", cx.op("mul", d, d), axes=axes, keepdims=True)
     return cx.op("div", d, cx.op("sqrt", scalar_op(cx, "add", var, 1e-9)))
+
+
+@rule("LRN")
+def _lrn(cx, ins):
+    # y = x / (bias + alpha / size * sum of x^2 over channels c - floor((size-1)/2) ..
+    #     c + ceil((size-1)/2))^beta: the window sum as shifted slices of the zero-padded squares
+    x = ins[0]
+    size = int(cx.attr("size", 0))
+    if size < 1:
+        raise cx.invalid(f"size must be positive, got {size}")
+    if x.type.rank < 3:
+        raise cx.invalid(f"input {x.type} must have a channel axis and spatial axes")
+    channels = cx.static_shape(x)[1]
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    r = x.type.rank
+    pads = [0] * (2 * r)
+    pads[1], pads[r + 1] = lo, hi
+    sq = cx.op("pad", cx.op("mul", x, x), pads=pads)
+    total = None
+    for j in range(size):
+        part = cx.op("slice", sq, starts=[j], ends=[j + channels], axes=[1])
+        total = part if total is None else cx.op("add", total, part)
+    scale = scalar_op(cx, "mul", total, cx.attr("alpha", 1e-4) / size)
+    denom = cx.op("pow", scalar_op(cx, "add", scale, cx.attr("bias", 1.0)),
+                  cx.scalar(cx.attr("beta", 0.75), x))
+    return cx.op("div", x, denom)

@@ -1,5 +1,6 @@
 """ONNX -> IR rules: shapes and data movement (Shape, Reshape, Squeeze, Transpose, Concat,
-Split, Slice, Gather*, Scatter*, Pad, Tile, SpaceToDepth, DepthToSpace).
+Split, Slice, Gather*, Scatter*, Pad, Tile, SpaceToDepth, DepthToSpace, CenterCropPad,
+Compress, ReverseSequence).
 
 The converter remembers the dims a ``Shape`` of a symbolic tensor holds (``cx.conv.dims``) and
 carries them through Gather, Slice, Unsqueeze and Concat, so that a Reshape or Expand built from
@@ -225,3 +226,67 @@ def _scatter_nd(cx, ins):
 @rule("GatherND")
 def _gather_nd(cx, ins):
     return cx.op("gather_nd", ins[0], ins[1], batch_dims=cx.attr("batch_dims", 0))
+
+
+@rule("CenterCropPad")
+def _center_crop_pad(cx, ins):
+    # per axis: a larger dim is cropped around its centre (the extra odd element comes off the
+    # end), a smaller one zero-padded around it (the extra odd element goes on the end)
+    x = ins[0]
+    r = x.type.rank
+    target = cx.ints(ins[1], "CenterCropPad's shape")
+    axes = [pos_axis(a, r) for a in cx.attr("axes", list(range(r)))]
+    if len(target) != len(axes):
+        raise cx.invalid(f"shape has {len(target)} entries for {len(axes)} axes")
+    dims = cx.static_shape(x)
+    starts, ends, pads = [0] * r, list(dims), [0] * (2 * r)
+    for a, size in zip(axes, target, strict=True):
+        if size < 0:
+            raise cx.invalid(f"shape {target} has a negative size")
+        d = dims[a] - size
+        if d > 0:
+            starts[a], ends[a] = d // 2, dims[a] - (d - d // 2)
+        elif d < 0:
+            pads[a], pads[r + a] = -d // 2, -d - (-d // 2)
+    if starts != [0] * r or ends != list(dims):
+        x = cx.op("slice", x, starts=starts, ends=ends, axes=list(range(r)))
+    return cx.op("pad", x, pads=pads) if any(pads) else cx.op("identity", x)
+
+
+@rule("Compress")
+def _compress(cx, ins):
+    # the slices along axis (of the flattened input without one) where condition is true:
+    # a gather of the true positions, which fix the output's shape
+    x = ins[0]
+    cond = np.asarray(cx.array(ins[1], "Compress's condition")).reshape(-1).astype(bool)
+    axis = cx.attr("axis")
+    if axis is None:
+        x = cx.op("reshape", x, shape=[numel(x.type.shape)])
+        axis = 0
+    axis = pos_axis(axis, x.type.rank)
+    dim = x.type.shape[axis]
+    if isinstance(dim, int) and cond.size > dim:
+        raise cx.invalid(f"condition has {cond.size} entries, more than the {dim} of axis "
+                         f"{axis}")
+    return cx.op("gather", x, cx.const(np.flatnonzero(cond).astype(np.int64)), axis=axis)
+
+
+@rule("ReverseSequence")
+def _reverse_sequence(cx, ins):
+    # batch b's first sequence_lens[b] steps along time_axis reversed, the rest kept: a gather
+    # along time_axis whose indices (lens - 1 - t below lens, t after) the lengths fix
+    x = ins[0]
+    lens = cx.ints(ins[1], "ReverseSequence's sequence_lens")
+    batch_axis, time_axis = cx.attr("batch_axis", 1), cx.attr("time_axis", 0)
+    if {batch_axis, time_axis} != {0, 1}:
+        raise cx.invalid(f"batch_axis {batch_axis} and time_axis {time_axis} must be 0 and 1")
+    dims = cx.static_shape(x)
+    steps = dims[time_axis]
+    if len(lens) != dims[batch_axis] or any(not 0 <= n <= steps for n in lens):
+        raise cx.invalid(f"sequence_lens {lens} must hold one length in [0, {steps}] per "
+                         f"batch entry ({dims[batch_axis]})")
+    t = np.arange(steps)
+    rows = np.stack([np.where(t < n, n - 1 - t, t) for n in lens])  # [batch, time]
+    idx = rows if batch_axis == 0 else rows.T
+    idx = np.broadcast_to(idx.reshape(idx.shape + (1,) * (len(dims) - 2)), dims)
+    return cx.op("gather_elements", x, cx.const(idx.astype(np.int64)), axis=time_axis)
