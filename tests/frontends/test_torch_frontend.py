@@ -10,9 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import rtinfer
-from rtinfer.errors import CaptureError, UnsupportedOpsError
+from rtinfer.errors import BackendError, CaptureError, ParseError, UnsupportedOpsError
 from rtinfer.frontends.torch_frontend import CONVERTERS, flatten_inputs, unflatten_outputs
 from rtinfer.ir import interpret, verify
+from rtinfer.ir.equality import structural_diff
+from rtinfer.ir.parser import parse
+from rtinfer.ir.printer import print_graph
 from rtinfer.ir.types import DType
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -274,3 +277,137 @@ def test_several_index_tensors_count_from_the_end_of_their_own_axis(backend):
             Pick()(x, torch.tensor(bad_i), torch.tensor(bad_j))
         with pytest.raises(IndexOutOfRangeError):
             cm(x, torch.tensor(bad_i), torch.tensor(bad_j))
+
+
+# -- ATen ops the op table lacks: one opaque aten_call each -----------------------------------
+
+
+class Special(nn.Module):
+    """kthvalue (two outputs) and i0 have no converter: each becomes one aten_call."""
+
+    def forward(self, x):
+        values, indices = torch.kthvalue(x, 2, dim=-1)
+        return torch.special.i0(x) + 1, values * 2, indices
+
+
+def _aten_calls(g: rtinfer.ir.Graph) -> list[str]:
+    return sorted(n.attrs["target"] for n in g.nodes if n.op == "aten_call")
+
+
+def test_missing_aten_op_is_captured_as_aten_call_and_matches_eager():
+    x = torch.randn(4, 5)
+    g = check(Special(), x)  # the interpreter runs it through torch: its own reference
+    assert _aten_calls(g) == ["aten.i0.default", "aten.kthvalue.default"]
+    assert [str(v.type) for v in g.outputs] == ["f32[4,5]", "f32[4]", "i64[4]"]
+    # the text form carries it whole and parses back
+    again = parse(print_graph(g))
+    verify(again)
+    assert structural_diff(g, again) is None
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=pytest.mark.slow)])
+def test_aten_call_compiles_is_a_fallback_and_strict_refuses_it(backend):
+    x = torch.randn(4, 5)
+    cm = rtinfer.compile(Special(), example_inputs=(x,), backend=backend, cache=False)
+    with torch.no_grad():
+        want = Special()(x)
+    for got, ref in zip(cm(x), want, strict=True):
+        assert torch.equal(torch.as_tensor(got), ref)
+    assert {"aten_call(aten.i0.default)", "aten_call(aten.kthvalue.default)"} <= set(
+        cm.info.fallbacks)
+    assert "aten_call(aten.kthvalue.default)" in cm.report()
+    with pytest.raises(BackendError, match=r"aten\.kthvalue\.default"):
+        rtinfer.compile(Special(), example_inputs=(x,), backend=backend, cache=False,
+                        strict=True)
+
+
+def test_aten_call_survives_save_and_load(tmp_path):
+    x = torch.randn(4, 5)
+    cm = rtinfer.compile(Special(), example_inputs=(x,), backend="torch", cache=False)
+    cm.save(tmp_path / "m")
+    loaded = rtinfer.load(tmp_path / "m")
+    for got, ref in zip(loaded(x), cm(x), strict=True):
+        assert torch.equal(torch.as_tensor(got), torch.as_tensor(ref))
+    assert "aten_call(aten.kthvalue.default)" in loaded.info.fallbacks
+
+
+_CALL = ('func @m(%x: f32[4,5]) -> f32[4,5] {{\n'
+         '  %y = aten_call(%x) {{target="{target}", args="[[{{\\"in\\": 0}}], {{}}]", '
+         'in_types=["{in_type}"], out_types=["f32[4,5]"]}}\n'
+         '  return %y\n}}')
+
+
+@pytest.mark.parametrize("target, message", [
+    ("builtins.eval", "not an ATen overload name"),
+    ("os.system.default", "not an ATen overload name"),
+    ("aten.no_such_op.default", "no such ATen op"),
+    ("aten.exp.no_such_overload", "no such ATen op"),
+    ("aten.exp_.default", "writes to its inputs"),
+])
+def test_aten_call_target_must_be_a_functional_aten_overload(target, message):
+    # an artifact's graph.ir is parsed on load: the name can only select an ATen op
+    with pytest.raises(ParseError, match=message):
+        parse(_CALL.format(target=target, in_type="f32[4,5]"))
+
+
+def test_aten_call_checks_its_inputs_against_the_captured_types():
+    assert interpret(parse(_CALL.format(target="aten.exp.default", in_type="f32[4,5]")),
+                     np.zeros((4, 5), np.float32))[0, 0] == 1.0
+    with pytest.raises(ParseError, match=r"aten\.exp\.default input 0: expected f32\[4,6\]"):
+        parse(_CALL.format(target="aten.exp.default", in_type="f32[4,6]"))
+    bad_args = _CALL.format(target="aten.exp.default", in_type="f32[4,5]").replace(
+        '\\"in\\": 0', '\\"in\\": 3')
+    with pytest.raises(ParseError, match="input reference 3 out of range"):
+        parse(bad_args)
+
+
+def test_case_a_converter_declines_becomes_an_aten_call():
+    class Pool(nn.Module):
+        def forward(self, x):  # the IR's avg_pool has no divisor override
+            return F.avg_pool2d(x, 2, divisor_override=3)
+
+    x = torch.randn(1, 2, 4, 4)
+    g = check(Pool(), x)
+    assert _aten_calls(g) == ["aten.avg_pool2d.default"]
+    assert [n.op for n in g.nodes if n.op != "const"] == ["aten_call"]  # nothing half done
+
+
+def test_random_op_is_not_captured_as_aten_call():
+    class Noisy(nn.Module):
+        def forward(self, x):
+            return x + torch.poisson(x.abs())
+
+    with pytest.raises(UnsupportedOpsError, match="random") as e:
+        rtinfer.capture(Noisy(), (torch.rand(3),))
+    assert e.value.ops[0][0] == "aten.poisson.default"
+
+
+# -- in-place writes (functionalized by torch.export) -----------------------------------------
+
+
+def shift_tokens_right(ids: torch.Tensor, pad: int, start: int) -> torch.Tensor:
+    """Hugging Face's BART/Marian shift, in-place writes and all."""
+    shifted = ids.new_zeros(ids.shape)
+    shifted[:, 1:] = ids[:, :-1].clone()
+    shifted[:, 0] = start
+    shifted.masked_fill_(shifted == -100, pad)
+    return shifted
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=pytest.mark.slow)])
+def test_in_place_writes_become_ir_ops(backend):
+    class Shift(nn.Module):
+        def forward(self, ids, x):
+            y = x.clone()
+            y[1] = x[0] * 2  # select_scatter
+            y[:, 2:4] = 0.5  # slice_scatter of a broadcast copy
+            return shift_tokens_right(ids, 1, 2), y
+
+    ids = torch.tensor([[5, -100, 7, 8], [9, 10, -100, 12]])
+    g = check(Shift(), ids, torch.randn(3, 6))
+    assert _aten_calls(g) == []
+    cm = rtinfer.compile(Shift(), example_inputs=(ids, torch.randn(3, 6)), backend=backend,
+                         cache=False, strict=True)  # strict: nothing falls back
+    x = torch.randn(3, 6)
+    got, want = cm(ids, x), Shift()(ids, x)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -144,6 +144,45 @@ def bart_encoder():
     return _init(BartEncoder, cfg), text_inputs()
 
 
+# -- encoder-decoders: the decoder runs on shifted inputs (BART/Marian shift with in-place writes)
+
+
+def _seq2seq_config(cls: Any, **extra: Any) -> Any:
+    return cls(vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2,
+               encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+               decoder_ffn_dim=64, max_position_embeddings=64, use_cache=False, **extra)
+
+
+@_model("bart")
+def bart():
+    """The whole BartModel: decoder_input_ids come from shift_tokens_right(input_ids)."""
+    from transformers import BartConfig, BartModel
+    return _init(BartModel, _seq2seq_config(BartConfig)), text_inputs()
+
+
+@_model("marian")
+def marian():
+    """MarianMT with labels: the decoder inputs are shift_tokens_right(labels); the outputs
+    include the loss."""
+    from transformers import MarianConfig, MarianMTModel
+    cfg = _seq2seq_config(MarianConfig, pad_token_id=1, decoder_start_token_id=1)
+    inputs = text_inputs()
+    inputs["labels"] = text_inputs(seed=1)["input_ids"]
+    return _init(MarianMTModel, cfg), inputs
+
+
+@_model("t5")
+def t5():
+    """T5 with its decoder (T5ForConditionalGeneration; labels shifted right by _shift_right)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+    cfg = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                   num_decoder_layers=2, num_heads=4, use_cache=False,
+                   decoder_start_token_id=0)
+    inputs = text_inputs()
+    inputs["labels"] = text_inputs(seed=1)["input_ids"]
+    return _init(T5ForConditionalGeneration, cfg), inputs
+
+
 @_model("vit")
 def vit():
     from transformers import ViTConfig, ViTModel

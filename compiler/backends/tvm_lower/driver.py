@@ -22,6 +22,7 @@ from rtinfer.backends.tvm_lower.context import (
 from rtinfer.errors import BackendError, RtinferError, Unsupported
 from rtinfer.ir.constants import ElidedTensor
 from rtinfer.ir.graph import Graph, Node
+from rtinfer.ir.ops.aten import fallback_name
 from rtinfer.ir.printer import format_node
 
 
@@ -196,11 +197,11 @@ def lower_graph(graph: Graph, *, strict: bool = False) -> Lowered:
                         raise
                     if strict:
                         raise BackendError(
-                            f"TVM backend: cannot lower {node.op} ({_reason(e)})\n  at: "
+                            f"TVM backend: cannot lower {fallback_name(node)} ({_reason(e)})"
+                            f"\n  at: "
                             f"{format_node(node)}\n(strict=False runs it in the torch "
                             f"backend instead)") from None
-                    if node.op not in fallbacks:
-                        fallbacks[node.op] = _reason(e)
+                    fallbacks.setdefault(fallback_name(node), _reason(e))
                     _lower_fallback(cx, node, env, callbacks)
             outs = [env[id(v)] for v in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))

@@ -21,6 +21,7 @@ from rtinfer.frontends.torch_frontend import (  # noqa: F401  (each declares its
     elementwise,
     nn,
     reduce,
+    scatter,
     shape,
 )
 from rtinfer.frontends.torch_frontend.capture import (

@@ -14,7 +14,8 @@ import sympy
 import torch
 import torch.utils._pytree as pytree
 
-from rtinfer.errors import CaptureError, UnsupportedOpsError
+from rtinfer.errors import CaptureError, IRError, UnsupportedOpsError
+from rtinfer.frontends.torch_frontend.aten_call import convert_aten_call, opaque_reason
 from rtinfer.frontends.torch_frontend.context import CONVERTERS, KEEP_OPS, Ctx, ir_dtype
 from rtinfer.ir.graph import Graph, Provenance, Value
 from rtinfer.ir.ops.common import to_numpy
@@ -210,7 +211,10 @@ def _convert(ep: Any, model_name: str, dynamic_dims: Any) -> Graph:
         name = str(n.target)
         if name in CONVERTERS or name in _SKIP or _is_symbolic_node(n):
             continue
-        missing.append((name, n.name, _module_path(n)))
+        why = opaque_reason(n)  # no converter: kept whole as an aten_call where it can be
+        if why is not None:
+            path = _module_path(n)  # the location also says why it cannot be an aten_call
+            missing.append((name, n.name, f"{path}; {why}" if path else why))
     if missing:
         raise UnsupportedOpsError(
             "torch", missing,
@@ -277,12 +281,12 @@ def _convert(ep: Any, model_name: str, dynamic_dims: Any) -> Graph:
         if _is_symbolic_node(n):
             env[n] = n.meta["val"]
             continue
-        a = _bind(n.target, tuple(_resolve(env, x) for x in n.args),
-                  {k: _resolve(env, x) for k, x in n.kwargs.items()})
-        try:
-            out = CONVERTERS[name](cx, **a)
-        except TypeError as e:
-            raise CaptureError(f"converting {name} at {n.name} ({path}): {e}") from None
+        args = tuple(_resolve(env, x) for x in n.args)
+        kwargs = {k: _resolve(env, x) for k, x in n.kwargs.items()}
+        if name not in CONVERTERS:
+            out = convert_aten_call(cx, args, kwargs)
+        else:
+            out = _convert_node(cx, n, args, kwargs)
         if isinstance(out, Value):
             out.name = out.name or n.name
         elif isinstance(out, list):
@@ -310,6 +314,28 @@ def _convert(ep: Any, model_name: str, dynamic_dims: Any) -> Graph:
                        "input_names": input_names, "input_kinds": flat_kinds,
                        "outputs": template}
     return g
+
+
+def _convert_node(cx: Ctx, n: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
+    """``n`` through its converter; a case the converter or the IR op declines (a 3-d conv,
+    a divisor override, an input dtype the IR op lacks) is kept whole as an ``aten_call``
+    where the op qualifies, rather than refusing the model."""
+    name = str(n.target)
+    first = len(cx.graph.nodes)
+    try:
+        return CONVERTERS[name](cx, **_bind(n.target, args, kwargs))
+    except UnsupportedOpsError:
+        raise
+    except (CaptureError, IRError, TypeError) as e:
+        if opaque_reason(n) is not None:
+            if isinstance(e, TypeError):
+                raise CaptureError(f"converting {name} at {n.name} ({_module_path(n)}): "
+                                   f"{e}") from None
+            raise
+    for node in reversed(list(cx.graph.nodes)[first:]):  # what the converter left half done
+        if not any(cx.graph.has_uses(v) for v in node.outputs):
+            cx.graph.remove_node(node)
+    return convert_aten_call(cx, args, kwargs)
 
 
 def _resolve(env: dict, x: Any) -> Any:
