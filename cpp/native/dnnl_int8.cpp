@@ -18,8 +18,16 @@
 #include "dnnl_ops.h"
 
 #include "dnnl_common.h"
+#include "int8_pool.h"
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <limits>
 #include <type_traits>
 
@@ -169,18 +177,27 @@ void add_quant_operands(Kernel& k, const QuantSpec& q) {
 
 // Registers the step: a quantized residual's codes copied into dst first (unless the residual
 // is dst itself), then the primitive (and the f32 tail).
+// (The kernel's scratchpad is bound already.)
+void add_int8_step(Plan& plan, std::shared_ptr<const Kernel> kc, bool sum, int residual,
+                   int dst, int64_t dst_bytes) {
+  if (!sum) {
+    plan.add_step({kc->name, [kc](Ctx& ctx) { kc->run(ctx); }});
+    return;
+  }
+  plan.add_step({kc->name, [kc, residual, dst, dst_bytes](Ctx& ctx) {
+    if (ctx.ptr[residual] != ctx.ptr[dst])
+      std::memcpy(ctx.ptr[dst], ctx.ptr[residual], (size_t)dst_bytes);
+    kc->run(ctx);
+  }});
+}
+
 template <typename PD>
 std::string finish_int8(Plan& plan, std::shared_ptr<Kernel> k, const PD& pd, bool sum,
                         int residual, int dst, int64_t dst_bytes) {
   if (!sum) return finish(plan, std::move(k), pd);
   bind_scratchpad(plan, *k, pd);
   std::string impl = pd.impl_info_str();
-  std::shared_ptr<const Kernel> kc = std::move(k);
-  plan.add_step({kc->name, [kc, residual, dst, dst_bytes](Ctx& ctx) {
-    if (ctx.ptr[residual] != ctx.ptr[dst])
-      std::memcpy(ctx.ptr[dst], ctx.ptr[residual], (size_t)dst_bytes);
-    kc->run(ctx);
-  }});
+  add_int8_step(plan, std::move(k), sum, residual, dst, dst_bytes);
   return impl;
 }
 
@@ -318,7 +335,9 @@ void add_quantize(Plan& plan, const std::string& name, int x, int y, int64_t out
 }
 
 // Max pooling of u8/i8 codes (NHWC): max commutes with the increasing affine map, so the output
-// has the input's QuantParams. oneDNN's max pooling skips padding taps.
+// has the input's QuantParams. rtinfer's own loop (int8_pool.cpp; oneDNN 3.2's was slower at
+// ResNet-18's pool); $RTINFER_QPOOL=onednn takes oneDNN's (comparisons, bisecting), which
+// skips padding taps alike.
 std::string add_pool_int8(Plan& plan, const std::string& name, int x, int y,
                           const std::string& dtype, std::vector<int64_t> src_shape,
                           std::vector<int64_t> dst_shape, std::vector<int64_t> kernel,
@@ -336,6 +355,10 @@ std::string add_pool_int8(Plan& plan, const std::string& name, int x, int y,
     pe[i] = (dst_shape[2 + i] - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1 -
             src_shape[2 + i] - pad_begin[i];
   for (int i = 0; i < 2; ++i) pe[i] = std::max<int64_t>(pe[i], 0);
+  const char* forced = std::getenv("RTINFER_QPOOL");
+  if (forced == nullptr || std::string(forced) != "onednn")
+    return add_qmax_pool(plan, name, x, y, q == dt::u8, src_shape, dst_shape, kernel, stride,
+                         pad_begin, dilation, nhwc);
   auto tag = nhwc ? memory::format_tag::nhwc : memory::format_tag::nchw;
   memory::desc src_md(src_shape, q, tag), dst_md(dst_shape, q, tag);
   dnnl::primitive_attr attr;
@@ -355,6 +378,168 @@ std::string add_pool_int8(Plan& plan, const std::string& name, int x, int y,
 } catch (const dnnl::error& err) {
   throw dnnl_failure(name, err);
 }
+
+namespace {
+
+// -- torch's bundled oneDNN as a second int8 convolution ----------------------------------------
+//
+// torch bundles a much newer oneDNN than the PyPI 3.2 rtinfer links (its VNNI / AMX int8
+// convolutions ran ResNet-18's 3x3 layers up to 2x faster here), reachable as the ATen
+// operators onednn::qconv_prepack / qconv2d_pointwise. Both compute the formula at the top of
+// this file (int32 accumulation, f32 scales, round half to even, saturation), so either may run
+// a layer; the faster at the layer's shape is kept when the plan is built, as for f32 GEMMs.
+
+// $RTINFER_QCONV=onednn keeps every int8 conv on rtinfer's oneDNN, =aten takes torch's wherever
+// offered (tests, comparisons, bisecting); unset, the faster is timed.
+std::string qconv_forced() {
+  const char* v = std::getenv("RTINFER_QCONV");
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+// A layer smaller than this (multiply-adds) stays on rtinfer's oneDNN without timing: the
+// candidates differ by less than the timer's noise there and ATen's dispatch costs microseconds.
+constexpr double kQconvChoiceMacs = 1 << 22;
+
+c10::OperatorHandle aten_op(const char* name, const char* overload) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload);
+}
+
+Dims nhwc_strides(const Dims& d) { return {d[1] * d[2] * d[3], 1, d[3] * d[1], d[1]}; }
+
+at::ScalarType torch_type(dt t) {
+  return t == dt::u8 ? at::kByte : t == dt::s8 ? at::kChar : at::kFloat;
+}
+
+// One qconv2d as torch's operator on the plan's NHWC slots: the plain form, or the binary form
+// whose accumulator (the residual's codes, copied into dst first) is overwritten by the output
+// (the schema's `Tensor(a!) qaccum`), so the output lands in dst with no copy.
+struct AtenQconv {
+  std::optional<c10::OperatorHandle> op;
+  std::vector<c10::IValue> proto;  // the operator's arguments; the tensors are set per call
+  int src = -1, dst = -1, residual = -1;
+  Dims src_dims, dst_dims;
+  at::ScalarType src_type = at::kByte, dst_type = at::kByte;
+  int64_t dst_bytes = 0;
+  bool sum = false;
+
+  void run(Ctx& ctx) const {
+    std::vector<c10::IValue> stack = proto;
+    stack[0] = torch::from_blob(ctx.ptr[src], src_dims, nhwc_strides(src_dims),
+                                torch::TensorOptions().dtype(src_type));
+    auto y = torch::from_blob(ctx.ptr[dst], dst_dims, nhwc_strides(dst_dims),
+                              torch::TensorOptions().dtype(dst_type));
+    if (sum) {
+      if (ctx.ptr[residual] != ctx.ptr[dst])
+        std::memcpy(ctx.ptr[dst], ctx.ptr[residual], (size_t)dst_bytes);
+      stack[6] = y;
+      op->callBoxed(stack);
+      return;
+    }
+    op->callBoxed(stack);
+    y.copy_(stack[0].toTensor());
+  }
+};
+
+// torch's form of the layer, or null where it has none: u8 sources, symmetric padding, no
+// activation but relu, a residual only added before it ("pre") as codes of the output's type.
+std::shared_ptr<AtenQconv> aten_qconv(const QuantSpec& q, const torch::Tensor& weight,
+                                      const std::optional<torch::Tensor>& bias, const Dims& src,
+                                      const Dims& dst, const std::vector<int64_t>& stride,
+                                      const std::vector<int64_t>& pad_begin,
+                                      const std::vector<int64_t>& pad_end,
+                                      const std::vector<int64_t>& dilation, int64_t groups,
+                                      int src_slot, int dst_slot) {
+  if (q.src_dt != dt::u8 || q.dst_dt == dt::f32 || pad_begin != pad_end) return nullptr;
+  if (q.activation != "none" && q.activation != "relu") return nullptr;
+  const bool sum = q.residual >= 0;
+  if (sum && (q.residual_mode != "pre" || q.res_dt != q.dst_dt)) return nullptr;
+  auto a = std::make_shared<AtenQconv>();
+  a->op = aten_op("onednn::qconv2d_pointwise", sum ? "binary" : "");
+  a->src = src_slot, a->dst = dst_slot, a->residual = q.residual, a->sum = sum;
+  a->src_dims = src, a->dst_dims = dst;
+  a->src_type = torch_type(q.src_dt), a->dst_type = torch_type(q.dst_dt);
+  a->dst_bytes = dst[0] * dst[1] * dst[2] * dst[3];
+  auto w_scales = torch::tensor(q.w_scales, torch::TensorOptions().dtype(at::kFloat));
+  if (w_scales.numel() == 1 && weight.size(0) > 1) w_scales = w_scales.expand({weight.size(0)});
+  w_scales = w_scales.contiguous();
+  auto w_zps = torch::zeros({w_scales.numel()}, torch::TensorOptions().dtype(at::kLong));
+  std::vector<int64_t> pad(pad_begin.begin(), pad_begin.end());
+  std::vector<c10::IValue> pack{weight.contiguous(), w_scales, (double)q.src_scale,
+                                (int64_t)q.src_zp, stride, pad, dilation, groups,
+                                std::vector<int64_t>(src.begin(), src.end())};
+  aten_op("onednn::qconv_prepack", "").callBoxed(pack);
+  c10::IValue b = bias ? c10::IValue(bias->detach().contiguous().clone()) : c10::IValue();
+  c10::IValue none_scalars = c10::List<std::optional<at::Scalar>>();
+  c10::IValue out_type = a->dst_type;
+  if (sum)
+    a->proto = {c10::IValue(), (double)q.src_scale, (int64_t)q.src_zp, pack[0], w_scales, w_zps,
+                c10::IValue(), b, stride, pad, dilation, groups, (double)q.dst_scale,
+                (int64_t)q.dst_zp, out_type, (double)q.res_scale, (int64_t)q.res_zp,
+                std::string("sum"), at::Scalar(1.0), q.activation, none_scalars,
+                std::string("")};
+  else
+    a->proto = {c10::IValue(), (double)q.src_scale, (int64_t)q.src_zp, pack[0], w_scales, w_zps,
+                b, stride, pad, dilation, groups, (double)q.dst_scale, (int64_t)q.dst_zp,
+                out_type, q.activation, none_scalars, std::string("")};
+  return a;
+}
+
+// Median seconds of `run` over seven calls after two warm-up calls.
+template <typename F>
+double median_seconds(const F& run) {
+  run();
+  run();
+  double t[7];
+  for (double& v : t) {
+    double t0 = omp_get_wtime();
+    run();
+    v = omp_get_wtime() - t0;
+  }
+  std::sort(t, t + 7);
+  return t[3];
+}
+
+// Whether torch's form is faster than rtinfer's primitive `k` (scratchpad bound) on scratch
+// data, once per layer shape, epilogue and thread count in this process.
+bool aten_qconv_faster(const Plan& plan, const Kernel& k, const AtenQconv& alt,
+                       const std::string& key, int threads) {
+  static std::map<std::string, bool> verdicts;
+  static std::mutex verdicts_mutex;
+  const int nthreads = threads > 0 ? threads : omp_get_max_threads();
+  const std::string full = key + " t" + std::to_string(nthreads);
+  std::lock_guard<std::mutex> lock(verdicts_mutex);
+  auto it = verdicts.find(full);
+  if (it != verdicts.end()) return it->second;
+  auto u8 = torch::TensorOptions().dtype(at::kByte);
+  auto count = [](const Dims& d) { return d[0] * d[1] * d[2] * d[3]; };
+  auto ts = torch::randint(0, 256, {count(alt.src_dims)}, u8);
+  auto td = torch::randint(0, 256, {count(alt.dst_dims)}, u8);
+  auto tr = torch::randint(0, 256, {count(alt.dst_dims)}, u8);
+  Ctx ctx;
+  ctx.ptr.assign(std::max({alt.src, alt.dst, alt.residual}) + 1, nullptr);
+  ctx.ptr[alt.src] = static_cast<char*>(ts.data_ptr());
+  ctx.ptr[alt.dst] = static_cast<char*>(td.data_ptr());
+  if (alt.residual >= 0) ctx.ptr[alt.residual] = static_cast<char*>(tr.data_ptr());
+  auto scratch = torch::empty({std::max<int64_t>(plan.scratch_bytes(), 64) + 64}, u8);
+  ctx.scratch = reinterpret_cast<char*>(
+      (reinterpret_cast<uintptr_t>(scratch.data_ptr()) + 63) / 64 * 64);
+  ctx.threads = nthreads;
+  dnnl::stream stream(cpu_engine());
+  ctx.stream = &stream;
+  const int old = omp_get_max_threads();
+  omp_set_num_threads(nthreads);
+  const double t_onednn = median_seconds([&] {
+    if (alt.sum && ctx.ptr[alt.residual] != ctx.ptr[alt.dst])
+      std::memcpy(ctx.ptr[alt.dst], ctx.ptr[alt.residual], (size_t)alt.dst_bytes);
+    k.run(ctx);
+  });
+  const double t_aten = median_seconds([&] { alt.run(ctx); });
+  omp_set_num_threads(old);
+  // rtinfer's own primitive on a near tie: no dispatcher, no per-call tensors
+  return verdicts[full] = t_aten < 0.95 * t_onednn;
+}
+
+}  // namespace
 
 std::string add_qconv(Plan& plan, const std::string& name, int src, int dst, int residual,
                       std::vector<int64_t> src_shape, const std::string& src_dt, double src_scale,
@@ -416,8 +601,29 @@ std::string add_qconv(Plan& plan, const std::string& name, int src, int dst, int
   if (bias) k->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
   add_quant_operands(*k, q);
   if (a.tail) k->tail = make_tail(a.act, dst, a.tail_residual, dst_dims);
-  return finish_int8(plan, std::move(k), pd, a.sum, residual, dst,
-                     (int64_t)dst_md.get_size());
+  const std::string forced = qconv_forced();
+  std::shared_ptr<AtenQconv> alt;
+  if (forced != "onednn" && (macs >= kQconvChoiceMacs || forced == "aten"))
+    alt = aten_qconv(q, weight, bias, src_dims, dst_dims, stride, pad_begin, pad_end, dilation,
+                     groups, src, dst);
+  if (!alt)
+    return finish_int8(plan, std::move(k), pd, a.sum, residual, dst,
+                       (int64_t)dst_md.get_size());
+  bind_scratchpad(plan, *k, pd);
+  const std::string key = str(src_dims) + str(w_dims) + str(stride) + str(pad_begin) +
+                          str(dilation) + q.activation + q.residual_mode + (bias ? "b" : "") +
+                          std::to_string((int)q.dst_dt);
+  if (forced != "aten" && !aten_qconv_faster(plan, *k, *alt, key, threads)) {
+    std::string impl = pd.impl_info_str();
+    add_int8_step(plan, std::move(k), a.sum, residual, dst, (int64_t)dst_md.get_size());
+    return impl;
+  }
+  std::shared_ptr<const AtenQconv> ac = std::move(alt);
+  plan.add_step({name + " (torch oneDNN int8 conv: faster here)", [ac](Ctx& ctx) {
+    ac->run(ctx);
+  }});
+  return std::string("aten:qconv2d_pointwise (faster than oneDNN ") + pd.impl_info_str() +
+         " here)";
 } catch (const dnnl::error& err) {
   throw dnnl_failure(name, err);
 }

@@ -176,7 +176,7 @@ CONV_CASES = [  # residual, activation, out dtype, residual quantized, groups, p
 
 
 def conv_graph(residual, activation, out_dtype, quant_residual, groups, per_channel,
-               src: DType = DType.u8, stride: int = 1):
+               src: DType = DType.u8, stride: int = 1, res_dtype: DType = DType.i8):
     rng = np.random.default_rng(3)
     w, wq = per_channel_weight(rng.standard_normal((8, 8 // groups, 3, 3)).astype(np.float32),
                                per_channel=per_channel)
@@ -188,7 +188,7 @@ def conv_graph(residual, activation, out_dtype, quant_residual, groups, per_chan
     ins = [g.add_op("quantize", xv, **act_params(-2, 3, src)), g.add_const(w, quant=wq),
            g.add_const(b)]
     if residual != "none":
-        ins.append(g.add_op("quantize", rv, **act_params(-4, 4, DType.i8)) if quant_residual
+        ins.append(g.add_op("quantize", rv, **act_params(-4, 4, res_dtype)) if quant_residual
                    else rv)
     y = g.add_op("qconv2d", *ins, stride=[stride, stride], pad=[1, 1, 1, 1], dilation=[1, 1],
                  groups=groups, activation=activation, residual=residual,
@@ -216,6 +216,107 @@ def test_qconv2d_i8_source_and_stride_two(level):
                     "then differs from the reference by more than a unit): sources are u8")
     g, inputs = conv_graph("pre", "relu", DType.u8, True, 1, True, src=DType.i8, stride=2)
     check(run_native(g, *inputs)[0], interpret(g, *inputs))
+
+
+def step_names(m: NativeModule, *inputs: np.ndarray) -> list[str]:
+    return [name for name, _ in m.profile(*(torch.from_numpy(x) for x in inputs), iters=1)]
+
+
+# the layers torch's bundled oneDNN is offered for: u8 sources, no activation but relu, a
+# residual only as a sum of codes of the output's type before the activation
+TORCH_CONV_CASES = [  # residual, activation, out dtype, groups, per channel, stride
+    ("none", "relu", DType.u8, 1, True, 1),
+    ("none", "none", DType.i8, 1, False, 2),
+    ("pre", "relu", DType.u8, 1, True, 1),
+    ("pre", "none", DType.i8, 1, True, 2),
+    ("none", "relu", DType.u8, 8, True, 1),  # depthwise
+]
+
+
+@pytest.mark.parametrize("residual,activation,out_dtype,groups,per_channel,stride",
+                         TORCH_CONV_CASES)
+def test_qconv2d_on_torchs_onednn_matches_the_interpreter(level, monkeypatch, residual,
+                                                          activation, out_dtype, groups,
+                                                          per_channel, stride):
+    """$RTINFER_QCONV=aten runs every offered qconv2d on torch's bundled oneDNN (the one the
+    plan keeps where it is faster): the same codes as the reference within a unit."""
+    monkeypatch.setenv("RTINFER_QCONV", "aten")
+    g, inputs = conv_graph(residual, activation, out_dtype, residual != "none", groups,
+                           per_channel, stride=stride, res_dtype=out_dtype)
+    m = NativeModule(g, strict=True)
+    assert any("torch oneDNN int8 conv" in n for n in step_names(m, *inputs))
+    got = m(*(torch.from_numpy(x) for x in inputs))[0].numpy()
+    check(got, interpret(g, *inputs))
+    # the residual input is read, not written: a second call gives the same codes
+    again = m(*(torch.from_numpy(x) for x in inputs))[0].numpy()
+    np.testing.assert_array_equal(got, again)
+
+
+@pytest.mark.parametrize("case", [("post", "relu", DType.u8, True),  # act then add
+                                  ("none", "gelu", DType.u8, False),  # no such torch post-op
+                                  ("pre", "relu", DType.u8, True)])   # i8 residual, u8 out
+def test_qconv2d_torch_not_offered_stays_on_rtinfers_onednn(level, monkeypatch, case):
+    monkeypatch.setenv("RTINFER_QCONV", "aten")
+    residual, activation, out_dtype, quant_residual = case
+    g, inputs = conv_graph(residual, activation, out_dtype, quant_residual, 1, True)
+    m = NativeModule(g, strict=True)
+    names = step_names(m, *inputs)
+    assert not any("torch oneDNN" in n for n in names), names
+    check(m(*(torch.from_numpy(x) for x in inputs))[0].numpy(), interpret(g, *inputs))
+
+
+def test_qconv2d_choice_forced_to_rtinfers_onednn(level, monkeypatch):
+    monkeypatch.setenv("RTINFER_QCONV", "onednn")
+    g, inputs = conv_graph("pre", "relu", DType.u8, True, 1, True, res_dtype=DType.u8)
+    assert not any("torch oneDNN" in n for n in step_names(NativeModule(g, strict=True),
+                                                           *inputs))
+
+
+@pytest.mark.parametrize("dtype", [DType.u8, DType.i8])
+@pytest.mark.parametrize("channels", [70, 32, 5])
+def test_int8_max_pool_nhwc_exact(level, dtype, channels):
+    """rtinfer's own int8 max pool on NHWC codes (a qconv2d's output): full vectors of
+    channels, a partial one, padding, dilation and ceil mode, exactly the interpreter's pool of
+    the same codes."""
+    rng = np.random.default_rng(5)
+    w, wq = per_channel_weight(rng.standard_normal((channels, 3, 1, 1)).astype(np.float32))
+    g = Graph()
+    xv = g.add_input(TensorType(DType.f32, (2, 3, 11, 13)), "x")
+    q = g.add_op("quantize", xv, **act_params(-2, 2, DType.u8))
+    c = g.add_op("qconv2d", q, g.add_const(w, quant=wq), stride=[1, 1], pad=[0, 0, 0, 0],
+                 dilation=[1, 1], groups=1, **out_attrs(-3, 3, dtype))
+    windows = [dict(kernel=[3, 3], stride=[2, 2], pad=[1, 1, 1, 1]),
+               dict(kernel=[2, 3], stride=[2, 1], dilation=[2, 1], pad=[1, 0, 1, 0]),
+               dict(kernel=[2, 2], stride=[2, 2], ceil_mode=True)]
+    pools = [g.add_op("max_pool2d", c, **wdw) for wdw in windows]
+    g.set_outputs([c, *pools])
+    verify(g)
+    x = rng.uniform(-2, 2, (2, 3, 11, 13)).astype(np.float32)
+    codes, *got = run_native(g, x)
+    # the reference: the same pools over the native conv's codes
+    r = Graph()
+    cv = r.add_input(c.type, "c")
+    r.set_outputs([r.add_op("max_pool2d", cv, **wdw) for wdw in windows])
+    want = interpret(r, codes)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype == dtype.np and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    assert len(np.unique(codes)) > 8
+
+
+def test_int8_max_pool_agrees_with_onednns(level, monkeypatch):
+    """$RTINFER_QPOOL=onednn builds oneDNN's int8 pooling instead (for comparisons): the
+    same codes as rtinfer's own, NCHW here."""
+    g = Graph()
+    xv = g.add_input(TensorType(DType.f32, (1, 4, 9, 9)), "x")
+    q = g.add_op("quantize", xv, **act_params(-3, 3, DType.u8))
+    g.set_outputs([g.add_op("max_pool2d", q, kernel=[3, 3], stride=[2, 2], pad=[1, 1, 1, 1])])
+    x = np.random.default_rng(6).uniform(-3, 3, (1, 4, 9, 9)).astype(np.float32)
+    own = NativeModule(g, strict=True)
+    monkeypatch.setenv("RTINFER_QPOOL", "onednn")
+    onednn = NativeModule(g, strict=True)
+    np.testing.assert_array_equal(own(torch.from_numpy(x))[0].numpy(),
+                                  onednn(torch.from_numpy(x))[0].numpy())
 
 
 @pytest.mark.parametrize("out_dtype,residual,quant_residual", [

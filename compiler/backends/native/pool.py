@@ -39,10 +39,10 @@ def _pool2d(cx: Lowerer, node: Node) -> None:
     y = cx.new_value(node.out, nhwc=x.nhwc)  # a 1x1 result is the same bytes either way
     if x.dtype is not DType.f32:
         # int8 codes: max commutes with the (increasing) affine map, so the output keeps the
-        # input's QuantParams; oneDNN's int8 max pooling
+        # input's QuantParams; rtinfer's own int8 max pooling (cpp/native/int8_pool.cpp)
         args = (x.buf, y.buf, str(x.dtype), list(x.shape), list(y.shape), kernel, stride,
                 pad[:2], dil, x.nhwc, cx.threads)
-        cx.step("oneDNN int8 max_pool2d",
+        cx.step("int8 max_pool2d",
                 lambda ext, plan, name: ext.add_pool_int8(plan, name, *args), [x.buf], [y.buf])
         return
     n, c, h, w = x.shape
