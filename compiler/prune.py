@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -40,11 +40,20 @@ from rtinfer.frontends.torch_frontend import unflatten_outputs
 from rtinfer.ir.graph import Graph
 from rtinfer.ir.interpreter import bind_dims, eval_dim
 from rtinfer.ir.types import TensorType
+from rtinfer.passes.pruning.dependency import ChannelDependency
 from rtinfer.passes.pruning.prune_channels import (
+    DATA_IMPORTANCE,
     IMPORTANCE,
     GroupResult,
     group_ratios,
     prune_graph,
+)
+from rtinfer.passes.pruning.prune_depth import (
+    DepthResult,
+    block_influence,
+    depth_count,
+    find_blocks,
+    prune_depth_graph,
 )
 from rtinfer.rewrite import Rewriter
 
@@ -93,6 +102,8 @@ class PruneReport:
     importance: str
     groups: list[GroupResult] = field(default_factory=list)
     blocked_ops: list[str] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)  # residual blocks found (depth=...)
+    blocks_removed: list[str] = field(default_factory=list)  # those dropped, graph order
 
     def __str__(self) -> str:
         def pct(a: int, b: int) -> str:
@@ -113,6 +124,9 @@ class PruneReport:
                          f"{g.params_before:>10,} -> {g.params_after:<10,} {g.group}{note}")
         if self.blocked_ops:
             lines.append(f"blocked by: {', '.join(self.blocked_ops)}")
+        if self.blocks_removed:
+            lines.append(f"residual blocks removed ({len(self.blocks_removed)} of "
+                         f"{len(self.blocks)}): {', '.join(self.blocks_removed)}")
         return "\n".join(lines)
 
 
@@ -297,16 +311,103 @@ def _taylor_saliency(graph: Graph, data: Iterable[Any] | None) -> dict[int, np.n
     return out
 
 
+def _data_inputs(graph: Graph, batch: Any, where: str) -> tuple:
+    """A data batch's input tensors in the order of the graph's inputs (a dict batch by name,
+    its "labels" left out; a tuple's trailing labels left out)."""
+    if isinstance(batch, dict):
+        named, _ = _split_named(batch, where)
+        missing = [v.name for v in graph.inputs if v.name not in named]
+        if missing:
+            raise PruneError(f"{where}: the model's input(s) {', '.join(map(str, missing))} "
+                             f"are missing from the batch dict")
+        return tuple(named[v.name] for v in graph.inputs)
+    return _split_batch(batch, len(graph.inputs), where)[0]
+
+
+def probe_values(graph: Graph, values: Sequence[Any], data: Iterable[Any]
+                 ) -> Iterator[list[torch.Tensor]]:
+    """Per data batch, the tensors of ``values`` (values of ``graph``): the outputs of a
+    copy of the graph, built by the torch backend."""
+    probe = graph.clone()
+    twin = dict(zip(graph.values(), probe.values(), strict=True))
+    probe.set_outputs([twin[v] for v in values])
+    net = build_module(probe) if values else None
+    for k, batch in enumerate(data):
+        inputs = _data_inputs(graph, batch, f"data batch {k + 1}")
+        if net is None:
+            yield []
+            continue
+        with torch.no_grad():
+            yield list(net(*inputs))
+
+
+def _activation_saliency(graph: Graph, data: Iterable[Any] | None) -> dict[int, np.ndarray]:
+    """|w_ij| * ||x_j||_2 per weight element (by the index of its const node in ``graph``),
+    x_j the layer's input along the weight's input axis j over every position of ``data``
+    (Wanda's score; the group sums it over each channel's slices). Layers whose input axis
+    does not map one to one onto the weight's (a grouped convolution's) are left out."""
+    dep = ChannelDependency(graph)
+    index = {id(node): k for k, node in enumerate(graph.nodes)}
+    readers = []  # (const node index, weight, its in-axis, the data input, its channel axis)
+    for node in graph.nodes:
+        role = node.opdef.weight
+        if role is None or role.input >= len(node.inputs) or not node.inputs:
+            continue
+        w, x = node.inputs[role.input], node.inputs[0]
+        if not w.is_const or x.is_const or w.type.rank < 2 or role.input == 0:
+            continue
+        w_in = dep.label_of(w, role.axes(w.type.rank)[1])
+        axis = next((ax for ax in range(x.type.rank)
+                     if np.array_equal(dep.label_of(x, ax), w_in)), None)
+        if axis is not None:
+            readers.append((index[id(w.producer)], w, role.axes(w.type.rank)[1], x, axis))
+    sq: dict[int, np.ndarray] = {}
+    seen = 0
+    for outs in probe_values(graph, [x for _, _, _, x, _ in readers], data or ()):
+        seen += 1
+        for (k, _, _, _, axis), a in zip(readers, outs, strict=True):
+            a = a.detach().double().movedim(axis, 0)
+            sq[k] = sq.get(k, 0.0) + (a.reshape(a.shape[0], -1) ** 2).sum(1).numpy()
+    if seen == 0:
+        raise PruneError("activation importance needs data: pass data=[inputs, ...] (tuples "
+                         "of tensors or dicts of named tensors)")
+    out = {}
+    for k, w, in_axis, _, _ in readers:
+        shape = [1] * w.type.rank
+        shape[in_axis] = -1
+        out[k] = np.abs(np.asarray(w.const_data, np.float64)) * np.sqrt(sq[k]).reshape(shape)
+    return out
+
+
+def _prune_depth(dense: Graph, depth: int | float, data: Iterable[Any] | None, args: tuple
+                 ) -> tuple[Graph, DepthResult]:
+    """A copy of ``dense`` without its ``depth`` least influential residual blocks, their
+    influence measured on ``data`` (else the example inputs) by the torch backend."""
+    graph = dense.clone()
+    blocks = find_blocks(graph)
+    n = depth_count(len(blocks), depth)
+    batches = list(data) if data is not None else [args]
+
+    def values(vs: list[Any]) -> list[list[np.ndarray]]:
+        return [[t.double().numpy() for t in outs]
+                for outs in probe_values(graph, vs, batches)]
+
+    influence = block_influence(blocks, values) if blocks and n else np.zeros(len(blocks))
+    return graph, prune_depth_graph(graph, n, influence, pass_name="prune")
+
+
 def _prune_once(graph: Graph, args: tuple, ratio: float | dict[str, float], importance: str,
-                ignore: Sequence[str], round_to: int,
-                saliency: dict[int, np.ndarray] | None) -> tuple[Graph, PruneReport]:
+                ignore: Sequence[str], round_to: int, saliency: dict[int, np.ndarray] | None,
+                dense: Graph, depth: DepthResult | None) -> tuple[Graph, PruneReport]:
+    """Prune the channels of a copy of ``graph`` (``dense`` with ``depth``'s blocks gone)."""
     pruned = graph.clone()
     by_uid = None if saliency is None else {
         node.out.uid: saliency[k] for k, node in enumerate(pruned.nodes) if k in saliency}
     result = prune_graph(pruned, ratio=ratio, round_to=round_to, importance=importance,
                          ignore=ignore, pass_name="prune", saliency=by_uid)
-    report = PruneReport(_macs(graph, args), _macs(pruned, args), _params(graph),
-                         _params(pruned), ratio, importance, result.groups, result.blocked_ops)
+    report = PruneReport(_macs(dense, args), _macs(pruned, args), _params(dense),
+                         _params(pruned), ratio, importance, result.groups, result.blocked_ops,
+                         depth.blocks if depth else [], depth.removed if depth else [])
     return pruned, report
 
 
@@ -332,7 +433,8 @@ def _ignore_names(model: Any, ignore: Any) -> list[str]:
 def prune(model: Any, example_inputs: Any = None, ratio: float | Mapping[str, float] = 0.5,
           importance: str = "l2",
           ignore: Any = None, round_to: int = 8, target_macs: float | None = None,
-          data: Iterable[Any] | None = None, dynamic_dims: Any = None) -> PrunedModel:
+          data: Iterable[Any] | None = None, dynamic_dims: Any = None,
+          depth: int | float | None = None) -> PrunedModel:
     """Prune ``model``'s channels and return a trainable ``PrunedModel`` (``.report()``).
 
     ``ratio``: fraction of each group's channels removed (the count kept rounded up to a
@@ -344,8 +446,16 @@ def prune(model: Any, example_inputs: Any = None, ratio: float | Mapping[str, fl
     fraction of the dense MACs (at the example's sizes) to keep (the least uniform ratio that
     stays within it, by bisection).
     ``importance``: "l1", "l2" (weight magnitude over every member of a group), "bn-scale"
-    (|gamma| of the group's BatchNorms) or "taylor" (|w * dL/dw| summed over ``data``: batches
-    of inputs, optionally followed by labels; without labels the model's own predictions).
+    (|gamma| of the group's BatchNorms), "taylor" (|w * dL/dw| summed over ``data``: batches
+    of inputs, optionally followed by labels; without labels the model's own predictions) or
+    "activation" (|w_ij| * ||x_j|| of the layers reading each channel, their inputs x measured
+    on ``data``: what the channel adds to their outputs; no labels or logits needed, so it
+    serves encoders; batches may be dicts of named inputs).
+    ``depth``: residual blocks to drop (an int) or the fraction of them (a float): a CNN's
+    residual blocks, a transformer's attention and FFN sublayers (``prune-depth``); those that
+    turn their input least on ``data`` (else the example inputs) go, their residual path
+    becoming the identity, before the channels are pruned (``ratio=0`` drops blocks alone);
+    ``report().blocks_removed`` names them.
     ``ignore``: layers (names such as ``"fc"`` or the submodules themselves) whose output
     channels stay. ``example_inputs``: a tensor, a tuple, or a dict of named tensors (the
     pruned model then also takes them by name). ``dynamic_dims`` as for ``rtinfer.capture``
@@ -360,21 +470,32 @@ def prune(model: Any, example_inputs: Any = None, ratio: float | Mapping[str, fl
         group_ratios(ratio)  # a bad ratio fails before the capture
         if isinstance(ratio, Mapping):
             ratio = {k: float(r) for k, r in ratio.items()}
-    if importance == "taylor" and data is None:
-        raise PruneError("importance='taylor' needs data=batches (inputs, then optional "
-                         "labels) to measure gradients")
+    if importance in DATA_IMPORTANCE and data is None:
+        raise PruneError(f"importance={importance!r} needs data=batches (inputs, then "
+                         f"optional labels) to measure it on")
+    if depth is not None:  # its type and range fail before the capture; its count after
+        depth_count(depth if isinstance(depth, int) and depth > 0 else 0, depth)
     names = _ignore_names(model, ignore)
     args = _as_tuple(example_inputs)
-    graph = _capture(model, args, dynamic_dims)
-    args = _example_tensors(graph, args)
-    saliency = None if importance != "taylor" else _taylor_saliency(graph, data)
+    dense = _capture(model, args, dynamic_dims)
+    args = _example_tensors(dense, args)
+    graph, depth_result = dense, None
+    if depth is not None:
+        graph, depth_result = _prune_depth(dense, depth, data, args)
+    saliency = (_taylor_saliency(graph, data) if importance == "taylor" else
+                _activation_saliency(graph, data) if importance == "activation" else None)
+
+    def once(r: float | dict[str, float]) -> tuple[Graph, PruneReport]:
+        return _prune_once(graph, args, r, importance, names, round_to, saliency, dense,
+                           depth_result)
+
     if target_macs is None:
-        pruned, report = _prune_once(graph, args, ratio, importance, names, round_to, saliency)
+        pruned, report = once(ratio)
     else:
         if not 0.0 < target_macs <= 1.0:
             raise PruneError(f"target_macs is the fraction of MACs to keep, in (0, 1]; got "
                              f"{target_macs!r}")
-        pruned, report = _prune_once(graph, args, 0.0, importance, names, round_to, saliency)
+        pruned, report = once(0.0)
         if not report.macs_before:
             raise PruneError("target_macs: the model has no counted MACs (its shapes are "
                              "symbolic or it has no conv/linear/matmul)")
@@ -382,19 +503,20 @@ def prune(model: Any, example_inputs: Any = None, ratio: float | Mapping[str, fl
         lo, hi = 0.0, 0.99
         for _ in range(12 if report.macs_after > target_macs * report.macs_before else 0):
             mid = (lo + hi) / 2
-            cand = _prune_once(graph, args, mid, importance, names, round_to, saliency)
+            cand = once(mid)
             if cand[1].macs_after <= target_macs * report.macs_before:
                 hi, pruned, report = mid, *cand
             else:
                 lo = mid
         if report.macs_after > target_macs * report.macs_before:  # not reachable: the most
-            pruned, report = _prune_once(graph, args, hi, importance, names, round_to, saliency)
+            pruned, report = once(hi)
     return PrunedModel(pruned, report)
 
 
 # -- distill ----------------------------------------------------------------------------------
 
-LOSSES = ("logits", "hidden")
+LOSSES = ("logits", "hidden", "embedding")
+SCHEDULES = ("constant", "cosine")
 
 
 def _split_batch(batch: Any, n_inputs: int, where: str) -> tuple[tuple, torch.Tensor | None]:
@@ -459,11 +581,21 @@ def _masked_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> 
     return ((s - t) ** 2 * w).sum() / n.clamp(min=1)
 
 
+def pooled_embedding(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of the token states ``h`` [N, S, H] over the tokens ``mask`` [N, S] keeps
+    (every token without one): a sentence-transformers sentence embedding, before its L2
+    normalization."""
+    if mask is None or mask.shape != h.shape[:2]:
+        return h.mean(1)
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
 def _loss(loss: str, s_out: Any, t_out: Any, labels: torch.Tensor | None, temperature: float,
           alpha: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The distillation loss of one batch, mixed with cross-entropy where labels are given;
     ``mask``: the batch's attention_mask (padding is not distilled)."""
-    if loss == "hidden":
+    if loss in ("hidden", "embedding"):
         ss, ts = hidden_states(s_out), hidden_states(t_out)
         if not ss or [h.shape for h in ss] != [h.shape for h in ts]:
             raise PruneError(
@@ -475,6 +607,14 @@ def _loss(loss: str, s_out: Any, t_out: Any, labels: torch.Tensor | None, temper
         # each layer's hidden states pulled to the teacher's (MiniLM / TinyBERT style)
         value = sum(_masked_mse(s, t, mask) for s, t in zip(ss, ts, strict=True)) / len(ss)
         s = ss[-1]
+        if loss == "embedding":
+            if s.dim() != 3:
+                raise PruneError(f"embedding distillation mean-pools token states [N, S, H]; "
+                                 f"the last hidden state is {list(s.shape)}")
+            # the sentence embedding's direction is what a user compares: 1 - cosine on it
+            cos = F.cosine_similarity(pooled_embedding(s, mask),
+                                      pooled_embedding(ts[-1], mask), dim=-1)
+            value = value + (1 - cos).mean()
     else:
         s = s_out
         if not isinstance(s_out, torch.Tensor) or not isinstance(t_out, torch.Tensor) \
@@ -493,7 +633,8 @@ def _loss(loss: str, s_out: Any, t_out: Any, labels: torch.Tensor | None, temper
 
 def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: int = 600,
             loss: str = "logits", temperature: float = 4.0, lr: float = 1e-3,
-            alpha: float = 0.5, progress: bool = True) -> torch.nn.Module:
+            alpha: float = 0.5, progress: bool = True, schedule: str = "constant",
+            warmup: float = 0.0, weight_decay: float = 0.0) -> torch.nn.Module:
     """Train ``student`` (in place; returned) to match ``teacher`` on ``data``.
 
     ``data``: an iterable of batches, each the model's input tensors optionally followed by
@@ -504,10 +645,15 @@ def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: 
     transformer's ``last_hidden_state``, or every layer's ``hidden_states`` where the model
     returns them, else the output or its first tensor: MiniLM / TinyBERT-style feature
     distillation, which pulls the mean-pooled sentence embedding along; with dict batches the
-    tokens their ``attention_mask`` zeroes, padding, are left out). With
+    tokens their ``attention_mask`` zeroes, padding, are left out), or ``"embedding"``: the
+    hidden-state loss plus ``1 - cosine`` between the student's and the teacher's mean-pooled
+    last hidden states (the sentence embedding of sentence-transformers). With
     labels the loss is ``alpha * distillation + (1 - alpha) * cross-entropy`` of the
-    student's logits, without them the distillation loss alone. Adam at ``lr`` over the
-    student's trainable parameters; a tqdm progress bar shows the loss.
+    student's logits, without them the distillation loss alone. AdamW at ``lr`` (decoupled
+    ``weight_decay``, 0: Adam) over the student's trainable parameters; ``schedule``
+    ``"constant"`` or ``"cosine"`` (the rate decays to 0 at ``steps`` along a half cosine),
+    either after a linear ``warmup`` over that fraction of the steps; a tqdm progress bar
+    shows the loss.
     """
     from tqdm.auto import tqdm
 
@@ -516,6 +662,11 @@ def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: 
                          f"{', '.join(LOSSES)})")
     if not isinstance(steps, int) or steps < 1:
         raise PruneError(f"steps must be a positive int, got {steps!r}")
+    if schedule not in SCHEDULES:
+        raise PruneError(f"unknown schedule {schedule!r} (available: {', '.join(SCHEDULES)})")
+    if not 0.0 <= warmup < 1.0 or not weight_decay >= 0.0:
+        raise PruneError(f"warmup must be a fraction of the steps in [0, 1) and weight_decay "
+                         f">= 0, got {warmup!r} and {weight_decay!r}")
     if not temperature > 0 or not 0.0 <= alpha <= 1.0:
         raise PruneError(f"temperature must be > 0 and alpha in [0, 1], got {temperature!r} "
                          f"and {alpha!r}")
@@ -526,7 +677,17 @@ def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: 
     if isinstance(teacher, torch.nn.Module):
         teacher_was_training = teacher.training
         teacher.eval()
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    ramp = round(warmup * steps)
+
+    def rate(step: int) -> float:  # the multiplier of lr at ``step``
+        if step < ramp:
+            return (step + 1) / ramp
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - ramp) / max(1, steps - ramp))))
+        return 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     student.train()
     step = 0
     bar = tqdm(total=steps, desc="distill", disable=not progress, leave=False)
@@ -552,6 +713,7 @@ def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: 
                 opt.zero_grad(set_to_none=True)
                 loss_value.backward()
                 opt.step()
+                sched.step()
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4g}")
@@ -568,5 +730,5 @@ def distill(student: torch.nn.Module, teacher: Any, data: Iterable[Any], steps: 
     return student
 
 
-__all__ = ["LOSSES", "PruneReport", "PrunedModel", "distill", "hidden_states", "kd_loss",
-           "prune"]
+__all__ = ["LOSSES", "SCHEDULES", "PruneReport", "PrunedModel", "distill", "hidden_states",
+           "kd_loss", "pooled_embedding", "prune"]

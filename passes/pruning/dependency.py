@@ -13,8 +13,10 @@ the ``hidden`` size a norm reduces over) lets a ratio differ per kind.
 
 A channel is blocked (kept whole) when it reaches a graph input or output (the model's
 interface stays), or an op that does not say how the element flows: an op without
-``channel_groups``, or a port axis its groups and links leave out (a grouped convolution's
-channels, a reshape that regroups axes both ways). The group records which op blocked it.
+``channel_groups``, or a port axis its groups and links leave out (a grouped transposed
+convolution's channels, a reshape that regroups axes both ways). A grouped convolution's
+channel is one index of every group (its ``PruneHook.links``), so groups shrink alike. The
+group records which op blocked it.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class ChannelGroup:
     weights: list[WeightMember]
     blocked_by: list[str] = field(default_factory=list)
     # features per channel in the producing layers' weights: 1 for a conv channel or an FFN
-    # neuron, the head size for attention heads (a reshape splits the features into heads)
+    # neuron, the head size for attention heads (a reshape splits the features into heads),
+    # the number of groups around a grouped convolution (an index of every group)
     width: int = 1
     reduced_by: list[str] = field(default_factory=list)  # ops normalizing over the channels
 
@@ -71,14 +74,15 @@ class ChannelGroup:
         """What the channels are: ``"hidden"`` (an op reduces over them: a LayerNorm's hidden
         size, the residual stream of a transformer; pruning them is never exact),
         ``"heads"`` (each a block of several features of the layers producing it: attention
-        heads), ``"ffn"`` (single neurons of fully connected layers, rank-2 weights) or
-        ``"channels"`` (convolution channels)."""
+        heads of fully connected layers), ``"ffn"`` (single neurons of fully connected layers,
+        rank-2 weights) or ``"channels"`` (convolution channels; around a grouped convolution
+        each is one index of every group)."""
         if self.reduced_by:
             return "hidden"
-        if self.width > 1:
-            return "heads"
         outs = [w for w in self.weights if w.role == "out"] or self.weights
-        return "ffn" if all(w.weight.type.rank == 2 for w in outs) else "channels"
+        if not all(w.weight.type.rank == 2 for w in outs):
+            return "channels"  # of a convolution: an index of every group of a grouped one
+        return "heads" if self.width > 1 else "ffn"
 
     @property
     def size(self) -> int:

@@ -19,6 +19,10 @@ Importance of a channel combines every member weight of its group:
                without one falls back to l2
     taylor:    sum |w * dL/dw| (first-order Taylor estimate of the loss change when the
                channel goes; needs data: ``rtinfer.prune(importance="taylor", data=...)``)
+    activation: sum |w_ij| * ||x_j||_2 over the input columns j of the layers reading the
+               channel (Wanda's output-contribution score, structured: how much the channel
+               adds to the next layers' outputs on data; needs data, and no labels or
+               logits, so it serves encoders: ``rtinfer.prune(importance="activation")``)
 
 The graph is rebuilt through the Rewriter: sliced constants (``rw.const``, names kept), and
 every node a pruned channel touches re-created with its attributes updated by its op's
@@ -43,10 +47,12 @@ from rtinfer.passes.pruning.dependency import ChannelDependency, ChannelGroup, l
 from rtinfer.rewrite import Rewriter
 from rtinfer.rewrite.events import RewriteLog
 
-IMPORTANCE = ("l1", "l2", "bn-scale", "taylor")
+IMPORTANCE = ("l1", "l2", "bn-scale", "taylor", "activation")
+DATA_IMPORTANCE = ("taylor", "activation")  # measured on data by rtinfer.prune
 KINDS = ("channels", "ffn", "heads", "hidden")  # ChannelGroup.kind: keys of a per-kind ratio
-# a weight's first-order Taylor saliency |sum over data of w * dL/dw|, per element, by the
-# weight's value uid (the data-driven half of "taylor", measured by rtinfer.prune)
+# a weight's data-driven saliency per element, by the weight's value uid, measured by
+# rtinfer.prune: |w * dL/dw| summed over the data ("taylor"), or |w_ij| * ||x_j|| with x the
+# layer's input on the data ("activation", only on the weights' input axes)
 Saliency = dict[int, np.ndarray]
 
 
@@ -86,9 +92,9 @@ def group_importance(dep: ChannelDependency, group: ChannelGroup, importance: st
     if importance not in IMPORTANCE:
         raise PruneError(f"unknown importance {importance!r} (choose one of "
                          f"{', '.join(IMPORTANCE)})")
-    if importance == "taylor" and saliency is None:
-        raise PruneError("taylor importance needs data: rtinfer.prune(model, ..., "
-                         "importance='taylor', data=batches) measures the gradients")
+    if importance in DATA_IMPORTANCE and saliency is None:
+        raise PruneError(f"{importance} importance needs data: rtinfer.prune(model, ..., "
+                         f"importance={importance!r}, data=batches) measures it")
     index = {int(label): k for k, label in enumerate(group.channels)}
     score = np.zeros(group.size)
 
@@ -113,11 +119,15 @@ def group_importance(dep: ChannelDependency, group: ChannelGroup, importance: st
         if (w.weight.uid, w.axis) in seen or w.weight.const_data is None:
             continue
         seen.add((w.weight.uid, w.axis))
-        if importance == "taylor":
-            if saliency is not None and w.weight.uid in saliency:
+        if importance in DATA_IMPORTANCE:
+            # activation scores the layers reading the channel: what it adds to their outputs
+            if saliency is not None and w.weight.uid in saliency and (
+                    importance == "taylor" or w.role == "in"):
                 add(w.weight, w.axis, _norms(saliency[w.weight.uid], w.axis, "l1"))
             continue
         add(w.weight, w.axis, _norms(w.weight.const_data, w.axis, importance))
+    if importance == "activation" and not score.any():  # no layer read it on the data
+        return group_importance(dep, group, "l2")
     return np.sqrt(score) if importance == "l2" else score
 
 
@@ -304,6 +314,7 @@ def prune_channels(graph: Graph, ctx: PassContext) -> None:
     ctx.stat("blocked-groups", sum(bool(g.blocked_by) for g in result.groups))
 
 
-__all__ = ["IMPORTANCE", "KINDS", "GroupResult", "PruneResult", "Saliency", "apply_pruning",
+__all__ = ["DATA_IMPORTANCE", "IMPORTANCE", "KINDS", "GroupResult", "PruneResult", "Saliency",
+           "apply_pruning",
            "group_importance", "group_params", "group_ratios", "kept_count", "kept_indices",
            "prune_channels", "prune_graph", "select_channels"]

@@ -170,17 +170,50 @@ def test_depthwise_conv_groups_shrink_with_its_channels():
     assert dw.attrs["groups"] == 8 and dw.inputs[1].type.shape == (8, 1, 3, 3)
 
 
-def test_grouped_conv_blocks_and_the_report_names_it():
+def test_grouped_conv_shrinks_every_group_alike():
+    """A grouped conv's channel is one index of every group: its input channel j of each
+    group reads the weight's column j, so they go together; its groups stay."""
+    b = Builder((1, 4, 4, 4), seed=5)
+    y = b.relu(b.bn(b.conv(b.x, 8)))
+    y = b.conv(y, 12, groups=2)  # 2 groups: 4 -> 6 channels each
+    g = b.done(b.conv(b.relu(y), 2))
+    dep = ChannelDependency(g)
+    inner = [(grp.kind, grp.size, grp.width) for grp in dep.groups if grp.prunable]
+    assert inner == [("channels", 4, 2), ("channels", 6, 2)]  # one index of both groups
+    pruned = _check_exact(g)
+    convs = [n for n in pruned.nodes if n.op == "conv2d"]
+    assert [(c.attrs["groups"], c.inputs[1].type.shape) for c in convs] == [
+        (1, (4, 4, 3, 3)), (2, (6, 2, 3, 3)), (1, (2, 6, 3, 3))]
+
+
+def test_grouped_conv_feeding_a_residual_add_and_round_to():
+    """Grouped convs around a residual add (ResNeXt-style), channels kept in multiples of 8
+    features: 4 groups of 16 keep 8 indices of each group (8 x 4 = 32 channels)."""
+    b = Builder((1, 3, 4, 4), seed=12)
+    a = b.relu(b.conv(b.x, 64, k=1))
+    r = b.conv(b.relu(b.conv(a, 64, groups=4)), 64, k=1)
+    g = b.done(b.conv(b.relu(b.g.add_op("add", a, r)), 2, k=1))
+    pruned = g.clone()
+    prune_graph(pruned, ratio=0.5, round_to=8)
+    verify(pruned)
+    grouped = next(n for n in pruned.nodes if n.op == "conv2d" and n.attrs["groups"] == 4)
+    assert grouped.inputs[1].type.shape == (32, 8, 3, 3)
+    assert grouped.inputs[0].type.shape[1] == 32
+    _check_exact(g, seed=12)
+
+
+def test_grouped_transposed_conv_blocks_and_the_report_names_it():
     b = Builder((1, 4, 4, 4), seed=5)
     y = b.relu(b.conv(b.x, 8))
-    y = b.conv(y, 8, groups=2)  # grouped, not depthwise: its channels couple per group
+    w = b.const(8, 2, 2, 2)  # [C, O/groups, k, k], 4 groups
+    y = b.g.add_op("conv_transpose2d", y, w, groups=4)
     g = b.done(b.conv(b.relu(y), 2))
     dep = ChannelDependency(g)
     blocked = [grp for grp in dep.groups if grp.size == 8]
-    assert blocked and all(any("conv2d" in w for w in grp.blocked_by) for grp in blocked)
-    assert not any(grp.prunable for grp in dep.groups)
+    assert blocked and all(any("conv_transpose2d" in w for w in grp.blocked_by)
+                           for grp in blocked)
     result = prune_graph(g, ratio=0.5)
-    assert result.removed == 0 and any("conv2d" in b for b in result.blocked_ops)
+    assert result.removed == 0 and any("conv_transpose2d" in b for b in result.blocked_ops)
 
 
 def test_interface_channels_are_never_pruned():
@@ -252,14 +285,16 @@ def test_pass_in_a_pipeline_with_stats_and_bad_options():
 
 
 def _random_graph(seed: int) -> Graph:
-    """A random small conv net: conv/bn/relu chains, residual adds, concats, splits, depthwise
-    convs, ending in a flatten and a linear, or a global mean and a linear."""
+    """A random small conv net: conv/bn/relu chains, residual adds, concats, splits, slices,
+    depthwise and grouped convs, ending in a flatten and a linear, or a global mean and a
+    linear."""
     rng = np.random.default_rng(seed)
     b = Builder((1, 3, 6, 6), seed=seed)
     y = b.relu(b.conv(b.x, int(rng.choice([4, 6, 8]))))
     for _ in range(int(rng.integers(2, 6))):
         c = y.type.shape[1]
-        kind = rng.choice(["conv", "bn", "residual", "concat", "depthwise", "split"])
+        kind = rng.choice(["conv", "bn", "residual", "concat", "depthwise", "split", "grouped",
+                           "slice"])
         if kind == "conv":
             y = b.relu(b.conv(y, int(rng.choice([4, 6, 8])), k=int(rng.choice([1, 3]))))
         elif kind == "bn":
@@ -270,6 +305,10 @@ def _random_graph(seed: int) -> Graph:
             y = b.g.add_op("concat", y, b.relu(b.conv(y, 4, k=1)), axis=1)
         elif kind == "depthwise":
             y = b.relu(b.conv(y, c, groups=c))
+        elif kind == "grouped" and c % 2 == 0:
+            y = b.relu(b.conv(y, 2 * c, groups=2))
+        elif kind == "slice" and c >= 4:
+            y = b.relu(b.conv(b.g.add_op("slice", y, starts=(1,), ends=(c,), axes=(1,)), c))
         elif c >= 4:
             parts = b.g.create_node("split", [y], {"axis": 1, "sizes": (2, c - 2)}).outputs
             y = b.g.add_op("concat", b.conv(parts[1], 4), parts[0], axis=1)
@@ -280,9 +319,39 @@ def _random_graph(seed: int) -> Graph:
     return b.done(b.linear(head, 3))
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(24))
 def test_property_random_graphs_prune_exactly(seed):
     _check_exact(_random_graph(seed), seed=seed)
+
+
+def _random_mlp(seed: int) -> Graph:
+    """A random fully connected net over [batch, tokens, features]: linear/relu chains,
+    residual adds, concats and splits along the features, a reshape into heads and back."""
+    rng = np.random.default_rng(seed)
+    b = Builder((2, 3, 6), seed=seed)
+    y = b.relu(b.linear(b.x, int(rng.choice([4, 6, 8]))))
+    for _ in range(int(rng.integers(2, 6))):
+        c = y.type.shape[-1]
+        kind = rng.choice(["linear", "residual", "concat", "split", "heads"])
+        if kind == "linear":
+            y = b.relu(b.linear(y, int(rng.choice([4, 6, 8]))))
+        elif kind == "residual":
+            y = b.g.add_op("add", y, b.linear(b.relu(b.linear(y, 8)), c))
+        elif kind == "concat":
+            y = b.g.add_op("concat", y, b.relu(b.linear(y, 4)), axis=-1)
+        elif kind == "split" and c >= 4:
+            parts = b.g.create_node("split", [y], {"axis": 2, "sizes": (c - 2, 2)}).outputs
+            y = b.g.add_op("concat", parts[1], b.relu(b.linear(parts[0], 4)), axis=2)
+        elif kind == "heads":
+            h = b.relu(b.linear(y, 12))
+            h = b.g.add_op("relu", b.g.add_op("reshape", h, shape=(2, 3, 4, 3)))
+            y = b.g.add_op("reshape", h, shape=(2, 3, 12))
+    return b.done(b.linear(y, 3))
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_property_random_mlps_prune_exactly(seed):
+    _check_exact(_random_mlp(seed), seed=seed)
 
 
 def test_apply_pruning_with_nothing_removed_leaves_the_graph():

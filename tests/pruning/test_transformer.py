@@ -178,6 +178,78 @@ def test_hidden_distillation_pulls_the_student_to_the_teacher():
                         loss="hidden", progress=False)
 
 
+def test_activation_importance_reads_what_reaches_the_next_layer():
+    """A neuron with large weights that ReLU keeps at zero on the data adds nothing to the
+    next layer: activation importance (|w_ij| * ||x_j|| of the reading layer) prunes it where
+    l2 (weight magnitude) keeps it; batches may be dicts of named inputs."""
+    torch.manual_seed(0)
+    model, x = _Block().eval(), torch.randn(64, 8).abs()
+    dead = [0, 5, 9, 17]
+    with torch.no_grad():
+        model.up.bias.fill_(1.0)  # the other neurons fire on some inputs
+        model.up.weight[dead] = -3.0  # large, and negative on positive inputs: ReLU -> 0
+        model.up.bias[dead] = 0.0
+    l2 = rtinfer.prune(model, example_inputs=x[:4], ratio=0.125, round_to=1)
+    act = rtinfer.prune(model, example_inputs=x[:4], ratio=0.125, round_to=1,
+                        importance="activation", data=[(x[:32],), {"x": x[32:]}])
+
+    def kept_up_rows(pruned) -> np.ndarray:
+        up = next(n for n in pruned.ir.nodes if n.op == "linear")
+        return up.inputs[1].const_data
+
+    assert any(np.allclose(r, -3.0) for r in kept_up_rows(l2))  # l2 keeps the loud dead ones
+    assert not any(np.allclose(r, -3.0) for r in kept_up_rows(act))
+    with torch.no_grad():  # the dead neurons went: the outputs are the dense model's
+        torch.testing.assert_close(act(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(PruneError, match="importance='activation' needs data"):
+        rtinfer.prune(model, example_inputs=x[:4], importance="activation")
+    with pytest.raises(PruneError, match=r"data batch 1: the model's input\(s\) x are missing"):
+        rtinfer.prune(model, example_inputs=x[:4], importance="activation",
+                      data=[{"y": x[:4]}])
+
+
+class _Tokens(torch.nn.Module):
+    """[N, S, 8] -> [N, S, 16] token states: the shape a sentence encoder returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(8, 32)
+        self.down = torch.nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+def test_embedding_distillation_with_a_cosine_schedule():
+    """loss="embedding" pulls the mean-pooled sentence embedding's direction to the
+    teacher's; the cosine schedule ends at a learning rate of 0."""
+    torch.manual_seed(0)
+    model, x = _Tokens().eval(), torch.randn(64, 5, 8)
+    student = rtinfer.prune(model, example_inputs=x[:4], ratio=0.75, round_to=1)
+
+    def cosine() -> float:
+        with torch.no_grad():
+            s, t = student(x).mean(1), model(x).mean(1)
+        return torch.nn.functional.cosine_similarity(s, t, dim=-1).mean().item()
+
+    start = cosine()
+    rtinfer.distill(student, teacher=model, data=[(x[:32],), (x[32:],)], steps=80,
+                    loss="embedding", lr=1e-2, schedule="cosine", warmup=0.1,
+                    weight_decay=0.01, progress=False)
+    assert cosine() > max(0.9, start + 0.5 * (1 - start))
+    with pytest.raises(PruneError, match="unknown schedule 'linear'"):
+        rtinfer.distill(student, teacher=model, data=[(x,)], steps=1, schedule="linear",
+                        progress=False)
+    with pytest.raises(PruneError, match="warmup must be a fraction"):
+        rtinfer.distill(student, teacher=model, data=[(x,)], steps=1, warmup=1.0,
+                        progress=False)
+    flat = rtinfer.prune(_Block().eval(), example_inputs=x[:4, 0], ratio=0.5, round_to=1)
+    with pytest.raises(PruneError, match=r"mean-pools token states \[N, S, H\]; the last "
+                                         r"hidden state is \[4, 4\]"):
+        rtinfer.distill(flat, teacher=_Block().eval(), data=[(x[:4, 0],)], steps=1,
+                        loss="embedding", progress=False)
+
+
 # -- accuracy on real sentences ---------------------------------------------------------------
 
 def stdlib_sentences() -> list[str]:
@@ -194,10 +266,11 @@ def _embed(out, mask: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_minilm_pruned_and_distilled_keeps_its_embeddings(minilm):
-    """Half the FFN neurons and a third of the heads pruned, then every layer's hidden states
-    distilled on docstring sentences (padding left out); mean embedding cosine to the dense
-    model on 128 held-out sentences. Measured: 0.587 pruned, 0.907 after 300 steps (92 s)
-    (600 steps: 0.920; the issue's target of 0.95 needs a longer run than a test's)."""
+    """Half the FFN neurons and a third of the heads pruned by activation importance (64
+    training sentences), then every layer's hidden states and the mean-pooled embedding's
+    direction distilled on docstring sentences (padding left out; AdamW, cosine schedule);
+    mean embedding cosine to the dense model on 128 held-out sentences (docs/pruning.md has
+    the measured numbers)."""
     torch.manual_seed(0)
     sentences = stdlib_sentences()
     assert len(sentences) > 1500
@@ -211,7 +284,8 @@ def test_minilm_pruned_and_distilled_keeps_its_embeddings(minilm):
         return models.minilm_inputs(texts, seq=32)
 
     pruned = rtinfer.prune(teacher, example_inputs=tokens(train[:2]),
-                           ratio={"ffn": 0.5, "heads": 1 / 3})
+                           ratio={"ffn": 0.5, "heads": 1 / 3}, importance="activation",
+                           data=[tokens(train[i:i + 16]) for i in range(0, 64, 16)])
     held_x = tokens(held)
     with torch.no_grad():
         want = _embed(minilm(**held_x), held_x["attention_mask"])
@@ -222,13 +296,18 @@ def test_minilm_pruned_and_distilled_keeps_its_embeddings(minilm):
         return (got * want).sum(-1).mean().item()
 
     start = cosine()
-    batches = [tokens(train[i:i + 16]) for i in range(0, len(train) - 15, 16)]
-    rtinfer.distill(pruned, teacher=teacher, data=batches, steps=300, loss="hidden", lr=3e-4,
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(4):  # shuffled epochs
+        p = rng.permutation(len(train))
+        batches += [tokens([train[i] for i in p[k:k + 16]]) for k in range(0, len(p) - 15, 16)]
+    rtinfer.distill(pruned, teacher=teacher, data=batches, steps=300, loss="embedding",
+                    lr=5e-4, schedule="cosine", warmup=0.05, weight_decay=0.01,
                     progress=False)
     end = cosine()
     print(f"MiniLM ffn 0.5 + heads 1/3: held-out embedding cosine {start:.4f} pruned, "
           f"{end:.4f} distilled")
-    assert start < 0.7  # pruning alone loses the embeddings: distillation carries them back
+    assert start < 0.75  # pruning alone loses the embeddings: distillation carries them back
     assert end > 0.88
 
 

@@ -1,7 +1,8 @@
 """Channel pruning hooks (``OpDef.prune``) of the ops whose channels do not map index to index
 (concat, split, slice, reshape, flatten, a multi-head attention's heads), whose attributes
 hold channel counts (reshape shapes, split sizes, slice bounds, a depthwise convolution's
-groups, a multi-head attention's num_heads), or that reduce over channels (a LayerNorm's
+groups, a multi-head attention's num_heads), whose channels couple per group (a grouped
+convolution's), or that reduce over channels (a LayerNorm's
 hidden size, pruned only when asked).
 
 ``links`` functions return ``IndexLink`` s: element ``a_idx[k]`` of port axis ``a`` is the
@@ -177,16 +178,45 @@ SLICE = PruneHook(links=_slice_links, attrs=_slice_attrs)
 # -- convolution ------------------------------------------------------------------------------
 
 
+def _conv_channel_axis(ins: list[TensorType], attrs: dict) -> int:
+    return ins[0].rank - 1 if attrs.get("layout") == "NHWC" else 1
+
+
+def _conv_links(ins: list[TensorType], outs: list[TensorType], attrs: dict
+                ) -> list[IndexLink]:
+    """A grouped (not depthwise) convolution, weight [O, C/g, *kernel]: input channel
+    k*C/g + j of every group k reads the weight's column j, and output channel k*O/g + i is
+    one channel with output channel i of group 0, so an index goes from every group at once:
+    each group shrinks alike and ``groups`` stays. Plain and depthwise convolutions couple
+    index to index (``channel_groups``)."""
+    x, w, g = ins[0], ins[1], attrs["groups"]
+    axis = _conv_channel_axis(ins, attrs)
+    c, o, cg = x.shape[axis], w.shape[0], w.shape[1]
+    if g == 1 or not all(isinstance(d, int) for d in (c, o, cg)) or (cg == 1 and o == c):
+        return []
+    og = o // g
+    links: list[IndexLink] = [
+        (("in", 0, axis), np.arange(c), ("in", 1, 1), np.arange(c) % cg),
+        (("out", 0, axis), np.arange(o), ("out", 0, axis), np.arange(o) % og),
+        (("out", 0, axis), np.arange(o), ("in", 1, 0), np.arange(o))]
+    if len(ins) > 2:
+        links.append((("out", 0, axis), np.arange(o), ("in", 2, 0), np.arange(o)))
+    return links
+
+
 def _conv_attrs(ins: list[TensorType], attrs: dict, kept: Kept) -> dict[str, Any]:
-    """A depthwise convolution has one group per channel: its groups shrink with them (a
-    grouped one blocks pruning: its channel groups couple nothing)."""
-    axis = ins[0].rank - 1 if attrs.get("layout") == "NHWC" else 1
-    if attrs["groups"] > 1 and ("out", 0, axis) in kept:
+    """A depthwise convolution has one group per input channel: its groups shrink with them.
+    A grouped one loses the same indices from every group (``_conv_links``): its groups stay."""
+    axis = _conv_channel_axis(ins, attrs)
+    depthwise = attrs["groups"] > 1 and attrs["groups"] == ins[0].shape[axis]
+    if depthwise and ("out", 0, axis) in kept:
         return {**attrs, "groups": len(kept[("out", 0, axis)])}
     return attrs
 
 
-CONV = PruneHook(attrs=_conv_attrs)
+CONV = PruneHook(links=_conv_links, attrs=_conv_attrs)
+# a transposed convolution's weight is [C, O/g, *kernel]: a grouped one stays blocked
+CONV_TRANSPOSE = PruneHook(attrs=_conv_attrs)
 
 # -- multi-head attention over [..., S, H*D] -----------------------------------------------
 
@@ -228,5 +258,5 @@ def _last_axes_reduced(ins: list[TensorType], attrs: dict) -> list[PortAxis]:
 
 LAST_AXES_NORM = PruneHook(reduces=_last_axes_reduced)
 
-__all__ = ["CONCAT", "CONV", "FLATTEN", "LAST_AXES_NORM", "MULTI_HEAD_ATTENTION", "RESHAPE",
-           "SLICE", "SPLIT", "merge_links"]
+__all__ = ["CONCAT", "CONV", "CONV_TRANSPOSE", "FLATTEN", "LAST_AXES_NORM",
+           "MULTI_HEAD_ATTENTION", "RESHAPE", "SLICE", "SPLIT", "merge_links"]

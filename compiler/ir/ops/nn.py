@@ -191,7 +191,7 @@ def _conv_transpose(nd: int) -> None:
     attrs["output_padding"] = Attr("ints", (0,) * nd)
     op(f"conv_transpose{nd}d", ["x", "weight", "bias?"], infer, ref, attrs=attrs,
        traits=[OUT_FUSABLE], channels=channels, weight=WeightRole(1, out_axis=1, in_axis=0),
-       prune=channel_maps.CONV,
+       prune=channel_maps.CONV_TRANSPOSE,
        doc=f"{nd}-d transposed convolution, weight [C, O/groups, *kernel] (torch "
            f"F.conv_transpose{nd}d; ONNX pads may be asymmetric)")
 
