@@ -9,6 +9,7 @@ and send the next, to 127.0.0.1 only; each N stops after ``--requests`` answers 
 ``--seconds``, whichever comes first. The systems run one after another (never side by side):
 
     rtinfer          rtinfer.serving.deployment (the artifact loaded, Batcher in each replica)
+                     models: mlp, resnet18, minilm (all-MiniLM-L6-v2, seq 128, int64 ids)
     rtinfer-nobatch  the same with max_batch_size=1: one request per model call
     torch            the eager model, @serve.batch
     onnxruntime      the model exported to ONNX (dynamic batch), @serve.batch
@@ -42,6 +43,7 @@ import workloads  # noqa: E402 - the benchmark's models, beside this script
 
 import rtinfer  # noqa: E402
 from rtinfer.serving.codec import NPY, NPZ  # noqa: E402
+from rtinfer.serving.deploy import ray_init_options  # noqa: E402
 
 SYSTEMS = ("rtinfer", "rtinfer-nobatch", "torch", "onnxruntime")
 
@@ -202,6 +204,20 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def batching_gain(rows: list[dict[str, Any]], clients: int = 16) -> str | None:
+    """rtinfer with batching against one request per call at N = ``clients``: the throughput
+    ratio (target >= 1.5x) and the p99 ratio (target <= 2x); None without both rows."""
+    by = {r["system"]: r for r in rows if r["clients"] == clients and r["p99_ms"] is not None}
+    if "rtinfer" not in by or "rtinfer-nobatch" not in by:
+        return None
+    b, one = by["rtinfer"], by["rtinfer-nobatch"]
+    speed = b["throughput"] / one["throughput"] if one["throughput"] else float("inf")
+    p99 = b["p99_ms"] / one["p99_ms"]
+    met = "met" if speed >= 1.5 and p99 <= 2.0 else "NOT met"
+    return (f"batching at N={clients}: {speed:.2f}x the throughput of one request per call, "
+            f"p99 {p99:.2f}x (target >= 1.5x at <= 2x: {met})")
+
+
 def _plot(rows: list[dict[str, Any]], path: Path) -> bool:
     try:
         import matplotlib
@@ -274,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         body = json.dumps({"inputs": [x[0].tolist() for x in w.inputs]}).encode()
         content_type = "application/json"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="error",
-             log_to_driver=False)
+    ray.init(num_cpus=args.cpus, log_to_driver=False,
+             **{**ray_init_options(None), "logging_level": "error"})
     rows: list[dict[str, Any]] = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
@@ -296,14 +312,17 @@ def main(argv: list[str] | None = None) -> int:
             "threads_per_replica": threads, "max_batch_size": args.max_batch_size,
             "max_wait_ms": args.max_wait_ms, "rtinfer_backend": cm.info.backend,
             "requests_per_n": args.requests, "seconds_per_n": args.seconds, "body": args.body}
+    gain = batching_gain(rows)
     text = (f"# Serving load test: {w.description}\n\n" + ", ".join(
-        f"{k}={v}" for k, v in meta.items()) + "\n\n" + _table(rows) + "\n")
+        f"{k}={v}" for k, v in meta.items()) + "\n\n" + _table(rows) + "\n"
+        + (f"\n{gain}\n" if gain else ""))
     print("\n" + text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "serving.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
         (args.out / "serving.md").write_text(text)
-        _plot(rows, args.out / "serving.png")
+        if not _plot(rows, args.out / "serving.png"):
+            print("matplotlib is not installed: no serving.png (pip install matplotlib)")
     return 0
 
 

@@ -18,6 +18,16 @@ batch size has that size as its only bucket. Padding rows cost as much as real o
 is padded up only while padding is at most ``pad_limit`` (a quarter) of its bucket: 7 requests
 run as 8 rows, 10 run as 8 now and 2 right after, not as 16.
 
+A front end that knows a request is on its way (an HTTP server reading and decoding a body)
+announces it with ``with batcher.expecting(): ... batcher.submit(...)``. Once a front end
+announces, the worker waits for a batch to fill only while announced requests are still to be
+queued: a lone request runs at once instead of waiting ``max_wait_ms`` for company that is not
+coming, and under load the requests that queue while the model runs form the next batch.
+
+The worker thread runs the model with the torch thread count of the thread that made the
+batcher: OpenMP keeps the count per thread, and a new thread would start from the process
+default (every core), oversubscribing cores shared with other replicas.
+
 A request is checked when it is submitted (``Signature``): a bad one gets ``InvalidRequest``
 and never joins a batch. Where a batched call fails anyway, each request of that batch is run
 alone, so only the request that fails gets the error.
@@ -28,9 +38,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
+import contextvars
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -83,6 +96,19 @@ def check_options(max_batch_size: int, max_wait_ms: float, max_queue_size: int,
         raise ServingError(f"pad_limit={pad_limit!r}: expected a fraction from 0 to 1")
     if type(max_queue_size) is not int or max_queue_size < 1:
         raise ServingError(f"max_queue_size={max_queue_size!r}: expected an integer >= 1")
+
+
+@dataclass
+class _Announcement:
+    """One request announced by ``Batcher.expecting``, until its ``submit`` queues it."""
+
+    batcher: Batcher
+    queued: bool = False
+
+
+# the announcement of the request this thread or asyncio task is about to submit
+_ANNOUNCED: contextvars.ContextVar[_Announcement | None] = contextvars.ContextVar(
+    "rtinfer_batcher_announced", default=None)
 
 
 @dataclass
@@ -151,12 +177,35 @@ class Batcher:
         self._closed = False
         self._stats = _Stats()
         self._running = 0  # requests in the batch being run
+        self._incoming = 0  # requests announced by expecting() and not queued yet
+        self._announcing = False  # a front end announces its requests (see expecting)
+        self.threads = torch.get_num_threads()
         if warmup:
             self._warmup()
         self._worker = threading.Thread(target=self._loop, name="rtinfer-batcher", daemon=True)
         self._worker.start()
 
     # -- submitting ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce one request: the ``submit`` (or call) made inside this block, in the same
+        thread or asyncio task, is it. While announced requests are being prepared the worker
+        waits (up to ``max_wait_ms``) for them to join the batch; once a front end announces,
+        it no longer waits when none are."""
+        announcement = _Announcement(self)
+        with self._cond:
+            self._incoming += 1
+            self._announcing = True
+        token = _ANNOUNCED.set(announcement)
+        try:
+            yield
+        finally:
+            _ANNOUNCED.reset(token)
+            if not announcement.queued:  # refused or never submitted: nothing more to wait for
+                with self._cond:
+                    self._incoming -= 1
+                    self._cond.notify_all()
 
     def __call__(self, *inputs: Any, timeout_ms: float | None = None, **named: Any) -> Any:
         """Run one example (each input without the batch axis) in the next batch and return
@@ -217,6 +266,11 @@ class Batcher:
                                  f"limit, max_queue_size={self.max_queue_size}); retry later "
                                  f"or add replicas")
             self._queue.append(pending)
+            announcement = _ANNOUNCED.get()
+            if announcement is not None and announcement.batcher is self \
+                    and not announcement.queued:
+                announcement.queued = True
+                self._incoming -= 1
             self._cond.notify()
         return pending
 
@@ -240,6 +294,8 @@ class Batcher:
     # -- the worker ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        # OpenMP's thread count is per thread: this one starts from the process default
+        torch.set_num_threads(self.threads)
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -268,6 +324,8 @@ class Batcher:
                     left = due - time.perf_counter()
                     if same >= self.max_batch_size or left <= 0:
                         break
+                    if self._announcing and self._incoming == 0:
+                        break  # nothing is on its way: waiting would only add latency
                     self._cond.wait(left)
                 same = sum(p.request.key == first.request.key for p in self._queue)
                 take = self._take(min(same, self.max_batch_size))
@@ -383,7 +441,8 @@ class Batcher:
     # -- metrics and shutdown -----------------------------------------------------------------
 
     def metrics(self) -> dict[str, Any]:
-        """A snapshot: ``queue_depth``, ``in_flight``, counts of ``completed``, ``failed``,
+        """A snapshot: ``queue_depth``, ``in_flight``, ``incoming`` (announced, not queued),
+        ``threads`` (the model's), counts of ``completed``, ``failed``,
         ``invalid``, ``overloaded`` and ``timed_out`` requests, ``batches``,
         ``batch_size_histogram`` (requests per call -> calls), ``bucket_histogram`` (padded
         size -> calls), and ``latency_ms`` (``p50``, ``p99``, ``mean`` and ``count`` over the
@@ -393,6 +452,7 @@ class Batcher:
             lat = np.asarray(s.latencies, dtype=np.float64) * 1000.0
             return {
                 "queue_depth": len(self._queue), "in_flight": self._running,
+                "incoming": self._incoming, "threads": self.threads,
                 "max_queue_size": self.max_queue_size, "buckets": list(self.buckets),
                 "completed": s.completed, "failed": s.failed, "invalid": s.invalid,
                 "overloaded": s.overloaded, "timed_out": s.timed_out, "batches": s.batches,

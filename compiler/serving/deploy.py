@@ -8,6 +8,14 @@ Each replica loads the artifact once with ``rtinfer.load`` (its checksums are ve
 is captured or optimized again) and batches the requests it is given with a ``Batcher``. Ray is
 imported only here, when a deployment is made: importing rtinfer does not import it.
 
+A request's body is read and decoded inside ``Batcher.expecting``: the batcher then knows
+which requests are on their way, so a lone request runs at once and under load the requests
+decoded while the model runs make the next batch (no ``max_wait_ms`` spent waiting for nobody).
+
+Startup: ``rtinfer serve`` starts Ray lean (no dashboard, no idle workers started ahead, no
+metrics export) and reports its phases; each replica reports in ``GET /`` (``startup``) what
+its load cost: seconds, and seconds of native extension build (0 when the cache is warm).
+
 Threads: each replica reserves ``threads_per_replica`` CPUs from Ray (``num_cpus``) and runs
 torch and OpenMP with that many threads, so Ray never places more threads on a node than it
 has cores. The default divides the cluster's CPUs (this machine's where Ray is not started)
@@ -27,6 +35,7 @@ from typing import Any, TextIO
 from rtinfer.artifact import read_artifact
 from rtinfer.compile import load
 from rtinfer.errors import RtinferError
+from rtinfer.kernels.build import build_seconds
 from rtinfer.serving import codec
 from rtinfer.serving.batcher import Batcher, check_options
 from rtinfer.serving.errors import (
@@ -63,9 +72,15 @@ class RtinferReplica:
             os.environ[var] = str(threads)
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
+        built = build_seconds()
         self.model = load(artifact_dir)
+        t1 = time.perf_counter()
         self.batcher = Batcher(self.model, max_batch_size, max_wait_ms, **batcher_options)
         self.ready_s = time.perf_counter() - t0
+        # what the serving path cost to start: a warm cache builds nothing native
+        self.startup = {"load_s": t1 - t0, "warmup_s": self.ready_s - (t1 - t0),
+                        "native_build_s": build_seconds() - built,
+                        "backend": self.model.info.backend}
         self.input_names = list(self.model.input_names)
 
     async def __call__(self, request: Any) -> Any:
@@ -73,15 +88,16 @@ class RtinferReplica:
 
         if request.method == "GET":
             return JSONResponse({**self.batcher.metrics(), "ready_s": self.ready_s,
-                                 "threads": _threads()})
+                                 "startup": self.startup})
         if request.method != "POST":
             return Response(codec.error_body(f"method {request.method} is not allowed; POST "
                                              f"the inputs"), status_code=405,
                             media_type=codec.JSON)
         try:
-            decoded = codec.decode(await request.body(), request.headers.get("content-type"),
-                                   self.input_names)
-            outputs = await self.batcher.submit(*decoded.args, **decoded.named)
+            with self.batcher.expecting():
+                decoded = codec.decode(await request.body(),
+                                       request.headers.get("content-type"), self.input_names)
+                outputs = await self.batcher.submit(*decoded.args, **decoded.named)
             body, media = codec.encode(outputs, decoded.fmt)
             return Response(body, media_type=media)
         except RtinferError as e:
@@ -95,12 +111,6 @@ class RtinferReplica:
         batcher = getattr(self, "batcher", None)
         if batcher is not None:
             batcher.close(drain=False, timeout_s=5)
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _import_serve() -> Any:
@@ -173,17 +183,26 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
     serve = _import_serve()
     import ray
 
+    phases = {"check": time.perf_counter() - t0}
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, logging_level="warning")
+        t = time.perf_counter()
+        ray.init(**ray_init_options(address))
+        phases["ray"] = time.perf_counter() - t
     restore = _stop_on_signals()  # after ray.init, which installs SIGTERM handlers of its own
     try:
         if app is None:
             app = deployment(artifact_dir, max_batch_size, max_wait_ms, replicas)
+        t = time.perf_counter()
         serve.start(http_options={"host": host, "port": port})
+        phases["serve"] = time.perf_counter() - t
+        t = time.perf_counter()
         serve.run(app, name="rtinfer", route_prefix="/")
+        phases["replicas"] = time.perf_counter() - t
+        took = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
         stdout.write(f"rtinfer: serving {artifact_dir} at http://{host}:{port}/ with {replicas} "
-                     f"replica(s), ready in {time.perf_counter() - t0:.1f} s; Ctrl-C stops\n")
+                     f"replica(s), ready in {time.perf_counter() - t0:.1f} s ({took}); Ctrl-C "
+                     f"stops\n")
         stdout.flush()
         while until is None or not until():
             time.sleep(0.2)
@@ -195,6 +214,19 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
         if started:
             ray.shutdown()
     return 0
+
+
+def ray_init_options(address: str | None) -> dict[str, Any]:
+    """``ray.init``'s arguments for serving: joining ``address``, only that; starting Ray here,
+    a lean local instance: no dashboard, no Python workers started ahead for idle CPUs (each
+    costs a second of CPU while the replicas start; Serve starts the processes it needs), no
+    metrics export."""
+    if address:
+        return {"address": address, "logging_level": "warning"}
+    return {"include_dashboard": False, "logging_level": "warning",
+            "_system_config": {"enable_worker_prestart": False,
+                               "prestart_worker_first_driver": False,
+                               "enable_metrics_collection": False}}
 
 
 def _stop_on_signals() -> Any:
@@ -211,4 +243,4 @@ def _stop_on_signals() -> Any:
     return lambda: [signal.signal(sig, h) for sig, h in old.items()]
 
 
-__all__ = ["RtinferReplica", "deployment", "serve_main", "status_of"]
+__all__ = ["RtinferReplica", "deployment", "ray_init_options", "serve_main", "status_of"]

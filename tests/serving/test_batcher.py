@@ -4,8 +4,12 @@ error isolation, timeouts, back-pressure, asyncio and shutdown, on small real co
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import glob
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -407,3 +411,79 @@ def _concurrently_after(b: Batcher, xs: np.ndarray, gated: _Gated) -> list:
     for t in threads:
         t.join(10)
     return results
+
+
+def test_an_announced_lone_request_does_not_wait_for_company(compiled):
+    # max_wait_ms is long: a request that waited for it would take over a second
+    with Batcher(compiled, max_batch_size=8, max_wait_ms=1500.0) as batcher:
+        x = _examples(1)[0]
+        t0 = time.perf_counter()
+        with batcher.expecting():
+            y = batcher(x)
+        assert time.perf_counter() - t0 < 1.0
+        np.testing.assert_allclose(y, compiled(x[None])[0], rtol=1e-5, atol=1e-6)
+        assert batcher.metrics()["incoming"] == 0
+
+
+def test_the_worker_waits_for_announced_requests_still_being_prepared(compiled):
+    xs = _examples(3)
+    with Batcher(compiled, max_batch_size=8, max_wait_ms=5000.0) as batcher:
+        prepared = threading.Event()
+
+        def announced(x: np.ndarray) -> np.ndarray:
+            with batcher.expecting():
+                prepared.wait(5)  # its body still being decoded
+                return batcher(x)
+
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(announced, x) for x in xs]
+            while batcher.metrics()["incoming"] < 3:
+                time.sleep(0.01)
+            t0 = time.perf_counter()
+            prepared.set()
+            ys = [f.result(10) for f in futures]
+        # all three in one call, run as soon as the last was queued (not after max_wait_ms)
+        assert time.perf_counter() - t0 < 2.5
+        for x, y in zip(xs, ys, strict=True):
+            np.testing.assert_allclose(y, compiled(x[None])[0], rtol=1e-5, atol=1e-6)
+        m = batcher.metrics()
+        assert m["batch_size_histogram"] == {3: 1} and m["incoming"] == 0
+
+
+def test_an_announced_request_that_is_refused_is_no_longer_expected(compiled):
+    with Batcher(compiled, max_batch_size=8, max_wait_ms=1500.0) as batcher:
+        with pytest.raises(InvalidRequest), batcher.expecting():
+            batcher(np.zeros(3, np.float32))
+        assert batcher.metrics()["incoming"] == 0
+        t0 = time.perf_counter()
+        with batcher.expecting():
+            batcher(_examples(1)[0])
+        assert time.perf_counter() - t0 < 1.0
+
+
+def test_the_worker_runs_the_model_with_the_makers_thread_count(compiled):
+    # OpenMP keeps its thread count per thread; a new thread starts from the process default
+    libs = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*"))
+    if not libs:
+        pytest.skip("torch is not built with GNU OpenMP here")
+    gomp = ctypes.CDLL(libs[0])
+    seen = []
+
+    class Probe:
+        """The compiled model, recording OpenMP's thread count in the thread running it."""
+
+        ir, input_names = compiled.ir, compiled.input_names
+
+        def __call__(self, *xs):
+            seen.append(gomp.omp_get_max_threads())
+            return compiled(*xs)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with Batcher(Probe(), max_batch_size=2, max_wait_ms=1.0, warmup=False) as batcher:
+            batcher(_examples(1)[0])
+            assert batcher.metrics()["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]

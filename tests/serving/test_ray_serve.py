@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import rtinfer
+from rtinfer.serving.deploy import ray_init_options
 
 serve = pytest.importorskip("ray.serve")
 ray = pytest.importorskip("ray")
@@ -38,7 +39,8 @@ def server(tmp_path_factory):
                          dynamic_dims={"input": {0: "B"}})
     artifact = cm.save(tmp_path_factory.mktemp("serving") / "mlp")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    # the lean start `rtinfer serve` uses
+    ray.init(num_cpus=2, **ray_init_options(None))
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -89,6 +91,8 @@ def test_http_answers_equal_the_compiled_model_and_bad_requests_get_4xx(server):
     with urllib.request.urlopen(url, timeout=30) as r:  # GET: a replica's batcher metrics
         metrics = json.loads(r.read())
     assert metrics["buckets"] == [1, 2, 4, 8, 16][:4] and metrics["threads"] == 1
+    # loaded from the artifact: nothing native was built on the serving path
+    assert metrics["startup"]["native_build_s"] == 0.0
 
 
 @pytest.mark.slow

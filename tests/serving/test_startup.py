@@ -1,0 +1,94 @@
+"""The serving path starts from the saved artifact alone: a replica loads it without capturing
+the model, running a pass pipeline or building native code (counted, not timed), and answers
+requests announced to its batcher at once. In process, without Ray (fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+import rtinfer
+from rtinfer.serving.deploy import RtinferReplica, ray_init_options
+
+# the module (``rtinfer.compile`` the attribute is the function)
+compile_module = importlib.import_module("rtinfer.compile")
+
+
+class _Request:
+    """The part of a Starlette request the replica reads."""
+
+    def __init__(self, method: str, body: bytes = b"", ctype: str = "application/json"):
+        self.method, self._body, self.headers = method, body, {"content-type": ctype}
+
+    async def body(self) -> bytes:
+        return self._body
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 4)).eval()
+    cm = rtinfer.compile(mlp, example_inputs=torch.randn(2, 16), backend="torch",
+                         dynamic_dims={"input": {0: "B"}})
+    return cm.save(tmp_path_factory.mktemp("startup") / "mlp"), cm
+
+
+def test_a_replica_loads_the_artifact_without_capture_pipeline_or_native_build(artifact,
+                                                                                monkeypatch):
+    path, cm = artifact
+    calls: Counter[str] = Counter()
+
+    def counted(name: str, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    # compile's own steps, as rtinfer.compile reaches them: none may run on the serving path
+    monkeypatch.setattr(compile_module.frontends, "capture",
+                        counted("capture", compile_module.frontends.capture))
+    monkeypatch.setattr(compile_module, "run_pipeline",
+                        counted("pipeline", compile_module.run_pipeline))
+    monkeypatch.setattr(compile_module, "load", counted("load", compile_module.load))
+    import rtinfer.serving.deploy as deploy
+
+    monkeypatch.setattr(deploy, "load", counted("load", deploy.load))
+    replica = RtinferReplica(str(path), 4, 50.0, 1, {"max_queue_size": 8, "timeout_ms": None,
+                                                    "nan_policy": "allow", "pad_limit": 0.25})
+    try:
+        assert calls == Counter({"load": 1})
+        assert replica.startup["native_build_s"] == 0.0
+        assert replica.startup["backend"] == "torch"
+
+        x = np.random.default_rng(0).standard_normal(16).astype(np.float32)
+        body = json.dumps({"inputs": [x.tolist()]}).encode()
+        answer = asyncio.run(replica(_Request("POST", body)))
+        assert answer.status_code == 200
+        np.testing.assert_allclose(json.loads(answer.body)["outputs"][0], cm(x[None])[0],
+                                   rtol=1e-5, atol=1e-6)
+        bad = asyncio.run(replica(_Request("POST", b'{"inputs": [[1, 2]]}')))
+        assert bad.status_code == 400
+        assert "input 'input' should have shape f32[16]" in json.loads(bad.body)["error"]
+        metrics = json.loads(asyncio.run(replica(_Request("GET"))).body)
+        # the announced lone request ran at once; nothing is left announced
+        assert metrics["incoming"] == 0 and metrics["completed"] == 1
+        assert metrics["latency_ms"]["p50"] < 50.0
+        assert metrics["startup"]["native_build_s"] == 0.0 and metrics["threads"] == 1
+        assert calls == Counter({"load": 1})
+    finally:
+        replica.batcher.close()
+
+
+def test_ray_starts_lean_when_serve_starts_it_and_joins_as_asked():
+    lean = ray_init_options(None)
+    assert lean["include_dashboard"] is False
+    assert lean["_system_config"]["enable_worker_prestart"] is False
+    assert ray_init_options("ray://10.0.0.1:10001") == {"address": "ray://10.0.0.1:10001",
+                                                         "logging_level": "warning"}
