@@ -38,6 +38,7 @@ from rtinfer.ir.ops.common import to_torch
 from rtinfer.ir.types import DType, TensorType
 from rtinfer.kernels.build import build_seconds as native_build_seconds
 from rtinfer.pass_manager import PipelineContext, get_pipeline, run_pipeline
+from rtinfer.workers import accepts_workers
 
 # the hooks every nn.Module call consults (torch mutates these tables, never rebinds them)
 _GLOBAL_HOOKS = (torch.nn.modules.module._global_forward_hooks,
@@ -80,6 +81,8 @@ class CompileInfo:
     auto: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
     int8: dict[str, Any] | None = None  # precision="int8": rtinfer.int8.Int8Report's record
+    bf16: dict[str, Any] | None = None  # precision="bf16": rtinfer.bf16.bf16_for_compile's
+    simplify: dict[str, Any] | None = None  # prune=: rtinfer.simplify.SimplifyReport's record
 
     def artifact_options(self) -> dict[str, Any]:
         """The compile options an artifact's manifest records."""
@@ -91,7 +94,7 @@ class CompileInfo:
         return {"frontend": self.frontend, "pipeline": self.pipeline,
                 "passes": [list(p) for p in self.passes], "ops_before": self.ops_before,
                 "ops_after": self.ops_after, "cold_timings": self.timings,
-                "auto": self.auto or None, "int8": self.int8}
+                "auto": self.auto or None, "int8": self.int8, "bf16": self.bf16}
 
 
 class CompiledModel:
@@ -126,6 +129,12 @@ class CompiledModel:
         # one output tensor, returned as is (no pytree to rebuild)
         self._single = len(graph.outputs) == 1 and (meta is None or (
             meta["out_spec"].is_leaf() and list(meta["outputs"]) == [("out", 0)]))
+        # ONNX inputs the graph was specialized on (a shape, axes, pads, k or scales given as an
+        # input, built for its example value): each call must pass that value
+        self._specialized = [(i, torch.from_numpy(np.array(a)))
+                             for i, a in graph.meta.get("onnx_specialized", {}).values()]
+        if self._specialized:
+            self._fast = None  # the fast path checks types only
 
     @property
     def module(self) -> Any:
@@ -269,6 +278,13 @@ class CompiledModel:
                 raise BackendError(f"input {name!r}: expected {t}, got {_describe(x)}"
                                    + self._sizes_hint(name, t, x, dtype))
             tensors.append(x)
+        for i, value in self._specialized:
+            if not torch.equal(tensors[i], value):
+                raise BackendError(
+                    f"input {self.input_names[i]!r} = {tensors[i].tolist()}: the model was "
+                    f"compiled for {value.tolist()}, the value in the example inputs (it is a "
+                    "shape, axes, pads, k or scales operand the graph was specialized on); "
+                    "compile again with example inputs holding the new value")
         if not self._symbolic:
             return tensors
         try:
@@ -321,6 +337,14 @@ class CompiledModel:
             from rtinfer.int8 import Int8Report
 
             lines += ["  " + line for line in Int8Report.from_record(i.int8).table().splitlines()]
+        if i.bf16:
+            from rtinfer.bf16 import report_lines
+
+            lines += ["  " + line for line in report_lines(i.bf16)]
+        if i.simplify:
+            from rtinfer.simplify import simplify_lines
+
+            lines += ["  " + line for line in simplify_lines(i.simplify)]
         lines.append("  " + self._cache_line())
         return "\n".join(lines)
 
@@ -366,8 +390,11 @@ class CompiledModel:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the artifact directory (created if needed) and return its path."""
+        spec = self.ir.meta.get("onnx_specialized")  # the call-time check travels with it
+        extra = {"onnx_specialized": {n: {"index": i, "dtype": str(a.dtype), "value": a.tolist()}
+                                      for n, (i, a) in spec.items()}} if spec else None
         return write_artifact(Path(directory), self._graph_with_current_weights(),
-                              self.input_names, self.info.artifact_options())
+                              self.input_names, self.info.artifact_options(), extra)
 
 
 def _auto_lines(auto: dict[str, Any]) -> list[str]:
@@ -437,12 +464,15 @@ def _input_names(graph: Graph) -> list[str]:
 # -- compile ----------------------------------------------------------------------------------
 
 
+@accepts_workers  # workers=: where compile-time work fans out (rtinfer.workers)
 def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
             pipeline: str | None = None, backend: str = "auto", dynamic_dims: Any = None,
             strict: bool = False, trainable: bool = False, mkldnn: bool | None = None,
             verify_each: bool = False,
             cache: bool | str | os.PathLike = True, tune: int = 0, precision: str = "fp32",
-            calibration: Any = None, accuracy_budget: float | None = None) -> CompiledModel:
+            calibration: Any = None, accuracy_budget: float | None = None,
+            prune: Any = None, train_data: Any = None, validation: Any = None,
+            distill_steps: int | None = None, distill_loss: str | None = None) -> CompiledModel:
     """Compile ``model`` (``nn.Module``, ``torch.fx.GraphModule``, ``onnx.ModelProto``, a path
     to an ``.onnx`` file, or an rtinfer ``Graph``) for ``target``.
 
@@ -465,7 +495,9 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     tunes the TVM kernels, N measured trials in all, before the build; its records persist in
     ``<cache>/tvm-tune/<target>/`` (with ``cache=False``, in a temporary directory), so a later
     compile of the same kernels tunes nothing (``rtinfer.backends.tvm_tune``). The user's model
-    is never modified.
+    is never modified. ``workers``: ``"ray://host:port"`` fans the int8 per-layer sensitivity
+    out over that Ray cluster (default: over Ray where ``ray.init`` was called, else local;
+    ``"local"``); the result is the same either way (``rtinfer.workers``).
 
     ``precision``: ``"fp32"``, ``"int8"`` or ``"bf16"``. ``"int8"`` (``rtinfer.int8``) needs
     ``calibration``, an iterable of input tuples like ``example_inputs``: the optimized graph is
@@ -473,11 +505,25 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     layers go back to fp32 where int8 is not faster or, most sensitive first, until the output
     error is within ``accuracy_budget`` (the largest relative output error allowed, e.g. 0.01;
     ``None``: no bound); ``report()`` has the per-layer table. The calibration data's digest is
-    part of the compile cache's key.
+    part of the compile cache's key. ``"bf16"`` (``rtinfer.bf16``, docs/bf16.md): conv2d, linear
+    and matmul layers with constant weights compute in bf16 (bf16 weights, f32 accumulation and
+    output) where the CPU has AVX512_BF16 or AMX-BF16; elsewhere (or under
+    ``$RTINFER_CPU_ISA``) the model compiles fp32 with a ``Bf16Fallback`` warning, and
+    ``report()`` says which layers run bf16 or why none do.
+
+    ``prune`` (``rtinfer.simplify``): ``rtinfer.prune``'s ratio, then distillation on
+    ``train_data`` (``distill_steps``, ``distill_loss``), then ``precision``, all within one
+    ``accuracy_budget`` measured on the held-out ``validation`` batches (with labels: top-1
+    drop as a fraction; else relative output error); ``report()`` shows each step and every
+    back-off. The pipeline trains: the compile cache is not used.
     """
+    from rtinfer.bf16 import cache_tag as bf16_tag
     from rtinfer.int8 import INT8_VERSION, check_precision
 
-    check_precision(precision, calibration, accuracy_budget)
+    pruning = any(v is not None for v in (prune, train_data, validation, distill_steps,
+                                          distill_loss))
+    # with prune= the budget bounds the whole pipeline, not int8 alone (rtinfer.simplify)
+    check_precision(precision, calibration, None if pruning else accuracy_budget)
     resolved = resolve_backend(backend)
     tune = check_tune(tune, resolved)
     candidates = auto_candidates(target, trainable) if resolved == "auto" else []
@@ -485,6 +531,14 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     if (resolved == "auto" and not candidates) or (resolved == "torch" and target not in TARGETS):
         raise BackendError(f"unknown target {target!r}; rtinfer compiles for: "
                            f"{', '.join(TARGETS)} (CUDA comes with the native backend)")
+    plan = None
+    if pruning:
+        from rtinfer.simplify import prepare
+
+        plan = prepare(model, example_inputs, prune, precision=precision, train_data=train_data,
+                       validation=validation, accuracy_budget=accuracy_budget,
+                       distill_steps=distill_steps, distill_loss=distill_loss, backend=resolved)
+        model, accuracy_budget, cache = plan.student, None, False
     info = CompileInfo(backend=resolved, backend_requested=backend, trainable=trainable,
                        pipeline=default_pipeline() if pipeline is None else pipeline,
                        precision=precision)
@@ -496,7 +550,7 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     # and so are the precision and its budget (fp32 keys stay as they were)
     digest = pctx.data_digest() if precision == "fp32" else \
         f"{pctx.data_digest()};precision={precision};budget={accuracy_budget};" \
-        f"int8={INT8_VERSION}"
+        f"int8={INT8_VERSION}" + (f";{bf16_tag()}" if precision == "bf16" else "")
     compile_cache = open_cache(cache, str(target), info.pipeline,
                                f"{resolved}:tune={tune}" if tune else resolved,
                                data_digest=digest)
@@ -511,6 +565,8 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     if hit is None:
         t1 = time.perf_counter()
         graph = _capture(model, example_inputs, dynamic_dims, info)  # 1. capture
+        if "onnx_specialized" in graph.meta:  # the model's fingerprint does not see the values
+            compile_cache.fingerprint_key = None
         timings[f"capture ({info.frontend})"] = time.perf_counter() - t1
         # the key and the lookup count as "cache lookup" on a hit, as "optimize" on a miss
         t1 = time.perf_counter()
@@ -521,13 +577,25 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
             timings["optimize"] = time.perf_counter() - t1
             if precision == "int8":
                 t1 = time.perf_counter()
-                graph = _int8(graph, model, batches, accuracy_budget, resolved, info)
+                graph = _int8(graph, model, batches, accuracy_budget, resolved, info, plan)
                 timings["int8 (calibrate, measure, lower)"] = time.perf_counter() - t1
+            elif precision == "bf16":
+                from rtinfer.bf16 import bf16_for_compile
+
+                t1 = time.perf_counter()
+                graph, info.bf16 = bf16_for_compile(graph)
+                info.ops_after = graph.op_counts()
+                if info.bf16["available"]:
+                    timings["bf16 (to-bf16)"] = time.perf_counter() - t1
         else:
             timings["cache lookup"] = time.perf_counter() - t1
     if hit is not None:
         graph = hit.graph
         _recalled(info, hit)
+    if precision == "bf16":
+        from rtinfer.bf16 import warn_fallback
+
+        warn_fallback(info.bf16)
     info.cache, info.cache_key = compile_cache.state, compile_cache.key
     t2 = time.perf_counter()
     options = {"target": target, "trainable": trainable, "mkldnn": mkldnn, "strict": strict}
@@ -545,6 +613,8 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
         timings["measure (auto)"] = measuring
     info.timings = {**timings, "total": t3 - t0 - building}
     cm = CompiledModel(graph, module, info)
+    if plan is not None:
+        info.simplify = plan.finish(cm, info.backend)
     if info.cache == "miss":
         info.cold_timings = dict(info.timings)
     compile_cache.store(graph, cm.input_names, info.artifact_options(), info.cache_record())
@@ -570,7 +640,7 @@ def _optimize(graph: Graph, info: CompileInfo, verify_each: bool,
 
 
 def _int8(graph: Graph, model: Any, batches: list, accuracy_budget: float | None,
-          backend: str, info: CompileInfo) -> Graph:
+          backend: str, info: CompileInfo, plan: Any = None) -> Graph:
     """Stage 2b: the int8 graph of the optimized one, with calibration batches bound to the
     graph's inputs as a call binds its arguments."""
     from rtinfer.int8 import quantize_for_compile
@@ -590,8 +660,19 @@ def _int8(graph: Graph, model: Any, batches: list, accuracy_budget: float | None
 
                 raise QuantizeError(f"calibration batch {b}: {e}") from None
         batches = bound
-    qgraph, report = quantize_for_compile(graph, calibration_batches(graph, batches),
-                                          accuracy_budget, backend=backend)
+    if plan is not None:  # prune=: int8 within what is left of the pipeline's budget
+        from rtinfer.frontends.torch_frontend import example_args
+
+        binder = CompiledModel(graph, None, CompileInfo())
+
+        def bind(batch: Any) -> list[torch.Tensor]:
+            args, kwargs = example_args(model, batch)
+            return binder.bind_inputs(*args, **kwargs)
+
+        qgraph, report = plan.quantize(graph, calibration_batches(graph, batches), bind)
+    else:
+        qgraph, report = quantize_for_compile(graph, calibration_batches(graph, batches),
+                                              accuracy_budget, backend=backend)
     info.int8 = report.to_record()
     info.ops_after = qgraph.op_counts()
     return qgraph
@@ -609,6 +690,7 @@ def _recalled(info: CompileInfo, hit: CacheHit) -> None:
     info.ops_after = hit.graph.op_counts()
     info.cold_timings = dict(record.get("cold_timings", {}))
     info.int8 = record.get("int8")
+    info.bf16 = record.get("bf16")
 
 
 def _build(graph: Graph, info: CompileInfo, candidates: list[AutoCandidate],
@@ -657,6 +739,9 @@ def load(directory: str | os.PathLike, *, mkldnn: bool | None = None,
     torch_meta = load_torch_meta(manifest.get("torch_io"))
     if torch_meta is not None:
         graph.meta["torch"] = torch_meta
+    if manifest.get("onnx_specialized"):
+        graph.meta["onnx_specialized"] = _load_specialized(manifest["onnx_specialized"], graph,
+                                                           root)
     saved = str(manifest.get("backend", "torch"))
     trainable = bool(manifest.get("trainable"))
     chosen = backend or (saved if saved in ("torch", "native") else "torch")
@@ -677,6 +762,25 @@ def load(directory: str | os.PathLike, *, mkldnn: bool | None = None,
     names = [str(n) for n in names] if isinstance(names, list) and len(names) == len(
         graph.inputs) else None
     return CompiledModel(graph, module, info, names)
+
+
+def _load_specialized(saved: Any, graph: Graph, root: Path) -> dict[str, tuple[int, np.ndarray]]:
+    """The manifest's ``onnx_specialized`` (see ``CompiledModel.save``) as graph meta; a
+    malformed entry is an ``ArtifactError``."""
+    from rtinfer.errors import ArtifactError
+
+    out = {}
+    try:
+        for name, e in saved.items():
+            i = int(e["index"])
+            if not 0 <= i < len(graph.inputs):
+                raise ValueError(f"index {i} out of range")
+            out[str(name)] = (i, np.array(e["value"], dtype=np.dtype(e["dtype"])).reshape(
+                graph.inputs[i].type.shape))
+    except Exception as e:  # any malformed field: the manifest is corrupted
+        raise ArtifactError(f"{root}/manifest.json: malformed onnx_specialized entry "
+                            f"({type(e).__name__}: {e})") from None
+    return out
 
 
 __all__ = ["CompileInfo", "CompiledModel", "TARGETS", "compile", "default_pipeline", "load"]

@@ -40,15 +40,25 @@ from rtinfer.errors import QuantizeError
 from rtinfer.ir.graph import Graph, Node
 from rtinfer.ir.interpreter import bind_dims
 from rtinfer.pass_manager import PipelineContext, run_pipeline
+from rtinfer.workers import current as current_workers
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # in the compile cache's key: a cached int8 model made by an older algorithm is not reused
-INT8_VERSION = 3
+INT8_VERSION = 5
 METHODS = ("auto", "entropy", "minmax", "percentile", "mse")
+# compile(precision="int8")'s per-token dynamic linears: chosen per layer, off, or every linear
+DYNAMIC_CHOICES = ("auto", "never", "always")
 SENSITIVITY_BATCHES = 8  # calibration batches the errors are measured on
 # an fp32 layer between int8 ones dequantizes its input and quantizes its output: about this
 # many ns per element of the two (rtinfer's quantize ~0.7 ns, dequantize ~0.15 ns, one thread)
 CONVERT_NS_PER_ELEMENT = 0.5
+
+
+DYNAMIC_MARGIN = 0.9  # a slower dynamic linear is kept only below this share of static's error
+
+
+def _le(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and a <= b
 
 
 @dataclass
@@ -58,11 +68,16 @@ class LayerRow:
     name: str
     op: str
     shape: str  # the weight's shape
-    precision: str  # "int8" | "fp32"
-    sensitivity: float | None  # output error with this layer alone int8
+    precision: str  # "int8" (static) | "int8-dyn" (per-token dynamic) | "fp32"
+    sensitivity: float | None  # output error with this layer alone int8 (as chosen)
     fp32_ms: float | None
-    int8_ms: float | None
+    int8_ms: float | None  # the chosen int8 kernel's time (static or dynamic)
     why: str
+    # linears: the output error and kernel time of the dynamic and static forms
+    dynamic_sensitivity: float | None = None
+    static_sensitivity: float | None = None
+    dynamic_ms: float | None = None
+    static_ms: float | None = None
 
 
 @dataclass
@@ -79,7 +94,11 @@ class Int8Report:
 
     @property
     def int8_layers(self) -> int:
-        return sum(r.precision == "int8" for r in self.layers)
+        return sum(r.precision.startswith("int8") for r in self.layers)
+
+    @property
+    def dynamic_layers(self) -> int:
+        return sum(r.precision == "int8-dyn" for r in self.layers)
 
     def table(self) -> str:
         def num(x: float | None, fmt: str) -> str:
@@ -87,7 +106,8 @@ class Int8Report:
 
         budget = "none" if self.budget is None else f"{self.budget:g}"
         lines = [
-            f"int8: {self.int8_layers} of {len(self.layers)} layers int8 ({self.method} "
+            f"int8: {self.int8_layers} of {len(self.layers)} layers int8, "
+            f"{self.dynamic_layers} of them dynamic per token ({self.method} "
             f"calibration on {self.batches} batches); output error {self.error:.4g} "
             f"(all int8: {self.all_int8_error:.4g}; budget {budget})",
             f"  {'layer':<28} {'op':<14} {'weight':<16} {'precision':<9} {'sensitivity':>11} "
@@ -114,9 +134,6 @@ def check_precision(precision: str, calibration: Any, accuracy_budget: Any) -> N
     """The compile arguments of the precision, checked before any work."""
     if precision not in PRECISIONS:
         raise QuantizeError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "bf16":
-        raise QuantizeError("precision='bf16' is not built yet (bf16 kernels for AVX512_BF16 / "
-                            "AMX CPUs are planned); use 'fp32' or 'int8'")
     if precision == "int8" and calibration is None:
         raise QuantizeError("precision='int8' needs calibration=...: an iterable of input "
                             "tuples like example_inputs (a few hundred real inputs is typical)")
@@ -158,9 +175,9 @@ class Variants:
         self.options = f"per-channel={str(per_channel).lower()},weight-max={levels}"
         self.method = "entropy"
 
-    def graph(self, int8: set[int]) -> Graph:
+    def graph(self, int8: set[int], dynamic: set[int] = frozenset()) -> Graph:
         """A clone of the fp32 graph with the layers in ``int8`` in QDQ form (ranges by the
-        observer ``self.method``)."""
+        observer ``self.method``) and the linears in ``dynamic`` as ``qlinear_dynamic``."""
         from rtinfer.passes.quant.calibrate import CALIBRATION, CalibrationStats
 
         g = self.fp32.clone()
@@ -168,9 +185,10 @@ class Variants:
         stats = CalibrationStats({vmap[id(v)]: s for v, s in self.stats.stats.items()},
                                  self.stats.batches)
         self.pctx.provide(CALIBRATION, g, stats)
-        layers = ",".join(map(str, sorted(int8))) or "none"
-        run_pipeline(g, f'insert-qdq{{{self.options},method={self.method},layers="{layers}"}}',
-                     pipeline_ctx=self.pctx)
+        layers = ",".join(map(str, sorted(int8 - dynamic))) or "none"
+        dyn = ",".join(map(str, sorted(dynamic))) or "none"
+        run_pipeline(g, f'insert-qdq{{{self.options},method={self.method},layers="{layers}",'
+                        f'dynamic="{dyn}"}}', pipeline_ctx=self.pctx)
         return g
 
 
@@ -200,6 +218,13 @@ def _calibration_runner(graph: Graph) -> Callable[..., Sequence[torch.Tensor]]:
         with torch.inference_mode():
             return module(*xs)
     return run
+
+
+def graph_error(ref: list[list[torch.Tensor]], data: list[list[torch.Tensor]],
+                graph: Graph) -> float:
+    """``output_error`` of ``graph`` run on ``data`` against ``ref`` (a worker's task)."""
+    run = _runner(graph)
+    return output_error(ref, [run(b) for b in data])
 
 
 def output_error(ref: list[list[torch.Tensor]], got: list[list[torch.Tensor]]) -> float:
@@ -273,14 +298,44 @@ def _layer_times(layers: list[Node], backend: str, dims: dict
     return out
 
 
+def _dynamic_times(layers: list[Node], backend: str, dims: dict) -> list[float | None]:
+    """The ``qlinear_dynamic`` kernel time (ms) of each linear layer at its shape, where the
+    backend can time one layer (native); None for other layers and backends."""
+    if backend not in ("native", "auto"):
+        return [None] * len(layers)
+    from rtinfer.backends.native.quant_dynamic import time_dynamic_layer
+    from rtinfer.errors import RtinferError
+    from rtinfer.ir.ops.quant import LAYER_BASE
+
+    out: list[float | None] = []
+    for n in layers:
+        if LAYER_BASE.get(n.op) != "linear":
+            out.append(None)
+            continue
+        try:
+            out.append(time_dynamic_layer(_static_layer(n, dims))[1])
+        except RtinferError:
+            out.append(None)
+    return out
+
+
 def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
                          accuracy_budget: float | None = None, *, method: str = "auto",
                          backend: str = "native", per_channel: bool = True,
+                         dynamic: str = "auto",
                          progress: Callable[[str], None] | None = None
                          ) -> tuple[Graph, Int8Report]:
-    """The int8 graph (lowered) of the optimized fp32 ``graph`` (not modified) and the report."""
+    """The int8 graph (lowered) of the optimized fp32 ``graph`` (not modified) and the report.
+
+    ``dynamic``: "auto" (each linear static or per-token dynamic, whichever is more accurate
+    on the calibration batches among the forms faster than fp32), "never" or "always" (every
+    linear dynamic)."""
+    from rtinfer.ir.ops.quant import LAYER_BASE
+
     if method not in METHODS:
         raise QuantizeError(f"method={method!r}: choose one of {', '.join(METHODS)}")
+    if dynamic not in DYNAMIC_CHOICES:
+        raise QuantizeError(f"dynamic={dynamic!r}: choose one of {', '.join(DYNAMIC_CHOICES)}")
     say = progress or (lambda s: None)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -291,22 +346,41 @@ def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
     seconds["calibrate"] = time.perf_counter() - t
     n = len(v.layers)
     every = set(range(n))
+    linears = {i for i, fn in enumerate(v.layers) if LAYER_BASE[fn.op] == "linear"}
     rows = [LayerRow(_layer_name(fn, i), fn.op, "x".join(map(str, fn.inputs[1].type.shape)),
                      "int8", None, None, None, "") for i, fn in enumerate(v.layers)]
 
+    # which forms may run: static where its kernel (plus conversions) beats fp32, dynamic
+    # where its kernel (quantizing the activation included) beats fp32
     t = time.perf_counter()
     dims = bind_dims([v.type for v in fp32.inputs], [tuple(x.shape) for x in batches[0]])
-    for layer, row, times in zip(v.layers, rows, _layer_times(v.layers, backend, dims),
-                                 strict=True):
+    static_ok, dynamic_ok = set(every), set(linears) if dynamic != "never" else set()
+    if dynamic == "always":
+        static_ok -= linears
+    static_times = _layer_times(v.layers, backend, dims)
+    dyn_times = _dynamic_times(v.layers, backend, dims) if dynamic_ok else [None] * n
+    for i, (layer, row) in enumerate(zip(v.layers, rows, strict=True)):
+        times = static_times[i]
         if times is not None:
-            row.fp32_ms, row.int8_ms = times
+            row.fp32_ms, row.static_ms = times
             convert = _convert_ms(layer, dims)
-            if not row.int8_ms < row.fp32_ms + convert:
-                row.precision, row.why = "fp32", (
-                    f"int8 not faster at this shape (fp32 + {convert:.3f} ms of conversions)")
-            elif row.int8_ms >= row.fp32_ms:
+            if not row.static_ms < row.fp32_ms + convert:
+                static_ok.discard(i)
+                row.why = f"int8 not faster at this shape (fp32 + {convert:.3f} ms of " \
+                          f"conversions)"
+            elif row.static_ms >= row.fp32_ms:
                 row.why = f"int8 kernel slower, but fp32 here costs {convert:.3f} ms of " \
                           f"conversions"
+        row.dynamic_ms = dyn_times[i]
+        if row.dynamic_ms is not None and row.fp32_ms is not None \
+                and not row.dynamic_ms < row.fp32_ms:
+            dynamic_ok.discard(i)
+    candidates = static_ok | dynamic_ok
+    for i in every - candidates:
+        rows[i].precision, rows[i].int8_ms = "fp32", rows[i].static_ms  # the time that lost
+        if i in linears and dynamic != "never":
+            rows[i].why += "; dynamic int8 not faster either" if rows[i].why else \
+                "dynamic int8 not faster at this shape"
     seconds["time layers"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -314,48 +388,82 @@ def quantize_for_compile(graph: Graph, batches: list[list[torch.Tensor]],
     run_fp32 = _runner(fp32)
     ref = [run_fp32(b) for b in data]
 
-    def error(int8: set[int]) -> float:
-        run = _runner(v.graph(int8))
+    def error(int8: set[int], dyn: set[int] = frozenset()) -> float:
+        run = _runner(v.graph(int8 | dyn, dyn))
         return output_error(ref, [run(b) for b in data])
 
+    all_static = every - linears if dynamic == "always" else every
+    all_dynamic = linears if dynamic == "always" else set()
     if method == "auto":  # the observer whose all-int8 model is closest to fp32, measured
         errors = {}
         for m in METHODS[1:]:
             v.method = m
-            errors[m] = error(every)
+            errors[m] = error(all_static, all_dynamic)
         v.method = min(errors, key=errors.__getitem__)
         all_int8 = errors[v.method]
         seconds["choose observer"] = time.perf_counter() - t
     else:
         v.method = method
-        all_int8 = error(every)
+        all_int8 = error(all_static, all_dynamic)
+    dyn_chosen: set[int] = set()
+    # each layer's errors in the loop's order, over the compile's workers (rtinfer.workers:
+    # Ray tasks where a cluster is given, else computed here one at a time as the loop asks)
+    alone = [({i}, set()) if static else ({i}, {i}) for i in sorted(candidates)
+             for static in (True, False) if i in (static_ok if static else dynamic_ok)]
+    measured = current_workers().map(graph_error, (v.graph(*a) for a in alone), (ref, data))
     for i, row in enumerate(rows):
-        if row.precision == "int8":  # a layer fp32 for speed needs no accuracy verdict
-            say(f"sensitivity {i + 1}/{n}")
-            row.sensitivity = error({i})
-    chosen = {i for i, r in enumerate(rows) if r.precision == "int8"}
-    current = error(chosen) if chosen != every else all_int8
+        if i not in candidates:  # a layer fp32 for speed needs no accuracy verdict
+            continue
+        say(f"sensitivity {i + 1}/{n}")
+        if i in static_ok:
+            row.static_sensitivity = next(measured)
+        if i in dynamic_ok:
+            row.dynamic_sensitivity = next(measured)
+        s, d = row.static_sensitivity, row.dynamic_sensitivity
+        # the more accurate form, both fast enough; dynamic, when slower than static, must
+        # be clearly more accurate (10%): a near tie goes to the faster kernel
+        if d is not None and (s is None or d < s * (1.0 if _le(row.dynamic_ms, row.static_ms)
+                                                   else DYNAMIC_MARGIN)):
+            dyn_chosen.add(i)
+            row.precision, row.sensitivity, row.int8_ms = "int8-dyn", d, row.dynamic_ms
+        else:
+            row.sensitivity, row.int8_ms = s, row.static_ms
+    chosen = set(candidates)
+    current = error(chosen - dyn_chosen, dyn_chosen)
     if accuracy_budget is not None:
         by_sensitivity = sorted(chosen, key=lambda i: -(rows[i].sensitivity or 0.0))
         for i in by_sensitivity:
             if current <= accuracy_budget:
                 break
             chosen.discard(i)
+            dyn_chosen.discard(i)
             rows[i].precision = "fp32"
             rows[i].why = f"sensitive: model error {current:.3g} > budget {accuracy_budget:g}"
-            current = error(chosen)
+            current = error(chosen - dyn_chosen, dyn_chosen)
     for i in chosen:
-        r = rows[i]
-        if not r.why:
-            faster = f"{r.fp32_ms / r.int8_ms:.2f}x faster" if r.int8_ms else \
-                "speed not measured"
-            r.why = f"int8 ({faster})" if accuracy_budget is None else \
-                f"int8 ({faster}, within budget)"
+        rows[i].why = _why_int8(rows[i], accuracy_budget is not None)
     seconds["sensitivity"] = time.perf_counter() - t
 
-    final = v.graph(chosen)
+    final = v.graph(chosen, dyn_chosen)
     run_pipeline(final, "lower-int8,dce")
     chosen_by = f"{v.method} (auto: " + ", ".join(f"{m} {e:.3g}" for m, e in errors.items()) + \
         ")" if method == "auto" else v.method
     report = Int8Report(chosen_by, len(data), accuracy_budget, current, all_int8, rows, seconds)
     return final, report
+
+
+def _why_int8(r: LayerRow, budget: bool) -> str:
+    """The report's reason for an int8 layer: its form, speed and (linears) why that form."""
+    faster = f"{r.fp32_ms / r.int8_ms:.2f}x faster" if r.int8_ms and r.fp32_ms else \
+        "speed not measured"
+    within = ", within budget" if budget else ""
+    s, d = r.static_sensitivity, r.dynamic_sensitivity
+    if r.precision == "int8-dyn":
+        than = f"error {d:.3g} vs static {s:.3g}" if s is not None else \
+            "static int8 not faster than fp32"
+        return f"dynamic per-token int8 ({than}; {faster}{within})"
+    if d is not None:
+        return f"int8 (error {s:.3g} vs dynamic {d:.3g}; {faster}{within})"
+    slow = "; dynamic not faster than fp32" if r.dynamic_ms is not None else ""
+    kept = f"; {r.why}" if r.why else ""
+    return f"int8 ({faster}{within}{kept}{slow})"

@@ -9,6 +9,13 @@ Latency: ``--warmup`` calls of each, then ``--runs`` calls interleaved (before, 
 so that both see the same machine state; p50 and p90 of the per-call wall times.
 Fidelity: on the same inputs (generated with ``--seed``, or ``--inputs FILE.npz``), the largest
 absolute difference and the cosine similarity of each output, the worst over the outputs.
+
+``--prune RATIO`` (a built-in model): prune -> distill (-> int8 with ``--int8``) under one
+``--budget`` (``rtinfer.simplify``), distilled on ``--distill data.npz`` (arrays by input name,
+samples along the first axis, optional integer ``labels``; the last ``--holdout`` of the
+samples is the held-out data the budget is measured on) or, without it, on real sentences
+(minilm) or generated images (with a warning). The table adds MACs, parameters and, with
+labels, top-1 on the held-out samples; the per-step table comes first.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class Measured:
     warnings: list[str] = field(default_factory=list)  # why the latencies may not be trusted
     precision: str = "fp32"
     int8: dict[str, Any] | None = None  # --int8: the per-layer record (rtinfer.int8)
+    simplify: dict[str, Any] | None = None  # --prune: the per-step record (rtinfer.simplify)
 
 
 @dataclass
@@ -245,23 +253,11 @@ def _calibration(subject: _Subject, args: Any) -> tuple[list[Any], str | None]:
                                                         strict=False)
                 for i, d in enumerate(v.type.shape) if not isinstance(d, int)}
         return [tuple(random_inputs(graph, seed=1000 + i, dims=dims)) for i in range(n)], note
-    try:
-        with np.load(spec, allow_pickle=False) as npz:
-            given = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise OptimizeError(f"cannot read --calibration {spec}: {e}") from None
+    given = _npz_samples(spec, list(subject.shapes), "--calibration")
     names = list(subject.shapes)
-    missing = [k for k in names if k not in given]
-    if missing:
-        raise OptimizeError(f"--calibration {spec} lacks input(s) {', '.join(missing)} (arrays "
-                            f"by input name, calibration samples along the first axis)")
-    counts = {len(given[k]) for k in names}
-    if len(counts) != 1:
-        raise OptimizeError(f"--calibration {spec}: the inputs hold different numbers of "
-                            f"samples ({sorted(counts)})")
     step = max(1, subject.shapes[names[0]][0] if subject.shapes[names[0]] else 1)
     batches = []
-    for i in range(0, counts.pop() - step + 1, step):
+    for i in range(0, len(given[names[0]]) - step + 1, step):
         arrays = [given[k][i:i + step] for k in names]
         if subject.kind == "builtin":
             tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
@@ -272,6 +268,83 @@ def _calibration(subject: _Subject, args: Any) -> tuple[list[Any], str | None]:
     if not batches:
         raise OptimizeError(f"--calibration {spec} holds fewer samples than one batch ({step})")
     return batches, None
+
+
+def _npz_samples(path: str, names: list[str], flag: str) -> dict[str, np.ndarray]:
+    """The arrays of ``path`` by input name (and ``labels`` where present), checked to hold
+    the same number of samples along their first axis."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            given = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise OptimizeError(f"cannot read {flag} {path}: {e}") from None
+    missing = [k for k in names if k not in given]
+    if missing:
+        raise OptimizeError(f"{flag} {path} lacks input(s) {', '.join(missing)} (arrays by input "
+                            f"name, samples along the first axis)")
+    keys = names + (["labels"] if flag == "--distill" and "labels" in given else [])
+    counts = {len(given[k]) for k in keys}
+    if len(counts) != 1:
+        raise OptimizeError(f"{flag} {path}: the arrays hold different numbers of samples "
+                            f"({sorted(counts)})")
+    return {k: given[k] for k in keys}
+
+
+def _prune_data(subject: _Subject, args: Any) -> tuple[dict[str, Any], str | None]:
+    """``compile``'s prune= arguments for ``--prune``: training and held-out batches (from
+    ``--distill FILE.npz``, else real sentences for minilm or generated images), and a warning
+    where the data is not real."""
+    import torch
+
+    if subject.kind != "builtin":
+        raise OptimizeError(f"--prune distills the pruned model from the dense one, which needs "
+                            f"a torch model: a built-in ({', '.join(BUILTINS)}), not "
+                            f"{subject.kind} file {args.model}")
+    if not 0.0 < args.prune < 1.0:
+        raise OptimizeError(f"--prune is the fraction of channels removed, in (0, 1); got "
+                            f"{args.prune:g}")
+    if not 0.0 < args.holdout < 1.0:
+        raise OptimizeError(f"--holdout is the fraction of the samples held out, in (0, 1); got "
+                            f"{args.holdout:g}")
+    names = list(subject.shapes)
+    note = None
+    if args.distill is not None:
+        given = {k: torch.from_numpy(np.ascontiguousarray(a))
+                 for k, a in _npz_samples(args.distill, names, "--distill").items()}
+    elif "input_ids" in names:
+        from rtinfer.models import english_sentences, minilm_inputs
+
+        texts = english_sentences()
+        order = np.random.default_rng(2).permutation(len(texts))[:512]
+        given = minilm_inputs([texts[i] for i in order], seq=args.seq)
+    else:
+        from rtinfer.models import image_input
+
+        shape = subject.shapes[names[0]]
+        given = {names[0]: image_input(batch=64, size=shape[-1], seed=2000)}
+        note = ("distilled on 64 generated images, not real data: give --distill data.npz for "
+                "a faithful pruned model")
+    n = len(given[names[0]])
+    held = max(1, int(round(n * args.holdout)))
+    if n - held < 1:
+        raise OptimizeError(f"--distill {args.distill}: {n} sample(s) leave none to train on "
+                            f"after holding out {held}")
+
+    def batches(lo: int, hi: int, size: int) -> list[Any]:
+        out = []
+        for i in range(lo, hi, size):
+            part = {k: t[i:min(i + size, hi)] for k, t in given.items()}
+            labels = part.pop("labels", None)
+            if len(names) > 1:
+                out.append(part if labels is None else {**part, "labels": labels})
+            else:
+                x = part[names[0]]
+                out.append(x if labels is None else (x, labels))
+        return out
+
+    return {"prune": args.prune, "train_data": batches(0, n - held, args.distill_batch),
+            "validation": batches(n - held, n, 64),
+            "distill_steps": args.distill_steps}, note
 
 
 def _subject(model: str, args: Any) -> _Subject:
@@ -312,11 +385,18 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
     if args.int8:
         precision = "int8"
         calibration, note = _calibration(subject, args)
-    elif args.budget is not None or args.calibration is not None:
+    elif (args.budget is not None and args.prune is None) or args.calibration is not None:
         raise OptimizeError("--calibration and --budget go with --int8")
+    pruning: dict[str, Any] = {}
+    if args.prune is not None:
+        pruning, prune_note = _prune_data(subject, args)
+        note = "; ".join(n for n in (note, prune_note) if n) or None
+    elif args.distill is not None or args.distill_steps is not None:
+        raise OptimizeError("--distill and --distill-steps go with --prune")
     cm = rt_compile(subject.compile_arg, target=args.target, example_inputs=subject.example,
                     pipeline=args.pipeline, backend=args.backend, cache=not args.no_cache,
-                    precision=precision, calibration=calibration, accuracy_budget=args.budget)
+                    precision=precision, calibration=calibration, accuracy_budget=args.budget,
+                    **pruning)
     compile_s = time.perf_counter() - t0
     steps.update()
 
@@ -369,7 +449,7 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
     loads = (load_before, load_after)
     m.warnings = stability_warnings(
         m.latency_ms, None if None in loads else loads, usable_cores())  # type: ignore[arg-type]
-    m.precision, m.int8 = precision, info.int8
+    m.precision, m.int8, m.simplify = precision, info.int8, info.simplify
     if note:
         m.warnings.append(note)
     (out / "report.json").write_text(json.dumps(asdict(m), indent=2) + "\n")
@@ -380,6 +460,10 @@ def run(args: Any, stdout: Any, stderr: Any) -> int:
         from rtinfer.int8 import Int8Report
 
         stdout.write(Int8Report.from_record(m.int8).table() + "\n")
+    if m.simplify:
+        from rtinfer.simplify import simplify_lines
+
+        stdout.write("\n".join(simplify_lines(m.simplify)) + "\n")
     stdout.write(table(m) + f"\nwrote {out}{os.sep}: artifact/, report.md, report.json\n")
     return 0
 
@@ -388,9 +472,28 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+def _prune_rows(m: Measured) -> list[tuple[str, str, str]]:
+    """MACs, parameters and held-out accuracy before (the dense model) and after (the compiled
+    one), from the --prune record."""
+    if not m.simplify or len(m.simplify["rows"]) < 2:
+        return []
+    first, last = m.simplify["rows"][0], m.simplify["rows"][-1]
+
+    def n(x: Any) -> str:
+        return "-" if x is None else f"{x:,}"
+
+    out = [("MACs", n(first["macs"]), n(last["macs"])),
+           ("parameters", n(first["params"]), n(last["params"]))]
+    if m.simplify["metric"] == "top-1" and first["metric"] is not None:
+        out.append(("top-1 (held out)", f"{first['metric']:.2f}%", f"{last['metric']:.2f}%"))
+    elif first["metric"] is not None:
+        out.append(("rel. error (held out)", "", f"{last['metric']:.4g}"))
+    return out
+
+
 def rows(m: Measured) -> list[tuple[str, str, str]]:
     b, a = m.latency_ms["before"], m.latency_ms["after"]
-    return [
+    return _prune_rows(m) + [
         ("latency p50", f"{b['p50']:.3f} ms", f"{a['p50']:.3f} ms"),
         ("latency p90", f"{b['p90']:.3f} ms", f"{a['p90']:.3f} ms"),
         ("speedup (p50)", "", f"{m.speedup_p50:.2f}x"),
@@ -461,4 +564,20 @@ def add_arguments(p: Any, dims_type: Callable[[str], dict[str, int]]) -> None:
                         "along the first axis")
     p.add_argument("--budget", type=float, default=None, metavar="ERR",
                    help="--int8: the largest relative output error allowed (e.g. 0.01); "
-                        "the most sensitive layers go back to fp32 until it holds")
+                        "the most sensitive layers go back to fp32 until it holds. --prune: "
+                        "the pipeline's budget on the held-out samples (top-1 drop as a "
+                        "fraction with labels, else relative output error)")
+    p.add_argument("--prune", type=float, default=None, metavar="RATIO",
+                   help="a built-in model: prune this fraction of each layer's channels, "
+                        "distill the accuracy back (then int8 with --int8), within --budget")
+    p.add_argument("--distill", metavar="FILE.npz", default=None,
+                   help="--prune: training data, arrays by input name (samples along the "
+                        "first axis) and optional integer 'labels' (default: real sentences "
+                        "for minilm, generated images otherwise)")
+    p.add_argument("--distill-steps", type=int, default=None, metavar="N",
+                   help="--prune: distillation steps (default: four passes, 300-1000)")
+    p.add_argument("--distill-batch", type=int, default=32, metavar="N",
+                   help="--prune: samples per distillation batch (32)")
+    p.add_argument("--holdout", type=float, default=0.2, metavar="FRAC",
+                   help="--prune: the last FRAC of the samples is held out to measure the "
+                        "budget on (0.2)")

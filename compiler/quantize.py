@@ -37,25 +37,43 @@ def torch_runner(graph: Graph) -> Callable[..., Sequence[Any]]:
 
 def quantize_pipeline(method: str = "entropy", per_channel: bool = True,
                       ops: Sequence[str] = LAYER_KINDS, smooth_quant: float | None = None,
-                      bias_correction: bool = False) -> str:
+                      bias_correction: bool = False,
+                      dynamic: bool | Sequence[int] = False) -> str:
     """The pipeline string ``rtinfer.quantize`` runs for these options."""
     if method not in OBSERVERS:
         raise QuantizeError(f"unknown method {method!r} (choose one of {', '.join(OBSERVERS)})")
     parse_ops(",".join(ops))
+    dyn = _dynamic_option(dynamic)
     passes = []
     if smooth_quant is not None:
         passes.append(f"smooth-quant{{alpha={float(smooth_quant)}}}")
     pc = "true" if per_channel else "false"
-    passes.append(f'insert-qdq{{method={method}, per-channel={pc}, ops="{",".join(ops)}"}}')
+    passes.append(f'insert-qdq{{method={method}, per-channel={pc}, ops="{",".join(ops)}", '
+                  f'dynamic="{dyn}"}}')
     if bias_correction:
         passes.append("bias-correction")
     return ",".join(passes)
 
 
+def _dynamic_option(dynamic: bool | Sequence[int]) -> str:
+    """insert-qdq's ``dynamic`` option for ``quantize(dynamic=...)``."""
+    if isinstance(dynamic, bool):
+        return "all" if dynamic else "none"
+    try:
+        given = list(dynamic)
+        layers = [-1 if isinstance(i, bool) else int(i) for i in given]
+    except (TypeError, ValueError):
+        layers = [-1]
+    if any(i < 0 for i in layers):
+        raise QuantizeError(f"dynamic={dynamic!r}: give True (every linear), False, or the "
+                            f"indices of linear layers (0, 1, ... in graph order)")
+    return ",".join(map(str, sorted(set(layers)))) or "none"
+
+
 def quantize(graph: Graph, calibration: Iterable[Any], method: str = "entropy",
              per_channel: bool = True, *, ops: Sequence[str] = LAYER_KINDS,
              smooth_quant: float | None = None, bias_correction: bool = False,
-             verify: bool = True) -> Graph:
+             dynamic: bool | Sequence[int] = False, verify: bool = True) -> Graph:
     """The QDQ form of ``graph`` (a new graph; ``graph`` is untouched).
 
     ``method``: the activation observer (minmax, percentile, entropy, mse). ``per_channel``:
@@ -63,13 +81,17 @@ def quantize(graph: Graph, calibration: Iterable[Any], method: str = "entropy",
     ``smooth_quant``: SmoothQuant's alpha (e.g. 0.5) to migrate activation outliers of linears
     fed by a LayerNorm into their weights first; None: off. ``bias_correction``: correct each
     layer's bias by the mean output shift its weight rounding causes on the calibration data.
+    ``dynamic``: True makes every linear ``qlinear_dynamic`` (its activation quantized per row
+    at run time, not from the calibration ranges), or the indices of the layers (graph order
+    among the quantizable ones) to make so; the rest stay static int8.
     Bad data (no batch, a batch of the wrong arity or shape) is a ``QuantizeError`` naming the
     batch and the input.
     """
     if not isinstance(graph, Graph):
         raise QuantizeError(f"quantize takes an IR Graph (rtinfer.capture(model, inputs) makes "
                             f"one), got a {type(graph).__name__}")
-    pipeline = quantize_pipeline(method, per_channel, ops, smooth_quant, bias_correction)
+    pipeline = quantize_pipeline(method, per_channel, ops, smooth_quant, bias_correction,
+                                 dynamic)
     # one check of the data up front, so a bad batch is reported before anything runs; the
     # passes read the materialized list (a one-shot iterator is consumed once)
     batches = calibration_batches(graph, calibration)

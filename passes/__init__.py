@@ -21,8 +21,15 @@ from rtinfer.passes.fusion import (
     layout,
     merge_parallel_linears,
 )
-from rtinfer.passes.pruning import prune_channels
-from rtinfer.passes.quant import bias_correction, calibrate, insert_qdq, lower_int8, smooth_quant
+from rtinfer.passes.pruning import prune_channels, prune_depth
+from rtinfer.passes.quant import (
+    bf16,
+    bias_correction,
+    calibrate,
+    insert_qdq,
+    lower_int8,
+    smooth_quant,
+)
 
 BUILTIN_PASSES = [
     # cleanup
@@ -33,15 +40,18 @@ BUILTIN_PASSES = [
     merge_parallel_linears.merge_parallel_linears, fuse_elementwise.fuse_elementwise,
     layout.layout,
     # pruning
-    prune_channels.prune_channels,
+    prune_channels.prune_channels, prune_depth.prune_depth,
     # int8
     calibrate.calibrate, smooth_quant.smooth_quant, insert_qdq.insert_qdq,
     bias_correction.bias_correction, lower_int8.lower_int8,
+    # bf16
+    bf16.to_bf16_pass,
 ]
 
 install(BUILTIN_PASSES, pipelines.PIPELINES)
 
 __all__ = ["BUILTIN_PASSES", "canonicalize", "cse", "dce", "fold_batchnorm", "fold_constants",
            "fuse_attention", "fuse_elementwise", "fuse_epilogue", "fuse_gelu", "fuse_layernorm",
-           "fuse_mha", "bias_correction", "calibrate", "insert_qdq", "layout",
-           "lower_int8", "merge_parallel_linears", "pipelines", "prune_channels", "smooth_quant"]
+           "fuse_mha", "bf16", "bias_correction", "calibrate", "insert_qdq", "layout",
+           "lower_int8", "merge_parallel_linears", "pipelines", "prune_channels",
+           "prune_depth", "smooth_quant"]

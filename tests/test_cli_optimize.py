@@ -148,3 +148,115 @@ def test_optimize_int8_with_generated_calibration_warns(mlp_onnx, tmp_path, caps
     assert main(["optimize", str(mlp_onnx), "--input-shape", "x=3x16", "--budget", "0.1",
                  "--out", str(tmp_path / "b")]) == 1
     assert "--calibration and --budget go with --int8" in capsys.readouterr().err
+
+
+# -- --prune -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_cnn():
+    """A small CNN trained here on scikit-learn's digits (one thread: small convolutions run
+    fastest so, and the machine is shared), and its images and labels."""
+    import torch
+    from torch import nn
+
+    from tests.test_simplify import DigitsCNN
+
+    datasets = pytest.importorskip("sklearn.datasets")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    d = datasets.load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target)
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(2):
+        for i in range(0, 1200, 64):
+            loss = nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    yield model, x, y
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def digits_builtin(digits_cnn, monkeypatch):
+    """The digits CNN served as built-in model "digits" (the real built-ins take minutes to
+    prune and distill on a shared machine), and its held-out data: images, integer labels."""
+    import torch
+
+    from rtinfer import optimize_cmd
+
+    model, x, y = digits_cnn
+    real = optimize_cmd._builtin
+
+    def builtin(name: str, seq: int):
+        if name != "digits":
+            return real(name, seq)
+        example = x[:1]
+
+        def baseline():
+            with torch.no_grad():
+                return [model(example).numpy()]
+        return optimize_cmd._Subject("builtin", "eager torch", model, example, None, baseline,
+                                     {"x": [1, 1, 8, 8]}, 4 * sum(
+                                         p.numel() for p in model.state_dict().values()))
+
+    monkeypatch.setattr(optimize_cmd, "BUILTINS", (*optimize_cmd.BUILTINS, "digits"))
+    monkeypatch.setattr(optimize_cmd, "_builtin", builtin)
+    return x.numpy()[1200:], y.numpy()[1200:]
+
+
+def test_optimize_prune_prints_the_before_after_table(digits_builtin, tmp_path, capsys):
+    """--prune with --distill data.npz (labels given): the per-step table, then the before/after
+    table with MACs, parameters and held-out top-1; report.json keeps the per-step record."""
+    x, y = digits_builtin
+    np.savez(tmp_path / "d.npz", x=x, labels=y)
+    out = tmp_path / "p"
+    rc = main(["optimize", "digits", "--prune", "0.5", "--distill", str(tmp_path / "d.npz"),
+               "--distill-steps", "40", "--distill-batch", "64", "--budget", "0.2",
+               "--runs", "3", "--warmup", "0", "--backend", "torch", "--out", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert rc == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    steps = report["simplify"]["rows"]
+    assert [r["step"].split(" (")[0] for r in steps] == [
+        "dense", "prune 0.5", "distill 40 steps", "compiled"]
+    dense, compiled = steps[0], steps[-1]
+    assert 0.2 < compiled["macs"] / dense["macs"] < 0.3  # half the channels of every layer
+    assert 0.2 < compiled["params"] / dense["params"] < 0.3
+    # the held-out samples: the last 20% of the file's 597
+    assert report["simplify"]["budget"] == 0.2 and report["simplify"]["metric"] == "top-1"
+    assert report["simplify"]["within_budget"] is (dense["metric"] - compiled["metric"] <= 20)
+    assert "prune -> distill -> int8 (budget: top-1 drop at most 20 pt" in stdout
+    for row in ("MACs", "parameters", "top-1 (held out)", "latency p50", "cosine similarity"):
+        assert f"\n{row} " in stdout, row
+    assert f"{dense['macs']:,}" in stdout and f"{compiled['params']:,}" in stdout
+    assert "generated images" not in stdout  # real data given
+    assert "top-1 (held out)" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--prune", "0.3"], "needs a torch model: a built-in"),
+    (["--distill", "d.npz"], "--distill and --distill-steps go with --prune"),
+    (["--distill-steps", "5"], "--distill and --distill-steps go with --prune"),
+])
+def test_prune_arguments_are_one_clear_error(mlp_onnx, tmp_path, argv, message, capsys):
+    assert main(["optimize", str(mlp_onnx), "--input-shape", "x=3x16", "--out",
+                 str(tmp_path / "o"), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rtinfer: error: ") and message in err and "Traceback" not in err
+
+
+def test_prune_ratio_and_data_are_checked(digits_builtin, tmp_path, capsys):
+    assert main(["optimize", "digits", "--prune", "1.5", "--out", str(tmp_path / "o")]) == 1
+    assert "--prune is the fraction of channels removed, in (0, 1); got 1.5" in \
+        capsys.readouterr().err
+    np.savez(tmp_path / "bad.npz", image=np.zeros((4, 1, 8, 8), np.float32))
+    assert main(["optimize", "digits", "--prune", "0.5", "--distill", str(tmp_path / "bad.npz"),
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "--distill " + str(tmp_path / "bad.npz") + " lacks input(s) x" in \
+        capsys.readouterr().err

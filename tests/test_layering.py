@@ -24,14 +24,15 @@ FACE = "rtinfer"
 LAYERS: dict[str, int] = {
     # leaves: import nothing of rtinfer
     "rtinfer.errors": 0, "rtinfer.paths": 0, "rtinfer.version": 0,
-    "rtinfer.ir": 1,
+    "rtinfer.ir": 1, "rtinfer.workers": 1,
     "rtinfer.rewrite": 2,
     "rtinfer.pass_manager": 3,
     "rtinfer.passes": 4, "rtinfer.frontends": 4, "rtinfer.kernels": 4,
     "rtinfer.backends": 5,
     "rtinfer.testing": 5, "rtinfer.bisector": 5, "rtinfer.models": 5, "rtinfer.measure": 5,
-    "rtinfer.artifact": 6, "rtinfer.cache": 6, "rtinfer.int8": 6,
+    "rtinfer.artifact": 6, "rtinfer.cache": 6, "rtinfer.int8": 6, "rtinfer.bf16": 6,
     "rtinfer.compile": 7, "rtinfer.prune": 7, "rtinfer.quantize": 7,
+    "rtinfer.simplify": 7,
     "rtinfer.dynamo": 8,
     "rtinfer.optimize_cmd": 9, "rtinfer.demo": 9, "rtinfer.serving": 9,
     "rtinfer.cli": 10,

@@ -52,6 +52,7 @@ from rtinfer.backends.torch_emit.mkldnn import (
 from rtinfer.errors import BackendError
 from rtinfer.ir.graph import Graph
 from rtinfer.ir.ops import OPS
+from rtinfer.ir.ops.aten import ATEN_CALL, fallback_name
 
 
 class TorchModule(torch.fx.GraphModule):
@@ -59,8 +60,10 @@ class TorchModule(torch.fx.GraphModule):
 
 
 def fallback_ops(graph: Graph) -> list[str]:
-    """The ops of ``graph`` that have no emitter (they run their NumPy reference)."""
-    return sorted({n.op for n in graph.nodes if n.op != "const" and n.op not in EMITTERS})
+    """The ops of ``graph`` that have no emitter (they run their NumPy reference), and the ATen
+    ops that ``aten_call`` nodes hand to torch as they are (``aten_call(aten.i0.default)``)."""
+    return sorted({fallback_name(n) for n in graph.nodes if n.op != "const"
+                   and (n.op not in EMITTERS or n.op == ATEN_CALL)})
 
 
 def coverage() -> tuple[int, int, list[str]]:
@@ -84,7 +87,8 @@ def build_module(graph: Graph, *, trainable: bool = False, mkldnn: bool | None =
         raise BackendError(
             f"torch backend: no emitter for {', '.join(missing)}"
             + "".join(f"\n  {m}: {UNSUPPORTED[m]}" for m in missing if m in UNSUPPORTED)
-            + "\n(strict=False runs these ops' NumPy reference instead)")
+            + "\n(strict=False runs these ops' NumPy reference, and an aten_call's ATen op, "
+              "instead)")
     fx_graph = torch.fx.Graph()
     tracer = GraphAppendingTracer(fx_graph)
     cx = EmitContext(fx_graph, tracer, trainable, mkldnn_available() if mkldnn is None

@@ -85,4 +85,29 @@ std::string add_qmatmul(Plan& plan, const std::string& name, int a, int dst, int
 // Whether the ISA oneDNN runs has VNNI (u8 x s8 products summed in int32, no int16 saturation).
 bool onednn_has_vnni();
 
+// -- bf16 (dnnl_bf16.cpp; docs/bf16.md) --------------------------------------------------------
+
+// Whether the ISA oneDNN runs has AVX512_BF16 (or AMX-BF16 above it).
+bool onednn_has_bf16();
+
+// bf16_conv2d: src f32 NHWC is rounded into the bf16 slot src16 (same NHWC layout), then a bf16
+// convolution with the weight (f32 holding bf16 values) prepacked bf16, f32 bias, f32 dst and
+// the fp32 epilogue.
+std::string add_bf16_conv(Plan& plan, const std::string& name, int src, int src16, int dst,
+                          int residual, std::vector<int64_t> src_shape, torch::Tensor weight,
+                          std::optional<torch::Tensor> bias, std::vector<int64_t> stride,
+                          std::vector<int64_t> pad_begin, std::vector<int64_t> pad_end,
+                          std::vector<int64_t> dilation, int64_t groups,
+                          const std::string& activation, double alpha, double beta,
+                          const std::string& residual_mode, bool dst_nhwc, int threads,
+                          std::vector<int64_t> dst_shape);
+
+// bf16_linear / bf16_matmul with a constant [K, N] weight: [rows, K] f32 rounded into a16, then
+// as bf16_conv2d.
+std::string add_bf16_matmul(Plan& plan, const std::string& name, int a, int a16, int dst,
+                            int residual, int64_t rows, torch::Tensor weight,
+                            std::optional<torch::Tensor> bias, const std::string& activation,
+                            double alpha, double beta, const std::string& residual_mode,
+                            int threads);
+
 }  // namespace rtinfer

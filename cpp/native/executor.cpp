@@ -353,6 +353,9 @@ void bind_dnnl(pybind11::module_& m) {
         py::arg("dst_dt"), py::arg("dst_scale"), py::arg("dst_zp"), py::arg("threads"),
         "An int8 oneDNN matmul step with a constant [K, N] weight; returns the implementation.");
   m.def("onednn_has_vnni", &onednn_has_vnni);
+  m.def("onednn_has_bf16", &onednn_has_bf16);
+  m.def("add_bf16_conv", &add_bf16_conv);
+  m.def("add_bf16_matmul", &add_bf16_matmul);
 }
 
 void bind_cpu_kernels(pybind11::module_& m) {
@@ -384,6 +387,8 @@ void bind_cpu_kernels(pybind11::module_& m) {
   m.def("add_elementwise", &add_elementwise, py::arg("plan"), py::arg("name"), py::arg("fn"),
         py::arg("inputs"), py::arg("y"), py::arg("n"));
 }
+
+void bind_int8_dynamic(pybind11::module_& m);  // int8_dynamic.cpp
 
 }  // namespace rtinfer
 
@@ -436,4 +441,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   rtinfer::bind_dnnl(m);
   rtinfer::bind_cpu_kernels(m);
+  rtinfer::bind_int8_dynamic(m);
 }

@@ -6,6 +6,8 @@
     pt(x)  ->  pt(dq(quantize(x)))   pass-through ops (max_pool2d, reshape, flatten, transpose,
                                      concat) whose output an int8 layer reads, with the
                                      parameters of their output (lower-int8 runs them on ints)
+    linear(x, w, b, [r])  ->  qlinear_dynamic(x, w_q, b, [r])    the layers in ``dynamic``: x
+                                     stays f32 and is quantized per row at run time
 
 Layers: ``conv2d``, ``linear``, ``matmul`` with a constant float weight and their ``fused_*``
 forms (``ops`` picks among conv2d, linear, matmul). Everything else (layer_norm, softmax, gelu,
@@ -30,6 +32,8 @@ import numpy as np
 
 from rtinfer.errors import QuantizeError
 from rtinfer.ir.graph import Graph, Node, Value
+from rtinfer.ir.ops.fused import EPILOGUE_ATTRS
+from rtinfer.ir.ops.quant import LAYER_BASE
 from rtinfer.ir.types import DType, QuantParams
 from rtinfer.pass_manager import Option, PassContext, RewriteEvent, graph_pass
 from rtinfer.passes.quant.calibrate import (
@@ -90,11 +94,52 @@ def parse_layers(text: str) -> set[int] | None:
     return out
 
 
+def dynamic_layers(graph: Graph, ops: set[str] | None, dynamic: set[int] | None) -> list[Node]:
+    """The layers (indices in ``plan(graph, ops).layers``; None: every linear) that become
+    ``qlinear_dynamic``; a layer that is not a linear is a ``QuantizeError`` naming it."""
+    layers = plan(graph, ops).layers
+    if dynamic is None:
+        return [n for n in layers if LAYER_BASE[n.op] == "linear"]
+    out = []
+    for i in sorted(dynamic):
+        if i >= len(layers):
+            raise QuantizeError(f"insert-qdq: dynamic layer {i}: the graph has {len(layers)} "
+                                f"quantizable layers")
+        if LAYER_BASE[layers[i].op] != "linear":
+            raise QuantizeError(f"insert-qdq: dynamic layer {i} (%{layers[i].out.name}) is a "
+                                f"{layers[i].op}; only linear layers quantize dynamically")
+        out.append(layers[i])
+    return out
+
+
+def _make_dynamic(rw: Rewriter, n: Node, per_channel: bool, weight_levels: int) -> None:
+    """``n`` (linear / fused_linear with a constant weight) -> ``qlinear_dynamic`` reading the
+    same f32 activation, its weight an s8 constant with QuantParams."""
+    rw.begin(n, "dynamic")
+    w = n.inputs[1]
+    axis = n.opdef.weight.axes(w.type.rank)[0] if per_channel else None
+    attrs = {k: n.attrs.get(k, a.default) for k, a in EPILOGUE_ATTRS.items()}
+    new = rw.op("qlinear_dynamic", n.inputs[0], weight_const(rw, w, axis, weight_levels),
+                *n.inputs[2:], **attrs)
+    rw.replace(n.out, new)
+    rw.erase(n)
+    if w.producer is not None:
+        rw.erase_if_dead(w.producer)
+
+
 def insert_qdq_graph(graph: Graph, ctx: PassContext, stats: CalibrationStats, method: str,
                      per_channel: bool, ops: set[str] | None = None,
-                     weight_levels: int = 127, only: set[int] | None = None) -> None:
+                     weight_levels: int = 127, only: set[int] | None = None,
+                     dynamic: set[int] | None = frozenset()) -> None:
     """Rewrite ``graph`` into the QDQ form in place, with ranges from ``stats``; ``only``:
-    the indices of the layers made int8 (None: all)."""
+    the indices of the layers made int8 (None: all); ``dynamic``: the indices of the linears
+    made ``qlinear_dynamic`` instead (None: every linear; they are not static int8 then)."""
+    dyn = dynamic_layers(graph, ops, dynamic)
+    if dyn:
+        everyone = plan(graph, ops).layers
+        dyn_ids = {id(n) for n in dyn}
+        static = {i for i, n in enumerate(everyone) if id(n) not in dyn_ids}
+        only = static if only is None else only & static
     p = plan(graph, ops, only)
     rw = Rewriter(graph, ctx)
     readers: dict[Value, list[tuple[Node, int]]] = {}
@@ -146,6 +191,11 @@ def insert_qdq_graph(graph: Graph, ctx: PassContext, stats: CalibrationStats, me
             rw.begin(w.producer, "weight")
             rw.erase_if_dead(w.producer)
     ctx.stat("pass-through", len(p.passthrough))
+    for n in dyn:  # after the static layers: a weight they share was quantized from the f32 one
+        _make_dynamic(rw, n, per_channel, weight_levels)
+        ctx.record_rewrite(RewriteEvent(ctx.pass_name, "dynamic", rw.before, "", applied))
+        applied += 1
+        ctx.stat("dynamic")
 
 
 @graph_pass(
@@ -162,6 +212,9 @@ def insert_qdq_graph(graph: Graph, ctx: PassContext, stats: CalibrationStats, me
         "layers": Option(str, "all", "which of the quantizable layers (indices in graph order, "
                                      "comma-separated; all; none) become int8: mixed "
                                      "precision leaves the rest fp32"),
+        "dynamic": Option(str, "none", "which linears (layer indices as for layers; all: "
+                                       "every linear; none) become qlinear_dynamic: "
+                                       "activations quantized per row at run time"),
     },
     preserves=(FLOAT_WEIGHTS,),
 )
@@ -174,4 +227,4 @@ def insert_qdq(graph: Graph, ctx: PassContext) -> None:
     if not 1 <= o["weight-max"] <= 127:
         raise QuantizeError(f"insert-qdq: weight-max {o['weight-max']} is not in 1..127")
     insert_qdq_graph(graph, ctx, stats, o["method"], o["per-channel"], ops, o["weight-max"],
-                     parse_layers(o["layers"]))
+                     parse_layers(o["layers"]), parse_layers(o["dynamic"]))

@@ -118,6 +118,8 @@ def single_op_graph(op: str, types: list[TensorType], attrs: dict) -> Graph:
 
 
 def to_torch_input(a: np.ndarray) -> torch.Tensor:
+    if a.dtype.name == "bfloat16":  # ml_dtypes' bf16, which torch.from_numpy does not know
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
     return torch.from_numpy(np.array(a))
 
 
@@ -131,7 +133,9 @@ def check_against_interpreter(g: Graph, arrays: list[np.ndarray], tol: float = 1
                               **build) -> None:
     want = interpret(g, *arrays)
     want = list(want) if isinstance(want, tuple) else [want]
-    got = run_module(build_module(g, strict=True, **build), arrays)
+    # strict: every op has an emitter (an aten_call's is the ATen op, which strict refuses)
+    strict = all(n.op != "aten_call" for n in g.nodes)
+    got = run_module(build_module(g, strict=strict, **build), arrays)
     assert len(got) == len(want)
     for o, w in zip(got, want, strict=True):
         assert o.dtype == w.dtype and o.shape == w.shape, (o.dtype, o.shape, w.dtype, w.shape)

@@ -67,7 +67,7 @@ def test_activation_table_inverts_exactly():
 
 def test_quantize_and_dequantize_are_kept_for_lowering_by_every_pass():
     assert {o.name for o in OPS if o.has(KEEP)} == {"quantize", "dequantize", "qconv2d",
-                                                    "qlinear", "qmatmul"}
+                                                    "qlinear", "qmatmul", "qlinear_dynamic"}
     g = parse(textwrap.dedent("""
         func @main(%x: f32[2,4]) -> f32[2,4] {
           %w = const f32[4,4] random(seed=0)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import pytest
 import sympy
@@ -21,6 +22,7 @@ from numpy.testing import assert_allclose
 from rtinfer.errors import IRError
 from rtinfer.ir import DType, Graph, QuantParams, TensorType, sym
 from rtinfer.ir.ops import OPS, get_op
+from rtinfer.ir.ops.quant import dynamic_row_fake_quant
 from rtinfer.ir.types import dims_equal
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
@@ -62,6 +64,8 @@ class Case:
 
 
 def T(a: np.ndarray) -> torch.Tensor:
+    if np.asarray(a).dtype == ml_dtypes.bfloat16:  # numpy's bf16 is ml_dtypes', unknown to torch
+        return torch.from_numpy(np.asarray(a, np.float32)).to(torch.bfloat16)
     return torch.from_numpy(np.array(a))  # a copy: add_const marks its array read-only
 
 
@@ -517,9 +521,36 @@ CASES += [
          types=[_QA2_T, TensorType(DType.i8, (6, 5), QuantParams(np.float32(0.015),
                                                                   np.int64(0)))],
          id="qlinear-i8"),
+    Case("qlinear_dynamic", [rand(3, 5), _QW_LIN, rand(6)], {"activation": "relu"},
+         lambda x, w, b: F.relu(F.linear(torch.from_numpy(dynamic_row_fake_quant(x.numpy())),
+                                         w.float() * 0.015, b)),
+         types=[f32(3, 5), TensorType(DType.i8, (6, 5), QuantParams(np.float32(0.015),
+                                                                    np.int64(0))), f32(6)],
+         tol=1e-5, id="qlinear_dynamic-relu"),
     Case("qmatmul", [_QA[0, 0], _QA[0, 1]], {},
          lambda a, b: _deq(a, _QA2_T) @ _deq(b, _QA2_T), types=[_QA2_T] * 2, tol=1e-4,
          id="qmatmul-activations"),
+]
+
+# bf16 layers (docs/bf16.md): x rounded to bf16, the bf16 weight, f32 accumulation and output;
+# the torch backend's ATen bf16 kernels also round the layer's output to bf16 (2**-9 relative)
+_W16 = rand(6, 4, 3, 3).astype(ml_dtypes.bfloat16)
+_WL16 = rand(5, 6).astype(ml_dtypes.bfloat16)
+
+
+def _b16(x):
+    return x.to(torch.bfloat16).float()
+
+
+CASES += [
+    Case("bf16_conv2d", [rand(1, 4, 6, 6), _W16, rand(6), rand(1, 6, 6, 6)],
+         {"pad": [1], "activation": "relu", "residual": "pre"},
+         lambda x, w, b, r: F.relu(F.conv2d(_b16(x), w.float(), b, padding=1) + r), tol=3e-2,
+         id="bf16_conv2d-residual-relu"),
+    Case("bf16_linear", [rand(3, 6), _WL16, rand(5)], {"activation": "gelu"},
+         lambda x, w, b: F.gelu(F.linear(_b16(x), w.float(), b)), tol=3e-2, id="bf16_linear"),
+    Case("bf16_matmul", [rand(2, 3, 6), _WL16.T.copy()], {},
+         lambda a, b: _b16(a) @ b.float(), tol=3e-2, id="bf16_matmul"),
 ]
 
 
@@ -640,6 +671,11 @@ CASES += [
          torch.bitwise_right_shift),
     Case("cumprod", [rand(3, 5, lo=0.5, hi=1.5)], {"axis": 1}, lambda x: torch.cumprod(x, 1)),
     Case("topk", [rand(4, 7)], {"k": 3}, lambda x: list(torch.topk(x, 3))),
+    # an ATen op the table lacks, run through torch (two outputs)
+    Case("aten_call", [rand(4, 7)], {"target": "aten.kthvalue.default",
+                                     "args": '[[{"in": 0}, 2], {}]', "in_types": ["f32[4,7]"],
+                                     "out_types": ["f32[4]", "i64[4]"]},
+         lambda x: list(torch.kthvalue(x, 2))),
     Case("topk", [rand(6, 3)], {"k": 2, "axis": 0, "largest": False},
          lambda x: list(torch.topk(x, 2, dim=0, largest=False)), id="topk-smallest"),
     Case("hardmax", [rand(3, 6)], {"axis": 1},

@@ -41,11 +41,15 @@ def test_int8_digits_keeps_top1(digits, int8_digits):  # noqa: F811
     assert fp32 > 97.0
     assert int8 >= fp32 - 0.2  # the bound (ONNX Runtime's static int8 loses 0.17)
     ops = int8_digits.ir.op_counts()
-    assert ops.get("qconv2d") == 3 and ops.get("qlinear") == 1, ops
+    # the classifier is static or dynamic int8, whichever measured more accurate
+    assert ops.get("qconv2d") == 3, ops
+    assert ops.get("qlinear", 0) + ops.get("qlinear_dynamic", 0) == 1, ops
     # consecutive int8 layers stay int8: one quantize at the input, the pools on integers
     assert ops.get("quantize") == 1 and "dequantize" not in ops, ops
     pools = [n for n in int8_digits.ir.nodes if n.op == "max_pool2d"]
-    assert pools and all(p.out.type.dtype.is_int for p in pools)
+    # a dynamic classifier reads f32: the pool before it then dequantizes (the last one)
+    on_ints = [p.out.type.dtype.is_int for p in pools]
+    assert pools and on_ints == [True] * (len(pools) - 1) + ["qlinear_dynamic" not in ops]
 
 
 def test_int8_report_lists_every_layer(int8_digits):

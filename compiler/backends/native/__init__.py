@@ -5,12 +5,14 @@ modules."""
 
 from rtinfer.backends.native import (  # noqa: F401  (fills LOWERINGS)
     attention,
+    bf16,
     conv,
     elementwise,
     linalg,
     norm,
     pool,
     quant,
+    quant_dynamic,
     shape,
 )
 from rtinfer.backends.native.quant import weight_max

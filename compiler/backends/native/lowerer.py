@@ -36,6 +36,7 @@ from rtinfer.backends.torch_backend import build_module
 from rtinfer.errors import BackendError, Unsupported
 from rtinfer.ir.graph import Graph, Node, Value
 from rtinfer.ir.interpreter import bind_dims, eval_dim
+from rtinfer.ir.ops.aten import fallback_name
 from rtinfer.ir.printer import format_node
 from rtinfer.ir.types import DType, TensorType
 from rtinfer.kernels import codegen
@@ -47,6 +48,7 @@ lowers = registrar(LOWERINGS, "native lowering")
 # op -> why it has no native lowering (a node of it runs the torch backend's code)
 _NO_KERNEL = "no native kernel yet"
 UNSUPPORTED: dict[str, str] = {
+    "aten_call": "an ATen op the op table lacks: torch runs it as captured",
     **dict.fromkeys(("conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
                     "the oneDNN steps cover 1-d and 2-d forward convolutions only"),
     **dict.fromkeys(("max_pool1d", "max_pool3d", "avg_pool1d", "avg_pool3d"),
@@ -156,6 +158,8 @@ class Lowerer:
         data = v.const_data
         if data is None:
             return None
+        if data.dtype.name == "bfloat16":  # ml_dtypes' bf16, which torch.from_numpy lacks
+            return torch.from_numpy(np.asarray(data, np.float32)).to(torch.bfloat16)
         return torch.from_numpy(np.ascontiguousarray(data).copy())
 
     def plain(self, v: Value | View) -> View:
@@ -258,10 +262,11 @@ class Lowerer:
         if self.strict:
             # the reason alone when it is about this node; a body op's names that op
             why = error.reason if error.op == node.op else str(error)
-            raise BackendError(f"native backend: cannot lower {node.op} ({why})\n  at: "
+            raise BackendError(f"native backend: cannot lower {fallback_name(node)} ({why})\n  at: "
                                f"{format_node(node)}\n(strict=False runs it in the torch "
                                f"backend)")
-        self.fallbacks[node.op] = self.fallbacks.get(node.op, 0) + 1
+        label = fallback_name(node)
+        self.fallbacks[label] = self.fallbacks.get(label, 0) + 1
         fn = torch_node_fn(node, [self.view(v).shape for v in node.inputs])
         ins = [self.plain(v) for v in node.inputs]
         outs = [self.new_value(v) for v in node.outputs]

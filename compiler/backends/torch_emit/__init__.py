@@ -2,7 +2,9 @@
 this package fills ``context.EMITTERS``; ``rtinfer.backends.torch_backend`` builds modules."""
 
 from rtinfer.backends.torch_emit import (  # noqa: F401  (fills EMITTERS)
+    aten,
     attention,
+    bf16,
     elementwise,
     fused,
     nn,

@@ -7,7 +7,7 @@ import torch
 
 from rtinfer.backends.torch_emit.context import EmitContext, emits
 from rtinfer.ir.ops import get_op
-from rtinfer.ir.ops.quant import QUANTIZED_OPS
+from rtinfer.ir.ops.quant import DYNAMIC_LEVELS, QUANTIZED_OPS
 
 
 def _quant_tensors(scale, zero_point, axis: int | None, rank: int):
@@ -79,3 +79,26 @@ def _quantized_emitter(base: str):
 
 for _base, (_name, _) in QUANTIZED_OPS.items():
     emits(_name)(_quantized_emitter(_base))
+
+
+def _dynamic_fake_quant(x: torch.Tensor) -> torch.Tensor:
+    """Each row of ``x`` quantized to u8 with its run-time range and dequantized, in f32 as
+    ``rtinfer.ir.ops.quant.dynamic_row_params`` computes it (bit for bit: the same IEEE ops)."""
+    x = x.float()
+    lo = x.amin(-1, keepdim=True).clamp(max=0.0)
+    hi = x.amax(-1, keepdim=True).clamp(min=0.0)
+    scale = (hi - lo) / DYNAMIC_LEVELS
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zp = torch.round(-lo / scale).clamp(0, DYNAMIC_LEVELS)
+    q = (torch.round(x / scale) + zp).clamp(0, DYNAMIC_LEVELS)
+    return (q - zp) * scale
+
+
+@emits("qlinear_dynamic")
+def _qlinear_dynamic_emit(cx: EmitContext, x, w, bias, residual, /, **attrs):
+    from rtinfer.backends.torch_emit.fused import add_epilogue, base_op
+
+    x = cx.call(_dynamic_fake_quant, x)
+    w = _dequantize_value(cx, w, cx.in_types[1])
+    y = base_op(cx, "linear", x, w, bias, {})
+    return add_epilogue(cx, y, residual, attrs, done_pre=False, done_act=False)

@@ -86,7 +86,13 @@ UNSUPPORTED: dict[str, str] = {
     "qconv2d": "int8 convolution is not lowered to TVM yet (the native backend runs it)",
     "qlinear": "int8 linear is not lowered to TVM yet (the native backend runs it)",
     "qmatmul": "int8 matmul is not lowered to TVM yet (the native backend runs it)",
+    "qlinear_dynamic": "dynamic int8 linear is not lowered to TVM yet (the native backend "
+                       "runs it)",
+    **dict.fromkeys(("bf16_conv2d", "bf16_linear", "bf16_matmul"),
+                    "bf16 compute is not lowered to TVM yet (the native and torch backends run "
+                    "it)"),
     "hardmax": "argmax + one_hot: not lowered yet",
+    "aten_call": "an ATen op the op table lacks: torch runs it as captured",
 }
 
 _register = registrar(LOWERINGS, "lowering")

@@ -95,7 +95,42 @@ def _quantized(base: str, rules: dict[str, Rule]) -> Rule:
     return rule
 
 
+def _row_fake_quant(e: Emitter, x: gs.Tensor) -> gs.Tensor:
+    """``dynamic_row_fake_quant`` (rtinfer.ir.ops.quant) in f32 ONNX ops, step for step: each
+    row's range widened to 0, ``scale = (hi - lo) / 255`` (1 where 0), ``zp = rint(-lo /
+    scale)``, codes ``clip(rint(x / scale) + zp, 0, 255)``, then ``(q - zp) * scale``. ONNX
+    Round rounds half to even, as NumPy's rint does."""
+    axes, zero = e.const(np.array([-1], np.int64)), e.scalar(0.0, DType.f32)
+    lo = e.op("Min", [e.op("ReduceMin", [x, axes], {"keepdims": 1}), zero])
+    hi = e.op("Max", [e.op("ReduceMax", [x, axes], {"keepdims": 1}), zero])
+    scale = e.op("Div", [e.op("Sub", [hi, lo]), e.scalar(255.0, DType.f32)])
+    scale = e.op("Where", [e.op("Greater", [scale, zero]), scale, e.scalar(1.0, DType.f32)])
+    top = e.scalar(255.0, DType.f32)
+    zp = e.op("Clip", [e.op("Round", [e.op("Div", [e.op("Neg", [lo]), scale])]), zero, top])
+    q = e.op("Clip", [e.op("Add", [e.op("Round", [e.op("Div", [x, scale])]), zp]), zero, top])
+    return e.op("Mul", [e.op("Sub", [q, zp]), scale])
+
+
+def _dynamic_linear(rules: dict[str, Rule]) -> Rule:
+    """qlinear_dynamic: its reference, fused_linear over the row-fake-quantized activation and
+    the dequantized weight (float ops: ONNX has no per-row dynamic quantization)."""
+    fused = FUSED_OPS["linear"]
+    fused_attrs = tuple(get_op(fused).attrs)
+
+    def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
+        real_types = [t if t.quant is None else TensorType(DType.f32, t.shape)
+                      for t in s.in_types]
+        real = [_row_fake_quant(e, x[0])] + [_real(e, s, t, v) for t, v in
+                                             zip(s.in_types[1:], x[1:], strict=True)]
+        return rules[fused](e, Site(s.node, s.name, real_types, [s.out],
+                                    {k: s.attrs[k] for k in fused_attrs}), real)
+    return rule
+
+
 def quantized_rules(rules: dict[str, Rule]) -> dict[str, Rule]:
-    """The rules of qconv2d, qlinear and qmatmul, emitting through ``rules`` (the whole table,
-    which holds the fused ops' rules they spell their real computation with)."""
-    return {q: _quantized(base, rules) for base, (q, _) in QUANTIZED_OPS.items()}
+    """The rules of qconv2d, qlinear, qmatmul and qlinear_dynamic, emitting through ``rules``
+    (the whole table, which holds the fused ops' rules they spell their real computation
+    with)."""
+    out = {q: _quantized(base, rules) for base, (q, _) in QUANTIZED_OPS.items()}
+    out["qlinear_dynamic"] = _dynamic_linear(rules)
+    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from rtinfer.frontends.onnx_export import (
     attention,
+    bf16,
     elementwise,
     fused,
     linalg,
@@ -32,3 +33,4 @@ RULES: dict[str, Rule] = {
 }
 RULES.update(fused.fused_rules(RULES))  # they emit through the table's other rules
 RULES.update(quant.quantized_rules(RULES))  # qconv2d, qlinear, qmatmul: through the fused rules
+RULES.update(bf16.bf16_rules(RULES))  # bf16_conv2d, bf16_linear, bf16_matmul: likewise

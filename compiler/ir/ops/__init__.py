@@ -2,7 +2,9 @@
 below); ``get_op(name)`` returns an op's ``OpDef``."""
 
 from rtinfer.ir.ops import (  # noqa: F401  (declares the ops)
+    aten,
     attention,
+    bf16,
     core,
     elementwise,
     fused,

@@ -195,3 +195,75 @@ def _quantized_heavy(base: str) -> None:
 
 for _base in QUANTIZED_OPS:
     _quantized_heavy(_base)
+
+
+# -- dynamic quantization: qlinear_dynamic (docs/int8.md) --------------------------------------
+
+DYNAMIC_LEVELS = 255  # u8 codes of one row
+
+
+def dynamic_row_params(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's (scale, zero point) of ``x`` ([..., K], f32) for asymmetric u8 codes: the
+    row's range widened to contain 0, ``scale = (hi - lo) / 255`` (1 for an all-zero row) and
+    ``zero_point = rint(-lo / scale)`` (0 exact). All in f32, as the native kernel computes it."""
+    x = x.astype(np.float32, copy=False)
+    lo = np.minimum(x.min(axis=-1), np.float32(0))
+    hi = np.maximum(x.max(axis=-1), np.float32(0))
+    scale = ((hi - lo) / np.float32(DYNAMIC_LEVELS)).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
+    zp = np.clip(np.rint(-lo / scale), 0, DYNAMIC_LEVELS).astype(np.float32)
+    return scale, zp
+
+
+def dynamic_row_quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(codes u8, scale f32[...], zero_point f32[...])``: ``x`` quantized per row (the last
+    axis) with its run-time parameters (``dynamic_row_params``); codes round half to even."""
+    scale, zp = dynamic_row_params(x)
+    q = np.rint(x.astype(np.float32, copy=False) / scale[..., None]) + zp[..., None]
+    return np.clip(q, 0, DYNAMIC_LEVELS).astype(np.uint8), scale, zp
+
+
+def dynamic_row_fake_quant(x: np.ndarray) -> np.ndarray:
+    """``x`` quantized per row and dequantized: ``(q - zero_point) * scale`` in f32."""
+    q, scale, zp = dynamic_row_quantize(x)
+    return ((q.astype(np.float32) - zp[..., None]) * scale[..., None]).astype(np.float32)
+
+
+def _qlinear_dynamic() -> None:
+    from rtinfer.ir.ops.fused import FUSED_OPS
+
+    fused = get_op(FUSED_OPS["linear"])
+    attr_names = tuple(fused.attrs)
+
+    def infer(ins: list[TensorType], attrs: dict) -> TensorType:
+        if len(ins) < 2:
+            raise IRError(f"takes x, weight, bias?, residual?; got {len(ins)} inputs")
+        x = ins[0]
+        if x.dtype != DType.f32 or x.quant is not None:
+            raise IRError(f"x must be f32 (it is quantized per row at run time), got {x}")
+        if x.rank < 1:
+            raise IRError(f"x must have a row axis, got {x}")
+        _check_weight(ins[1], 0, "weight")
+        for what, t in zip(("bias", "residual"), ins[2:], strict=False):
+            if t.quant is not None or t.dtype != DType.f32:
+                raise IRError(f"the {what} must be f32, got {t}")
+        return fused.infer_types([x, _real_type(ins[1]), *ins[2:]],
+                                 {k: attrs[k] for k in attr_names})[0]
+
+    def ref(x: np.ndarray, weight: np.ndarray, *rest: np.ndarray | None,
+            in_types: list[TensorType], **attrs: Any) -> np.ndarray:
+        # rest: bias, residual (None where absent); "residual" is also an attribute's name
+        given = [dynamic_row_fake_quant(x), _dequant(weight, in_types[1]),
+                 *(a for a in rest if a is not None)]
+        return fused.evaluate(given, {k: attrs[k] for k in attr_names})[0]
+
+    op("qlinear_dynamic", list(fused.inputs), infer, ref, attrs=dict(fused.attrs),
+       traits=[KEEP], ref_types=True, weight=fused.weight, cost=fused.cost,
+       doc="int8 linear, activation quantized at run time per row (per token): each row of x "
+           "to u8 with its own range (dynamic_row_params: asymmetric, 0 exact), times an i8 "
+           "symmetric weight (per tensor or per output channel), then fused_linear's bias and "
+           "epilogue in f32; f32 out. Reference: fused_linear(dequantize(quantize_rows(x)), "
+           "dequantize(weight), bias, residual); made by insert-qdq's dynamic option")
+
+
+_qlinear_dynamic()

@@ -1,0 +1,156 @@
+"""``rtinfer.compile(prune=...)``: prune -> distill -> int8 under one accuracy budget, on a CNN
+trained here on scikit-learn's digits and judged on held-out digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import rtinfer
+from rtinfer.errors import PruneError, QuantizeError
+from rtinfer.simplify import SimplifyReport
+
+datasets = pytest.importorskip("sklearn.datasets")
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(64 * 2 * 2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """(dense model, images, labels, train indices, held-out indices), seeded; one thread
+    (small convolutions are fastest so, and the machine is shared)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    d = datasets.load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target)
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(x), generator=gen)
+    train, test = perm[:1300], perm[1300:]
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(8):
+        order = train[torch.randperm(len(train), generator=gen)]
+        for i in range(0, len(order), 64):
+            b = order[i:i + 64]
+            loss = nn.functional.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    yield model, x, y, train, test
+    torch.set_num_threads(old)
+
+
+def _batches(x, y, idx, size=64):
+    return [(x[idx[i:i + size]], y[idx[i:i + size]]) for i in range(0, len(idx), size)]
+
+
+def _top1(fn, x, y) -> float:
+    with torch.no_grad():
+        hits = sum(int(fn(x[i:i + 1]).argmax(1).item() == int(y[i])) for i in range(len(x)))
+    return 100.0 * hits / len(x)
+
+
+def test_prune_distill_int8_within_one_budget_on_held_out_digits(digits):
+    model, x, y, train, test = digits
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    cm = rtinfer.compile(
+        model, example_inputs=x[:1], backend="torch", prune=0.5, precision="int8",
+        calibration=[x[i:i + 1] for i in train[:32]], train_data=_batches(x, y, train),
+        validation=[(x[test], y[test])], accuracy_budget=0.01, distill_steps=300)
+    dense = _top1(model, x[test], y[test])
+    fast = _top1(cm, x[test], y[test])
+    assert fast >= dense - 1.0, (dense, fast)  # the budget, checked here independently
+
+    rep = SimplifyReport.from_record(cm.info.simplify)
+    assert [r.step.split(" (")[0] for r in rep.rows] == [
+        "dense", "prune 0.5", "distill 300 steps", "int8", "compiled"]
+    d, p, s, q, c = rep.rows
+    assert d.metric == pytest.approx(dense) and c.metric == pytest.approx(fast)
+    assert rep.metric == "top-1" and rep.budget == 0.01 and rep.within_budget is True
+    assert not rep.notes  # nothing backed off
+    # half the channels: about a quarter of the MACs and parameters, same for every later step
+    assert 0.22 < p.macs / d.macs < 0.3 and 0.22 < p.params / d.params < 0.3
+    assert s.macs == q.macs == c.macs == p.macs
+    # pruning alone loses accuracy, distillation wins it back
+    assert p.metric < s.metric and s.metric >= dense - 0.75
+    assert all(r.latency_ms > 0 for r in (d, s, q, c)) and p.latency_ms is None
+    assert "distill 300 steps (logits)" in s.step and q.step.startswith("int8 (")
+    assert cm.info.int8 is not None and cm.info.int8["layers"]
+    text = cm.report()
+    assert "prune -> distill -> int8 (budget: top-1 drop at most 1 pt; within " \
+           "budget" in text and "distill 300 steps (logits)" in text
+    for k, v in model.state_dict().items():  # the user's model is left as it was
+        assert torch.equal(v, before[k])
+
+
+def test_a_step_that_breaks_the_budget_backs_off_and_says_so(digits):
+    """A budget no pruning can meet (1e-9 of relative output error, no labels): each ratio
+    tried is noted, and the model stays dense; the compiled model is then the dense one."""
+    model, x, y, train, test = digits
+    torch.manual_seed(0)
+    cm = rtinfer.compile(model, example_inputs=x[:1], backend="torch", prune=0.5,
+                         train_data=_batches(x, y, train[:256]), validation=[x[test[:64]]],
+                         accuracy_budget=1e-9, distill_steps=5)
+    rep = SimplifyReport.from_record(cm.info.simplify)
+    assert rep.metric == "relative error"
+    assert [n.split(" + ")[0] for n in rep.notes] == ["prune 0.5", "prune 0.3", "prune 0.18"]
+    assert rep.notes[0].endswith("; ratio backed off")
+    assert rep.notes[-1].endswith("; the model stays dense")
+    assert [r.step for r in rep.rows] == ["dense (eager fp32)", "compiled (torch)"]
+    assert "not pruned" in rep.rows[0].note
+    assert rep.rows[1].metric < 1e-5 and rep.rows[1].cosine > 0.99999
+    assert "back-off: prune 0.5 + distill: relative error" in cm.report()
+    assert [n.inputs[1].type.shape[0] for n in cm.ir.nodes if n.op.endswith("conv2d")] == [
+        32, 64, 64]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(prune=0.5), "prune= needs train_data=batches"),
+    (dict(prune=0.5, train_data=[(0,)], accuracy_budget=0.01),
+     "accuracy_budget with prune= is measured on held-out data: give validation="),
+    (dict(train_data=[()]), "train_data go(es) with prune="),
+    (dict(prune="half", train_data=[()]), "prune= is the fraction of channels removed"),
+    (dict(prune=1.5, train_data=[()]), "prune=1.5: ratio must be in [0, 1)"),
+    (dict(prune={"chan": 0.5}, train_data=[()]), "unknown group kind(s) 'chan'"),
+    (dict(prune=0.5, train_data=[()], distill_steps=0), "distill_steps must be a positive int"),
+    (dict(prune=0.5, train_data=[()], distill_loss="mse"), "distill_loss='mse': choose one of"),
+    (dict(prune=0.5, train_data=[()], validation=[(torch.zeros(2, 1, 8, 8), "a")]),
+     "validation batch 0: a batch must be tensors"),
+    (dict(prune=0.5, train_data=[()], accuracy_budget=-1.0, validation=[]),
+     "accuracy_budget must be a positive number"),
+])
+def test_bad_combinations_are_clear_errors(kwargs, message):
+    model = DigitsCNN().eval()
+    with pytest.raises(PruneError) as e:
+        rtinfer.compile(model, example_inputs=torch.zeros(1, 1, 8, 8), backend="torch",
+                        cache=False, **kwargs)
+    assert message in str(e.value)
+
+
+def test_int8_pipeline_still_needs_calibration():
+    with pytest.raises(QuantizeError, match="precision='int8' needs calibration"):
+        rtinfer.compile(DigitsCNN().eval(), example_inputs=torch.zeros(1, 1, 8, 8),
+                        backend="torch", prune=0.5, precision="int8", train_data=[()])
+
+
+def test_prune_needs_a_torch_module(tmp_path):
+    ir = tmp_path / "g.ir"
+    ir.write_text("func @main(%x: f32[2,4]) -> f32[2,4] {\n  %y = relu(%x)\n  return %y\n}\n")
+    with pytest.raises(PruneError, match="prune= needs a torch nn.Module"):
+        rtinfer.compile(str(ir), prune=0.5, train_data=[()], backend="torch")
