@@ -389,8 +389,12 @@ namespace {
 // this file (int32 accumulation, f32 scales, round half to even, saturation), so either may run
 // a layer; the faster at the layer's shape is kept when the plan is built, as for f32 GEMMs.
 
-// $RTINFER_QCONV=onednn keeps every int8 conv on rtinfer's oneDNN, =aten takes torch's wherever
-// offered (tests, comparisons, bisecting); unset, the faster is timed.
+// $RTINFER_QCONV: unset or =onednn keeps every int8 conv on rtinfer's oneDNN; =aten takes
+// torch's wherever offered (tests, comparisons); =auto times both per layer and keeps the faster.
+// auto is not the default: one layer timed alone favoured torch's build (5.15 against 7.53 ms
+// over ResNet-18's convs, one thread), but the whole ResNet-18 ran slower with the layers it
+// chose (2.95 against 2.58 ms median, 2 threads, quiet AVX-512/AMX Xeon), and slower still
+// with every offered layer on torch (3.48 ms).
 std::string qconv_forced() {
   const char* v = std::getenv("RTINFER_QCONV");
   return v == nullptr ? std::string() : std::string(v);
@@ -603,7 +607,7 @@ std::string add_qconv(Plan& plan, const std::string& name, int src, int dst, int
   if (a.tail) k->tail = make_tail(a.act, dst, a.tail_residual, dst_dims);
   const std::string forced = qconv_forced();
   std::shared_ptr<AtenQconv> alt;
-  if (forced != "onednn" && (macs >= kQconvChoiceMacs || forced == "aten"))
+  if (forced == "aten" || (forced == "auto" && macs >= kQconvChoiceMacs))
     alt = aten_qconv(q, weight, bias, src_dims, dst_dims, stride, pad_begin, pad_end, dilation,
                      groups, src, dst);
   if (!alt)
