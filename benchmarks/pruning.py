@@ -66,10 +66,13 @@ PARTS = ("speed", "digits", "minilm")
 # -- timing ------------------------------------------------------------------------------------
 
 
-def interleaved(systems: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3
-                ) -> dict[str, dict[str, float]]:
-    """Median, p25 and p75 ms of each system, every round calling each once in rotating order
-    (so that a noisy stretch of the machine falls on all of them)."""
+def interleaved(systems: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3,
+                block: int = 10) -> dict[str, dict[str, float]]:
+    """Median, p25 and p75 ms of each system, every round calling each ``block`` times in
+    rotating order (so that a noisy stretch of the machine falls on all of them). Blocks, not
+    single calls: a runtime's thread pool spins on after its call returns (ONNX Runtime's does
+    by default) and would slow the next system's call, the first call after a switch pays the
+    other pool's wake-up, and back-to-back calls are what a benchmark of latency measures."""
     names = list(systems)
     with torch.inference_mode():
         for _ in range(warmup):
@@ -79,9 +82,11 @@ def interleaved(systems: dict[str, Callable[[], Any]], rounds: int, warmup: int 
         for r in range(rounds):
             for k in range(len(names)):
                 name = names[(r + k) % len(names)]
-                t = time.perf_counter()
-                systems[name]()
-                times[name].append(1e3 * (time.perf_counter() - t))
+                systems[name]()  # the switch: not timed
+                for _ in range(block):
+                    t = time.perf_counter()
+                    systems[name]()
+                    times[name].append(1e3 * (time.perf_counter() - t))
     return {n: {"median": statistics.median(v), "p25": float(np.percentile(v, 25)),
                 "p75": float(np.percentile(v, 75)), "calls": len(v)} for n, v in times.items()}
 
@@ -304,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--parts", default=",".join(PARTS), help=f"of {', '.join(PARTS)}")
     p.add_argument("--quick", action="store_true", help="small sizes and few steps: a smoke run")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (100; quick 10)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of 10 calls per system (30; quick 5)")
     p.add_argument("--size", type=int, default=None, help="speed: image size (224; quick 96)")
     p.add_argument("--epochs", type=int, default=None, help="digits: training epochs (8; 1)")
     p.add_argument("--distill-steps", type=int, default=None, help="(600; quick 20)")
@@ -319,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     q = args.quick
-    args.rounds = args.rounds or (10 if q else 100)
+    args.rounds = args.rounds or (5 if q else 30)
     args.size = args.size or (96 if q else 224)
     args.epochs = args.epochs or (1 if q else 8)
     args.distill_steps = args.distill_steps or (20 if q else 600)
