@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--parts", default=",".join(PARTS), help=f"of {', '.join(PARTS)}")
     p.add_argument("--quick", action="store_true", help="small sizes and few steps: a smoke run")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of 10 calls per system (30; quick 5)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds of 10 calls per system (30; quick 5)")
     p.add_argument("--size", type=int, default=None, help="speed: image size (224; quick 96)")
     p.add_argument("--epochs", type=int, default=None, help="digits: training epochs (8; 1)")
     p.add_argument("--distill-steps", type=int, default=None, help="(600; quick 20)")
