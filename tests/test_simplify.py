@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 
 import rtinfer
 from rtinfer.errors import PruneError, QuantizeError
@@ -14,45 +13,8 @@ from rtinfer.simplify import SimplifyReport
 datasets = pytest.importorskip("sklearn.datasets")
 
 
-class DigitsCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2))
-        self.fc = nn.Linear(64 * 2 * 2, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).flatten(1))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    """(dense model, images, labels, train indices, held-out indices), seeded; one thread
-    (small convolutions are fastest so, and the machine is shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    d = datasets.load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target)
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(x), generator=gen)
-    train, test = perm[:1300], perm[1300:]
-    torch.manual_seed(0)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(8):
-        order = train[torch.randperm(len(train), generator=gen)]
-        for i in range(0, len(order), 64):
-            b = order[i:i + 64]
-            loss = nn.functional.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    yield model, x, y, train, test
-    torch.set_num_threads(old)
+# the dense digits model, trained once per module on one thread (shared with the pruning tests)
+from tests.pruning.test_prune_api import DigitsCNN, _one_thread, digits  # noqa: E402,F401
 
 
 def _batches(x, y, idx, size=64):
@@ -65,7 +27,7 @@ def _top1(fn, x, y) -> float:
     return 100.0 * hits / len(x)
 
 
-def test_prune_distill_int8_within_one_budget_on_held_out_digits(digits):
+def test_prune_distill_int8_within_one_budget_on_held_out_digits(digits):  # noqa: F811
     model, x, y, train, test = digits
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(0)
@@ -99,7 +61,7 @@ def test_prune_distill_int8_within_one_budget_on_held_out_digits(digits):
         assert torch.equal(v, before[k])
 
 
-def test_a_step_that_breaks_the_budget_backs_off_and_says_so(digits):
+def test_a_step_that_breaks_the_budget_backs_off_and_says_so(digits):  # noqa: F811
     """A budget no pruning can meet (1e-9 of relative output error, no labels): each ratio
     tried is noted, and the model stays dense; the compiled model is then the dense one."""
     model, x, y, train, test = digits

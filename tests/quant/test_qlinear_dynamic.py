@@ -22,7 +22,6 @@ from rtinfer.ir.printer import print_graph
 from rtinfer.ir.types import DType, QuantParams, TensorType
 from rtinfer.ir.verifier import verify
 from rtinfer.pass_manager import run_pipeline
-from tests.conftest import _cpu_levels
 
 
 def s8_weight(w: np.ndarray) -> tuple[np.ndarray, QuantParams]:
@@ -213,16 +212,7 @@ def test_compile_chooses_per_linear_and_says_why(mlp):
 # -- the native kernel ------------------------------------------------------------------------
 
 
-@pytest.fixture(params=_cpu_levels())
-def level(request, monkeypatch) -> str:
-    from rtinfer.kernels import build
-
-    try:
-        build.load(level=request.param)
-    except build.NativeUnavailable as e:
-        pytest.skip(f"native backend unavailable here: {e}")
-    monkeypatch.setenv("RTINFER_CPU_ISA", request.param)
-    return request.param
+from tests.backends.test_native_int8 import level  # noqa: E402,F401  (each CPU level)
 
 
 @pytest.mark.parametrize("activation,residual,bias,shape", [
@@ -233,7 +223,7 @@ def level(request, monkeypatch) -> str:
     ("none", "none", False, (4, 33)),
     ("tanh", "post", True, (3, 17)),
 ])
-def test_native_matches_the_interpreter(level, activation, residual, bias, shape):
+def test_native_matches_the_interpreter(level, activation, residual, bias, shape):  # noqa: F811
     g, xs = dynamic_graph(activation, residual, bias, shape)
     m = NativeModule(g, strict=True)
     assert not m.stats.fallbacks
