@@ -8,6 +8,13 @@ Binary NumPy, for large tensors: ``application/x-npy`` holds the one input of a 
 (``np.save``); ``application/x-npz`` (``np.savez``) holds the inputs by name, or as ``arr_0``,
 ``arr_1``, ... in order. The answer comes in the same format: ``.npy`` of the output for a
 one-output model, else ``.npz`` with ``out_0``, ``out_1``, ... Pickled arrays are refused.
+
+JSON is parsed and written with ``orjson`` where it is installed (the ``serve`` extra installs
+it): a ResNet-18 image as JSON (3 MB) parses in about a fifth of the standard library's time,
+which is most of a request's cost. The standard library stays the fallback and the authority:
+a body orjson refuses (``NaN``/``Infinity`` literals, which Python's ``json`` takes) is parsed
+by ``json``, and an answer holding a non-finite number is written by ``json`` (orjson would
+write ``null``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+try:  # optional: the serve extra installs it
+    import orjson
+except ImportError:  # pragma: no cover - the standard library does everything, slower
+    orjson = None
 import torch.utils._pytree as pytree
 
 from rtinfer.serving.errors import InvalidRequest
@@ -75,7 +87,7 @@ def decode(body: bytes, content_type: str | None, input_names: list[str]) -> Dec
 
 def _decode_json(body: bytes) -> Decoded:
     try:
-        payload = json.loads(body)
+        payload = _loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidRequest(f"the body is not valid JSON: {e}") from None
     if not isinstance(payload, dict) or "inputs" not in payload:
@@ -88,6 +100,23 @@ def _decode_json(body: bytes) -> Decoded:
         raise InvalidRequest(f'"inputs" should be a list (one entry per model input) or an '
                              f"object by input name, got {type(inputs).__name__}")
     return Decoded(tuple(inputs), {}, JSON)
+
+
+def _loads(body: bytes) -> Any:
+    if orjson is not None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # NaN literals and the like: json takes them, or names the error
+    return json.loads(body)
+
+
+def _fast_json_ok(leaves: list[Any]) -> bool:
+    """Whether orjson writes these outputs exactly as ``json`` would read them back: numeric
+    arrays with only finite values (orjson writes NaN and infinities as ``null``)."""
+    return orjson is not None and all(
+        isinstance(x, np.ndarray) and x.dtype.kind in "biuf" and x.dtype.itemsize in (1, 2, 4, 8)
+        and (x.dtype.kind != "f" or bool(np.isfinite(x).all())) for x in leaves)
 
 
 def _load(body: bytes, kind: str) -> Any:
@@ -115,6 +144,9 @@ def encode(outputs: Any, fmt: str) -> tuple[bytes, str]:
     """The answer body and its content type, in the request's format."""
     leaves = output_leaves(outputs)
     if fmt == JSON:
+        if _fast_json_ok(leaves):
+            return orjson.dumps({"outputs": [np.ascontiguousarray(x) for x in leaves]},
+                                option=orjson.OPT_SERIALIZE_NUMPY), JSON
         body = {"outputs": [x.tolist() if isinstance(x, np.ndarray) else x for x in leaves]}
         return json.dumps(body).encode(), JSON
     buf = io.BytesIO()

@@ -33,6 +33,21 @@ def test_json_round_trip():
     assert ctype == JSON and json.loads(body) == {"outputs": [[1.5, 2.0], [[1]]]}
 
 
+def test_json_keeps_every_float32_and_non_finite_value():
+    """Whichever JSON library writes the answer, a client reading it as float32 gets the
+    model's numbers bit for bit, and NaN/infinity stay NaN/infinity (never ``null``); a
+    request may hold the NaN literals Python's json takes."""
+    x = np.random.default_rng(0).standard_normal((4, 33)).astype(np.float32)
+    body, _ = encode((x, np.arange(3, dtype=np.int64)), JSON)
+    out = json.loads(body)["outputs"]
+    assert np.array_equal(np.asarray(out[0], np.float32), x) and out[1] == [0, 1, 2]
+    body, _ = encode((np.array([1.0, np.nan, -np.inf], np.float32),), JSON)
+    y = np.asarray(json.loads(body)["outputs"][0], np.float32)
+    assert np.isnan(y[1]) and y[2] == -np.inf and y[0] == 1.0
+    d = decode(b'{"inputs": [[NaN, 1.0, Infinity]]}', None, ["x"])
+    assert np.isnan(d.args[0][0]) and d.args[0][1:] == [1.0, float("inf")]
+
+
 def test_numpy_bodies():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     d = decode(_npy(a), "application/x-npy", ["x"])
