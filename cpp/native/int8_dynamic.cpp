@@ -14,6 +14,8 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <optional>
 
 namespace rtinfer {
@@ -23,25 +25,30 @@ namespace {
 constexpr float kLevels = 255.f;
 constexpr float kRoundMagic = 12582912.f;  // 1.5 * 2^23: (v + m) - m rounds half to even
 
-// The row's range widened to contain 0 (so the codes represent 0 exactly).
-void row_range(const float* x, int64_t k, float& lo, float& hi) {
+// The row's range widened to contain 0 (so the codes represent 0 exactly); false when the row
+// holds a NaN or an infinity (x - x is NaN there, 0 elsewhere; min/max would drop a NaN).
+bool row_range(const float* x, int64_t k, float& lo, float& hi) {
 #ifdef RTINFER_AVX512
-  __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+  __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps(), vnan = _mm512_setzero_ps();
   for (int64_t i = 0; i < k; i += 16) {
     const __m512 v = _mm512_maskz_loadu_ps(tail_mask(k - i), x + i);  // masked lanes: 0
     vlo = _mm512_min_ps(vlo, v);
     vhi = _mm512_max_ps(vhi, v);
+    vnan = _mm512_add_ps(vnan, _mm512_sub_ps(v, v));
   }
   lo = _mm512_reduce_min_ps(vlo);
   hi = _mm512_reduce_max_ps(vhi);
+  return _mm512_reduce_add_ps(vnan) == 0.f;
 #else
-  float l = 0.f, h = 0.f;
-#pragma omp simd reduction(min : l) reduction(max : h)
+  float l = 0.f, h = 0.f, nan = 0.f;
+#pragma omp simd reduction(min : l) reduction(max : h) reduction(+ : nan)
   for (int64_t i = 0; i < k; ++i) {
     l = x[i] < l ? x[i] : l;
     h = x[i] > h ? x[i] : h;
+    nan += x[i] - x[i];
   }
   lo = l, hi = h;
+  return nan == 0.f;
 #endif
 }
 
@@ -91,7 +98,13 @@ struct DynamicLinear {
     parallel_for(threads_for(ctx, M * K), M, [&](int64_t b, int64_t e) {
       for (int64_t m = b; m < e; ++m) {
         float lo, hi;
-        row_range(xp + m * K, K, lo, hi);
+        if (!row_range(xp + m * K, K, lo, hi)) {
+          // a NaN or an infinity: no range, so the row's outputs are NaN (the reference's
+          // NaN scale); the codes are defined (0) but unused
+          row_scale[m] = std::numeric_limits<float>::quiet_NaN(), row_zp[m] = 0.f;
+          std::memset(codes + m * K, 0, (size_t)K);
+          continue;
+        }
         float s = (hi - lo) / kLevels;
         s = s > 0.f ? s : 1.f;
         float z = std::nearbyint(-lo / s);

@@ -233,3 +233,48 @@ def test_native_matches_the_interpreter(level, activation, residual, bias, shape
     want = interpret(g, *xs)
     # integer sums against the reference's f32 sums of rounded products
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def _with_non_finite_rows(xs: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The inputs with a NaN in row 3, +inf in row 4 and -inf in row 5 of x, and the mask of
+    those rows."""
+    x = xs[0].copy()
+    flat = x.reshape(-1, x.shape[-1])
+    flat[3, 1], flat[4, 0], flat[5, -1] = np.nan, np.inf, -np.inf
+    bad = np.zeros(flat.shape[0], bool)
+    bad[3:6] = True
+    return [x, *xs[1:]], bad
+
+
+@pytest.mark.parametrize("activation,residual", [("relu", "pre"), ("gelu", "post")])
+def test_a_row_with_nan_or_inf_gives_nan_outputs_on_every_backend(level, activation,  # noqa: F811
+                                                                     residual):
+    """A NaN or an infinity leaves its row without a range: every output of that row is NaN
+    (as in an f32 linear), on the interpreter, the torch backend and the native kernel; the
+    other rows are untouched."""
+    g, xs = dynamic_graph(activation, residual, shape=(2, 5, 40))
+    xs, bad = _with_non_finite_rows(xs)
+    want = interpret(g, *xs).reshape(-1, 24)
+    assert np.isnan(want[bad]).all() and np.isfinite(want[~bad]).all()
+    clean = interpret(g, *[np.where(np.isfinite(a), a, 0).astype(np.float32) for a in xs])
+    np.testing.assert_array_equal(want[~bad], clean.reshape(-1, 24)[~bad])
+    tensors = [torch.from_numpy(a) for a in xs]
+    for m in (build_module(g), NativeModule(g, strict=True)):
+        got = m(*tensors)
+        got = (got[0] if isinstance(got, (tuple, list)) else got).numpy().reshape(-1, 24)
+        assert np.isnan(got[bad]).all(), type(m).__name__
+        np.testing.assert_allclose(got[~bad], want[~bad], rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(want[~bad]).max()))
+
+
+def test_onnx_export_gives_nan_rows_too():
+    ort = pytest.importorskip("onnxruntime")
+    g, xs = dynamic_graph("gelu", "post", shape=(2, 5, 40))
+    xs, bad = _with_non_finite_rows(xs)
+    m = rtinfer.export_onnx(g, check=True)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    got = sess.run(None, dict(zip(names, xs, strict=True)))[0].reshape(-1, 24)
+    want = interpret(g, *xs).reshape(-1, 24)
+    assert np.isnan(got[bad]).all()
+    np.testing.assert_allclose(got[~bad], want[~bad], rtol=1e-4, atol=1e-4)

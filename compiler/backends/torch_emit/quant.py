@@ -85,13 +85,14 @@ def _dynamic_fake_quant(x: torch.Tensor) -> torch.Tensor:
     """Each row of ``x`` quantized to u8 with its run-time range and dequantized, in f32 as
     ``rtinfer.ir.ops.quant.dynamic_row_params`` computes it (bit for bit: the same IEEE ops)."""
     x = x.float()
-    lo = x.amin(-1, keepdim=True).clamp(max=0.0)
-    hi = x.amax(-1, keepdim=True).clamp(min=0.0)
+    bad = ~torch.isfinite(x).all(-1, keepdim=True)  # no range: NaN scale, codes 0, NaN row
+    lo = x.amin(-1, keepdim=True).masked_fill(bad, 0.0).clamp(max=0.0)
+    hi = x.amax(-1, keepdim=True).masked_fill(bad, 0.0).clamp(min=0.0)
     scale = (hi - lo) / DYNAMIC_LEVELS
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zp = torch.round(-lo / scale).clamp(0, DYNAMIC_LEVELS)
-    q = (torch.round(x / scale) + zp).clamp(0, DYNAMIC_LEVELS)
-    return (q - zp) * scale
+    q = (torch.round(x / scale) + zp).clamp(0, DYNAMIC_LEVELS).masked_fill(bad, 0.0)
+    return (q - zp) * scale.masked_fill(bad, float("nan"))
 
 
 @emits("qlinear_dynamic")

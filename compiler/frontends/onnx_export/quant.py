@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import TensorProto
 
 from rtinfer.frontends.onnx_export.context import Emitter, Rule, Site
 from rtinfer.ir.ops import get_op
@@ -105,10 +106,30 @@ def _row_fake_quant(e: Emitter, x: gs.Tensor) -> gs.Tensor:
     hi = e.op("Max", [e.op("ReduceMax", [x, axes], {"keepdims": 1}), zero])
     scale = e.op("Div", [e.op("Sub", [hi, lo]), e.scalar(255.0, DType.f32)])
     scale = e.op("Where", [e.op("Greater", [scale, zero]), scale, e.scalar(1.0, DType.f32)])
+    # a row holding NaN or an infinity gives NaN outputs: x - x sums to NaN over such a row
+    # and to 0 over any other, and adding it to the scale changes no finite scale
+    scale = e.op("Add", [scale, e.op("ReduceSum", [e.op("Sub", [x, x]), axes],
+                                     {"keepdims": 1})])
     top = e.scalar(255.0, DType.f32)
     zp = e.op("Clip", [e.op("Round", [e.op("Div", [e.op("Neg", [lo]), scale])]), zero, top])
     q = e.op("Clip", [e.op("Add", [e.op("Round", [e.op("Div", [x, scale])]), zp]), zero, top])
     return e.op("Mul", [e.op("Sub", [q, zp]), scale])
+
+
+def _weight_by_cast(e: Emitter, t: TensorType, w: gs.Tensor) -> gs.Tensor:
+    """A quantized weight as ``(Cast(w) - zero_point) * scale``: not DequantizeLinear, which
+    ONNX Runtime's extended optimizations fuse with the MatMul into MatMulNBits, a kernel that
+    quantizes the activation itself again (off by whole codes from rtinfer's row codes)."""
+    qp = t.quant
+    shape = [1] * t.rank
+    if qp.axis is not None:
+        shape[qp.axis] = -1
+    real = e.op("Cast", [w], {"to": TensorProto.FLOAT})
+    zp = np.asarray(qp.zero_point, np.float32).reshape(shape if qp.axis is not None else ())
+    if np.any(zp != 0):
+        real = e.op("Sub", [real, e.const(zp)])
+    scale = np.asarray(qp.scale, np.float32).reshape(shape if qp.axis is not None else ())
+    return e.op("Mul", [real, e.const(scale)])
 
 
 def _dynamic_linear(rules: dict[str, Rule]) -> Rule:
@@ -120,8 +141,9 @@ def _dynamic_linear(rules: dict[str, Rule]) -> Rule:
     def rule(e: Emitter, s: Site, x: list[gs.Tensor]) -> gs.Tensor:
         real_types = [t if t.quant is None else TensorType(DType.f32, t.shape)
                       for t in s.in_types]
-        real = [_row_fake_quant(e, x[0])] + [_real(e, s, t, v) for t, v in
-                                             zip(s.in_types[1:], x[1:], strict=True)]
+        real = [_row_fake_quant(e, x[0])] + [
+            v if t.quant is None else _weight_by_cast(e, t, v)
+            for t, v in zip(s.in_types[1:], x[1:], strict=True)]
         return rules[fused](e, Site(s.node, s.name, real_types, [s.out],
                                     {k: s.attrs[k] for k in fused_attrs}), real)
     return rule

@@ -205,21 +205,29 @@ DYNAMIC_LEVELS = 255  # u8 codes of one row
 def dynamic_row_params(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's (scale, zero point) of ``x`` ([..., K], f32) for asymmetric u8 codes: the
     row's range widened to contain 0, ``scale = (hi - lo) / 255`` (1 for an all-zero row) and
-    ``zero_point = rint(-lo / scale)`` (0 exact). All in f32, as the native kernel computes it."""
+    ``zero_point = rint(-lo / scale)`` (0 exact). All in f32, as the native kernel computes it.
+
+    A row holding a NaN or an infinity has no range: its scale is NaN (and its zero point 0),
+    so every output of that row is NaN, as in an f32 linear over a NaN row; never a finite
+    number made up from undefined codes."""
     x = x.astype(np.float32, copy=False)
-    lo = np.minimum(x.min(axis=-1), np.float32(0))
-    hi = np.maximum(x.max(axis=-1), np.float32(0))
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(x).all(axis=-1)
+        lo = np.minimum(np.where(bad, 0, x.min(axis=-1)), np.float32(0))
+        hi = np.maximum(np.where(bad, 0, x.max(axis=-1)), np.float32(0))
     scale = ((hi - lo) / np.float32(DYNAMIC_LEVELS)).astype(np.float32)
     scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
     zp = np.clip(np.rint(-lo / scale), 0, DYNAMIC_LEVELS).astype(np.float32)
-    return scale, zp
+    return np.where(bad, np.float32(np.nan), scale).astype(np.float32), zp
 
 
 def dynamic_row_quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(codes u8, scale f32[...], zero_point f32[...])``: ``x`` quantized per row (the last
     axis) with its run-time parameters (``dynamic_row_params``); codes round half to even."""
     scale, zp = dynamic_row_params(x)
-    q = np.rint(x.astype(np.float32, copy=False) / scale[..., None]) + zp[..., None]
+    with np.errstate(invalid="ignore"):
+        q = np.rint(x.astype(np.float32, copy=False) / scale[..., None]) + zp[..., None]
+    q = np.where(np.isnan(scale)[..., None], 0, q)  # a row without a range: codes 0
     return np.clip(q, 0, DYNAMIC_LEVELS).astype(np.uint8), scale, zp
 
 
