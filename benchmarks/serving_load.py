@@ -15,7 +15,14 @@ and send the next, to 127.0.0.1 only; each N stops after ``--requests`` answers 
     onnxruntime      the model exported to ONNX (dynamic batch), @serve.batch
 
 Every system gets the same replicas, CPUs per replica and threads per replica, the same
-max batch size and wait. Prints a table (throughput in requests/s, p50/p99 latency in ms per
+max batch size and wait.
+
+``--transport inprocess`` leaves Ray and HTTP out: N threads of this process call rtinfer's
+``Batcher`` (``rtinfer``) or the compiled model directly, one example per call
+(``rtinfer-nobatch``), with ``--cpus`` threads for the model. It shows what batching itself
+earns where a request costs no transport (over HTTP on a small machine, the proxy and the
+replica's per-request work can cost more CPU than the model; then every server tops out at
+the same rate, batching or not). Prints a table (throughput in requests/s, p50/p99 latency in ms per
 system and N), and with ``--out DIR`` writes DIR/serving.json, DIR/serving.md and, where
 matplotlib is installed, DIR/serving.png.
 """
@@ -193,6 +200,71 @@ def load_test(port: int, body: bytes, clients: int, requests: int, seconds: floa
             "p99_ms": float(np.percentile(ms, 99)) if ms.size else None}
 
 
+def inprocess_test(call: Any, example: tuple[torch.Tensor, ...], clients: int, requests: int,
+                   seconds: float) -> dict[str, Any]:
+    """``clients`` threads calling ``call(*example)`` in closed loops; at most ``requests``
+    answers and ``seconds`` of wall time in all (the same bounds as ``load_test``)."""
+    lat: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+    issued = [0]
+
+    def client() -> None:
+        while time.perf_counter() < stop:
+            with lock:
+                if issued[0] >= requests:
+                    return
+                issued[0] += 1
+            t0 = time.perf_counter()
+            call(*example)
+            dt = time.perf_counter() - t0
+            with lock:
+                lat.append(dt)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    wall = time.perf_counter() - t0
+    ms = np.asarray(lat) * 1000
+    return {"clients": clients, "answered": len(lat), "errors": 0, "wall_s": wall,
+            "throughput": len(lat) / wall if wall else 0.0,
+            "p50_ms": float(np.percentile(ms, 50)) if ms.size else None,
+            "p99_ms": float(np.percentile(ms, 99)) if ms.size else None}
+
+
+def run_inprocess(cm: Any, w: workloads.Workload, systems: list[str], clients: list[int],
+                  args: Any) -> list[dict[str, Any]]:
+    """rtinfer's Batcher against direct calls of the compiled model, in this process."""
+    from rtinfer.serving import Batcher
+
+    torch.set_num_threads(args.cpus)
+    one = tuple(x[:1] for x in w.inputs)  # one example, with the batch axis
+    example = tuple(x[0] for x in w.inputs)  # one example, as a request holds it
+    rows: list[dict[str, Any]] = []
+    for system in systems:
+        if system not in ("rtinfer", "rtinfer-nobatch"):
+            print(f"{system}: not run in process (its @serve.batch needs Ray Serve)")
+            continue
+        batcher = (Batcher(cm, max_batch_size=args.max_batch_size,
+                           max_wait_ms=args.max_wait_ms) if system == "rtinfer" else None)
+        try:
+            with torch.inference_mode():
+                call, arg = (batcher, example) if batcher is not None else (cm, one)
+                inprocess_test(call, arg, 2, 20, 10)  # warm
+                for n in clients:
+                    r = {"system": system, **inprocess_test(call, arg, n, args.requests,
+                                                            args.seconds)}
+                    rows.append(r)
+                    print(_table([r]).splitlines()[-1], flush=True)
+        finally:
+            if batcher is not None:
+                batcher.close()
+    return rows
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = ["| system | N | answered | errors | req/s | p50 ms | p99 ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -258,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--body", choices=["json", "npz"], default="json",
                    help="request body: JSON lists, or np.savez of the inputs (large tensors)")
+    p.add_argument("--transport", choices=["http", "inprocess"], default="http",
+                   help="HTTP through Ray Serve, or threads calling in this process")
     args = p.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
@@ -280,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compiled {w.description} with rtinfer ({cm.info.backend}) in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     onnx_path = tmp / "model.onnx"
+    if args.transport == "inprocess":
+        rows = run_inprocess(cm, w, systems, clients, args)
+        return _finish(args, w, cm, rows, {"transport": "in process", "cpus": args.cpus,
+                                           "threads": args.cpus})
     if "onnxruntime" in systems:
         _export_onnx(w, onnx_path)
     if args.body == "npz":
@@ -308,10 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
-    meta = {"model": w.description, "replicas": args.replicas, "cpus": args.cpus,
-            "threads_per_replica": threads, "max_batch_size": args.max_batch_size,
+    return _finish(args, w, cm, rows, {"transport": "HTTP, Ray Serve",
+                                       "replicas": args.replicas, "cpus": args.cpus,
+                                       "threads_per_replica": threads, "body": args.body})
+
+
+def _finish(args: Any, w: workloads.Workload, cm: Any, rows: list[dict[str, Any]],
+            setup: dict[str, Any]) -> int:
+    meta = {"model": w.description, **setup, "max_batch_size": args.max_batch_size,
             "max_wait_ms": args.max_wait_ms, "rtinfer_backend": cm.info.backend,
-            "requests_per_n": args.requests, "seconds_per_n": args.seconds, "body": args.body}
+            "requests_per_n": args.requests, "seconds_per_n": args.seconds}
     gain = batching_gain(rows)
     text = (f"# Serving load test: {w.description}\n\n" + ", ".join(
         f"{k}={v}" for k, v in meta.items()) + "\n\n" + _table(rows) + "\n"
