@@ -496,6 +496,7 @@ def compile(model: Any, target: Any = "cpu", example_inputs: Any = None,
     ``<cache>/tvm-tune/<target>/`` (with ``cache=False``, in a temporary directory), so a later
     compile of the same kernels tunes nothing (``rtinfer.backends.tvm_tune``). The user's model
     is never modified. ``workers``: ``"ray://host:port"`` fans the int8 per-layer sensitivity
+    and MetaSchedule's builds and measurements (``tune=N``, ``rtinfer.backends.tvm_ray``)
     out over that Ray cluster (default: over Ray where ``ray.init`` was called, else local;
     ``"local"``); the result is the same either way (``rtinfer.workers``).
 

@@ -12,8 +12,10 @@ QDQ graph with that layer int8 run on the sensitivity batches). Each task runs w
 thread count of the process that compiles, so a task computes what the local loop computes,
 bit for bit: the results are identical either way. The shared inputs (reference outputs,
 batches) go to the object store once; at most ``2 x`` the cluster's task slots are in flight,
-so the graphs being measured stay few however many layers there are. Workers import rtinfer:
-every node of the cluster needs it installed.
+so the graphs being measured stay few however many layers there are. And TVM MetaSchedule's
+builds and measurements (``compile(backend="tvm", tune=N)``): ``rtinfer.backends.tvm_ray``'s
+builder and runner, chosen when ``current()`` is Ray; the search and the database stay in the
+compiling process. Workers import rtinfer: every node of the cluster needs it installed.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ Two costs of MetaSchedule that do not depend on the budget are cut: ``TuneContex
 ``default_build`` import ``tvm.s_tir.tensor_intrin``, which parses every target's tensor
 intrinsics (~30 s of CPU, in the builder's fresh processes every round); here only the host
 architecture's are imported, and the builder builds without them.
+
+Candidates are built and measured in local processes, or on Ray when the compile's workers are
+Ray (``compile(workers=...)``, ``rtinfer.workers``; ``tvm_ray``): the search, its seed
+(``SEED``) and the database stay here either way.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rtinfer.backends import tvm_ray
 from rtinfer.errors import BackendError
+from rtinfer.workers import RayWorkers
+from rtinfer.workers import current as current_workers
 
 MAX_TRIALS_PER_ROUND = 64  # MetaSchedule's default round
 BUILD_TIMEOUT_S = 120.0  # one candidate's compile (a shared, loaded machine is slow)
@@ -52,6 +59,12 @@ RUN_TIMEOUT_S = 60.0
 # arguments).
 POPULATION_PER_TRIAL, POPULATION_MIN, POPULATION_MAX = 32, 64, 512
 SEARCH: dict[str, Any] = {}
+# The search's seed; None: MetaSchedule's random one, and a search on every physical core. A
+# seed makes the search run on one thread (MetaSchedule's parallel sampling hands its per-thread
+# generators out in whatever order threads come), so a budget that gives each task one round
+# measures the same candidates every time, locally or on Ray; later rounds follow the measured
+# timings, which differ between runs by nature.
+SEED: int | None = None
 
 
 @dataclass
@@ -175,23 +188,56 @@ def tune_module(mod: Any, target: Any, trials: int, db_dir: Path,
     _quiet_console_logging()
     with _only_host_tensor_intrinsics(target):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            todo, work_dir=str(db_dir),
+            todo, work_dir=str(db_dir), seed=SEED,
+            num_threads="physical" if SEED is None else 1,
             strategy=ms.search_strategy.EvolutionarySearch(**search))
-    cores = int(target.attrs["num-cores"])
+    builder, runner = _builder_and_runner(target, log)
     progress = _progress_callback(trials, log)
-    ms.tune.tune_tasks(
-        tasks=contexts, task_weights=weights, work_dir=str(db_dir),
-        max_trials_global=trials, num_trials_per_iter=per_round,
-        builder=ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
-                                        f_build=_build_function()),
-        runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
-        database=db, cost_model="xgb",
-        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
-        task_scheduler="gradient")
+    with _seeded_numpy(SEED):
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(db_dir),
+            max_trials_global=trials, num_trials_per_iter=per_round,
+            builder=builder, runner=runner, database=db, cost_model="xgb",
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                               progress],
+            task_scheduler="gradient")
     report.trials_run = progress.measured
     report.seconds = time.perf_counter() - t0
     log(f"rtinfer tune: {report.trials_run} trials in {report.seconds:.1f} s")
     return report
+
+
+def _builder_and_runner(target: Any, log: Callable[[str], None]) -> tuple[Any, Any]:
+    """Where candidates are built and measured: on Ray when the compile's workers are Ray
+    (``rtinfer.workers``, ``tvm_ray``), else in local processes."""
+    from tvm.s_tir import meta_schedule as ms
+
+    workers = current_workers()
+    if isinstance(workers, RayWorkers):
+        log("rtinfer tune: candidates built and measured on Ray workers")
+        return tvm_ray.ray_builder_and_runner(workers.ray, target, _build_function(),
+                                              BUILD_TIMEOUT_S, RUN_TIMEOUT_S)
+    cores = int(target.attrs["num-cores"])
+    return (ms.builder.LocalBuilder(max_workers=cores, timeout_sec=BUILD_TIMEOUT_S,
+                                    f_build=_build_function()),
+            ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S))
+
+
+@contextlib.contextmanager
+def _seeded_numpy(seed: int | None) -> Iterator[None]:
+    """NumPy's global generator seeded for the tuning (the XGBoost cost model scores the first
+    round's candidates with it before it has data), the caller's state restored after."""
+    if seed is None:
+        yield
+        return
+    import numpy as np
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def build_tuned(mod: Any, target: Any, db_dir: Path) -> Any:
