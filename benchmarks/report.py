@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,43 +161,83 @@ def _gflops_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _precision_systems(doc: dict[str, Any], precision: str) -> list[str]:
+    return [n for n, s in doc["systems"].items() if s.get("precision") == precision]
+
+
 def _int8_systems(doc: dict[str, Any]) -> list[str]:
-    return [n for n, s in doc["systems"].items() if s.get("precision") == "int8"]
+    return _precision_systems(doc, "int8")
 
 
-def _accuracy_cells(rec: dict[str, Any]) -> list[str]:
-    """The cosine and the agreement cells of a system's held-out accuracy."""
+def _accuracy_cells(rec: dict[str, Any], digits: int = 4) -> list[str]:
+    """The cosine (to ``digits`` decimals) and the agreement cells of a system's held-out
+    accuracy."""
     acc = rec.get("accuracy")
     if not acc:
         return ["error" if rec.get("accuracy_error") else "-"] * 2
     agree = acc.get("top1_agreement", acc.get("nn_unchanged"))
-    return [f"{acc['cosine']:.4f}", f"{agree:.1%}" if agree is not None else "-"]
+    return [f"{acc['cosine']:.{digits}f}", f"{agree:.1%}" if agree is not None else "-"]
 
 
-def _int8_table(doc: dict[str, Any]) -> list[str]:
-    """Per model and int8 system: speed, calibration, accuracy on held-out data, GOP/s."""
-    names = _int8_systems(doc)
+def _setup_cell(rec: dict[str, Any]) -> str:
+    if "setup_s" not in rec:
+        return "-"
+    return f"{rec['setup_s']:.1f}" + (f" ({rec['calibration_s']:.1f})"
+                                      if "calibration_s" in rec else "")
+
+
+def _gops_cells(doc: dict[str, Any], rec: dict[str, Any]) -> list[str]:
+    """int8's GOP/s and its fraction of the int8 ceiling."""
     ceiling = (doc["machine"].get("int8_ceiling") or {}).get("gops")
-    lines = ["| model | system | median ms (× eager) | × best int8 peer | setup s "
-             "(calibration s) | cosine to fp32 | top-1 same / NN same | GOP/s | of ceiling |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    gops = rec.get("gops")
+    return [f"{gops:.0f}" if gops else "-", f"{gops / ceiling:.0%}" if gops and ceiling else "-"]
+
+
+# per low precision: its setup heading, the cosine's decimals (bf16 stays within 1e-5 of fp32,
+# which 4 decimals would print as 1.0000), the columns after the accuracy ones (headings, cells)
+_LOW_COLUMNS: dict[str, tuple[str, int, list[str],
+                              Callable[[dict[str, Any], dict[str, Any]], list[str]]]] = {
+    "int8": ("setup s (calibration s)", 4, ["GOP/s", "of ceiling"], _gops_cells),
+    "bf16": ("setup s", 6, [], lambda doc, rec: []),
+}
+
+
+def _low_precision_table(doc: dict[str, Any], precision: str) -> list[str]:
+    """Per model and ``precision`` ("int8", "bf16") system: speed, the ratio to the best peer
+    of that precision, setup, accuracy on held-out data (int8: GOP/s too)."""
+    setup_head, digits, extra_heads, extra = _LOW_COLUMNS[precision]
+    heads = ["model", "system", "median ms (× eager)", f"× best {precision} peer", setup_head,
+             "cosine to fp32", "top-1 same / NN same", *extra_heads]
+    lines = ["| " + " | ".join(heads) + " |", "|---|---|" + "---:|" * (len(heads) - 2)]
     for model, m in doc["models"].items():
-        for n in names:
+        for n in _precision_systems(doc, precision):
             rec = m["results"].get(n)
             if rec is None:
                 continue
             if rec.get("status") != "ok":
-                lines.append(f"| {model} | {_col(doc, n)} | {_cell(rec)} | | | | | | |")
+                lines.append(f"| {model} | {_col(doc, n)} | {_cell(rec)} |"
+                             + " |" * (len(heads) - 3))
                 continue
-            setup = (f"{rec['setup_s']:.1f}" + (f" ({rec['calibration_s']:.1f})"
-                                                 if "calibration_s" in rec else "")
-                     if "setup_s" in rec else "-")
-            gops = rec.get("gops")
-            cells = [_cell(rec),
-                     f"×{rec['vs_best_int8_peer']:.2f}" if "vs_best_int8_peer" in rec else "-",
-                     setup, *_accuracy_cells(rec), f"{gops:.0f}" if gops else "-",
-                     f"{gops / ceiling:.0%}" if gops and ceiling else "-"]
+            ratio = rec.get(f"vs_best_{precision}_peer")
+            cells = [_cell(rec), f"×{ratio:.2f}" if ratio is not None else "-",
+                     _setup_cell(rec), *_accuracy_cells(rec, digits), *extra(doc, rec)]
             lines.append(f"| {model} | {_col(doc, n)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _int8_table(doc: dict[str, Any]) -> list[str]:
+    """Per model and int8 system: speed, calibration, accuracy on held-out data, GOP/s."""
+    return _low_precision_table(doc, "int8")
+
+
+def _data_lines(doc: dict[str, Any], precision: str) -> list[str]:
+    """Per model, the held-out data the ``precision`` systems were judged on."""
+    lines = []
+    for model, m in doc["models"].items():
+        d = m.get(precision)
+        if d:
+            lines.append(f"- {model}: " + (f"data unavailable: {d['error']}" if "error" in d
+                                           else f"{d['source']} (digest {d['digest']})"))
     return lines
 
 
@@ -221,12 +262,33 @@ def _int8_lines(doc: dict[str, Any]) -> list[str]:
              "sentence embeddings and the fraction of sentences whose nearest other held-out "
              "sentence is unchanged. × best int8 peer: the fastest non-rtinfer int8 system's "
              "median over this one's.", "", ceiling, ""]
-    for model, m in doc["models"].items():
-        d = m.get("int8")
-        if d:
-            lines.append(f"- {model}: " + (f"data unavailable: {d['error']}" if "error" in d
-                                           else f"{d['source']} (digest {d['digest']})"))
-    return [*lines, "", *_int8_table(doc), ""]
+    return [*lines, *_data_lines(doc, "int8"), "", *_int8_table(doc), ""]
+
+
+def _bf16_support_line(doc: dict[str, Any]) -> str:
+    """Whether the CPU has bf16 instructions, and whether rtinfer used them."""
+    flags = doc["machine"].get("bf16")
+    if flags is None:
+        return "bf16 instructions: not recorded."
+    have = [f for f, on in flags.items() if on]
+    rt = (doc.get("isa") or {}).get("rtinfer_bf16")
+    return ("bf16 instructions: " + (f"this CPU has {', '.join(have)}" if have else
+                                     f"this CPU has neither {' nor '.join(flags)}")
+            + (f"; rtinfer bf16 kernels: {'yes' if rt['available'] else 'no'} ({rt['why']})"
+               if rt else "") + ".")
+
+
+def _bf16_lines(doc: dict[str, Any]) -> list[str]:
+    """The bf16 section: what the systems compute, the data, the table."""
+    if not _precision_systems(doc, "bf16"):
+        return []
+    return ["## bf16: speed, accuracy on held-out data", "",
+            "The bf16 systems compute convolutions and matrix products in bf16 (f32 "
+            "accumulation) and the rest in f32; they are n/a where they would not compute in "
+            "bf16. Accuracy against fp32 eager on the int8 systems' held-out inputs, measured "
+            "the same way. × best bf16 peer: the fastest non-rtinfer bf16 system's median over "
+            "this one's. " + _bf16_support_line(doc), "", *_data_lines(doc, "bf16"), "",
+            *_low_precision_table(doc, "bf16"), ""]
 
 
 # the issue-13 acceptance numbers: held-out accuracy an int8 rtinfer must keep, per model
@@ -328,7 +390,8 @@ def _isa_lines(doc: dict[str, Any]) -> list[str]:
                 f"{v}" for v in isa["native_onednn_isa"].values())
                if isa.get("native_onednn_isa") else "")
             + f"); torch ATen capability {isa.get('torch_cpu_capability', '?')}; "
-            f"cap variables: {env}.")
+            f"cap variables: {env}."
+            + (" " + _bf16_support_line(doc) if "bf16" in doc["machine"] else ""))
     lines = [text, ""]
     if isa.get("requested"):
         loose = [f"{n} ({c})" for n, c in (isa.get("systems") or {}).items()
@@ -357,7 +420,7 @@ def markdown(doc: dict[str, Any]) -> str:
              f"The measured sgemm ceiling (torch.mm 1536³, best of 15, same threads; the "
              f"better of the measurements at the start and at the end): "
              f"{doc['machine'].get('sgemm_gflops', 0):.0f} GFLOP/s.", "", *_gflops_table(doc),
-             "", *_int8_lines(doc), "## Targets", ""]
+             "", *_int8_lines(doc), *_bf16_lines(doc), "## Targets", ""]
     lines += _target_lines(doc)
     lines += ["", "## Setup time, s (ONNX export or capture, compile, first call)", "",
               *_setup_table(doc), "", "## Notes", "",
@@ -397,6 +460,9 @@ def readme_block(doc: dict[str, Any]) -> str:
                       *_gflops_table(doc), "",
                       *(["int8 (held-out accuracy against fp32 eager, GOP/s against the int8 "
                          "ceiling):", "", *_int8_table(doc), ""] if _int8_systems(doc) else []),
+                      *(["bf16 (held-out accuracy against fp32 eager):", "",
+                         *_low_precision_table(doc, "bf16"), ""]
+                        if _precision_systems(doc, "bf16") else []),
                       "Targets:", "", *_target_lines(doc), "",
                       "Full report (minimums, setup times, notes): "
                       "[benchmarks/results/latest.md](benchmarks/results/latest.md)."])

@@ -57,6 +57,8 @@ ISA_CHILD = "RTINFER_BENCH_ISA"  # set in the child: the run it is
 # the variables recorded with every run (capped or not)
 ISA_VARS = ("RTINFER_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
             "MKL_ENABLE_INSTRUCTIONS", "TORCHINDUCTOR_CPP_MARCH", "OV_CPU_MAX_ISA")
+# /proc/cpuinfo's names of the bf16 instructions (AVX512_BF16 dot products, AMX-BF16 tiles)
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # oneDNN's dnnl_cpu_isa_t values (dnnl_types.h) as ONEDNN_MAX_CPU_ISA names them
 ONEDNN_ISA_NAMES = {0x1: "SSE41", 0x3: "AVX", 0x7: "AVX2", 0xF: "AVX2_VNNI",
                     0x1F: "AVX2_VNNI_2", 0x27: "AVX512_CORE", 0x67: "AVX512_CORE_VNNI",
@@ -138,42 +140,59 @@ def setup_system(system: System, w: Workload, settings: Settings
                       "reason": f"{type(e).__name__}: {msg[0][:300] if msg else ''}"}
 
 
-def int8_data(w: Workload, systems: list[System], log) -> dict[str, Any] | None:
-    """Build the int8 systems' calibration and held-out data before any setup (so no system's
-    setup time pays for it) and count the model's operations; None without int8 systems."""
+def _low_precisions(systems: list[System]) -> list[str]:
+    """The precisions judged by held-out accuracy (int8, bf16) that ``systems`` include."""
+    from systems import LOW_PRECISIONS
+
+    return [p for p in LOW_PRECISIONS if any(s.precision == p for s in systems)]
+
+
+def heldout_data(w: Workload, systems: list[System], log) -> dict[str, Any] | None:
+    """Build the calibration and held-out data of the low-precision (int8, bf16) systems
+    before any setup (so no system's setup time pays for it) and, for int8's GOP/s, count the
+    model's operations; None without such systems."""
     from calibration import DataUnavailable
 
-    if not any(s.precision == "int8" for s in systems):
+    low = _low_precisions(systems)
+    if not low:
         return None
     t0 = time.perf_counter()
     try:
         data = w.data()
     except DataUnavailable as e:
-        log(f"  int8 data: unavailable: {e}")
+        log(f"  held-out data: unavailable: {e}")
         return {"error": str(e)}
     doc: dict[str, Any] = {"source": data.source, "task": data.task, "digest": data.digest,
                            "calibration": len(data.calibration), "heldout": len(data.heldout),
                            "build_s": time.perf_counter() - t0}
     try:
-        doc["gop"] = w.gop()
+        if "int8" in low:
+            doc["gop"] = w.gop()
     except Exception as e:  # no operation count: the GOP/s columns stay empty
         doc["gop_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    log(f"  int8 data: {data.source} ({doc['build_s']:.1f} s)")
+    log(f"  held-out data: {data.source} ({doc['build_s']:.1f} s)")
     return doc
 
 
-def int8_accuracy(w: Workload, systems: list[System], prepared: dict[str, Prepared],
-                  results: dict[str, dict[str, Any]], log) -> None:
-    """Each int8 system against fp32 eager on the held-out inputs (``int8.accuracy``)."""
+def heldout_accuracy(w: Workload, systems: list[System], prepared: dict[str, Prepared],
+                     results: dict[str, dict[str, Any]], log) -> None:
+    """Each int8 and bf16 system against fp32 eager on the held-out inputs
+    (``int8.accuracy``)."""
     import int8
     import numpy as np
-    from systems import first_output
+    from calibration import DataUnavailable
+    from systems import LOW_PRECISIONS, first_output
 
-    todo = [s.name for s in systems if s.precision == "int8" and s.name in prepared
+    todo = [s.name for s in systems if s.precision in LOW_PRECISIONS and s.name in prepared
             and prepared[s.name].infer is not None]
     if not todo:
         return
-    data = w.data()
+    try:
+        data = w.data()
+    except DataUnavailable as e:  # bf16 systems run without it: no accuracy, said so
+        for name in todo:
+            results[name]["accuracy_error"] = f"held-out data unavailable: {e}"
+        return
     ref = [np.array(first_output(w.model(*x)), copy=True) for x in data.heldout]
     for name in todo:
         try:
@@ -189,23 +208,12 @@ def int8_accuracy(w: Workload, systems: list[System], prepared: dict[str, Prepar
                                                if k != "n"))
 
 
-def bench_model(w: Workload, systems: list[System], args, settings: Settings,
-                log) -> dict[str, Any]:
-    results: dict[str, dict[str, Any]] = {}
-    prepared: dict[str, Prepared] = {}
-    int8_doc = int8_data(w, systems, log)
-    precision = {s.name: s.precision for s in systems}
-    for system in systems:
-        log(f"  setup {system.name} ...")
-        p, rec = setup_system(system, w, settings)
-        results[system.name] = rec
-        if p is None:
-            log(f"    {rec['status']}: {rec['reason']}")
-            continue
-        prepared[system.name] = p
-        log(f"    ready in {rec['setup_s']:.1f} s")
+def check_fidelity(results: dict[str, dict[str, Any]], precision: dict[str, str],
+                   log) -> None:
+    """Each system's first output (``_first``, popped from its record) against eager's;
+    ``precision``: each system's, by name."""
+    from systems import LOW_PRECISIONS
 
-    # fidelity: each system's first output against eager's
     ref = results.get("eager", {}).pop("_first", None)
     if ref is not None:
         results["eager"].update(max_abs_err=0.0, rel_err=0.0, fidelity_ok=True,
@@ -216,18 +224,36 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
             continue
         if ref is None:
             rec.update(fidelity_ok=None, fidelity="no eager reference")
-        elif precision.get(name) == "int8":
-            # int8 is never within fp32's tolerance: the held-out accuracy columns judge it;
-            # only a wrong shape or a non-finite output is flagged
+        elif precision.get(name) in LOW_PRECISIONS:
+            # int8 and bf16 are never within fp32's tolerance: the held-out accuracy columns
+            # judge them; only a wrong shape or a non-finite output is flagged
             rec.update(fidelity(first, ref))
             if rec["max_abs_err"] is not None and math.isfinite(rec["max_abs_err"]):
-                rec.update(fidelity_ok=None, fidelity="int8: see the held-out accuracy")
+                rec.update(fidelity_ok=None,
+                           fidelity=f"{precision[name]}: see the held-out accuracy")
             else:
                 log(f"    {name}: WRONG OUTPUT ({rec.get('fidelity') or 'not finite'})")
         else:
             rec.update(fidelity(first, ref))
             if not rec["fidelity_ok"]:
                 log(f"    {name}: WRONG OUTPUT (max abs err {rec['max_abs_err']})")
+
+
+def bench_model(w: Workload, systems: list[System], args, settings: Settings,
+                log) -> dict[str, Any]:
+    results: dict[str, dict[str, Any]] = {}
+    prepared: dict[str, Prepared] = {}
+    data_doc = heldout_data(w, systems, log)
+    for system in systems:
+        log(f"  setup {system.name} ...")
+        p, rec = setup_system(system, w, settings)
+        results[system.name] = rec
+        if p is None:
+            log(f"    {rec['status']}: {rec['reason']}")
+            continue
+        prepared[system.name] = p
+        log(f"    ready in {rec['setup_s']:.1f} s")
+    check_fidelity(results, {s.name: s.precision for s in systems}, log)
 
     # warm-up: up to --warmup calls, within a quarter of the time budget; the warm-up times
     # estimate each system's call time, which caps its iterations at --max-seconds. A block is
@@ -264,13 +290,13 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
     for name, s in samples.items():
         if name in prepared and s:
             results[name].update(stats_ms(s), samples=len(s), samples_ns=s)
-    int8_accuracy(w, systems, prepared, results, log)
+    heldout_accuracy(w, systems, prepared, results, log)
     ratios(results, systems)
-    if int8_doc and int8_doc.get("gop"):
+    if data_doc and data_doc.get("gop"):
         for system in systems:
             rec = results.get(system.name, {})
             if system.precision == "int8" and _timed(rec):
-                rec["gops"] = int8_doc["gop"] / (rec["median_ms"] / 1e3)
+                rec["gops"] = data_doc["gop"] / (rec["median_ms"] / 1e3)
     peer90 = best_peer(results, systems, "p90_ms")
     for system in systems:
         rec = results.get(system.name, {})
@@ -284,9 +310,9 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
            "onnx_export_s": w.onnx_export_s, "onnx_exporter": w.onnx_exporter,
            "best_peer": best_peer(results, systems),
            "best_peer_p90": best_peer(results, systems, "p90_ms"), "results": results}
-    if int8_doc is not None:
-        out["int8"] = int8_doc | {"best_peer": best_peer(results, systems,
-                                                          precision="int8")}
+    if data_doc is not None:  # per low precision: the held-out data and its best peer
+        for p in _low_precisions(systems):
+            out[p] = data_doc | {"best_peer": best_peer(results, systems, precision=p)}
     return out
 
 
@@ -298,7 +324,7 @@ def best_peer(results: dict[str, dict[str, Any]], systems: list[System],
               key: str = "median_ms", precision: str = "fp32") -> str | None:
     """The fastest (by ``key``: the median, or ``p90_ms``) non-rtinfer system of
     ``precision`` with correct outputs (fp32 peers are rtinfer fp32's; int8 ones rtinfer
-    int8's)."""
+    int8's; bf16 ones rtinfer bf16's)."""
     peers = [s.name for s in systems if not s.rtinfer and s.precision == precision
              and _timed(results.get(s.name, {}))
              and key in results[s.name] and results[s.name].get("fidelity_ok") is not False]
@@ -308,11 +334,15 @@ def best_peer(results: dict[str, dict[str, Any]], systems: list[System],
 def ratios(results: dict[str, dict[str, Any]], systems: list[System]) -> None:
     """Speed-ups (>1 is faster): ``vs_eager`` and ``vs_best_peer`` on medians,
     ``vs_eager_min`` on minimums, ``vs_eager_p90`` and ``vs_best_peer_p90`` on p90s (the best
-    peer at p90 may be another system than the best at the median)."""
+    peer at p90 may be another system than the best at the median); an int8 or bf16
+    system's ``vs_best_<precision>_peer`` against the fastest non-rtinfer system of its own
+    precision."""
+    from systems import LOW_PRECISIONS
+
     eager = results.get("eager", {})
     peer = best_peer(results, systems)
     peer90 = best_peer(results, systems, "p90_ms")
-    peer8 = best_peer(results, systems, precision="int8")
+    low = {p: best_peer(results, systems, precision=p) for p in LOW_PRECISIONS}
     precision = {s.name: s.precision for s in systems}
     for name, rec in results.items():
         if not _timed(rec):
@@ -325,8 +355,10 @@ def ratios(results: dict[str, dict[str, Any]], systems: list[System]) -> None:
             rec["vs_best_peer"] = results[peer]["median_ms"] / rec["median_ms"]
         if peer90 is not None:
             rec["vs_best_peer_p90"] = results[peer90]["p90_ms"] / rec["p90_ms"]
-        if peer8 is not None and precision.get(name) == "int8":
-            rec["vs_best_int8_peer"] = results[peer8]["median_ms"] / rec["median_ms"]
+        own = low.get(precision.get(name, "fp32"))
+        if own is not None:
+            rec[f"vs_best_{precision[name]}_peer"] = (results[own]["median_ms"]
+                                                      / rec["median_ms"])
 
 
 # -- machine ----------------------------------------------------------------------------------
@@ -358,6 +390,8 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     info = {"cpu": cpu, "cpu_flags": flags, "logical_cores": os.cpu_count(),
+            # the instructions native bf16 kernels run on (oneDNN's, OpenVINO's)
+            "bf16": {f: f in flags.split() for f in BF16_FLAGS},
             "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else None,
             "platform": platform.platform(), "python": platform.python_version(),
@@ -394,9 +428,13 @@ def isa_info(requested: str | None, systems: list[System]) -> dict[str, Any]:
         "systems": {s.name: s.isa_cap for s in systems},
     }
     try:
+        from rtinfer.bf16 import bf16_support
         from rtinfer.kernels import isa
 
         info["rtinfer"] = isa.describe()
+        # whether rtinfer-bf16 computes in bf16 here, and why (not): a cap hides bf16
+        ok, why = bf16_support()
+        info["rtinfer_bf16"] = {"available": ok, "why": why}
     except Exception as e:  # a bad $RTINFER_CPU_ISA: recorded, and the run stops in main
         info["rtinfer"] = {"error": f"{type(e).__name__}: {e}"}
     return info

@@ -15,6 +15,12 @@ The int8 systems (``precision="int8"``) quantize with the workload's 128 calibra
 (``Workload.data()``, benchmarks/calibration.py) inside ``setup``, so their setup time includes
 calibration; their ``Prepared.infer`` runs any input tuple, which the harness uses to compare
 them with fp32 eager on the held-out inputs (benchmarks/int8.py).
+
+The bf16 systems (``precision="bf16"``) need no calibration; they are judged on the same
+held-out inputs. Each one is ``Unavailable`` where it would not compute in bf16 (an fp32
+model timed in the bf16 table would be a false bf16 number): rtinfer compiles fp32 on a CPU
+(or under a ``$RTINFER_CPU_ISA`` cap) without AVX512_BF16 / AMX-BF16; OpenVINO is asked which
+precision its compiled model resolved the hint to.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import importlib.metadata
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +60,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # recorded with the result as is
     # one inference on any input tuple shaped like the workload's, its first output as NumPy
-    # (the int8 systems': the held-out accuracy check runs it)
+    # (the int8 and bf16 systems': the held-out accuracy check runs it)
     infer: Callable[[tuple[torch.Tensor, ...]], np.ndarray] | None = None
 
 
@@ -69,9 +76,13 @@ class System:
     # what a CPU-level cap (run.py --isa) reaches: "capped", "partly capped" or "uncapped",
     # then how (see ISA_CAP_TORCH and the table below)
     isa_cap: str = "uncapped"
-    # "fp32" or "int8": int8 systems are compared with each other (the best int8 peer) and
-    # judged by accuracy on held-out data, not by the fp32 fidelity tolerance
+    # "fp32", "int8" or "bf16": int8 and bf16 systems are compared with their own precision's
+    # peers (the best int8 / bf16 peer) and judged by accuracy on held-out data, not by the
+    # fp32 fidelity tolerance
     precision: str = "fp32"
+
+
+LOW_PRECISIONS = ("int8", "bf16")  # the precisions judged by held-out accuracy
 
 
 def first_output(out: Any) -> np.ndarray:
@@ -175,15 +186,19 @@ def setup_onnxruntime(w: Workload, s: Settings) -> Prepared:
     return Prepared(run, first_output, [f"ONNX exporter: {exporter}"])
 
 
+def _openvino_config(s: Settings, precision: str = "f32") -> dict[str, Any]:
+    """The CPU plugin's settings of every OpenVINO system: LATENCY, one stream, ``precision``
+    as INFERENCE_PRECISION_HINT (on CPUs with bf16 units OpenVINO otherwise defaults to bf16,
+    which is another precision than every fp32 column)."""
+    return {"INFERENCE_NUM_THREADS": s.threads, "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+
+
 def setup_openvino(w: Workload, s: Settings) -> Prepared:
     ov = _require("openvino", "openvino")
     path, exporter = w.onnx()
     core = ov.Core()
-    # f32 inference: on CPUs with bf16 units OpenVINO otherwise defaults to bf16, which is
-    # another precision than every other column
-    config = {"INFERENCE_NUM_THREADS": s.threads, "NUM_STREAMS": 1,
-              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = core.compile_model(str(path), "CPU", config)
+    compiled = core.compile_model(str(path), "CPU", _openvino_config(s))
     request = compiled.create_infer_request()
     feeds = _feeds(w, [p.get_any_name() for p in compiled.inputs])
     out0 = compiled.output(0)
@@ -193,6 +208,65 @@ def setup_openvino(w: Workload, s: Settings) -> Prepared:
 
     return Prepared(run, lambda r: np.array(r[out0]),
                     [f"ONNX exporter: {exporter}", "OpenVINO CPU, f32 precision hint"])
+
+
+def _openvino_runtime_precisions(compiled: Any) -> dict[str, int]:
+    """How many operations of a compiled model run at each precision (the runtime model's
+    ``runtimePrecision``, what the CPU plugin chose, whatever the hint asked)."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if "runtimePrecision" in info:
+            p = str(info["runtimePrecision"].astype(str))
+            counts[p] = counts.get(p, 0) + 1
+    return counts
+
+
+def _openvino_bf16_note(hint: Any, counts: dict[str, int]) -> str:
+    """What openvino-bf16 computes: the resolved hint, the runtime precisions of its ops (a
+    fused ``Subgraph`` reports f32 and computes at the hint's precision: the MLP's one at 1
+    thread differs from f32 OpenVINO by 7e-4, as bf16 does), and whether the CPU's bf16 is
+    native or emulated."""
+    from rtinfer.bf16 import BF16_FEATURES
+    from rtinfer.kernels import isa
+
+    native = [f for f in BF16_FEATURES if f in isa.host_features()]
+    return (f"OpenVINO CPU, bf16 precision hint (resolved to {hint}); ops by runtime "
+            f"precision: " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
+            + ("; bf16 instructions: " + ", ".join(native) if native else
+               "; no bf16 instructions: OpenVINO emulates bf16 on AVX-512 (slower than f32)"))
+
+
+def setup_openvino_bf16(w: Workload, s: Settings) -> Prepared:
+    """``openvino`` with INFERENCE_PRECISION_HINT "bf16": the CPU plugin runs its heavy ops in
+    bf16 and leaves the rest f32. OpenVINO keeps the hint on any AVX-512 (or AVX2-VNNI-2) CPU,
+    emulating bf16 where the CPU lacks bf16 instructions (the notes say which); unavailable
+    where it resolves the hint to f32 (it would time f32)."""
+    ov = _require("openvino", "openvino")
+    path, exporter = w.onnx()
+    core = ov.Core()
+    compiled = core.compile_model(str(path), "CPU", _openvino_config(s, "bf16"))
+    counts = _openvino_runtime_precisions(compiled)
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    if hint != ov.Type.bf16:
+        raise Unavailable(f"OpenVINO resolved the bf16 precision hint to {hint} here (its "
+                          f"CPU plugin finds no AVX-512 or AVX2-VNNI-2, or ONEDNN_MAX_CPU_ISA "
+                          f"caps them): it would time f32")
+    request = compiled.create_infer_request()
+    names = [p.get_any_name() for p in compiled.inputs]
+    feeds = _feeds(w, names)
+    out0 = compiled.output(0)
+
+    def run():
+        return request.infer(feeds)
+
+    def infer(inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+        return np.array(request.infer(_feeds(w, names, inputs))[out0])
+
+    return Prepared(run, lambda r: np.array(r[out0]),
+                    [f"ONNX exporter: {exporter}", _openvino_bf16_note(hint, counts)],
+                    {"bf16_ops": counts.get("bf16", 0), "runtime_ops": sum(counts.values())},
+                    infer)
 
 
 # -- int8 peers: ONNX Runtime's quantization tool, OpenVINO with NNCF --------------------------
@@ -295,9 +369,7 @@ def setup_openvino_int8(w: Workload, s: Settings) -> Prepared:
                               model_type=model_type)
     calibration_s = time.perf_counter() - t0
     quantizers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
-    config = {"INFERENCE_NUM_THREADS": s.threads, "NUM_STREAMS": 1,
-              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = core.compile_model(quantized, "CPU", config)
+    compiled = core.compile_model(quantized, "CPU", _openvino_config(s))
     request = compiled.create_infer_request()
     feeds = _feeds(w, names)
     out0 = compiled.output(0)
@@ -388,17 +460,28 @@ def setup_tvm_relax_tuned(w: Workload, s: Settings) -> Prepared:
 # -- rtinfer ----------------------------------------------------------------------------------
 
 
-def _setup_rtinfer(w: Workload, s: Settings, backend: str) -> Prepared:
+def _rtinfer_compile(w: Workload, s: Settings, backend: str, **options: Any) -> Any:
+    """``rtinfer.compile`` of the workload (``options``: more keywords, such as
+    ``precision``); a backend that is not there is ``Unavailable``."""
     import rtinfer
     from rtinfer.errors import BackendError
 
     try:
-        cm = rtinfer.compile(w.model, example_inputs=w.inputs, backend=backend,
-                             pipeline=s.pipeline)
+        return rtinfer.compile(w.model, example_inputs=w.inputs, backend=backend,
+                               pipeline=s.pipeline, **options)
     except BackendError as e:
         if "not available" in str(e) or "unknown backend" in str(e):
             raise Unavailable(str(e)) from None
         raise
+
+
+def _setup_rtinfer(w: Workload, s: Settings, backend: str) -> Prepared:
+    return _rtinfer_prepared(w, _rtinfer_compile(w, s, backend))
+
+
+def _rtinfer_prepared(w: Workload, cm: Any) -> Prepared:
+    """A compiled rtinfer model as a system: notes, GFLOP and, on the native backend, the
+    kernels' own time (``kernel_ms``) and plan steps."""
     inputs = w.inputs
 
     def run():
@@ -417,6 +500,9 @@ def _setup_rtinfer(w: Workload, s: Settings, backend: str) -> Prepared:
         steps = cm.module.profile(*inputs, iters=20)
         extra["kernel_ms"] = sum(sec for _, sec in steps) * 1e3
         extra["plan_steps"] = len(steps)
+        if info.bf16:  # the bf16 primitives in the plan (not their f32 -> bf16 reorders)
+            extra["bf16_steps"] = sum("oneDNN bf16" in name and "(to bf16)" not in name
+                                      for name, _ in steps)
     return Prepared(run, first_output, notes, extra)
 
 
@@ -448,6 +534,38 @@ def setup_rtinfer_tvm(w: Workload, s: Settings) -> Prepared:
 
 def setup_rtinfer_native(w: Workload, s: Settings) -> Prepared:
     return _setup_rtinfer(w, s, "native")
+
+
+def setup_rtinfer_bf16(w: Workload, s: Settings) -> Prepared:
+    """``rtinfer.compile(precision="bf16", backend="native")``. Unavailable where rtinfer has no
+    bf16 kernels (``rtinfer.bf16.bf16_support``: the CPU lacks AVX512_BF16 and AMX-BF16, or
+    ``$RTINFER_CPU_ISA`` caps them away): compile would fall back to fp32 (``Bf16Fallback``),
+    and that model's time in the bf16 table would pass for a bf16 one."""
+    from rtinfer.bf16 import Bf16Fallback, bf16_support
+
+    ok, why = bf16_support()
+    if not ok:
+        raise Unavailable(f"no bf16 kernels here: {why}; rtinfer would compile fp32 "
+                          f"(Bf16Fallback)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Bf16Fallback)  # checked below, from the record
+        cm = _rtinfer_compile(w, s, "native", precision="bf16")
+    record = cm.info.bf16 or {}
+    if not record.get("available"):  # e.g. the CPU level changed between the check and here
+        raise Unavailable(f"rtinfer fell back to fp32: {record.get('why', 'no bf16 record')}")
+    p = _rtinfer_prepared(w, cm)
+    layers = len(record["layers"])
+    p.notes.insert(1, f"bf16 kernels ran: {layers} layers bf16 ({record['why']}), "
+                      f"{p.info.get('bf16_steps', '?')} oneDNN bf16 primitives in the plan; "
+                      f"{record['f32_layers']} conv/linear/matmul layers stay f32")
+    p.info["bf16_layers"] = layers
+
+    def infer(batch: tuple[torch.Tensor, ...]) -> np.ndarray:
+        # a copy: the native executor may hand back its own output buffer
+        return np.array(first_output(cm(*batch)), copy=True)
+
+    p.infer = infer
+    return p
 
 
 def setup_rtinfer_int8(w: Workload, s: Settings) -> Prepared:
@@ -546,4 +664,10 @@ SYSTEMS: dict[str, System] = {sys.name: sys for sys in [
     System("rtinfer-int8", "rtinfer.compile(precision='int8', calibration=128 inputs, "
            "backend='native')", setup_rtinfer_int8, rtinfer=True, isa_cap=ISA_CAP_NATIVE,
            precision="int8"),
+    System("openvino-bf16", "OpenVINO CPU (LATENCY hint, bf16 precision hint) on the same "
+           "ONNX model; n/a where OpenVINO resolves the hint to f32", setup_openvino_bf16,
+           needs_onnx=True, isa_cap=ISA_PARTLY_OV, precision="bf16"),
+    System("rtinfer-bf16", "rtinfer.compile(precision='bf16', backend='native'): oneDNN bf16 "
+           "conv/matmul; n/a on a CPU (or --isa cap) without AVX512_BF16 / AMX-BF16",
+           setup_rtinfer_bf16, rtinfer=True, isa_cap=ISA_CAP_NATIVE, precision="bf16"),
 ]}

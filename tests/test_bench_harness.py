@@ -391,3 +391,189 @@ def test_missing_data_packages_make_int8_systems_unavailable(bench, monkeypatch)
         with pytest.raises(bench.systems.Unavailable, match="calibration photos need Pillow"):
             setup(w, bench.systems.Settings(threads=1))
     assert w.onnx_export_s is None  # refused before exporting anything
+
+
+# -- bf16: adapters, ratios by precision, report -------------------------------------------------
+
+
+def _bf16_doc(flags: dict[str, bool] | None = None):
+    """``_int8_doc`` with a bf16 peer, rtinfer-bf16 and a bf16 system that was n/a."""
+    doc = _int8_doc()
+    ok = {"status": "ok", "min_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0}
+    doc["machine"]["bf16"] = flags or {"avx512_bf16": True, "amx_bf16": True}
+    doc["isa"] = {"cpu_model": "c", "rtinfer": {"level": "avx512"},
+                  "rtinfer_bf16": {"available": True, "why": "this CPU has avx512_bf16"}}
+    for name, rtinfer in (("openvino-bf16", False), ("rtinfer-bf16", True),
+                          ("other-bf16", False)):
+        doc["systems"][name] = {"summary": "", "rtinfer": rtinfer, "precision": "bf16"}
+    m = doc["models"]["minilm"]
+    m["bf16"] = {"source": "sentences", "digest": "abc", "best_peer": "openvino-bf16"}
+    m["results"] |= {
+        "openvino-bf16": ok | {"median_ms": 12.5, "vs_eager": 1.6, "vs_best_bf16_peer": 1.0,
+                               "setup_s": 2.0,
+                               "accuracy": {"cosine": 0.99991, "nn_unchanged": 1.0, "n": 100}},
+        "rtinfer-bf16": ok | {"median_ms": 6.25, "vs_eager": 3.2, "vs_best_bf16_peer": 2.0,
+                              "setup_s": 5.0, "accuracy_error": "ValueError: boom"},
+        "other-bf16": {"status": "unavailable", "reason": "no bf16 here"}}
+    return doc
+
+
+def test_report_bf16_table_beside_int8(bench):
+    doc = _bf16_doc()
+    md = bench.report.markdown(doc)
+    assert "## bf16: speed, accuracy on held-out data" in md
+    assert ("| model | system | median ms (× eager) | × best bf16 peer | setup s | cosine to fp32 "
+            "| top-1 same / NN same |\n|---|---|---:|---:|---:|---:|---:|") in md
+    assert "| minilm | openvino-bf16 | 12.5 (×1.60) | ×1.00 | 2.0 | 0.999910 | 100.0% |" in md
+    # a failed accuracy check reads "error", never a number
+    assert "| minilm | rtinfer-bf16 | 6.25 (×3.20) | ×2.00 | 5.0 | error | error |" in md
+    assert "| minilm | other-bf16 | n/a | | | | |" in md
+    # the machine section and the bf16 section say whether the CPU has bf16
+    assert md.count("bf16 instructions: this CPU has avx512_bf16, amx_bf16; rtinfer bf16 "
+                    "kernels: yes (this CPU has avx512_bf16).") == 2
+    # the int8 table is unchanged by the bf16 systems beside it
+    assert ("| minilm | rtinfer-int8 | 8 (×2.50) | ×1.25 | 4.0 (3.0) | 0.9960 | 96.0% | 320 "
+            "| 31% |") in md
+    assert md.index("## int8:") < md.index("## bf16:") < md.index("## Targets")
+    block = bench.report.readme_block(doc)
+    assert "bf16 (held-out accuracy against fp32 eager):" in block
+    assert "| minilm | openvino-bf16 | 12.5 (×1.60) | ×1.00 |" in block
+    no_bf16 = bench.report.markdown(_bf16_doc({"avx512_bf16": False, "amx_bf16": False}))
+    assert "this CPU has neither avx512_bf16 nor amx_bf16" in no_bf16
+    assert "## bf16" not in bench.report.markdown(_int8_doc())
+
+
+def _system(bench, name, precision="fp32", rtinfer=False):
+    return bench.systems.System(name, "", lambda w, s: None, rtinfer=rtinfer,
+                                precision=precision)
+
+
+def test_best_peer_and_ratios_by_precision(bench):
+    run = bench.run
+    systems = [_system(bench, "eager"), _system(bench, "onnxruntime"),
+               _system(bench, "rtinfer-native", rtinfer=True),
+               _system(bench, "onnxruntime-int8", "int8"),
+               _system(bench, "rtinfer-int8", "int8", rtinfer=True),
+               _system(bench, "openvino-bf16", "bf16"), _system(bench, "bad-bf16", "bf16"),
+               _system(bench, "rtinfer-bf16", "bf16", rtinfer=True)]
+
+    def rec(ms, **kw):
+        return {"status": "ok", "median_ms": ms, "min_ms": ms, "p90_ms": ms} | kw
+
+    results = {"eager": rec(20.0), "onnxruntime": rec(10.0), "rtinfer-native": rec(8.0),
+               "onnxruntime-int8": rec(5.0, fidelity_ok=None),
+               "rtinfer-int8": rec(4.0, fidelity_ok=None),
+               "openvino-bf16": rec(6.0, fidelity_ok=None),
+               "bad-bf16": rec(1.0, fidelity_ok=False),  # a non-finite output: never a peer
+               "rtinfer-bf16": rec(3.0, fidelity_ok=None)}
+    assert run.best_peer(results, systems) == "onnxruntime"
+    assert run.best_peer(results, systems, precision="int8") == "onnxruntime-int8"
+    assert run.best_peer(results, systems, precision="bf16") == "openvino-bf16"
+    run.ratios(results, systems)
+    assert results["rtinfer-bf16"]["vs_best_bf16_peer"] == 2.0
+    assert results["openvino-bf16"]["vs_best_bf16_peer"] == 1.0
+    assert results["rtinfer-int8"]["vs_best_int8_peer"] == 1.25
+    assert results["rtinfer-bf16"]["vs_best_peer"] == pytest.approx(10 / 3)  # fp32's best peer
+    assert results["rtinfer-bf16"]["vs_eager"] == pytest.approx(20 / 3)
+    # each ratio only on its own precision's systems
+    assert not any("vs_best_bf16_peer" in results[n] for n in ("rtinfer-int8", "onnxruntime",
+                                                                 "rtinfer-native"))
+    assert not any("vs_best_int8_peer" in results[n] for n in ("rtinfer-bf16", "eager"))
+
+
+def test_bf16_fidelity_flags_only_wrong_shapes_and_non_finite(bench):
+    import numpy as np
+
+    ref = np.ones((1, 4), np.float32)
+    results = {"eager": {"_first": ref},
+               "rtinfer-bf16": {"_first": ref * 1.01},  # bf16 rounding: far above 1e-3
+               "nan-bf16": {"_first": np.full((1, 4), np.nan, np.float32)},
+               "short-bf16": {"_first": np.ones((1, 3), np.float32)},
+               "rtinfer-native": {"_first": ref * 1.01}}
+    precision = {"eager": "fp32", "rtinfer-native": "fp32", "rtinfer-bf16": "bf16",
+                 "nan-bf16": "bf16", "short-bf16": "bf16"}
+    logged = []
+    bench.run.check_fidelity(results, precision, logged.append)
+    bf16 = results["rtinfer-bf16"]
+    assert bf16["fidelity_ok"] is None and bf16["fidelity"] == "bf16: see the held-out accuracy"
+    assert bf16["max_abs_err"] == pytest.approx(0.01, rel=1e-3)
+    assert results["nan-bf16"]["fidelity_ok"] is False
+    assert results["short-bf16"]["fidelity"] == "shape [1, 3] != eager [1, 4]"
+    assert results["rtinfer-native"]["fidelity_ok"] is False  # fp32 keeps its tolerance
+    assert all("_first" not in r for r in results.values())
+    assert sorted(line.split(":")[0].strip() for line in logged) == [
+        "nan-bf16", "rtinfer-native", "short-bf16"]
+
+
+def test_rtinfer_bf16_unavailable_without_bf16(bench, monkeypatch):
+    import rtinfer.bf16
+
+    def compile_not_reached(*args, **kwargs):
+        raise AssertionError("no compile where bf16 is missing")
+
+    monkeypatch.setattr(rtinfer.bf16, "bf16_support",
+                        lambda: (False, "this CPU lacks avx512_bf16 and amx_bf16"))
+    monkeypatch.setattr(rtinfer, "compile", compile_not_reached)
+    w = bench.workloads.build("mlp")
+    with pytest.raises(bench.systems.Unavailable,
+                       match=r"no bf16 kernels here: this CPU lacks avx512_bf16 and amx_bf16; "
+                             r"rtinfer would compile fp32 \(Bf16Fallback\)"):
+        bench.systems.setup_rtinfer_bf16(w, bench.systems.Settings(threads=1))
+
+
+def test_openvino_bf16_unavailable_where_it_runs_f32(bench, monkeypatch):
+    """A CPU plugin without bf16 resolves the hint to f32: the system is n/a, not an f32
+    number in the bf16 table (here: the plugin is asked for f32, as it would resolve it)."""
+    pytest.importorskip("openvino")
+    config = bench.systems._openvino_config
+    monkeypatch.setattr(bench.systems, "_openvino_config",
+                        lambda s, precision="f32": config(s, "f32"))
+    w = bench.workloads.build("mlp")
+    try:
+        with pytest.raises(bench.systems.Unavailable,
+                           match=r"OpenVINO resolved the bf16 precision hint to "
+                                 r"<Type: 'float32'> here"):
+            bench.systems.setup_openvino_bf16(w, bench.systems.Settings(threads=1))
+    finally:
+        w.close()
+
+
+def test_bench_model_runs_bf16_systems_on_mlp(bench):
+    """Where the CPU has bf16: both bf16 systems time, are judged on the held-out inputs and
+    compared with the best bf16 peer; elsewhere both are n/a with the reason."""
+    pytest.importorskip("openvino")
+    import torch
+
+    from rtinfer.bf16 import bf16_support
+
+    torch.set_grad_enabled(False)
+    run, systems = bench.run, bench.systems
+    args = run.parse_args(["--quick", "--iters", "2"])
+    chosen = [systems.SYSTEMS[n] for n in ("eager", "openvino-bf16", "rtinfer-bf16")]
+    w = bench.workloads.build("mlp")
+    try:
+        doc = run.bench_model(w, chosen, args, systems.Settings(threads=1), lambda _: None)
+    finally:
+        w.close()
+    res = doc["results"]
+    ok, why = bf16_support()
+    if not ok:
+        assert res["rtinfer-bf16"]["status"] == "unavailable"
+        assert why in res["rtinfer-bf16"]["reason"]
+        return
+    for name in ("openvino-bf16", "rtinfer-bf16"):
+        rec = res[name]
+        assert rec["status"] == "ok", rec
+        assert rec["fidelity_ok"] is None and rec["max_abs_err"] > 0  # bf16 rounding
+        assert rec["accuracy"]["n"] == 64 and rec["accuracy"]["cosine"] > 0.999
+        assert "gops" not in rec
+    rt = res["rtinfer-bf16"]
+    assert rt["bf16_layers"] == rt["bf16_steps"] == 3 and rt["kernel_ms"] > 0
+    assert any(n.startswith("bf16 kernels ran: 3 layers bf16") for n in rt["notes"])
+    assert res["openvino-bf16"]["notes"][1].startswith(
+        "OpenVINO CPU, bf16 precision hint (resolved to <Type: 'bfloat16'>)")
+    assert doc["bf16"]["best_peer"] == "openvino-bf16" and "int8" not in doc
+    assert res["openvino-bf16"]["vs_best_bf16_peer"] == 1.0
+    assert rt["vs_best_bf16_peer"] == pytest.approx(
+        res["openvino-bf16"]["median_ms"] / rt["median_ms"])
+    assert doc["best_peer"] == "eager"  # bf16 systems are never fp32 peers
