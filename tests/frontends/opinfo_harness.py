@@ -14,6 +14,7 @@ Each case ends in one kind:
 - ``run``: the compiled model raised where eager did not;
 - ``crash``: a non-rtinfer exception escaped rtinfer (a bug in itself);
 - ``random``: a sampling op (eager and compiled draw different numbers; not counted);
+- ``unspecified``: an op whose result is uninitialized memory (``empty_like``; not counted);
 - ``eager``: eager itself raised on the sample, or returned nothing to compare (not counted).
 """
 
@@ -40,6 +41,10 @@ COUNTED = ("pass", "wrong", "capture", "compile", "run", "crash")
 # OpInfos that sample random numbers: eager and compiled cannot agree (matched on the name)
 RANDOM = re.compile(r"(^|\.)(bernoulli|normal|uniform|rand\w*|multinomial|cauchy|exponential|"
                     r"geometric|log_normal|\w*dropout\w*|rrelu|randint\w*|randn\w*)($|\.)")
+# OpInfos whose result is uninitialized memory in eager (torch.empty and kin): any output is
+# correct, so comparing values says nothing; like RANDOM, they are not counted
+UNSPECIFIED = re.compile(r"^(empty|empty_like|empty_strided|empty_permuted|new_empty|"
+                         r"new_empty_strided)($|\.)")
 
 
 @dataclass
@@ -146,6 +151,8 @@ def run_case(case: Case, backend: str = "torch") -> Result:
     name = f"{case.name}[{case.index}]"
     if RANDOM.search(case.name):
         return Result(name, "random")
+    if UNSPECIFIED.search(case.name):
+        return Result(name, "unspecified")
     model = OpModule(case.opinfo.op, case.sample)
     if not model.inputs:
         return Result(name, "eager", "no tensor inputs")

@@ -362,13 +362,13 @@ def test_aten_call_checks_its_inputs_against_the_captured_types():
 
 
 def test_case_a_converter_declines_becomes_an_aten_call():
-    class Pool(nn.Module):
-        def forward(self, x):  # the IR's avg_pool has no divisor override
-            return F.avg_pool2d(x, 2, divisor_override=3)
+    class Invert(nn.Module):
+        def forward(self, x):  # the IR's logical_not (bitwise_not's op) takes bools only
+            return torch.bitwise_not(x)
 
-    x = torch.randn(1, 2, 4, 4)
-    g = check(Pool(), x)
-    assert _aten_calls(g) == ["aten.avg_pool2d.default"]
+    x = torch.tensor([[0, 5, -3]], dtype=torch.int32)
+    g = check(Invert(), x)
+    assert _aten_calls(g) == ["aten.bitwise_not.default"]
     assert [n.op for n in g.nodes if n.op != "const"] == ["aten_call"]  # nothing half done
 
 
@@ -411,3 +411,155 @@ def test_in_place_writes_become_ir_ops(backend):
     x = torch.randn(3, 6)
     got, want = cm(ids, x), Shift()(ids, x)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+# -- OpInfo regressions (issue 16) ------------------------------------------------------------
+
+
+class Fn(nn.Module):
+    """A module around one function of its inputs."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+def _compiled_matches_eager(fn, *xs: torch.Tensor, backend: str = "torch") -> None:
+    """Compile ``fn`` on ``xs`` and assert that its outputs equal eager's (on fresh copies, so
+    an op that writes its inputs in eager cannot skew either side)."""
+    m = Fn(fn)
+    cm = rtinfer.compile(m, example_inputs=tuple(x.clone() for x in xs), backend=backend,
+                         cache=False)
+    with torch.no_grad():
+        want = m(*(x.clone() for x in xs))
+    got = cm(*(x.clone() for x in xs))
+    got_l, want_l = torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)
+    assert len(got_l) == len(want_l)
+    for a, b in zip(got_l, want_l, strict=True):
+        torch.testing.assert_close(torch.as_tensor(a), b, equal_nan=True, **TOL)
+
+
+def test_effectful_linalg_ops_capture_without_the_token():
+    """torch.export wraps linalg's error checks in with_effects(token, op, ...): the token
+    goes, the check (a no-op on valid input) is dropped, the results match eager."""
+    a = torch.randn(4, 4) + 4 * torch.eye(4)
+    b = torch.randn(4, 2)
+    for fn, xs in ((torch.linalg.inv, (a,)), (torch.linalg.solve, (a, b)),
+                   (lambda x: torch.linalg.cholesky(x @ x.mT), (a,))):
+        g = rtinfer.capture(Fn(fn), xs)
+        verify(g)
+        assert len(g.inputs) == len(xs)  # no token input
+        _compiled_matches_eager(fn, *xs)
+
+
+def test_training_batch_norm_returns_only_the_user_outputs():
+    """In training mode the exported program also returns the new running stats (a mutation
+    of its inputs); the compiled model returns what eager returns, and equal values."""
+    x, mean, var = torch.randn(4, 3, 5), torch.zeros(3), torch.ones(3)
+    w, b = torch.randn(3), torch.randn(3)
+    _compiled_matches_eager(lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, training=True),
+                            x, mean, var, w, b)
+    _compiled_matches_eager(lambda x, m, v: torch.native_batch_norm(x, None, None, m, v, True,
+                                                                    0.1, 1e-5), x, mean, var)
+    _compiled_matches_eager(lambda x: F.instance_norm(x), x)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_reductions_of_a_0d_tensor_and_over_no_dims(backend):
+    """torch reads dim 0 of a 0-d tensor as its one element; dim=[] means every dim."""
+    def fn(s, x):
+        return (s.sum(0, keepdim=True), s.amax(0), s.amin(-1), s.argmax(0, keepdim=True),
+                s.argmin(0), torch.logsumexp(s, (0,)), torch.count_nonzero(s, 0), s.mean(0),
+                x.sum([]), x.mean([]))
+
+    _compiled_matches_eager(fn, torch.tensor(-2.5), torch.randn(3, 4), backend=backend)
+
+
+def test_zero_norm_counts_the_nonzero_elements():
+    x = torch.tensor([[0.0, 2.0, -1.0], [0.0, 0.0, 3.0]])
+    for fn in (lambda x: torch.linalg.vector_norm(x, 0), lambda x: torch.norm(x, 0, dim=1)):
+        _compiled_matches_eager(fn, x)
+
+
+def test_extra_outputs_that_are_read_run_the_whole_op_as_aten():
+    """layer_norm's mean/rstd and max_pool's indices have no IR op: when the model reads
+    them, the node is one aten_call; when it does not, the IR op is used."""
+    x = torch.randn(2, 3, 8)
+
+    def ln(x):
+        return torch.native_layer_norm(x, [8], None, None, 1e-5)
+
+    _compiled_matches_eager(ln, x)
+    assert _aten_calls(rtinfer.capture(Fn(ln), (x,))) == ["aten.native_layer_norm.default"]
+    img = torch.randn(1, 2, 6, 6)
+    _compiled_matches_eager(lambda x: F.max_pool2d(x, 2, return_indices=True), img)
+    only_y = rtinfer.capture(Fn(lambda x: torch.native_layer_norm(x, [8], None, None, 1e-5)[0]),
+                             (x,))
+    assert _aten_calls(only_y) == [] and "layer_norm" in [n.op for n in only_y.nodes]
+
+
+def test_aten_call_keyword_named_like_a_tag():
+    """A keyword argument called dtype is a keyword, not a tagged value."""
+    text = ('func @m(%x: f32[2,3]) -> f64[2,3] {\n'
+            '  %y = aten_call(%x) {target="aten.cumsum.default", '
+            'args="[[{\\"in\\": 0}, 1], {\\"dtype\\": {\\"dtype\\": \\"float64\\"}}]", '
+            'in_types=["f32[2,3]"], out_types=["f64[2,3]"]}\n'
+            '  return %y\n}')
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    got = interpret(parse(text), x)
+    np.testing.assert_array_equal(got, np.cumsum(x, 1, dtype=np.float64))
+    # and through capture: masked cumprod passes dtype as a keyword to an op without converter
+    mask = torch.tensor([True, False, True, True])
+    _compiled_matches_eager(lambda x, m: torch.masked._ops.cumprod(x, 0, mask=m),
+                            torch.randn(4), mask)
+
+
+def test_sparse_input_is_a_capture_error_naming_it():
+    dense = torch.eye(3)
+    with pytest.raises(CaptureError, match=r"example input #1 is a torch\.sparse_csr tensor"):
+        rtinfer.capture(Fn(lambda a, b: a @ b), (dense, dense.to_sparse_csr()))
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = dense.to_sparse_csr()
+
+        def forward(self, x):
+            return x + 1
+
+    with pytest.raises(CaptureError, match=r"attribute table of the model"):
+        rtinfer.capture(Holder(), (dense,))
+
+
+def test_logical_ops_read_nonzero_as_true():
+    x = torch.tensor([[0.0, 1.5, float("nan")], [-0.0, 0.0, -2.0]])
+
+    def fn(x):
+        return (torch.logical_not(x), torch.all(x), torch.any(x), x.all(1), x.any(0, True),
+                torch.logical_and(x, x - 1.5), torch.logical_or(x, x - x))
+
+    assert _aten_calls(rtinfer.capture(Fn(fn), (x,))) == []  # converted, not kept as ATen
+    _compiled_matches_eager(fn, x)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_resizing_and_pooling_variants_are_converted(backend):
+    def fn(img, chw, s, idx):
+        return (
+            F.interpolate(img, scale_factor=1.7, mode="bilinear"),  # 1/scale, not in/out
+            F.interpolate(img, size=(8, 4), mode="bilinear", align_corners=True),
+            F.interpolate(img, size=(3, 11), mode="bilinear", align_corners=False),
+            F.upsample_bilinear(img, scale_factor=2),
+            F.avg_pool2d(img, 3, 2, 1, ceil_mode=True, divisor_override=2),  # clipped windows
+            F.avg_pool2d(img, 2, divisor_override=3),
+            F.adaptive_avg_pool2d(chw, (4, 3)),  # unbatched [C, H, W]
+            F.adaptive_avg_pool2d(chw, 1),
+            torch.index_select(s, 0, idx),  # a 0-d tensor
+        )
+
+    xs = (torch.randn(1, 2, 5, 7), torch.randn(3, 9, 6), torch.tensor(4.0), torch.tensor([0]))
+    assert _aten_calls(rtinfer.capture(Fn(fn), xs)) == []  # all converted to IR ops
+    _compiled_matches_eager(fn, *xs, backend=backend)

@@ -69,6 +69,8 @@ def _global_avg_pool(cx: Lowerer, node: Node) -> None:
 def _reduce(cx: Lowerer, node: Node) -> None:
     x = cx.view(node.inputs[0])
     rank = len(x.shape)
+    if rank == 0:  # a 0-d input (axis 0 allowed, as in torch): the torch fallback copies it
+        raise cx.unsupported("a reduction of a 0-d tensor")
     axes = sorted({a % rank for a in node.attrs["axes"]} if node.attrs["axes"]
                   else set(range(rank)))
     kind = node.op.removeprefix("reduce_")

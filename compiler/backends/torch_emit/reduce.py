@@ -11,6 +11,8 @@ from rtinfer.backends.torch_emit.context import EMITTERS, EmitContext, Emitter, 
 
 def _reduce_dims(cx: EmitContext, axes) -> list[int]:
     rank = cx.in_types[0].rank
+    if rank == 0:  # axis 0 of a 0-d tensor: nothing to reduce
+        return []
     return sorted(a % rank for a in axes) if axes else list(range(rank))
 
 

@@ -163,13 +163,35 @@ def capture_torch(model: torch.nn.Module, example_inputs: Any = None,
                   dynamic_dims: Any = None) -> Graph:
     """Capture ``model`` (an ``nn.Module`` or ``fx.GraphModule``) into an IR graph."""
     args, kwargs = example_args(model, example_inputs)
+    _check_layouts(pytree.tree_flatten((args, kwargs))[0], "example input")
     dyn = _dynamic_shapes(model, args, kwargs, dynamic_dims)
     # export a copy in eval mode: the user's module (training flag, parameters) is untouched
-    work = copy.deepcopy(model)
+    try:
+        work = copy.deepcopy(model)
+    except Exception as e:  # a tensor torch cannot copy (sparse storage) or a foreign object
+        for path, sub in model.named_modules():
+            tensors = [(k, v) for k, v in vars(sub).items() if not k.startswith("_")]
+            tensors += [(k, v) for k, v in sub.named_parameters(recurse=False)]
+            tensors += [(k, v) for k, v in sub.named_buffers(recurse=False)]
+            for k, v in tensors:
+                where = f"{path}.{k}" if path else k
+                _check_layouts(pytree.tree_flatten(v)[0], f"attribute {where} of the model")
+        raise CaptureError(f"cannot copy {type(model).__name__} for capture: "
+                           f"{type(e).__name__}: {e}") from None
     work.eval()
     with torch.no_grad():
         ep = _export(work, args, kwargs, dyn)
     return _convert(ep, type(model).__name__, dynamic_dims)
+
+
+def _check_layouts(leaves: list, what: str) -> None:
+    """Refuse sparse (and other non-strided) tensors by name: the IR holds dense tensors only,
+    and torch.export cannot trace through them."""
+    for i, x in enumerate(leaves):
+        if isinstance(x, torch.Tensor) and x.layout is not torch.strided:
+            raise CaptureError(f"{what} #{i} is a {x.layout} tensor of shape {list(x.shape)}: "
+                               "only dense (strided) tensors are supported; pass "
+                               "x.to_dense() instead")
 
 
 def _symbol_map(user_inputs: list, dynamic_dims: Any) -> dict[sympy.Symbol, Any]:
@@ -200,8 +222,49 @@ def _symbol_map(user_inputs: list, dynamic_dims: Any) -> dict[sympy.Symbol, Any]
     return out
 
 
+def _unwrap_effects(graph: torch.fx.Graph) -> None:
+    """Replace each ``with_effects(token, op, *args)`` by ``op(*args)``.
+
+    torch.export threads a token through effectful ops (``_linalg_check_errors`` after
+    ``linalg_inv_ex``, ``_assert_async``) to keep their order; a compiled graph has no side
+    effects to order, so the token goes. An op that returns nothing is a check that raises on
+    invalid input (a singular matrix) and does nothing on valid input: it is dropped, as the
+    frontend drops ``_assert_async``. An op with results becomes a plain node, converted (or
+    kept as an ``aten_call``) like any other."""
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    for n in list(graph.nodes):
+        if n.op != "call_function" or getattr(n.target, "__name__", None) != "with_effects":
+            continue
+        inner, args = n.args[1], n.args[2:]
+        vals = n.meta.get("val") or (None,)
+        new = None
+        if isinstance(inner, torch._ops.OpOverload) and inner._schema.returns:
+            with graph.inserting_before(n):
+                new = graph.call_function(inner, tuple(args), dict(n.kwargs))
+            new.meta = dict(n.meta)
+            new.meta["val"] = vals[1] if len(vals) == 2 else tuple(vals[1:])
+        for u in list(n.users):
+            i = u.args[1] if u.target is operator.getitem else None
+            if i == 0 or i is None:  # the token (only ever returned as a TOKEN output)
+                out_node.args = (tuple(None if a is u else a for a in out_node.args[0]),)
+                if u is not out_node and not u.users:
+                    graph.erase_node(u)
+                continue
+            if new is None:
+                raise CaptureError(f"with_effects node {n.name}: {inner} returns nothing but "
+                                   f"its output {i} is read")
+            if len(vals) == 2:
+                u.replace_all_uses_with(new)
+                graph.erase_node(u)
+            else:
+                u.args = (new, i - 1)
+        if not n.users:
+            graph.erase_node(n)
+
+
 def _convert(ep: Any, model_name: str, dynamic_dims: Any) -> Graph:
     gm = ep.graph_module
+    _unwrap_effects(gm.graph)
     fx_nodes = list(gm.graph.nodes)
     # first pass: every op the model needs, so one error names them all
     missing = []
@@ -239,7 +302,9 @@ def _convert(ep: Any, model_name: str, dynamic_dims: Any) -> Graph:
         cx.node = n
         cx.provenance = Provenance(f"torch:{spec.target or n.name}" if kind != "USER_INPUT"
                                    else f"torch:input {n.name}")
-        if kind == "USER_INPUT":
+        if kind == "TOKEN":  # the effect token (see _unwrap_effects): nothing to compute
+            env[n] = None
+        elif kind == "USER_INPUT":
             val = n.meta.get("val")
             if isinstance(val, torch.Tensor):
                 t = TensorType(ir_dtype(val.dtype), tuple(cx.dim(d) for d in val.shape))
@@ -296,7 +361,11 @@ def _convert(ep: Any, model_name: str, dynamic_dims: Any) -> Graph:
         env[n] = out
 
     out_node = next(n for n in fx_nodes if n.op == "output")
-    flat_out = list(out_node.args[0])
+    # Only the user's outputs: torch.export also returns the new values of the buffers and
+    # inputs an op mutates (batch_norm's running stats in training mode) and effect tokens,
+    # which the eager call does not return (out_spec holds the user outputs only).
+    flat_out = [o for o, spec in zip(out_node.args[0], sig.output_specs, strict=True)
+                if spec.kind.name == "USER_OUTPUT"]
     outputs: list[Value] = []
     template: list[Any] = []  # per flat output: an output index, or a literal
     for o in flat_out:
@@ -323,7 +392,13 @@ def _convert_node(cx: Ctx, n: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
     name = str(n.target)
     first = len(cx.graph.nodes)
     try:
-        return CONVERTERS[name](cx, **_bind(n.target, args, kwargs))
+        out = CONVERTERS[name](cx, **_bind(n.target, args, kwargs))
+        # a converter leaves None for an extra output the IR op lacks (layer_norm's mean and
+        # rstd, max_pool's indices); when the model reads one, the whole node runs as ATen
+        read = {u.args[1] for u in n.users if u.target is operator.getitem}
+        if not isinstance(out, list) or all(out[i] is not None for i in read) \
+                or opaque_reason(n) is not None:
+            return out
     except UnsupportedOpsError:
         raise
     except (CaptureError, IRError, TypeError) as e:

@@ -109,14 +109,32 @@ for _name, _ir in [("relu", "relu"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), (
                    ("cos", "cos"), ("floor", "floor"), ("ceil", "ceil"), ("round", "round"),
                    ("sign", "sign"), ("silu", "silu"), ("hardswish", "hardswish"),
                    ("hardsigmoid", "hardsigmoid"), ("mish", "mish"),
-                   ("logical_not", "logical_not"), ("bitwise_not", "logical_not")]:
+                   ("bitwise_not", "logical_not")]:
     converts(f"aten.{_name}.default")(_unary(_ir))
 converts("aten.relu6.default")(_unary("clip", min=0.0, max=6.0))
 
-for _name, _ir in [("logical_and", "logical_and"), ("logical_or", "logical_or"),
-                   ("bitwise_and", "logical_and"), ("bitwise_or", "logical_or")]:
-    converts(f"aten.{_name}.default" if _name.startswith("logical") else
-             f"aten.{_name}.Tensor")(_binary(_ir))
+for _name, _ir in [("bitwise_and", "logical_and"), ("bitwise_or", "logical_or")]:
+    converts(f"aten.{_name}.Tensor")(_binary(_ir))
+
+
+def _truth(cx: Ctx, x: Any) -> Value:
+    """``x`` as bool the way torch's logical ops read it: any nonzero (NaN included) is true."""
+    if isinstance(x, Value) and x.type.dtype is DType.bool:
+        return x
+    if not isinstance(x, Value):
+        return cx.scalar(bool(x), DType.bool)
+    return cx.op("not_equal", x, cx.scalar(0, x.type.dtype))
+
+
+@converts("aten.logical_not.default")
+def _logical_not(cx: Ctx, self: Value) -> Value:
+    return cx.cast(cx.op("logical_not", _truth(cx, self)), cx.out_dtype)
+
+
+@converts("aten.logical_and.default", "aten.logical_or.default")
+def _logical_binary(cx: Ctx, self: Any, other: Any) -> Value:
+    name = "logical_and" if "and" in str(cx.node.target) else "logical_or"
+    return cx.cast(cx.op(name, _truth(cx, self), _truth(cx, other)), cx.out_dtype)
 
 
 @converts("aten.gelu.default")

@@ -3,6 +3,7 @@ normalization and attention."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -99,31 +100,58 @@ def _max_pool(cx: Ctx, self: Value, kernel_size: Any, stride: Any = None, paddin
 def _avg_pool(cx: Ctx, self: Value, kernel_size: Any, stride: Any = None, padding: Any = 0,
               ceil_mode: bool = False, count_include_pad: bool = True,
               divisor_override: Any = None) -> Value:
-    if divisor_override is not None:
-        raise CaptureError("avg_pool with divisor_override is not supported")
     nd = self.type.rank - 2
     k, s, p = _pool_args(kernel_size, stride, padding, nd)
-    return cx.op(f"avg_pool{nd}d", self, kernel=k, stride=s, pad=p, ceil_mode=ceil_mode,
-                 count_include_pad=count_include_pad)
+    if divisor_override is None:
+        return cx.op(f"avg_pool{nd}d", self, kernel=k, stride=s, pad=p, ceil_mode=ceil_mode,
+                     count_include_pad=count_include_pad)
+    # window sum / divisor_override. The mean counting the padding divides each window's sum by
+    # its size clipped to the padded input (torch: end = min(start + k, in + pad)), which is
+    # prod(k) except for the last windows under ceil_mode: multiply that size back per position.
+    ins, outs = self.type.shape[2:], cx.out_shape[2:]
+    if not all(isinstance(d, int) for d in (*ins, *outs)):
+        raise CaptureError("avg_pool with divisor_override over symbolic sizes is not supported")
+    size = np.ones((), np.float64)
+    for n_in, n_out, kk, ss, pp in zip(ins, outs, k, s, p[:nd], strict=True):
+        start = np.arange(n_out) * ss - pp
+        size = np.multiply.outer(size, np.minimum(start + kk, n_in + pp) - start)
+    mean = cx.op(f"avg_pool{nd}d", self, kernel=k, stride=s, pad=p, ceil_mode=ceil_mode,
+                 count_include_pad=True)
+    return cx.op("mul", mean, cx.const(size / divisor_override, mean.type.dtype))
 
 
 @converts("aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool2d.default")
 def _adaptive_avg_pool(cx: Ctx, self: Value, output_size: Any) -> Value:
     size = [cx.dim(d) for d in output_size]
+    x = self
+    if x.type.rank == 3:  # unbatched [C, H, W]: a batch of one
+        x = cx.op("unsqueeze", x, axes=[0])
     if size == [1, 1]:
-        return cx.op("global_avg_pool2d", self)
-    return cx.op("adaptive_avg_pool2d", self, output_size=size)
+        y = cx.op("global_avg_pool2d", x)
+    else:
+        y = cx.op("adaptive_avg_pool2d", x, output_size=size)
+    return cx.op("squeeze", y, axes=[0]) if self.type.rank == 3 else y
 
 
 @converts("aten.upsample_nearest2d.vec", "aten.upsample_bilinear2d.vec",
           "aten.upsample_nearest2d.default", "aten.upsample_bilinear2d.default")
 def _upsample(cx: Ctx, input: Value = None, self: Value = None, output_size: Any = None,
-              align_corners: bool = False, scale_factors: Any = None, scales_h: Any = None,
-              scales_w: Any = None) -> Value:
+              align_corners: bool | None = None, scale_factors: Any = None,
+              scales_h: Any = None, scales_w: Any = None) -> Value:
     x = input if input is not None else self
-    mode = "bilinear" if "bilinear" in str(cx.node.target) else "nearest"
+    mode = "nearest" if "nearest" in str(cx.node.target) else "linear"
     size = [int(cx.dim(d)) for d in cx.out_shape[2:]]
-    return cx.op("interpolate", x, size=size, mode=mode, align_corners=bool(align_corners))
+    corners = bool(align_corners) and mode == "linear"
+    scales = list(scale_factors) if scale_factors else (
+        [scales_h, scales_w] if scales_h is not None and scales_w is not None else None)
+    # torch maps output to input coordinates by 1/scale when a scale is given, by in/out
+    # otherwise; those differ when in * scale is not whole (5 * 1.7 -> 8, 1/1.7 != 5/8), so
+    # the scale is kept where it gives the same output size
+    if scales and not corners and all(
+            isinstance(d, int) and math.floor(d * f) == o
+            for d, f, o in zip(x.type.shape[2:], scales, size, strict=True)):
+        return cx.op("interpolate", x, scale=[float(f) for f in scales], mode=mode)
+    return cx.op("interpolate", x, size=size, mode=mode, align_corners=corners)
 
 
 # -- normalization ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 from rtinfer.errors import CaptureError
 from rtinfer.frontends.torch_frontend.context import Converter, Ctx, converts, ir_dtype, norm_axes
 from rtinfer.ir.graph import Value
+from rtinfer.ir.types import DType
 
 # -- softmax, reductions ----------------------------------------------------------------------
 
@@ -41,6 +42,18 @@ converts("aten.mean.dim", "aten.mean.default")(_reduce("reduce_mean"))
 converts("aten.amax.default", "aten.max.default")(_reduce("reduce_max"))
 converts("aten.amin.default", "aten.min.default")(_reduce("reduce_min"))
 converts("aten.prod.dim_int", "aten.prod.default")(_reduce("reduce_prod"))
+
+
+@converts("aten.any.default", "aten.any.dim", "aten.any.dims", "aten.all.default",
+          "aten.all.dim", "aten.all.dims")
+def _any_all(cx: Ctx, self: Value, dim: Any = None, keepdim: bool = False) -> Value:
+    # any = max over bools, all = min; torch reads any nonzero (NaN too) as true
+    x = self
+    if x.type.dtype is not DType.bool:
+        x = cx.op("not_equal", x, cx.scalar(0, x.type.dtype))
+    axes = [] if dim in (None, []) else norm_axes(dim, x.type.rank)
+    red = "reduce_max" if "any" in str(cx.node.target) else "reduce_min"
+    return cx.cast(cx.op(red, x, axes=axes, keepdims=bool(keepdim)), cx.out_dtype)
 
 
 @converts("aten.max.dim", "aten.min.dim")
@@ -83,6 +96,9 @@ def _vector_norm(cx: Ctx, self: Value, ord: Any = 2, dim: Any = None, keepdim: b
     if ord in (math.inf, -math.inf):
         red = "reduce_max" if ord > 0 else "reduce_min"
         return cx.op(red, cx.op("abs", x), axes=axes, keepdims=keepdim)
+    if ord == 0:  # the "0-norm": how many elements are nonzero
+        nz = cx.cast(cx.op("not_equal", x, cx.scalar(0, dt)), dt)
+        return cx.op("reduce_sum", nz, axes=axes, keepdims=keepdim)
     # (sum |x|^p)^(1/p)
     s = cx.op("reduce_sum", cx.op("pow", cx.op("abs", x), cx.scalar(ord, dt)), axes=axes,
               keepdims=keepdim)

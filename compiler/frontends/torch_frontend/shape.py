@@ -80,6 +80,8 @@ def _unsqueeze(cx: Ctx, self: Value, dim: int) -> Value:
 
 @converts("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default")
 def _squeeze(cx: Ctx, self: Value, dim: Any = None) -> Value:
+    if self.type.rank == 0:  # dim 0 (or -1) of a 0-d tensor: nothing to squeeze
+        return self
     axes = [a for a in norm_axes(dim, self.type.rank) if self.type.shape[a] == 1]
     return cx.op("squeeze", self, axes=axes) if axes else self
 
@@ -157,6 +159,11 @@ def _select(cx: Ctx, self: Value, dim: int, index: Any) -> Value:
 @converts("aten.index_select.default")
 def _index_select(cx: Ctx, self: Value, dim: int, index: Value) -> Value:
     # eager index_select raises IndexError for a negative index (x[idx] counts from the end)
+    if self.type.rank == 0:  # a 0-d tensor reads as one element along dim 0 (or -1)
+        flat = cx.op("reshape", self, shape=[1])
+        y = cx.op("gather", flat, cx.op("reshape", index, shape=[-1]), axis=0,
+                  negative_indices=False)
+        return cx.op("reshape", y, shape=list(cx.out_shape))
     return cx.op("gather", self, index, axis=norm_axis(dim, self.type.rank),
                  negative_indices=False)
 

@@ -108,11 +108,21 @@ def decode_args(text: str, n_inputs: int) -> tuple[list[Any], dict[str, Any]]:
     return data[0], data[1]
 
 
+def _is_tag(x: Any) -> bool:
+    """Whether ``x`` is an ``{"in": i}`` reference or a tagged value (``{"dtype": "float32"}``)
+    rather than a keyword-argument object: a tag's value is a number or a name, so keyword
+    arguments ``{"dtype": {"dtype": "float32"}}`` (one keyword, named like a tag) stay plain."""
+    if not (isinstance(x, dict) and len(x) == 1):
+        return False
+    (tag, v), = x.items()
+    return tag == "in" or (tag in _TAGGED and isinstance(v, str))
+
+
 def _check_data(x: Any, n_inputs: int, seen: set[int]) -> None:
     if isinstance(x, list):
         for y in x:
             _check_data(y, n_inputs, seen)
-    elif isinstance(x, dict) and len(x) == 1 and next(iter(x)) in ("in", *_TAGGED):
+    elif _is_tag(x):
         (tag, v), = x.items()
         if tag == "in":
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n_inputs:
@@ -134,12 +144,11 @@ def fill_args(data: Any, inputs: list[Any]) -> Any:
     if isinstance(data, list):
         return [fill_args(y, inputs) for y in data]
     if isinstance(data, dict):
-        if len(data) == 1:
+        if _is_tag(data):
             (tag, v), = data.items()
             if tag == "in":
                 return inputs[v]
-            if tag in _TAGGED:
-                return _TAGGED[tag][v]
+            return _TAGGED[tag][v]
         return {k: fill_args(v, inputs) for k, v in data.items()}
     return data
 

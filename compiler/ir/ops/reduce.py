@@ -23,7 +23,9 @@ def _reduced(t: TensorType, axes: tuple[int, ...], keepdims: bool) -> tuple:
 
 
 def _axes(t: TensorType, axes) -> tuple[int, ...]:
-    return norm_axes(axes, t.rank) if axes else tuple(range(t.rank))
+    axes = norm_axes(axes, t.rank) if axes else tuple(range(t.rank))
+    # a 0-d tensor accepts axis 0 or -1 (as in torch) and has no axis to reduce
+    return axes if t.rank else ()
 
 
 def _reduce_channels(ins: list[TensorType], attrs: dict) -> list[frozenset[PortAxis]]:
@@ -56,7 +58,7 @@ def _reduction(name: str, fn: Callable, *, accept: str, doc: str) -> None:
         return x.with_shape(_reduced(x, axes, attrs["keepdims"]))
 
     def ref(x: np.ndarray, axes, keepdims: bool) -> np.ndarray:
-        ax = tuple(a % x.ndim for a in axes) if axes else None
+        ax = tuple(a % x.ndim for a in axes) if axes and x.ndim else None
         return np.asarray(fn(upcast(x), axis=ax, keepdims=keepdims)).astype(x.dtype, copy=False)
 
     op(name, ["x"], infer, ref, attrs={"axes": Attr("ints", ()), "keepdims": Attr("bool", False)},
@@ -76,11 +78,15 @@ def _arg(name: str, fn: Callable) -> None:
         if x.dtype is DType.bool:
             raise IRError(f"{name} needs a numeric input, got bool")
         axis = norm_axis(attrs["axis"], x.rank)
+        if x.rank == 0:  # axis 0 of a 0-d tensor: its one element, index 0 (as in torch)
+            return TensorType(DType.i64, ())
         if x.shape[axis] == 0:
             raise IRError(f"{name} over the empty axis {axis} of {x}")
         return TensorType(DType.i64, _reduced(x, (axis,), attrs["keepdims"]))
 
     def ref(x: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
+        if x.ndim == 0:
+            return np.zeros((), np.int64)
         return fn(x, axis=axis, keepdims=keepdims).astype(np.int64)
 
     what = "largest" if name == "argmax" else "smallest"
