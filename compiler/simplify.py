@@ -19,12 +19,16 @@ model (never on the data the pipeline trains or calibrates on):
 The steps, each measured on the validation batches:
 
 1. ``rtinfer.prune`` at the ratio asked, then ``rtinfer.distill`` from the dense model on
-   ``train_data`` (``loss="logits"`` where the model returns one ``[N, classes]`` tensor,
-   ``"hidden"`` otherwise; ``distill_steps`` default: four passes over the data, within
-   300-1000 steps). Pruning may spend ``PRUNE_SHARE`` of the budget when int8 follows (the
-   rest is int8's), all of it otherwise; where it spends more, the ratio backs off
-   (``BACKOFF`` times the last, up to ``PRUNE_TRIES`` tries; after that the model stays dense)
-   and the report says so.
+   ``train_data`` (``distill_steps`` default: four passes over the data, within 300-1000
+   steps). A classifier (one ``[N, classes]`` output) is pruned by weight magnitude (l2) and
+   distilled on its logits; a sentence encoder (named inputs with an ``attention_mask``, token
+   states ``[N, S, H]`` first) by activation importance on the first
+   ``IMPORTANCE_BATCHES`` training batches and ``loss="embedding"``; any other model by
+   activation importance and ``loss="hidden"``; ``distill``'s recipe for the loss sets the
+   optimizer (``rtinfer.prune.RECIPES``). Pruning may spend ``PRUNE_SHARE`` of the budget
+   when int8 follows (the rest is int8's), all of it otherwise; where it spends more, the
+   ratio backs off (``BACKOFF`` times the last, up to ``PRUNE_TRIES`` tries; after that the
+   model stays dense) and the report says so.
 2. int8 (``rtinfer.int8.quantize_for_compile``) of the distilled model's optimized graph, with
    what is left of the budget: in output-error units that is the budget minus the pruned
    model's error (``|q - d| <= |q - s| + |s - d|``); with labels every faster layer is int8 at
@@ -56,12 +60,13 @@ from rtinfer.frontends.torch_frontend import example_args
 from rtinfer.int8 import Int8Report, quantize_for_compile
 from rtinfer.ir.graph import Graph
 from rtinfer.measure import flat_outputs
-from rtinfer.passes.pruning.prune_channels import group_ratios
+from rtinfer.passes.pruning.prune_channels import DATA_IMPORTANCE, group_ratios
 from rtinfer.prune import LOSSES, distill, prune
 
 PRUNE_SHARE = 0.75  # of the budget pruning may spend when int8 follows
 BACKOFF = 0.6  # the next ratio tried, as a fraction of the last, when pruning breaks the budget
 PRUNE_TRIES = 3
+IMPORTANCE_BATCHES = 4  # training batches activation importance is measured on
 INT8_TRIES = 3
 LATENCY_SECONDS = 0.3  # timed per model in the report (at least LATENCY_MIN_RUNS calls)
 LATENCY_MIN_RUNS = 5
@@ -417,9 +422,10 @@ class Plan:
 def prepare(model: Any, example_inputs: Any, prune_ratio: Any, *, precision: str,
             train_data: Any, validation: Any, accuracy_budget: float | None,
             distill_steps: int | None, distill_loss: str | None, backend: str,
-            importance: str = "l2", round_to: int = 8, progress: bool = True) -> Plan:
+            importance: str | None = None, round_to: int = 8, progress: bool = True) -> Plan:
     """Prune and distill ``model`` within its share of the budget (backing off the ratio where
-    it breaks it); the plan whose ``student`` ``compile`` goes on with."""
+    it breaks it); the plan whose ``student`` ``compile`` goes on with. ``importance`` None:
+    l2 for a classifier, activation on the training data otherwise."""
     _check(model, prune_ratio, precision, train_data, validation, accuracy_budget,
            distill_steps, distill_loss)
     if example_inputs is None:
@@ -450,15 +456,31 @@ def prepare(model: Any, example_inputs: Any, prune_ratio: Any, *, precision: str
     return plan
 
 
+def default_loss(model: Any, example: Batch) -> str:
+    """The distillation loss for ``model``: "logits" where it returns one ``[N, classes]``
+    tensor, "embedding" for a sentence encoder (named inputs with an ``attention_mask``, token
+    states ``[N, S, H]`` as its first output: its users compare mean-pooled embeddings),
+    "hidden" otherwise."""
+    out = _call(model, example)
+    if len(out) == 1 and out[0].ndim == 2:
+        return "logits"
+    if isinstance(example, dict) and "attention_mask" in example and out[0].ndim == 3:
+        return "embedding"
+    return "hidden"
+
+
 def _prune_and_distill(plan: Plan, ratio: Any, train: list, steps: int | None,
-                       loss: str | None, importance: str, round_to: int, progress: bool) -> None:
+                       loss: str | None, importance: str | None, round_to: int,
+                       progress: bool) -> None:
     model, example, report = plan.model, plan.example, plan.report
     if plan.validation is not None:
         plan.validation.reference = [_call(model, b) for b in plan.validation.inputs]
     plan.dense_score, _ = plan._score(lambda b: _call(model, b))
     if loss is None:
-        out = _call(model, example)
-        loss = "logits" if len(out) == 1 and out[0].ndim == 2 else "hidden"
+        loss = default_loss(model, example)
+    if importance is None:  # magnitude serves a CNN; an encoder's weights say little of its text
+        importance = "l2" if loss == "logits" else "activation"
+    data = train[:IMPORTANCE_BATCHES] if importance in DATA_IMPORTANCE else None
     steps = steps or default_steps(len(train))
     share = plan.budget if plan.budget is None or plan.precision == "fp32" \
         else plan.budget * PRUNE_SHARE
@@ -468,7 +490,7 @@ def _prune_and_distill(plan: Plan, ratio: Any, train: list, steps: int | None,
     for attempt in range(PRUNE_TRIES):
         r = _scaled(ratio, BACKOFF ** attempt)
         pruned = prune(model, example_inputs=example, ratio=r, importance=importance,
-                       round_to=round_to)
+                       round_to=round_to, data=data)
         pr = pruned.report()
         alone = plan._score(lambda b, p=pruned: _call(p, b))
         student = distill(pruned, teacher=model, data=train, steps=steps, loss=loss,
@@ -499,5 +521,6 @@ def simplify_lines(record: dict[str, Any]) -> list[str]:
     return SimplifyReport.from_record(record).table().splitlines()
 
 
-__all__ = ["BACKOFF", "INT8_TRIES", "PRUNE_SHARE", "PRUNE_TRIES", "Plan", "SimplifyReport",
-           "StepRow", "default_steps", "prepare", "simplify_lines"]
+__all__ = ["BACKOFF", "IMPORTANCE_BATCHES", "INT8_TRIES", "PRUNE_SHARE", "PRUNE_TRIES", "Plan",
+           "SimplifyReport", "StepRow", "default_loss", "default_steps", "prepare",
+           "simplify_lines"]

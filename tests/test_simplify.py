@@ -116,3 +116,46 @@ def test_prune_needs_a_torch_module(tmp_path):
     ir.write_text("func @main(%x: f32[2,4]) -> f32[2,4] {\n  %y = relu(%x)\n  return %y\n}\n")
     with pytest.raises(PruneError, match="prune= needs a torch nn.Module"):
         rtinfer.compile(str(ir), prune=0.5, train_data=[()], backend="torch")
+
+
+class _Encoder(torch.nn.Module):
+    """A sentence encoder in miniature: token ids and an attention mask in, token states
+    [N, S, 16] out (one residual FFN), as all-MiniLM-L6-v2's last_hidden_state."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(40, 16)
+        self.up = torch.nn.Linear(16, 64)
+        self.down = torch.nn.Linear(64, 16)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.emb(input_ids) * attention_mask.unsqueeze(-1)
+        return h + self.down(torch.relu(self.up(h)))
+
+
+def test_a_sentence_encoder_gets_the_transformer_recipe():
+    """Named inputs with an attention_mask and token states out: activation importance on the
+    training batches and loss="embedding" (the report names both), and the distilled model's
+    mean-pooled embeddings are closer to the dense model's than the pruned ones."""
+    from rtinfer.simplify import default_loss
+
+    torch.manual_seed(0)
+    model = _Encoder().eval()
+    g = torch.Generator().manual_seed(1)
+
+    def batch(n: int) -> dict[str, torch.Tensor]:
+        mask = (torch.arange(6) < torch.randint(2, 7, (n, 1), generator=g)).long()
+        return {"input_ids": torch.randint(1, 40, (n, 6), generator=g) * mask,
+                "attention_mask": mask}
+
+    train, held = [batch(16) for _ in range(8)], batch(32)
+    assert default_loss(model, held) == "embedding"
+    assert default_loss(model, (held["input_ids"], held["attention_mask"])) == "hidden"
+    assert default_loss(DigitsCNN().eval(), torch.zeros(2, 1, 8, 8)) == "logits"
+    cm = rtinfer.compile(model, example_inputs=batch(2), backend="torch", prune={"ffn": 0.75},
+                         train_data=train, validation=[held], distill_steps=60, cache=False)
+    rep = SimplifyReport.from_record(cm.info.simplify)
+    d, p, s, c = rep.rows
+    assert p.step == "prune ffn 0.75 (activation)" and s.step == "distill 60 steps (embedding)"
+    assert p.params < d.params and p.cosine < s.cosine
+    assert s.metric < p.metric  # relative output error falls with distillation

@@ -250,6 +250,40 @@ def test_embedding_distillation_with_a_cosine_schedule():
                         loss="embedding", progress=False)
 
 
+def test_distill_takes_its_optimizer_settings_from_the_recipe_of_its_loss():
+    """Settings left out come from RECIPES[loss] (pretrained transformers: a gentler rate,
+    warmup and a cosine decay); embedding_weight 0 leaves the hidden-state loss alone."""
+    from rtinfer.prune import RECIPES
+
+    torch.manual_seed(0)
+    model, x = _Tokens().eval(), torch.randn(32, 5, 8)
+    data = [(x[:16],), (x[16:],)]
+    base = rtinfer.prune(model, example_inputs=x[:4], ratio=0.5, round_to=1)
+
+    def trained(**kw) -> list[torch.Tensor]:
+        student = copy.deepcopy(base)
+        rtinfer.distill(student, teacher=model, data=data, steps=12, progress=False, **kw)
+        return [p.detach() for p in student.parameters()]
+
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+    r = RECIPES["embedding"]
+    assert (r.lr, r.schedule, r.warmup, r.weight_decay) == (5e-4, "cosine", 0.05, 0.01)
+    assert RECIPES["hidden"] == r and RECIPES["logits"].schedule == "constant"
+    default = trained(loss="embedding")
+    assert same(default, trained(loss="embedding", lr=r.lr, schedule=r.schedule,
+                                 warmup=r.warmup, weight_decay=r.weight_decay))
+    assert not same(default, trained(loss="embedding", lr=1e-3, schedule="constant"))
+    assert not same(default, trained(loss="embedding", embedding_weight=10.0))
+    assert same(trained(loss="hidden"), trained(loss="embedding", embedding_weight=0.0))
+    with pytest.raises(PruneError, match="lr must be > 0 and embedding_weight >= 0, got 0.0"):
+        rtinfer.distill(base, teacher=model, data=data, steps=1, lr=0.0, progress=False)
+    with pytest.raises(PruneError, match="embedding_weight >= 0, got .* and -1"):
+        rtinfer.distill(base, teacher=model, data=data, steps=1, embedding_weight=-1,
+                        progress=False)
+
+
 # -- accuracy on real sentences ---------------------------------------------------------------
 
 def stdlib_sentences() -> list[str]:
@@ -264,19 +298,28 @@ def _embed(out, mask: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(e, dim=-1)
 
 
+MINILM_STEPS = 300  # docs/pruning.md: the held-out cosine against steps
+
+
 @pytest.mark.slow
 def test_minilm_pruned_and_distilled_keeps_its_embeddings(minilm):
-    """Half the FFN neurons and a third of the heads pruned by activation importance (64
-    training sentences), then every layer's hidden states and the mean-pooled embedding's
-    direction distilled on docstring sentences (padding left out; AdamW, cosine schedule);
-    mean embedding cosine to the dense model on 128 held-out sentences (docs/pruning.md has
-    the measured numbers)."""
+    """Half the FFN neurons and a third of the heads pruned by activation
+    importance (64 training sentences), then distilled with the sentence-encoder recipe
+    (distill's defaults for loss="embedding": every layer's hidden states plus the
+    mean-pooled embedding's 1 - cosine, padding left out; AdamW 5e-4, cosine schedule, 5%
+    warmup) on shuffled stdlib docstring sentences; mean embedding cosine to the dense model
+    on 128 held-out sentences: 0.926 measured. The issue's 0.95 is not reached yet
+    (docs/pruning.md has the measured curve), so this asserts what was measured, with a
+    margin. One thread: on a shared 2-core machine a second intra-op thread mostly spins."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     sentences = stdlib_sentences()
     assert len(sentences) > 1500
     order = np.random.default_rng(0).permutation(len(sentences))
     held = [sentences[i] for i in order[:128]]
     train = [sentences[i] for i in order[128:]]
+    assert not set(held) & set(train)
     teacher = copy.deepcopy(minilm)
     teacher.config.output_hidden_states = True  # every layer's states to distill
 
@@ -298,17 +341,19 @@ def test_minilm_pruned_and_distilled_keeps_its_embeddings(minilm):
     start = cosine()
     rng = np.random.default_rng(1)
     batches = []
-    for _ in range(4):  # shuffled epochs
+    while len(batches) < MINILM_STEPS:  # shuffled epochs of 16 distinct sentences
         p = rng.permutation(len(train))
         batches += [tokens([train[i] for i in p[k:k + 16]]) for k in range(0, len(p) - 15, 16)]
-    rtinfer.distill(pruned, teacher=teacher, data=batches, steps=300, loss="embedding",
-                    lr=5e-4, schedule="cosine", warmup=0.05, weight_decay=0.01,
-                    progress=False)
+    try:
+        rtinfer.distill(pruned, teacher=teacher, data=batches[:MINILM_STEPS],
+                        steps=MINILM_STEPS, loss="embedding", progress=False)
+    finally:
+        torch.set_num_threads(old_threads)
     end = cosine()
     print(f"MiniLM ffn 0.5 + heads 1/3: held-out embedding cosine {start:.4f} pruned, "
-          f"{end:.4f} distilled")
+          f"{end:.4f} distilled ({MINILM_STEPS} steps)")
     assert start < 0.75  # pruning alone loses the embeddings: distillation carries them back
-    assert end > 0.88
+    assert end > 0.915
 
 
 def test_fused_multi_head_attention_prunes_whole_heads_exactly():
