@@ -432,6 +432,39 @@ def test_parallel_plans_pin_workers_and_leave_the_callers_cpus_alone(monkeypatch
     assert _bound_threads(), "no OpenMP worker is bound to one CPU"
 
 
+def test_a_second_thread_pins_its_own_team(monkeypatch):
+    """A thread other than the one that built the plan (a batcher's worker, a server thread)
+    leads an OpenMP team of its own: its workers are bound one per CPU like the first team's,
+    never created inside the caller's held CPU (which left them all on that one CPU, running
+    ResNet-18 at half speed)."""
+    import os
+
+    from rtinfer.backends import native_backend
+
+    threads = torch.get_num_threads()
+    if threads < 2 or len(os.sched_getaffinity(0)) < threads:
+        pytest.skip("needs at least two threads on two CPUs")
+    monkeypatch.setattr(native_backend, "SERIAL_MARGIN", 0.0)  # keep the plan parallel
+    torch.manual_seed(0)
+    m = MLP().eval()
+    x = torch.randn(5, 64)
+    cm = compile_native(m, (x,))
+    line = next(ln for ln in cm.report().splitlines() if "native plan:" in ln)
+    first = line.split("threads pinned to CPUs ")[1].split(",")[0].strip()
+    seen: dict[str, object] = {}
+
+    def caller() -> None:
+        seen["ok"] = all(torch.allclose(cm(x), m(x), rtol=1e-4, atol=1e-5) for _ in range(5))
+        seen["bound"] = _bound_threads()  # while this thread and its team are alive
+
+    t = threading.Thread(target=caller)
+    t.start()
+    t.join()
+    assert seen["ok"]
+    assert first not in seen["bound"], (first, seen["bound"])
+    assert len(seen["bound"]) >= 2 * (threads - 1), seen["bound"]  # both teams' workers
+
+
 def test_pinning_can_be_turned_off(monkeypatch):
     from rtinfer.backends import native_backend
 
