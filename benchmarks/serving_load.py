@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +150,11 @@ def _app(system: str, w: workloads.Workload, artifact: Path, onnx_path: Path, ar
                        args.max_wait_ms)
 
 
-def load_test(port: int, body: bytes, clients: int, requests: int, seconds: float,
-              content_type: str = "application/json") -> dict[str, Any]:
-    """``clients`` closed loops over keep-alive connections; at most ``requests`` answers and
-    ``seconds`` of wall time in all."""
+def closed_loop(caller: Callable[[], tuple[Callable[[], bool], Callable[[], None]]],
+                clients: int, requests: int, seconds: float) -> dict[str, Any]:
+    """``clients`` threads in closed loops, each with its own ``call`` from ``caller()``
+    (``call()`` sends one request and says whether it was answered; ``close()`` ends the
+    thread's connection); at most ``requests`` answers and ``seconds`` of wall time in all."""
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -160,7 +162,7 @@ def load_test(port: int, body: bytes, clients: int, requests: int, seconds: floa
     issued = [0]
 
     def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        call, close = caller()
         try:
             while time.perf_counter() < stop:
                 with lock:
@@ -168,15 +170,7 @@ def load_test(port: int, body: bytes, clients: int, requests: int, seconds: floa
                         return
                     issued[0] += 1
                 t0 = time.perf_counter()
-                try:
-                    conn.request("POST", "/", body, {"Content-Type": content_type})
-                    r = conn.getresponse()
-                    r.read()
-                    ok = r.status == 200
-                except (OSError, http.client.HTTPException):
-                    ok = False
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                ok = call()
                 dt = time.perf_counter() - t0
                 with lock:
                     if ok:
@@ -184,7 +178,7 @@ def load_test(port: int, body: bytes, clients: int, requests: int, seconds: floa
                     else:
                         errors[0] += 1
         finally:
-            conn.close()
+            close()
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -200,39 +194,41 @@ def load_test(port: int, body: bytes, clients: int, requests: int, seconds: floa
             "p99_ms": float(np.percentile(ms, 99)) if ms.size else None}
 
 
-def inprocess_test(call: Any, example: tuple[torch.Tensor, ...], clients: int, requests: int,
+def load_test(port: int, body: bytes, clients: int, requests: int, seconds: float,
+              content_type: str = "application/json") -> dict[str, Any]:
+    """``clients`` closed loops over keep-alive connections to 127.0.0.1:``port``."""
+
+    def caller() -> tuple[Callable[[], bool], Callable[[], None]]:
+        conn = [http.client.HTTPConnection("127.0.0.1", port, timeout=30)]
+
+        def call() -> bool:
+            try:
+                conn[0].request("POST", "/", body, {"Content-Type": content_type})
+                r = conn[0].getresponse()
+                r.read()
+                return r.status == 200
+            except (OSError, http.client.HTTPException):
+                conn[0].close()
+                conn[0] = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                return False
+
+        return call, lambda: conn[0].close()
+
+    return closed_loop(caller, clients, requests, seconds)
+
+
+def inprocess_test(fn: Any, example: tuple[torch.Tensor, ...], clients: int, requests: int,
                    seconds: float) -> dict[str, Any]:
-    """``clients`` threads calling ``call(*example)`` in closed loops; at most ``requests``
-    answers and ``seconds`` of wall time in all (the same bounds as ``load_test``)."""
-    lat: list[float] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
-    issued = [0]
+    """``clients`` threads calling ``fn(*example)`` in closed loops."""
 
-    def client() -> None:
-        while time.perf_counter() < stop:
-            with lock:
-                if issued[0] >= requests:
-                    return
-                issued[0] += 1
-            t0 = time.perf_counter()
-            call(*example)
-            dt = time.perf_counter() - t0
-            with lock:
-                lat.append(dt)
+    def caller() -> tuple[Callable[[], bool], Callable[[], None]]:
+        def call() -> bool:
+            fn(*example)
+            return True
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(seconds + 60)
-    wall = time.perf_counter() - t0
-    ms = np.asarray(lat) * 1000
-    return {"clients": clients, "answered": len(lat), "errors": 0, "wall_s": wall,
-            "throughput": len(lat) / wall if wall else 0.0,
-            "p50_ms": float(np.percentile(ms, 50)) if ms.size else None,
-            "p99_ms": float(np.percentile(ms, 99)) if ms.size else None}
+        return call, lambda: None
+
+    return closed_loop(caller, clients, requests, seconds)
 
 
 def run_inprocess(cm: Any, w: workloads.Workload, systems: list[str], clients: list[int],
