@@ -252,8 +252,18 @@ def setup_openvino_bf16(w: Workload, s: Settings) -> Prepared:
         raise Unavailable(f"OpenVINO resolved the bf16 precision hint to {hint} here (its "
                           f"CPU plugin finds no AVX-512 or AVX2-VNNI-2, or ONEDNN_MAX_CPU_ISA "
                           f"caps them): it would time f32")
-    request = compiled.create_infer_request()
     names = [p.get_any_name() for p in compiled.inputs]
+    return _openvino_prepared(compiled, w, names,
+                              [f"ONNX exporter: {exporter}", _openvino_bf16_note(hint, counts)],
+                              {"bf16_ops": counts.get("bf16", 0),
+                               "runtime_ops": sum(counts.values())})
+
+
+def _openvino_prepared(compiled: Any, w: Workload, names: list[str], notes: list[str],
+                       info: dict[str, Any]) -> Prepared:
+    """An OpenVINO compiled model as a benchmark system: one infer request, timed on the
+    workload's inputs, and ``infer`` for the held-out accuracy check."""
+    request = compiled.create_infer_request()
     feeds = _feeds(w, names)
     out0 = compiled.output(0)
 
@@ -263,10 +273,7 @@ def setup_openvino_bf16(w: Workload, s: Settings) -> Prepared:
     def infer(inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
         return np.array(request.infer(_feeds(w, names, inputs))[out0])
 
-    return Prepared(run, lambda r: np.array(r[out0]),
-                    [f"ONNX exporter: {exporter}", _openvino_bf16_note(hint, counts)],
-                    {"bf16_ops": counts.get("bf16", 0), "runtime_ops": sum(counts.values())},
-                    infer)
+    return Prepared(run, lambda r: np.array(r[out0]), notes, info, infer)
 
 
 # -- int8 peers: ONNX Runtime's quantization tool, OpenVINO with NNCF --------------------------
@@ -370,22 +377,12 @@ def setup_openvino_int8(w: Workload, s: Settings) -> Prepared:
     calibration_s = time.perf_counter() - t0
     quantizers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     compiled = core.compile_model(quantized, "CPU", _openvino_config(s))
-    request = compiled.create_infer_request()
-    feeds = _feeds(w, names)
-    out0 = compiled.output(0)
-
-    def run():
-        return request.infer(feeds)
-
-    def infer(inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
-        return np.array(request.infer(_feeds(w, names, inputs))[out0])
-
-    return Prepared(run, lambda r: np.array(r[out0]),
-                    [f"ONNX exporter: {exporter}", f"nncf.quantize, "
-                     f"{len(data.calibration)} calibration inputs"
-                     + (", model_type=TRANSFORMER" if model_type else "")
-                     + "; OpenVINO CPU, f32 precision hint outside the int8 ops"],
-                    {"calibration_s": calibration_s, "quantize_nodes": quantizers}, infer)
+    return _openvino_prepared(compiled, w, names,
+                              [f"ONNX exporter: {exporter}", f"nncf.quantize, "
+                               f"{len(data.calibration)} calibration inputs"
+                               + (", model_type=TRANSFORMER" if model_type else "")
+                               + "; OpenVINO CPU, f32 precision hint outside the int8 ops"],
+                              {"calibration_s": calibration_s, "quantize_nodes": quantizers})
 
 
 # -- TVM's own path ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,21 @@ def quick_run(tmp_path_factory):
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
+
+
+def _bench_mlp(bench: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """``run.bench_model`` on the MLP workload with the systems ``names`` (quick, 1 thread)."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    run, systems = bench.run, bench.systems
+    args = run.parse_args(["--quick", "--iters", "2"])
+    w = bench.workloads.build("mlp")
+    try:
+        return run.bench_model(w, [systems.SYSTEMS[n] for n in names], args,
+                               systems.Settings(threads=1), lambda _: None)
+    finally:
+        w.close()
 
 
 def test_json_records_machine_settings_and_every_system(quick_run):
@@ -315,18 +331,8 @@ def test_rtinfer_int8_unavailable_only_for_missing_keywords(bench, monkeypatch):
 
 
 def test_bench_model_reports_int8_accuracy_and_gops(bench):
-    import torch
 
-    torch.set_grad_enabled(False)
-    run, systems = bench.run, bench.systems
-    args = run.parse_args(["--quick", "--iters", "2"])
-    chosen = [systems.SYSTEMS["eager"], systems.SYSTEMS["onnxruntime"],
-              systems.SYSTEMS["onnxruntime-int8"]]
-    w = bench.workloads.build("mlp")
-    try:
-        doc = run.bench_model(w, chosen, args, systems.Settings(threads=1), lambda _: None)
-    finally:
-        w.close()
+    doc = _bench_mlp(bench, ("eager", "onnxruntime", "onnxruntime-int8"))
     res = doc["results"]
     rec = res["onnxruntime-int8"]
     assert rec["status"] == "ok", rec
@@ -542,19 +548,10 @@ def test_bench_model_runs_bf16_systems_on_mlp(bench):
     """Where the CPU has bf16: both bf16 systems time, are judged on the held-out inputs and
     compared with the best bf16 peer; elsewhere both are n/a with the reason."""
     pytest.importorskip("openvino")
-    import torch
 
     from rtinfer.bf16 import bf16_support
 
-    torch.set_grad_enabled(False)
-    run, systems = bench.run, bench.systems
-    args = run.parse_args(["--quick", "--iters", "2"])
-    chosen = [systems.SYSTEMS[n] for n in ("eager", "openvino-bf16", "rtinfer-bf16")]
-    w = bench.workloads.build("mlp")
-    try:
-        doc = run.bench_model(w, chosen, args, systems.Settings(threads=1), lambda _: None)
-    finally:
-        w.close()
+    doc = _bench_mlp(bench, ("eager", "openvino-bf16", "rtinfer-bf16"))
     res = doc["results"]
     ok, why = bf16_support()
     if not ok:
