@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 
 import rtinfer
 from rtinfer.serving.deploy import ray_init_options
+
+from .mlp import mlp_artifact
 
 serve = pytest.importorskip("ray.serve")
 ray = pytest.importorskip("ray")
@@ -32,12 +33,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    torch.manual_seed(0)
-    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
-                              torch.nn.Linear(32, 4)).eval()
-    cm = rtinfer.compile(mlp, example_inputs=torch.randn(2, 16), backend="torch",
-                         dynamic_dims={"input": {0: "B"}})
-    artifact = cm.save(tmp_path_factory.mktemp("serving") / "mlp")
+    artifact, cm = mlp_artifact(tmp_path_factory.mktemp("serving"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # the lean start `rtinfer serve` uses
     ray.init(num_cpus=2, **ray_init_options(None))

@@ -11,10 +11,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
-import rtinfer
 from rtinfer.serving.deploy import RtinferReplica, ray_init_options
+
+from .mlp import mlp_artifact
 
 # the module (``rtinfer.compile`` the attribute is the function)
 compile_module = importlib.import_module("rtinfer.compile")
@@ -32,12 +32,7 @@ class _Request:
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    torch.manual_seed(0)
-    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
-                              torch.nn.Linear(32, 4)).eval()
-    cm = rtinfer.compile(mlp, example_inputs=torch.randn(2, 16), backend="torch",
-                         dynamic_dims={"input": {0: "B"}})
-    return cm.save(tmp_path_factory.mktemp("startup") / "mlp"), cm
+    return mlp_artifact(tmp_path_factory.mktemp("startup"))
 
 
 def test_a_replica_loads_the_artifact_without_capture_pipeline_or_native_build(artifact,
