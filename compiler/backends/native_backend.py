@@ -142,6 +142,16 @@ class NativeModule:
                                  f"to pay its fork/join and its workers' wake-up after idle)")
         return parallel, f"{threads} ({why})"
 
+    def prepare(self, *shapes: tuple[int, ...]) -> None:
+        """Build the plan a call with inputs of these shapes makes (at torch's thread count)
+        without running it: a server warms its batch sizes up this way, paying the oneDNN
+        primitives' creation, not a forward pass per size."""
+        threads = torch.get_num_threads()
+        key = (tuple(torch.Size(s) for s in shapes), threads)
+        if key not in self._plans:
+            self._plans[key] = self._plan((tuple(tuple(int(d) for d in s) for s in shapes),
+                                           threads))
+
     def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         for i, t in enumerate(tensors):
             if not t.is_cpu:  # the executor reads the bytes at data_ptr() as CPU memory

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-import ml_dtypes
 import numpy as np
 import sympy
 
@@ -44,7 +43,7 @@ class DType(Enum):
 
     @property
     def np(self) -> np.dtype:
-        return _TO_NUMPY[self]
+        return _bf16_numpy() if self is DType.bf16 else _TO_NUMPY[self]
 
     @property
     def is_float(self) -> bool:
@@ -73,6 +72,8 @@ class DType(Enum):
         for k, v in _TO_NUMPY.items():
             if v == dt:
                 return k
+        if dt.name == "bfloat16" and dt == _bf16_numpy():  # only ml_dtypes makes this dtype
+            return DType.bf16
         raise IRError(f"numpy dtype {dt} has no rtinfer dtype")
 
     @property
@@ -100,11 +101,21 @@ def _torch_table() -> dict:
         (DType.u32, "uint32"), (DType.u64, "uint64"), (DType.bool, "bool"))}
 
 
+@functools.cache
+def _bf16_numpy() -> np.dtype:
+    # ml_dtypes is imported on first use: its import takes ~1 s (it registers its dtypes'
+    # ufuncs), paid by every process that imports rtinfer (a serving replica, the CLI) even
+    # when no bf16 array is ever made
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+# every dtype but bf16 (_bf16_numpy)
 _TO_NUMPY: dict[DType, np.dtype] = {
     DType.f64: np.dtype(np.float64),
     DType.f32: np.dtype(np.float32),
     DType.f16: np.dtype(np.float16),
-    DType.bf16: np.dtype(ml_dtypes.bfloat16),
     DType.i64: np.dtype(np.int64),
     DType.i32: np.dtype(np.int32),
     DType.i16: np.dtype(np.int16),

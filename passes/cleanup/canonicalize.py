@@ -21,7 +21,6 @@ match report).
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
 from rtinfer.ir.graph import Graph, Node, Value
@@ -136,6 +135,8 @@ def _exact_reciprocal(c: np.ndarray) -> bool:
     mant, _ = np.frexp(c64)
     r64 = 1.0 / c64
     r = r64.astype(c.dtype)
+    import ml_dtypes  # on first use: its import is slow (see rtinfer.ir.types)
+
     info = ml_dtypes.finfo(c.dtype)
     return bool(np.all(np.abs(mant) == 0.5) and np.all(r.astype(np.float64) == r64)
                 and np.all(np.abs(r64) >= float(info.tiny)))

@@ -14,7 +14,6 @@ rewritten (layers made bf16).
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
 from rtinfer.ir.graph import Graph, Node, Value
@@ -34,7 +33,7 @@ def to_bf16(rw: Rewriter, h: Node) -> Value | None:
     if bad:
         return rw.decline("{} input {} is not f32", h.op, bad[0].type)
     # rounded once here: the kernels pack these bits and the reference reads the same ones
-    weight = rw.const(np.asarray(w.const_data, np.float32).astype(ml_dtypes.bfloat16))
+    weight = rw.const(np.asarray(w.const_data, np.float32).astype(DType.bf16.np))
     attrs = dict(h.attrs)
     for k, a in EPILOGUE_ATTRS.items():
         attrs.setdefault(k, a.default)

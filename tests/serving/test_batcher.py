@@ -147,17 +147,31 @@ def test_padding_rows_never_leak(compiled):
     assert np.abs(results[1][1]).sum() > 0
 
 
-def test_warmup_plans_every_bucket_on_the_native_backend(mlp):
+def test_warmup_plans_every_bucket_on_the_native_backend(mlp, monkeypatch):
     cm = rtinfer.compile(mlp, example_inputs=torch.randn(2, 16), backend="native",
                          dynamic_dims={"input": {0: "B"}})
     if cm.info.backend != "native":
         pytest.skip("native backend unavailable here")
+    runs: list[int] = []
+    native_call = type(cm.module).__call__
+
+    def counted(self, *tensors):
+        runs.append(tensors[0].shape[0])
+        return native_call(self, *tensors)
+
+    monkeypatch.setattr(type(cm.module), "__call__", counted)
     with Batcher(cm, max_batch_size=8) as b:
         shapes = {key[0] for key in cm.module._plans}
         assert {((n, 16),) for n in b.buckets} <= shapes  # planned before any request
-        x = _examples(1)[0]
-        np.testing.assert_allclose(b(x), mlp(torch.from_numpy(x)[None])[0].detach().numpy(),
-                                   rtol=1e-5, atol=1e-5)
+        # one forward pass (the smallest size: the model runs); the others only planned
+        assert runs == [1]
+        xs = _examples(8, seed=4)
+        results = _concurrently(lambda i: b(xs[i]), 8)
+        ref = mlp(torch.from_numpy(np.stack(xs))).detach().numpy()
+        # the planned-only sizes give the eager answers on their first real call
+        for i, y in enumerate(results):
+            np.testing.assert_allclose(y, ref[i], rtol=1e-5, atol=1e-5)
+        assert set(runs[1:]) <= set(b.buckets)
 
 
 def test_bad_requests_get_their_own_error_and_the_rest_of_the_batch_runs(compiled):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -87,3 +89,25 @@ def test_ray_starts_lean_when_serve_starts_it_and_joins_as_asked():
     assert lean["_system_config"]["enable_worker_prestart"] is False
     assert ray_init_options("ray://10.0.0.1:10001") == {"address": "ray://10.0.0.1:10001",
                                                          "logging_level": "warning"}
+
+
+def test_serving_imports_no_bf16_support_for_a_model_without_bf16(artifact):
+    """ml_dtypes takes ~1 s to import (its dtypes' ufuncs); a replica of an f32 model, the
+    CLI and ``import rtinfer`` must not pay it."""
+    path, _ = artifact
+    code = ("import sys, numpy as np, rtinfer\n"
+            "from rtinfer.serving.batcher import Batcher\n"
+            f"b = Batcher(rtinfer.load({str(path)!r}), 4, 0.0)\n"
+            "y = b(np.ones(16, np.float32))\n"
+            "b.close()\n"
+            "print(y.shape, 'ml_dtypes' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=path.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "False", out.stdout
+    # and a bf16 array still converts, importing it then
+    from rtinfer.ir.types import DType
+
+    bf16 = DType.bf16.np
+    assert bf16.name == "bfloat16" and DType.from_numpy(bf16) is DType.bf16
+    assert DType.bf16.bits == 16 and DType.from_numpy(np.float32) is DType.f32

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from rtinfer.errors import IRError
@@ -34,7 +33,7 @@ BF16_LAYER_BASE: dict[str, str] = {**{b: b for b in BF16_OPS},
 
 def round_bf16(x: np.ndarray) -> np.ndarray:
     """``x`` rounded to the nearest bf16 (ties to even; NaN stays NaN), as f32."""
-    return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+    return np.asarray(x, np.float32).astype(DType.bf16.np).astype(np.float32)
 
 
 def _bf16_heavy(base: str) -> None:
