@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="digits: training epochs (8; 1)")
     p.add_argument("--distill-steps", type=int, default=None, help="(600; quick 20)")
     p.add_argument("--seq", type=int, default=None, help="minilm: tokens (64; quick 32)")
-    p.add_argument("--minilm-budget", type=float, default=0.4,
-                   help="minilm: the pipeline's budget, relative output error (0.4)")
+    p.add_argument("--minilm-budget", type=float, default=0.05,
+                   help="minilm: the pipeline's budget, 1 - mean embedding cosine (0.05)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="threads (ONNX Runtime; torch and rtinfer use torch's)")
     p.add_argument("--backend", default="native",

@@ -11,8 +11,13 @@ model (never on the data the pipeline trains or calibrates on):
 - batches with labels (the model's inputs followed by integer class labels, or a dict with
   ``"labels"``): top-1 of the first output (argmax over its last axis); ``accuracy_budget`` is
   the largest drop of top-1 allowed, as a fraction (0.01 = one point);
-- batches without labels: the relative output error ``|y - y_dense| / |y_dense|`` (L2 norms
-  over all outputs of a batch, averaged over the batches; int8's own measure,
+- a sentence encoder's batches (named inputs with an ``attention_mask``, token states
+  ``[N, S, H]`` as the first output; no labels): the embedding error, ``1 - cosine`` of each
+  sentence's mean-pooled embedding (the first output averaged over its mask, what a
+  sentence-transformers user compares) to the dense model's, averaged over the sentences;
+  ``accuracy_budget=0.05`` keeps the mean embedding cosine at least 0.95;
+- other batches without labels: the relative output error ``|y - y_dense| / |y_dense|`` (L2
+  norms over all outputs of a batch, averaged over the batches; int8's own measure,
   ``rtinfer.int8.output_error``); ``accuracy_budget`` is the largest error allowed. The report
   also gives the mean cosine similarity of the outputs to the dense model's.
 
@@ -31,10 +36,11 @@ The steps, each measured on the validation batches:
    model stays dense) and the report says so.
 2. int8 (``rtinfer.int8.quantize_for_compile``) of the distilled model's optimized graph, with
    what is left of the budget: in output-error units that is the budget minus the pruned
-   model's error (``|q - d| <= |q - s| + |s - d|``); with labels every faster layer is int8 at
-   first. Where the int8 model breaks the budget on the validation data, fewer layers stay
-   int8 (int8's own error budget halved, up to ``INT8_TRIES`` tries; after that every layer
-   fp32), and the report says so.
+   model's error (``|q - d| <= |q - s| + |s - d|``); for the embedding error, the angle left
+   (angles add up the same way) as int8's output-error budget, a first guess the validation
+   data then checks; with labels every faster layer is int8 at first. Where the int8 model
+   breaks the budget on the validation data, fewer layers stay int8 (int8's own error budget
+   halved, up to ``INT8_TRIES`` tries; after that every layer fp32), and the report says so.
 3. The compiled model itself is measured last: its latency and its accuracy on the validation
    data, and whether the budget holds.
 
@@ -86,8 +92,11 @@ class StepRow:
     macs: int | None
     params: int | None
     latency_ms: float | None
-    metric: float | None  # top-1 in % (labels), else relative output error to the dense model
-    cosine: float | None  # mean cosine similarity of the outputs to the dense model's
+    # top-1 in % (labels), the embedding error (a sentence encoder) or the relative output
+    # error to the dense model
+    metric: float | None
+    # mean cosine similarity to the dense model's outputs (a sentence encoder's: embeddings)
+    cosine: float | None
     note: str = ""
 
 
@@ -95,7 +104,7 @@ class StepRow:
 class SimplifyReport:
     """What ``compile(prune=...)`` did: each step's cost and gain, and every back-off."""
 
-    metric: str  # "top-1" | "relative error"
+    metric: str  # "top-1" | "relative error" | "embedding error"
     budget: float | None
     rows: list[StepRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -106,11 +115,14 @@ class SimplifyReport:
             return format(x, fmt) if x is not None else "-".rjust(int(fmt.split(".")[0].strip(
                 ",d")))
 
-        unit = "top-1 %" if self.metric == "top-1" else "rel. error"
+        unit = {"top-1": "top-1 %", "embedding error": "1-emb.cos"}.get(self.metric,
+                                                                         "rel. error")
         if self.budget is None:
             budget = "no accuracy budget"
         elif self.metric == "top-1":
             budget = f"budget: top-1 drop at most {100 * self.budget:g} pt"
+        elif self.metric == "embedding error":
+            budget = f"budget: mean embedding cosine at least {1 - self.budget:g}"
         else:
             budget = f"budget: relative output error at most {self.budget:g}"
         verdict = "" if self.within_budget is None else (
@@ -168,13 +180,23 @@ class Validation:
     inputs: list[Batch]
     labels: list[torch.Tensor] | None
     reference: list[list[np.ndarray]] = field(default_factory=list)
+    # a sentence encoder's attention masks, one per batch: the metric is the embedding error
+    masks: list[np.ndarray] | None = None
 
     @property
     def metric(self) -> str:
-        return "relative error" if self.labels is None else "top-1"
+        if self.labels is not None:
+            return "top-1"
+        return "relative error" if self.masks is None else "embedding error"
 
     def score(self, outputs: list[list[np.ndarray]]) -> tuple[float, float]:
-        """(top-1 in % or relative error, mean cosine to the dense outputs)."""
+        """(top-1 in %, embedding error or relative error; mean cosine to the dense
+        outputs, of the embeddings for a sentence encoder)."""
+        if self.masks is not None:
+            sims = [_cosines(_pooled(ref[0], m), _pooled(got[0], m)) for ref, got, m
+                    in zip(self.reference, outputs, self.masks, strict=True)]
+            cosine = float(np.mean(np.concatenate(sims)))
+            return 1.0 - cosine, cosine
         cosines, errors = [], []
         for ref, got in zip(self.reference, outputs, strict=True):
             if len(ref) != len(got):
@@ -196,6 +218,26 @@ class Validation:
         """What a model with ``value`` costs against the dense model's ``dense``, in the
         budget's units (a fraction of top-1, or relative error)."""
         return (dense - value) / 100.0 if self.labels is not None else value
+
+
+def _pooled(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each row's mean over its unmasked tokens: ``[N, S, H]`` and ``[N, S]`` -> ``[N, H]``."""
+    m = np.asarray(mask, np.float64)[..., None]
+    return (np.asarray(states, np.float64) * m).sum(1) / np.maximum(m.sum(1), 1.0)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity (1 where both rows are zero)."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dot = (a * b).sum(1)
+    return np.where((na == 0) & (nb == 0), 1.0, dot / np.maximum(na * nb, 1e-300))
+
+
+def sentence_encoder(example: Batch, outputs: list[np.ndarray]) -> bool:
+    """A model called with named inputs holding an ``attention_mask`` whose first output is
+    token states ``[N, S, H]``: its users compare mean-pooled embeddings."""
+    return isinstance(example, dict) and "attention_mask" in example and bool(outputs) \
+        and outputs[0].ndim == 3
 
 
 def _split(batch: Any, n_inputs: int | None, where: str) -> tuple[Batch, torch.Tensor | None]:
@@ -275,8 +317,9 @@ def _check(model: Any, prune_ratio: Any, precision: str, train_data: Any, valida
         if isinstance(accuracy_budget, bool) or not isinstance(accuracy_budget, (int, float)) \
                 or not 0 < accuracy_budget < math.inf:
             raise PruneError(f"accuracy_budget must be a positive number (top-1 drop as a "
-                             f"fraction with labelled validation data, else relative output "
-                             f"error), got {accuracy_budget!r}")
+                             f"fraction with labelled validation data, 1 - embedding cosine "
+                             f"for a sentence encoder, else relative output error), got "
+                             f"{accuracy_budget!r}")
         if validation is None:
             raise PruneError("accuracy_budget with prune= is measured on held-out data: give "
                              "validation=batches (inputs, then optional labels)")
@@ -364,9 +407,17 @@ class Plan:
         else:  # the model stayed dense
             self.report.rows.append(StepRow(f"rtinfer {self.backend} fp32", last.macs,
                                             last.params, ms, last.metric, last.cosine))
-        if self.validation is not None and self.validation.labels is None \
+        if self.validation is not None and self.validation.masks is not None \
                 and self.budget is not None:
-            int8_budget: float | None = max(self.budget - self.spent, 1e-6)
+            # angles between embeddings add up (triangle inequality on the sphere); the angle
+            # left, as a relative error of the outputs, is int8's first budget: the error of
+            # a mean-pooled embedding is about its tokens' (the validation data checks)
+            left = math.acos(max(-1.0, 1.0 - self.budget)) \
+                - math.acos(max(-1.0, 1.0 - self.spent))
+            int8_budget: float | None = max(left, 1e-6)
+        elif self.validation is not None and self.validation.labels is None \
+                and self.budget is not None:
+            int8_budget = max(self.budget - self.spent, 1e-6)
         else:
             int8_budget = None  # every faster layer int8 first; the labels judge
         for attempt in range(INT8_TRIES):
@@ -403,6 +454,8 @@ class Plan:
     def _loss_text(self, loss: float) -> str:
         if self.validation is not None and self.validation.labels is not None:
             return f"top-1 {100 * loss:.2f} points below dense"
+        if self.validation is not None and self.validation.masks is not None:
+            return f"embedding error (1 - cosine) {loss:.3g}"
         return f"relative error {loss:.3g}"
 
     def finish(self, compiled: Callable[..., Any], backend: str) -> dict[str, Any]:
@@ -445,6 +498,10 @@ def prepare(model: Any, example_inputs: Any, prune_ratio: Any, *, precision: str
         if any(y is not None for y in labels) and any(y is None for y in labels):
             raise PruneError("validation: give labels with every batch or with none")
         valid = Validation([x for x, _ in pairs], None if labels[0] is None else labels)
+        if valid.labels is None and all(isinstance(x, dict) and "attention_mask" in x
+                                        for x in valid.inputs) \
+                and sentence_encoder(example_inputs, _call(model, example_inputs)):
+            valid.masks = [x["attention_mask"].numpy() for x in valid.inputs]
     plan = Plan(model, example_inputs, valid, accuracy_budget, precision, backend)
     was_training = model.training
     model.eval()
@@ -464,7 +521,7 @@ def default_loss(model: Any, example: Batch) -> str:
     out = _call(model, example)
     if len(out) == 1 and out[0].ndim == 2:
         return "logits"
-    if isinstance(example, dict) and "attention_mask" in example and out[0].ndim == 3:
+    if sentence_encoder(example, out):
         return "embedding"
     return "hidden"
 
@@ -523,4 +580,4 @@ def simplify_lines(record: dict[str, Any]) -> list[str]:
 
 __all__ = ["BACKOFF", "IMPORTANCE_BATCHES", "INT8_TRIES", "PRUNE_SHARE", "PRUNE_TRIES", "Plan",
            "SimplifyReport", "StepRow", "default_loss", "default_steps", "prepare",
-           "simplify_lines"]
+           "sentence_encoder", "simplify_lines"]

@@ -158,4 +158,43 @@ def test_a_sentence_encoder_gets_the_transformer_recipe():
     d, p, s, c = rep.rows
     assert p.step == "prune ffn 0.75 (activation)" and s.step == "distill 60 steps (embedding)"
     assert p.params < d.params and p.cosine < s.cosine
-    assert s.metric < p.metric  # relative output error falls with distillation
+    # judged as its users judge it: the mean-pooled embeddings' cosine to the dense model's
+    assert rep.metric == "embedding error" and d.metric == 0.0
+    assert s.metric < p.metric  # the embedding error falls with distillation
+    with torch.no_grad():
+        mask = held["attention_mask"].unsqueeze(-1).float()
+        ref = (model(**held) * mask).sum(1) / mask.sum(1)
+        out = torch.cat([torch.as_tensor(cm(**{k: t[i:i + 2] for k, t in held.items()}))
+                         for i in range(0, 32, 2)])  # compiled for the example's batch of 2
+        got = (out * mask).sum(1) / mask.sum(1)
+    cos = torch.nn.functional.cosine_similarity(ref, got, dim=1).mean().item()
+    assert c.cosine == pytest.approx(cos, abs=1e-5) and c.metric == pytest.approx(1 - cos,
+                                                                                  abs=1e-5)
+    assert "1-emb.cos" in cm.report()
+
+
+def test_a_sentence_encoder_budget_is_its_embedding_cosine():
+    """accuracy_budget for a sentence encoder is 1 - embedding cosine: a budget no pruning
+    meets backs the ratio off (the note names the embedding error), one it meets holds."""
+    torch.manual_seed(0)
+    model = _Encoder().eval()
+    g = torch.Generator().manual_seed(2)
+
+    def batch(n: int) -> dict[str, torch.Tensor]:
+        mask = (torch.arange(6) < torch.randint(2, 7, (n, 1), generator=g)).long()
+        return {"input_ids": torch.randint(1, 40, (n, 6), generator=g) * mask,
+                "attention_mask": mask}
+
+    train, held = [batch(16) for _ in range(4)], batch(32)
+    tight = rtinfer.compile(model, example_inputs=batch(2), backend="torch",
+                            prune={"ffn": 0.75}, train_data=train, validation=[held],
+                            accuracy_budget=1e-9, distill_steps=5, cache=False)
+    rep = SimplifyReport.from_record(tight.info.simplify)
+    assert rep.metric == "embedding error" and len(rep.notes) == 3
+    assert "prune ffn 0.75 + distill: embedding error (1 - cosine)" in rep.notes[0]
+    assert "budget: mean embedding cosine at least 1" in tight.report()
+    loose = rtinfer.compile(model, example_inputs=batch(2), backend="torch",
+                            prune={"ffn": 0.5}, train_data=train, validation=[held],
+                            accuracy_budget=0.5, distill_steps=5, cache=False)
+    rep = SimplifyReport.from_record(loose.info.simplify)
+    assert rep.within_budget and not rep.notes and rep.rows[-1].cosine >= 0.5
