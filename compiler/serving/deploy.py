@@ -177,13 +177,17 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
     down."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     t0 = time.perf_counter()
+    # the process's own start (Python, importing torch and rtinfer) comes before this call:
+    # counted too, so that "ready in" is the time since the command was typed
+    before = process_age()
     # a bad artifact or option fails before Ray starts; joining a cluster, the threads per
     # replica are counted from the cluster's CPUs, which are known once joined
     app = None if address else deployment(artifact_dir, max_batch_size, max_wait_ms, replicas)
     serve = _import_serve()
     import ray
 
-    phases = {"check": time.perf_counter() - t0}
+    phases = {"start": before} if before is not None else {}
+    phases["check"] = time.perf_counter() - t0
     started = not ray.is_initialized()
     if started:
         t = time.perf_counter()
@@ -201,7 +205,8 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
         phases["replicas"] = time.perf_counter() - t
         took = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
         stdout.write(f"rtinfer: serving {artifact_dir} at http://{host}:{port}/ with {replicas} "
-                     f"replica(s), ready in {time.perf_counter() - t0:.1f} s ({took}); Ctrl-C "
+                     f"replica(s), ready in {time.perf_counter() - t0 + (before or 0.0):.1f} s "
+                     f"({took}); Ctrl-C "
                      f"stops\n")
         stdout.flush()
         while until is None or not until():
@@ -214,6 +219,19 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
         if started:
             ray.shutdown()
     return 0
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere)."""
+    try:
+        # field 22 of /proc/self/stat, after the command name in parentheses (which may hold
+        # spaces): the start time in clock ticks since boot
+        stat = Path("/proc/self/stat").read_text()
+        started = int(stat[stat.rindex(")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started)
 
 
 def ray_init_options(address: str | None) -> dict[str, Any]:
@@ -243,4 +261,5 @@ def _stop_on_signals() -> Any:
     return lambda: [signal.signal(sig, h) for sig, h in old.items()]
 
 
-__all__ = ["RtinferReplica", "deployment", "ray_init_options", "serve_main", "status_of"]
+__all__ = ["RtinferReplica", "deployment", "process_age", "ray_init_options", "serve_main",
+           "status_of"]

@@ -111,3 +111,20 @@ def test_serving_imports_no_bf16_support_for_a_model_without_bf16(artifact):
     bf16 = DType.bf16.np
     assert bf16.name == "bfloat16" and DType.from_numpy(bf16) is DType.bf16
     assert DType.bf16.bits == 16 and DType.from_numpy(np.float32) is DType.f32
+
+
+def test_ready_in_counts_the_process_start():
+    """`rtinfer serve`'s "ready in" counts from the process's start (the imports before
+    serve_main run): process_age is the time since the process began."""
+    from rtinfer.serving.deploy import process_age
+
+    code = ("import time; time.sleep(1.0)\n"
+            "from rtinfer.serving.deploy import process_age\n"
+            "print(process_age())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    age = float(out.stdout.split()[-1])
+    assert 1.0 <= age < 60.0  # the sleep, plus the interpreter's start and the import
+    mine = process_age()
+    assert mine is not None and mine > 0.0
