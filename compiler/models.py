@@ -8,15 +8,19 @@ with ``torch.manual_seed`` before building. ``minilm`` is the real all-MiniLM-L6
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+from .errors import RtinferError
 
 # -- ResNet-18 (torchvision.models.resnet18) --------------------------------------------------
 
@@ -221,6 +225,90 @@ _DOC_MODULES = (
     "sched selectors struct numbers zlib bz2 lzma filecmp stat platform sysconfig "
     "importlib pkgutil runpy trace tracemalloc pstats smtplib ftplib http.client "
     "http.server mimetypes ipaddress colorsys").split()
+
+
+# Third-party packages whose public callables (and their classes' public methods) document
+# themselves in prose: numpy-style, Google-style and plain docstrings over many topics
+# (statistics, signal processing, optimisation, machine learning, plotting, graphs, HTTP).
+_CORPUS_MODULES = (
+    "numpy numpy.linalg numpy.random numpy.fft numpy.ma scipy.stats scipy.linalg "
+    "scipy.optimize scipy.signal scipy.sparse scipy.interpolate scipy.integrate scipy.ndimage "
+    "scipy.spatial scipy.cluster.hierarchy scipy.special scipy.io sklearn.linear_model "
+    "sklearn.ensemble sklearn.tree sklearn.cluster sklearn.decomposition sklearn.preprocessing "
+    "sklearn.metrics sklearn.model_selection sklearn.neighbors sklearn.svm sklearn.pipeline "
+    "sklearn.feature_extraction.text sklearn.impute sklearn.manifold sklearn.naive_bayes "
+    "sklearn.mixture sklearn.covariance sklearn.neural_network sklearn.datasets sklearn.utils "
+    "torch torch.nn torch.nn.functional torch.optim torch.optim.lr_scheduler torch.utils.data "
+    "torch.linalg torch.fft torch.distributions torch.autograd torch.nn.init torch.nn.utils "
+    "torch.jit torch.export torch.fx transformers.tokenization_utils_base "
+    "transformers.modeling_utils transformers.configuration_utils transformers.trainer "
+    "transformers.training_args transformers.generation.utils sympy networkx "
+    "matplotlib.pyplot matplotlib.figure matplotlib.colors onnx onnx.helper requests "
+    "requests.sessions jinja2 click tqdm hypothesis hypothesis.strategies PIL.Image "
+    "pygments.lexer").split()
+# a sentence with any of these is code or markup, not prose: operators, brackets, identifiers
+# with underscores, reST roles and literals, an abbreviation that the sentence split cut
+_NOT_PROSE = re.compile(r"[<>{}\[\]=|\\_`*#@~^$]|::|\.\.|\b(e\.g|i\.e|etc|vs)\.?$")
+# a paragraph that is a section underline, a doctest, a reST directive or a parameter list
+_NOT_PROSE_PARAGRAPH = re.compile(r"^\s*(-{3,}|={3,}|>>>|\.\. |\w[\w, ]*\s:\s)", re.M)
+
+
+def _corpus_sentences(doc: str) -> Iterator[str]:
+    """The prose sentences of one docstring: paragraph by paragraph, six words or more, ASCII,
+    opening with a capitalised word and closing on a word and a stop."""
+    for para in re.split(r"\n\s*\n", doc):
+        if _NOT_PROSE_PARAGRAPH.search(para):
+            continue
+        for s in re.split(r"(?<=[.!?])\s+", " ".join(para.split())):
+            if (30 <= len(s) <= 200 and len(s.split()) >= 6 and s.isascii()
+                    and re.match(r"^[A-Z][a-z]+ [^<>]*[a-z)][.!?]$", s)
+                    and not _NOT_PROSE.search(s)):
+                yield s
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus() -> tuple[str, ...]:
+    out: set[str] = set()
+    for name in _CORPUS_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:  # an optional package that is not installed gives no text
+            continue
+        for attr, obj in sorted(vars(mod).items()):
+            if attr.startswith("_") or not callable(obj):
+                continue
+            objs = [obj]
+            if inspect.isclass(obj):  # methods document most of a library's behaviour
+                objs += [v for k, v in sorted(vars(obj).items())
+                         if not k.startswith("_") and callable(v)]
+            for o in objs:
+                with warnings.catch_warnings():  # deprecated aliases warn when read
+                    warnings.simplefilter("ignore")
+                    try:
+                        doc = inspect.getdoc(o)
+                    except Exception:  # a lazy proxy (transformers, torch) that fails to load
+                        doc = None
+                out.update(_corpus_sentences(doc or ""))
+    return tuple(sorted(out - set(english_sentences())))
+
+
+def english_corpus(min_sentences: int = 0) -> list[str]:
+    """A larger body of real English prose for training: the sentences of the docstrings of
+    installed third-party packages (numpy, scipy, scikit-learn, torch, transformers, sympy,
+    networkx, matplotlib, ...; about eleven thousand with this repository's environment),
+    their public callables and their classes' public methods, with a stricter prose filter
+    than ``english_sentences`` (numpy-style parameter lists and doctests left out).
+
+    Sorted and deduplicated, and none of them is one of ``english_sentences()``, so any
+    held-out split of those stays unseen when training on these. It depends on the installed
+    package versions; ``min_sentences``: raise ``RtinferError`` when fewer are found (packages
+    missing). Computed once per process (a few seconds of imports)."""
+    out = list(_corpus())
+    if len(out) < min_sentences:
+        raise RtinferError(f"english_corpus found {len(out)} sentences, fewer than "
+                         f"min_sentences={min_sentences} (are numpy, scipy, scikit-learn, torch, "
+                         f"sympy and networkx installed?)")
+    return out
 
 
 def english_sentences() -> list[str]:

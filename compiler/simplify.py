@@ -25,9 +25,10 @@ The steps, each measured on the validation batches:
 
 1. ``rtinfer.prune`` at the ratio asked, then ``rtinfer.distill`` from the dense model on
    ``train_data`` (``distill_steps`` default: four passes over the data, within 300-1000
-   steps). A classifier (one ``[N, classes]`` output) is pruned by weight magnitude (l2) and
-   distilled on its logits; a sentence encoder (named inputs with an ``attention_mask``, token
-   states ``[N, S, H]`` first) by activation importance on the first
+   steps; 1500 for a sentence encoder). A classifier (one ``[N, classes]`` output) is
+   pruned by weight magnitude (l2) and distilled on its logits; a sentence encoder (named
+   inputs with an ``attention_mask``, token states ``[N, S, H]`` first) by activation
+   importance on the first
    ``IMPORTANCE_BATCHES`` training batches and ``loss="embedding"``; any other model by
    activation importance and ``loss="hidden"``; ``distill``'s recipe for the loss sets the
    optimizer (``rtinfer.prune.RECIPES``). Pruning may spend ``PRUNE_SHARE`` of the budget
@@ -67,7 +68,7 @@ from rtinfer.int8 import Int8Report, quantize_for_compile
 from rtinfer.ir.graph import Graph
 from rtinfer.measure import flat_outputs
 from rtinfer.passes.pruning.prune_channels import DATA_IMPORTANCE, group_ratios
-from rtinfer.prune import LOSSES, distill, prune
+from rtinfer.prune import LOSSES, RECIPES, distill, prune
 
 PRUNE_SHARE = 0.75  # of the budget pruning may spend when int8 follows
 BACKOFF = 0.6  # the next ratio tried, as a fraction of the last, when pruning breaks the budget
@@ -287,8 +288,12 @@ def _slices(batch: Batch, size: int) -> list[Batch]:
 # -- the plan ----------------------------------------------------------------------------------
 
 
-def default_steps(n_batches: int) -> int:
-    """Four passes over the training batches, within 300-1000 optimizer steps."""
+def default_steps(n_batches: int, loss: str = "logits") -> int:
+    """Four passes over the training batches, within 300-1000 optimizer steps; a sentence
+    encoder's ``loss="embedding"`` takes its recipe's (``RECIPES["embedding"].steps``, 1500:
+    a pruned all-MiniLM-L6-v2 was still gaining at 1000)."""
+    if loss == "embedding":
+        return RECIPES[loss].steps
     return min(1000, max(300, 4 * n_batches))
 
 
@@ -538,7 +543,7 @@ def _prune_and_distill(plan: Plan, ratio: Any, train: list, steps: int | None,
     if importance is None:  # magnitude serves a CNN; an encoder's weights say little of its text
         importance = "l2" if loss == "logits" else "activation"
     data = train[:IMPORTANCE_BATCHES] if importance in DATA_IMPORTANCE else None
-    steps = steps or default_steps(len(train))
+    steps = steps or default_steps(len(train), loss)
     share = plan.budget if plan.budget is None or plan.precision == "fp32" \
         else plan.budget * PRUNE_SHARE
     dense_ms = _latency_ms(lambda: _call(model, example))

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -136,6 +137,84 @@ double time_step(const F& run) {
   return best[3];
 }
 
+// -- choosing among oneDNN's convolution implementations ---------------------------------------
+//
+// oneDNN takes the first implementation in its fixed list that accepts the problem, not the
+// fastest at this shape and thread count. $RTINFER_CONV_IMPL offers the others (up to
+// kConvCandidates distinct kernels, reference kernels never), each computing the same
+// convolution with the same epilogue (only the summation order, so the rounding, differs):
+//
+//   unset   oneDNN's first choice;
+//   N       the N-th candidate (0: oneDNN's first; past the last: the last), for comparisons,
+//           tests and bisecting;
+//   race    a convolution big enough for the difference to show times its candidates on scratch
+//           data when the plan is built and keeps the fastest (the verdict is remembered per
+//           problem and thread count for the process).
+//
+// The race is not the default: measured on a 2-core AVX-512 Xeon at one thread, oneDNN 3.2's first
+// choice (brgconv for every ResNet-18 layer but the 7x7 stem, which has jit:avx512_core) was the
+// fastest or tied at every ResNet-18 layer, and on a busy machine the timings pick at random.
+constexpr int kConvCandidates = 3;
+constexpr double kConvChoiceMacs = 1 << 22;  // below: about 10 us, under the timer's noise
+// another implementation wins the race only when faster than oneDNN's first choice by this factor
+constexpr double kConvChoiceMargin = 0.97;
+constexpr int kConvFirst = -1, kConvRace = -2;
+
+int conv_impl_setting() {
+  const char* v = std::getenv("RTINFER_CONV_IMPL");
+  if (v == nullptr || *v == '\0') return kConvFirst;
+  if (std::string(v) == "race") return kConvRace;
+  char* end = nullptr;
+  long n = std::strtol(v, &end, 10);
+  if (end == v || *end != '\0' || n < 0 || n > 64)
+    throw std::invalid_argument("$RTINFER_CONV_IMPL must be 'race' or a candidate number (0, 1, "
+                                "...), got '" + std::string(v) + "'");
+  return (int)n;
+}
+
+// Median seconds of a built kernel on scratch operands: src and residual random, dst and the
+// scratchpad (`sp`) fresh, at `threads`.
+double time_kernel(const Kernel& k, const memory::desc& sp, int threads) {
+  auto opt = torch::TensorOptions().dtype(torch::kFloat32);
+  int top = 0;
+  for (const auto& b : k.bound) top = std::max(top, b.slot);
+  std::vector<torch::Tensor> keep;
+  Ctx ctx;
+  ctx.ptr.assign(top + 1, nullptr);
+  for (const auto& b : k.bound) {
+    if (b.slot < 0 || ctx.ptr[b.slot] != nullptr) continue;
+    keep.push_back(torch::randn({(int64_t)b.md.get_size() / 4 + 16}, opt));
+    ctx.ptr[b.slot] = static_cast<char*>(keep.back().data_ptr());
+  }
+  auto scratch = torch::empty({(int64_t)sp.get_size() / 4 + 32}, opt);
+  ctx.scratch = reinterpret_cast<char*>(
+      (reinterpret_cast<uintptr_t>(scratch.data_ptr()) + 63) / 64 * 64);
+  ctx.threads = threads;
+  dnnl::stream stream(cpu_engine());
+  ctx.stream = &stream;
+  auto run = [&] {
+    dnnl_exec_arg_t args[8];
+    int n = 0;
+    for (const auto& f : k.fixed) args[n++] = {f.first, f.second.get()};
+    std::vector<memory> mems;
+    mems.reserve(k.bound.size() + 1);
+    for (const auto& b : k.bound) {
+      mems.emplace_back(b.md, cpu_engine(), Kernel::where(b, ctx));
+      args[n++] = {b.arg, mems.back().get()};
+    }
+    if (sp.get_size() > 0) {
+      mems.emplace_back(sp, cpu_engine(), ctx.scratch);
+      args[n++] = {DNNL_ARG_SCRATCHPAD, mems.back().get()};
+    }
+    k.execute(ctx, args, n);
+  };
+  const int old = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  const double t = time_step(run);
+  omp_set_num_threads(old);
+  return t;
+}
+
 }  // namespace
 
 std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int residual,
@@ -212,21 +291,80 @@ std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int 
   Epilogue e = epilogue(name, activation, alpha, beta, residual_mode, residual, dst_md);
   double macs = (double)N * O * out[0] * out[1] * (C / groups) * k[0] * k[1];
   CreationThreads creation(threads, macs);
-  dnnl::convolution_forward::primitive_desc pd(
-      cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-      src_md, w_any, b_md, dst_md, Dims{st[0], st[1]}, Dims{dil[0] - 1, dil[1] - 1},
-      Dims{pb[0], pb[1]}, Dims{pe[0], pe[1]}, e.attr);
-  auto kern = std::make_shared<Kernel>();
-  kern->name = name;
-  kern->prim = dnnl::convolution_forward(pd);
-  kern->bound.push_back({DNNL_ARG_SRC, src, pd.src_desc()});
-  kern->bound.push_back({DNNL_ARG_DST, dst, pd.dst_desc()});
-  if (e.residual_arg) kern->bound.push_back({e.residual_arg, residual, dst_md});
-  kern->fixed.emplace_back(DNNL_ARG_WEIGHTS,
-                           pack(weight.reshape(w_dims), w_user, pd.weights_desc()));
-  if (bias) kern->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
-  if (e.tail) kern->tail = make_tail(e.act, dst, e.tail_residual, dst_dims);
-  return finish(plan, std::move(kern), pd);
+  using PD = dnnl::convolution_forward::primitive_desc;
+  // oneDNN's implementation number `skip` (0: its first choice), or none past the last
+  auto make_pd = [&](int skip) -> std::optional<PD> {
+    PD pd(cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+          src_md, w_any, b_md, dst_md, Dims{st[0], st[1]}, Dims{dil[0] - 1, dil[1] - 1},
+          Dims{pb[0], pb[1]}, Dims{pe[0], pe[1]}, e.attr);
+    for (int i = 0; i < skip; ++i)
+      if (!pd.next_impl()) return std::nullopt;
+    return pd;
+  };
+  auto build = [&](const PD& pd) {
+    auto kern = std::make_shared<Kernel>();
+    kern->name = name;
+    kern->prim = dnnl::convolution_forward(pd);
+    kern->bound.push_back({DNNL_ARG_SRC, src, pd.src_desc()});
+    kern->bound.push_back({DNNL_ARG_DST, dst, pd.dst_desc()});
+    if (e.residual_arg) kern->bound.push_back({e.residual_arg, residual, dst_md});
+    kern->fixed.emplace_back(DNNL_ARG_WEIGHTS,
+                             pack(weight.reshape(w_dims), w_user, pd.weights_desc()));
+    if (bias) kern->fixed.emplace_back(DNNL_ARG_BIAS, copy_bias(*bias, pd.bias_desc()));
+    if (e.tail) kern->tail = make_tail(e.act, dst, e.tail_residual, dst_dims);
+    return kern;
+  };
+  PD pd = *make_pd(0);
+  const int setting = conv_impl_setting();
+  if (setting == 0 || setting == kConvFirst || (setting == kConvRace && macs < kConvChoiceMacs))
+    return finish(plan, build(pd), pd);
+
+  // the candidates: the first of each kernel name (oneDNN's list holds one kernel several
+  // times, once per ISA or variant, and those that accept the problem run the same code),
+  // reference kernels never
+  std::vector<PD> cands;
+  std::vector<std::string> names;
+  for (int i = 0; i < 64 && (int)cands.size() < kConvCandidates; ++i) {
+    std::optional<PD> cand = make_pd(i);
+    if (!cand) break;
+    std::string impl = cand->impl_info_str();
+    if (impl.rfind("ref", 0) == 0 || std::find(names.begin(), names.end(), impl) != names.end())
+      continue;
+    cands.push_back(*cand);
+    names.push_back(impl);
+  }
+  if (cands.empty()) return finish(plan, build(pd), pd);
+  if (setting > 0) {
+    pd = cands[std::min<size_t>(setting, cands.size() - 1)];
+    return finish(plan, build(pd), pd);
+  }
+  // which is fastest, timed once per problem and thread count in this process
+  const int nthreads = threads > 0 ? threads : omp_get_max_threads();
+  const std::string key = str(src_dims) + str(w_dims) + str(dst_dims) + str(st) + str(pb) +
+                          str(pe) + str(dil) + (src_nhwc ? "h" : "c") + (dst_nhwc ? "h" : "c") +
+                          activation + "/" + residual_mode + (bias ? "b" : "") + "@" +
+                          std::to_string(nthreads);
+  static std::map<std::string, std::string> verdicts;  // the winner's kernel name
+  static std::mutex verdicts_mutex;
+  std::lock_guard<std::mutex> lock(verdicts_mutex);
+  auto it = verdicts.find(key);
+  if (it == verdicts.end()) {
+    size_t best = 0;
+    double best_t = 0.0;
+    const bool log = std::getenv("RTINFER_CONV_IMPL_LOG") != nullptr;
+    for (size_t i = 0; i < cands.size(); ++i) {
+      double t = time_kernel(*build(cands[i]), cands[i].scratchpad_desc(), nthreads);
+      // oneDNN's first choice unless another is clearly faster
+      if (i == 0 || t < best_t * (best == 0 ? kConvChoiceMargin : 1.0)) best = i, best_t = t;
+      if (log)
+        std::fprintf(stderr, "rtinfer conv %s: %s %.4f ms\n", key.c_str(), names[i].c_str(),
+                     t * 1e3);
+    }
+    it = verdicts.emplace(key, names[best]).first;
+  }
+  for (size_t i = 0; i < cands.size(); ++i)
+    if (names[i] == it->second) pd = cands[i];
+  return finish(plan, build(pd), pd);
 } catch (const dnnl::error& err) {  // at plan-build time: name the step
   throw dnnl_failure(name, err);
 }

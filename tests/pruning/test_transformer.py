@@ -220,6 +220,39 @@ class _Tokens(torch.nn.Module):
         return self.down(torch.relu(self.up(x)))
 
 
+def test_activation_importance_leaves_padding_out():
+    """Neurons that fire only on padding tokens add nothing to the real tokens' states: with
+    an attention_mask in the batch dicts activation importance prunes them (the real tokens'
+    outputs stay exactly the dense model's); measured over every position it keeps them."""
+    torch.manual_seed(0)
+    model, x = _Tokens().eval(), torch.randn(64, 5, 8).abs()
+    x[..., 7] = 0.0
+    x[:, 3:, 7] = 10.0  # the last two positions of every sequence are padding
+    mask = torch.ones(64, 5, dtype=torch.int64)
+    mask[:, 3:] = 0
+    pad = [0, 5, 9, 17]
+    with torch.no_grad():
+        model.up.bias.fill_(1.0)  # the other neurons fire on the real tokens
+        model.up.weight[:, 7] = 0.0
+        model.up.weight[pad] = -1.0  # negative on real tokens, large on the padding feature
+        model.up.weight[pad, 7] = 5.0
+        model.up.bias[pad] = 0.0
+    masked = rtinfer.prune(model, example_inputs=x[:4], ratio=0.125, round_to=1,
+                           importance="activation",
+                           data=[{"x": x[:32], "attention_mask": mask[:32]},
+                                 {"x": x[32:], "attention_mask": mask[32:]}])
+    everywhere = rtinfer.prune(model, example_inputs=x[:4], ratio=0.125, round_to=1,
+                               importance="activation", data=[(x[:32],), (x[32:],)])
+
+    def kept_pad_rows(pruned) -> int:
+        up = next(n for n in pruned.ir.nodes if n.op == "linear").inputs[1].const_data
+        return sum(bool(np.allclose(r[:7], -1.0)) for r in up)
+
+    assert kept_pad_rows(masked) == 0 and kept_pad_rows(everywhere) == 4
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x)[:, :3], model(x)[:, :3], rtol=1e-5, atol=1e-5)
+
+
 def test_embedding_distillation_with_a_cosine_schedule():
     """loss="embedding" pulls the mean-pooled sentence embedding's direction to the
     teacher's; the cosine schedule ends at a learning rate of 0."""
@@ -269,14 +302,32 @@ def test_distill_takes_its_optimizer_settings_from_the_recipe_of_its_loss():
         return all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
 
     r = RECIPES["embedding"]
-    assert (r.lr, r.schedule, r.warmup, r.weight_decay) == (5e-4, "cosine", 0.05, 0.01)
-    assert RECIPES["hidden"] == r and RECIPES["logits"].schedule == "constant"
+    assert (r.lr, r.schedule, r.warmup, r.weight_decay, r.steps) == (5e-4, "cosine", 0.05,
+                                                                     0.01, 1500)
+    h = RECIPES["hidden"]
+    assert (h.lr, h.schedule, h.warmup, h.weight_decay, h.steps) == (5e-4, "cosine", 0.05,
+                                                                     0.01, 600)
+    assert RECIPES["logits"].schedule == "constant"
     default = trained(loss="embedding")
     assert same(default, trained(loss="embedding", lr=r.lr, schedule=r.schedule,
                                  warmup=r.warmup, weight_decay=r.weight_decay))
     assert not same(default, trained(loss="embedding", lr=1e-3, schedule="constant"))
     assert not same(default, trained(loss="embedding", embedding_weight=10.0))
     assert same(trained(loss="hidden"), trained(loss="embedding", embedding_weight=0.0))
+
+    class Counted(list):  # counts the batches distill draws: one per optimizer step
+        drawn = 0
+
+        def __iter__(self):
+            for b in super().__iter__():
+                Counted.drawn += 1
+                yield b
+
+    for loss, want in (("embedding", 1500), ("hidden", 600)):  # steps left out: the recipe's
+        Counted.drawn = 0
+        rtinfer.distill(copy.deepcopy(base), teacher=model, data=Counted(data), loss=loss,
+                        progress=False)
+        assert Counted.drawn == want, loss
     with pytest.raises(PruneError, match="lr must be > 0 and embedding_weight >= 0, got 0.0"):
         rtinfer.distill(base, teacher=model, data=data, steps=1, lr=0.0, progress=False)
     with pytest.raises(PruneError, match="embedding_weight >= 0, got .* and -1"):
@@ -290,6 +341,31 @@ def stdlib_sentences() -> list[str]:
     return models.english_sentences()
 
 
+def test_english_corpus_is_real_prose_disjoint_from_the_stdlib_sentences():
+    """The training corpus: thousands of distinct docstring sentences of installed packages,
+    sorted (a seeded shuffle is the same on every run), prose rather than code, and none of
+    them one of english_sentences(), so a held-out split of those is never trained on."""
+    from rtinfer.errors import RtinferError
+
+    corpus = models.english_corpus(min_sentences=5000)
+    assert corpus == sorted(set(corpus))
+    assert not set(corpus) & set(stdlib_sentences())
+    assert models.english_corpus() == corpus  # the same list again (computed once)
+    for s in corpus:
+        assert 30 <= len(s) <= 200 and len(s.split()) >= 6 and s.isascii(), s
+        assert s[0].isupper() and s[-1] in ".!?", s
+        assert not any(c in s for c in "<>{}[]=_`|\\") and "::" not in s, s
+    # the numpy, scipy, scikit-learn and torch documentation are all in it
+    words = " ".join(corpus)
+    for topic in ("array", "distribution", "estimator", "tensor"):
+        assert words.count(topic) > 50, topic
+    corpus.clear()  # the caller's list is its own
+    assert len(models.english_corpus()) > 5000
+    with pytest.raises(RtinferError, match=r"english_corpus found \d+ sentences, fewer than "
+                                           r"min_sentences=10000000"):
+        models.english_corpus(min_sentences=10_000_000)
+
+
 def _embed(out, mask: torch.Tensor) -> torch.Tensor:
     """The sentence embedding of all-MiniLM-L6-v2: token states mean-pooled over the mask,
     L2-normalized (sentence-transformers' pipeline for this model)."""
@@ -298,19 +374,22 @@ def _embed(out, mask: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(e, dim=-1)
 
 
-MINILM_STEPS = 300  # docs/pruning.md: the held-out cosine against steps
+MINILM_STEPS = 1500  # RECIPES["embedding"].steps; docs/pruning.md: the cosine against steps
 
 
 @pytest.mark.slow
 def test_minilm_pruned_and_distilled_keeps_its_embeddings(minilm):
-    """Half the FFN neurons and a third of the heads pruned by activation
-    importance (64 training sentences), then distilled with the sentence-encoder recipe
+    """Half the FFN neurons and a third of the heads pruned by activation importance (64
+    training sentences, padding left out), then distilled with the sentence-encoder recipe
     (distill's defaults for loss="embedding": every layer's hidden states plus the
     mean-pooled embedding's 1 - cosine, padding left out; AdamW 5e-4, cosine schedule, 5%
-    warmup) on shuffled stdlib docstring sentences; mean embedding cosine to the dense model
-    on 128 held-out sentences: 0.926 measured. The issue's 0.95 is not reached yet
-    (docs/pruning.md has the measured curve), so this asserts what was measured, with a
-    margin. One thread: on a shared 2-core machine a second intra-op thread mostly spins."""
+    warmup) for 1500 steps of 16 shuffled sentences: the stdlib docstring sentences not held
+    out plus english_corpus(), about 13,000; mean embedding cosine to the dense model on 128
+    held-out stdlib sentences: 0.9519 measured (0.7211 right after pruning), the issue's
+    0.95 (docs/pruning.md has the curve). The run is deterministic (seeded, one thread), but
+    english_corpus() follows the installed packages' docstrings. ~8 min on two idle cores, 31
+    on a loaded one. One thread: on a shared 2-core machine a second intra-op thread mostly
+    spins."""
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -318,7 +397,7 @@ def test_minilm_pruned_and_distilled_keeps_its_embeddings(minilm):
     assert len(sentences) > 1500
     order = np.random.default_rng(0).permutation(len(sentences))
     held = [sentences[i] for i in order[:128]]
-    train = [sentences[i] for i in order[128:]]
+    train = [sentences[i] for i in order[128:]] + models.english_corpus(min_sentences=5000)
     assert not set(held) & set(train)
     teacher = copy.deepcopy(minilm)
     teacher.config.output_hidden_states = True  # every layer's states to distill
@@ -346,14 +425,14 @@ def test_minilm_pruned_and_distilled_keeps_its_embeddings(minilm):
         batches += [tokens([train[i] for i in p[k:k + 16]]) for k in range(0, len(p) - 15, 16)]
     try:
         rtinfer.distill(pruned, teacher=teacher, data=batches[:MINILM_STEPS],
-                        steps=MINILM_STEPS, loss="embedding", progress=False)
+                        loss="embedding", progress=False)  # the recipe's 1500 steps
     finally:
         torch.set_num_threads(old_threads)
     end = cosine()
     print(f"MiniLM ffn 0.5 + heads 1/3: held-out embedding cosine {start:.4f} pruned, "
           f"{end:.4f} distilled ({MINILM_STEPS} steps)")
-    assert start < 0.75  # pruning alone loses the embeddings: distillation carries them back
-    assert end > 0.915
+    assert 0.7 < start < 0.75  # activation importance measured 0.721 right after pruning
+    assert end >= 0.95  # the issue's bar for the pruned encoder
 
 
 def test_fused_multi_head_attention_prunes_whole_heads_exactly():

@@ -235,6 +235,41 @@ def test_native_matches_the_interpreter(level, activation, residual, bias, shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("activation,residual,shape", [
+    ("gelu", "pre", (3, 67, 40)),     # 201 rows: several row blocks a thread and a shorter last
+    ("relu", "post", (1, 128, 48)),   # MiniLM's 128 tokens: one block a thread
+    ("none", "none", (1, 3, 40)),     # 3 rows: blocks of 2 and 1 on two threads
+])
+def test_native_row_blocks_match_the_interpreter(level, threads, activation, residual,  # noqa: F811
+                                                 shape):
+    """The kernel cuts the rows into blocks (quantize, matmul and epilogue per block, one
+    thread a block): every block, the shorter last one included, agrees with the reference,
+    at one thread and at two; row codes come from each row's own range whichever block it is
+    in (a NaN row in a later block gives NaN there only)."""
+    g, xs = dynamic_graph(activation, residual, shape=shape)
+    x = xs[0].copy()
+    flat = x.reshape(-1, x.shape[-1])
+    if len(flat) > 150:
+        flat[150, 2] = np.nan  # in the third block of 51 rows
+    xs = [x, *xs[1:]]
+    want = interpret(g, *xs)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        m = NativeModule(g, strict=True)
+        got = m(*(torch.from_numpy(a) for a in xs))
+    finally:
+        torch.set_num_threads(old)
+    got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
+    rows_nan = np.isnan(want.reshape(-1, 24)).any(axis=1)
+    np.testing.assert_array_equal(np.isnan(got.reshape(-1, 24)).any(axis=1), rows_nan)
+    ok = ~rows_nan
+    w, o = want.reshape(-1, 24)[ok], got.reshape(-1, 24)[ok]
+    np.testing.assert_allclose(o, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+    np.testing.assert_array_equal(xs[0], x)  # the input is not modified
+
+
 def _with_non_finite_rows(xs: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
     """The inputs with a NaN in row 3, +inf in row 4 and -inf in row 5 of x, and the mask of
     those rows."""
