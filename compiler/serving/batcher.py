@@ -144,12 +144,15 @@ class Batcher:
     ``nan_policy``: ``"allow"`` or ``"reject"`` (a float input holding NaN or infinity is an
     ``InvalidRequest``). ``pad_limit``: the largest fraction of a call's bucket that may be
     padding (above it, the requests that fill a smaller bucket run now and the rest next).
-    ``warmup``: run every bucket size once now.
+    ``warmup``: run every bucket size once now (a native model: the smallest, and the
+    others' plans built); ``"background"``: the smallest now and the other sizes' plans on a
+    background thread (``planned()`` waits for them), so that a server is ready sooner.
     """
 
     def __init__(self, compiled: Any, max_batch_size: int = 16, max_wait_ms: float = 2.0, *,
                  max_queue_size: int = 1024, timeout_ms: float | None = None,
-                 nan_policy: str = "allow", pad_limit: float = 0.25, warmup: bool = True):
+                 nan_policy: str = "allow", pad_limit: float = 0.25,
+                 warmup: bool | str = True):
         check_options(max_batch_size, max_wait_ms, max_queue_size, timeout_ms, pad_limit)
         graph = getattr(compiled, "ir", None)
         if graph is None or not callable(compiled):
@@ -180,8 +183,11 @@ class Batcher:
         self._incoming = 0  # requests announced by expecting() and not queued yet
         self._announcing = False  # a front end announces its requests (see expecting)
         self.threads = torch.get_num_threads()
+        if warmup not in (True, False, "background"):
+            raise ServingError(f"warmup={warmup!r}: expected True, False or 'background'")
+        self._planner: threading.Thread | None = None
         if warmup:
-            self._warmup()
+            self._warmup(background=warmup == "background")
         self._worker = threading.Thread(target=self._loop, name="rtinfer-batcher", daemon=True)
         self._worker.start()
 
@@ -422,7 +428,15 @@ class Batcher:
         if not p.future.done():
             p.future.set_exception(error)
 
-    def _warmup(self) -> None:
+    def planned(self, timeout_s: float | None = None) -> bool:
+        """Wait for a background warm-up's plans; True once they are built (at once when
+        there is none)."""
+        if self._planner is not None:
+            self._planner.join(timeout_s)
+            return not self._planner.is_alive()
+        return True
+
+    def _warmup(self, background: bool = False) -> None:
         """Run every bucket size once, on zeros: the native backend builds one plan per input
         shape on first use, which no request should wait for. Inputs with symbolic dims other
         than the batch have no shape to warm up with; their plans are built on first use."""
@@ -435,9 +449,13 @@ class Batcher:
         # pass per size would cost the replica's start seconds on a CNN (ResNet-18, 1 thread:
         # 1.1 s of the 2.2 s its warm-up took), the plan is what a first request waited for
         prepare = getattr(getattr(self.model, "module", None), "prepare", None)
+        later = []
         for k, size in enumerate(self.buckets):
             try:
                 if k and prepare is not None:
+                    if background:
+                        later.append(size)
+                        continue
                     prepare(*((size, *z.shape) for z in zeros))
                 else:
                     self._call([request] * size)
@@ -445,6 +463,17 @@ class Batcher:
                 raise ServingError(f"warming up batch size {size} failed: "
                                    f"{type(e).__name__}: {e}") from e
         self._stats = _Stats()  # the warm-up calls are not traffic
+        if later:
+            def plan() -> None:
+                for size in later:
+                    try:
+                        prepare(*((size, *z.shape) for z in zeros))
+                    except Exception:  # noqa: BLE001 - the first call of that size says why
+                        return
+            # the native plan cache is locked per plan: a request of a size being planned
+            # waits for that plan, as it would have built it itself
+            self._planner = threading.Thread(target=plan, name="rtinfer-plans", daemon=True)
+            self._planner.start()
 
     # -- metrics and shutdown -----------------------------------------------------------------
 

@@ -75,7 +75,9 @@ class RtinferReplica:
         built = build_seconds()
         self.model = load(artifact_dir)
         t1 = time.perf_counter()
-        self.batcher = Batcher(self.model, max_batch_size, max_wait_ms, **batcher_options)
+        # the larger batch sizes are planned while the replica already answers
+        self.batcher = Batcher(self.model, max_batch_size, max_wait_ms, warmup="background",
+                               **batcher_options)
         self.ready_s = time.perf_counter() - t0
         # what the serving path cost to start: a warm cache builds nothing native
         self.startup = {"load_s": t1 - t0, "warmup_s": self.ready_s - (t1 - t0),
@@ -180,28 +182,45 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
     # the process's own start (Python, importing torch and rtinfer) comes before this call:
     # counted too, so that "ready in" is the time since the command was typed
     before = process_age()
-    # a bad artifact or option fails before Ray starts; joining a cluster, the threads per
-    # replica are counted from the cluster's CPUs, which are known once joined
-    app = None if address else deployment(artifact_dir, max_batch_size, max_wait_ms, replicas)
     serve = _import_serve()
     import ray
 
     phases = {"start": before} if before is not None else {}
-    phases["check"] = time.perf_counter() - t0
     started = not ray.is_initialized()
+    checked: dict[str, Any] = {}
+    check = None
+    if started and not address:
+        # the artifact is read and checked while the local Ray starts (ray.init mostly waits
+        # for its processes): a bad artifact or option then stops that Ray and is the error,
+        # before Serve starts; joining a cluster, the threads per replica are counted from the
+        # cluster's CPUs, which are known once joined
+        def run_check() -> None:
+            try:
+                checked["app"] = deployment(artifact_dir, max_batch_size, max_wait_ms, replicas)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                checked["error"] = e
+        check = threading.Thread(target=run_check, name="rtinfer-check", daemon=True)
+        check.start()
     if started:
         t = time.perf_counter()
         ray.init(**ray_init_options(address))
         phases["ray"] = time.perf_counter() - t
     restore = _stop_on_signals()  # after ray.init, which installs SIGTERM handlers of its own
     try:
-        if app is None:
+        t = time.perf_counter()
+        if check is not None:
+            check.join()
+            if "error" in checked:
+                raise checked["error"]
+            app = checked["app"]
+        else:
             app = deployment(artifact_dir, max_batch_size, max_wait_ms, replicas)
+        phases["check"] = time.perf_counter() - t  # what the check added after Ray was up
         t = time.perf_counter()
         serve.start(http_options={"host": host, "port": port})
         phases["serve"] = time.perf_counter() - t
         t = time.perf_counter()
-        serve.run(app, name="rtinfer", route_prefix="/")
+        _deploy(serve, app)
         phases["replicas"] = time.perf_counter() - t
         took = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
         stdout.write(f"rtinfer: serving {artifact_dir} at http://{host}:{port}/ with {replicas} "
@@ -219,6 +238,29 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
         if started:
             ray.shutdown()
     return 0
+
+
+def _deploy(serve: Any, app: Any, timeout_s: float = 600.0) -> None:
+    """``serve.run(app)``, ready as soon as every replica is: ``serve.run`` polls the
+    application's status once a second, which cost up to a second of every start."""
+    run = getattr(serve, "_run", None)
+    if run is None:  # a Serve without the non-blocking form
+        serve.run(app, name="rtinfer", route_prefix="/")
+        return
+    run(app, _blocking=False, name="rtinfer", route_prefix="/")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get("rtinfer")
+        state = str(getattr(status, "status", ""))
+        if state.endswith("RUNNING"):
+            return
+        if state.endswith(("DEPLOY_FAILED", "UNHEALTHY")):
+            raise ServingError(f"the rtinfer application did not start ({state}): "
+                               f"{getattr(status, 'message', '')}")
+        if time.monotonic() > deadline:
+            raise ServingError(f"the rtinfer application was not running after {timeout_s:g} "
+                               f"s (status {state or 'unknown'})")
+        time.sleep(0.05)
 
 
 def process_age() -> float | None:

@@ -172,6 +172,19 @@ def test_warmup_plans_every_bucket_on_the_native_backend(mlp, monkeypatch):
         for i, y in enumerate(results):
             np.testing.assert_allclose(y, ref[i], rtol=1e-5, atol=1e-5)
         assert set(runs[1:]) <= set(b.buckets)
+    # a server's start: the smallest size now, the others planned on a background thread
+    cm = rtinfer.compile(mlp, example_inputs=torch.randn(2, 16), backend="native",
+                         dynamic_dims={"input": {0: "B"}})
+    runs.clear()
+    with Batcher(cm, max_batch_size=8, warmup="background") as b:
+        assert runs == [1]
+        assert b.planned(timeout_s=60)
+        assert {((n, 16),) for n in b.buckets} <= {key[0] for key in cm.module._plans}
+        x = _examples(1, seed=5)[0]
+        np.testing.assert_allclose(b(x), mlp(torch.from_numpy(x)[None])[0].detach().numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(ServingError, match="warmup='soon'"):
+        Batcher(cm, max_batch_size=8, warmup="soon")
 
 
 def test_bad_requests_get_their_own_error_and_the_rest_of_the_batch_runs(compiled):

@@ -128,3 +128,48 @@ def test_ready_in_counts_the_process_start():
     assert 1.0 <= age < 60.0  # the sleep, plus the interpreter's start and the import
     mine = process_age()
     assert mine is not None and mine > 0.0
+
+
+class _FakeServe:
+    """The part of ray.serve that _deploy uses: a non-blocking run, then statuses in turn."""
+
+    def __init__(self, states: list[str], message: str = ""):
+        self.states, self.message, self.ran = list(states), message, []
+
+    def _run(self, app, _blocking, name, route_prefix):
+        self.ran.append((app, _blocking, name, route_prefix))
+
+    def status(self):
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        app = type("App", (), {"status": state, "message": self.message})()
+        return type("Status", (), {"applications": {"rtinfer": app}})()
+
+
+def test_deploy_is_ready_when_the_application_runs_and_says_why_it_failed():
+    from rtinfer.serving.deploy import _deploy
+    from rtinfer.serving.errors import ServingError
+
+    serve = _FakeServe(["DEPLOYING", "DEPLOYING", "ApplicationStatus.RUNNING"])
+    _deploy(serve, "app")
+    assert serve.ran == [("app", False, "rtinfer", "/")] and serve.states == [
+        "ApplicationStatus.RUNNING"]
+    failed = _FakeServe(["DEPLOYING", "DEPLOY_FAILED"], "RtinferReplica.__init__ raised")
+    with pytest.raises(ServingError, match="did not start .*DEPLOY_FAILED.*__init__ raised"):
+        _deploy(failed, "app")
+    with pytest.raises(ServingError, match="not running after 0.2 s .*DEPLOYING"):
+        _deploy(_FakeServe(["DEPLOYING"]), "app", timeout_s=0.2)
+
+
+def test_rtinfer_serve_with_a_missing_artifact_fails_and_stops_its_ray(tmp_path):
+    """The artifact is checked while the local Ray starts; a bad one is the error and the Ray
+    started for it is stopped (nothing left running)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.serve")
+    from rtinfer.errors import RtinferError
+    from rtinfer.serving.deploy import serve_main
+
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is already running in this process")
+    with pytest.raises(RtinferError, match=r"missing does not exist"):
+        serve_main(str(tmp_path / "missing"), until=lambda: True)
+    assert not ray.is_initialized()
