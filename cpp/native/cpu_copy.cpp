@@ -27,6 +27,7 @@ struct CopyGeom {
   int64_t size[kMaxRank], is[kMaxRank], os[kMaxRank];
   int64_t in_off = 0, out_off = 0, elem = 4, total = 0;
   int tdim = -1;  // transpose: the dim (not the last) contiguous in the input
+  bool short_rows = false;  // rotated: dim rank-2 is the output's short rows, rank-1 contiguous
 };
 
 // An index over the dims [0, n) of a geometry, walked in row-major order.
@@ -115,6 +116,7 @@ CopyGeom make_copy_geom(int64_t elem, const std::vector<int64_t>& sizes,
     std::rotate(g.size + in_inner, g.size + in_inner + 1, g.size + g.rank);
     std::rotate(g.is + in_inner, g.is + in_inner + 1, g.is + g.rank);
     std::rotate(g.os + in_inner, g.os + in_inner + 1, g.os + g.rank);
+    g.short_rows = true;
   }
   return g;
 }
@@ -155,6 +157,32 @@ void copy_run(const CopyGeom& g, const char* xb, char* yb, int nt) {
         }
         const int64_t t0 = blk * tb, tn = std::min(tb, nt_total - t0);
         transpose_block<T>(x + od.ioff + t0, ia, y + od.ooff + t0 * ot, ot, na, tn);
+      }
+    });
+    return;
+  }
+  if (g.short_rows) {
+    // short output rows (NCHW -> NHWC with 3 channels): each task takes a block of positions
+    // along the input's contiguous dim and writes their whole rows (every channel), so the
+    // writes are contiguous and no two threads write one cache line; split by channel
+    // instead, two threads wrote every third float of the same lines (3.5x slower)
+    const int s = last - 1;
+    int64_t outer = 1;
+    for (int d = 0; d < s; ++d) outer *= g.size[d];
+    const int64_t n = g.size[last], is = g.is[last], os = g.os[last];
+    const int64_t cn = g.size[s], c_is = g.is[s], c_os = g.os[s];
+    const int64_t blk = 2048, nblk = (n + blk - 1) / blk;
+    parallel_for(nt, outer * nblk, [&](int64_t b, int64_t e) {
+      Odometer od(s, g.size, g.is, g.os);
+      int64_t cur = b / nblk;
+      od.seek(cur);
+      for (int64_t task = b; task < e; ++task) {
+        for (; cur < task / nblk; ++cur) od.next();
+        const int64_t j0 = task % nblk * blk, m = std::min(n, j0 + blk) - j0;
+        const T* xi = x + od.ioff + j0 * is;
+        T* yo = y + od.ooff + j0 * os;
+        for (int64_t j = 0; j < m; ++j)
+          for (int64_t c = 0; c < cn; ++c) yo[j * os + c * c_os] = xi[j * is + c * c_is];
       }
     });
     return;

@@ -336,6 +336,20 @@ def test_copy_nchw_nhwc_both_ways(native, dtype, shape):
     assert torch.equal(back, x)
 
 
+def test_copy_every_permutation_with_short_rows(native):
+    """Every order of a tensor with short dims (3, 2): the copies whose output rows are short
+    walk the input's contiguous dim and write whole rows, whatever dims sit in between."""
+    import itertools
+
+    x = torch.randn(3, 20, 2, 37)
+    for perm in itertools.permutations(range(4)):
+        view = x.permute(*perm)
+        assert torch.equal(copy(native, x, view), view.contiguous()), perm
+    y = torch.randn(2, 5, 3, 40)
+    view = y[:, 1:4].permute(0, 3, 1, 2)  # an offset and a sliced outer dim
+    assert torch.equal(copy(native, y, view), view.contiguous())
+
+
 def test_copy_transposes_slices_with_steps_and_expands(native):
     x = torch.randn(6, 40, 50)
     for view in (x.transpose(1, 2), x.permute(2, 0, 1), x[1:5:2, 3::3, ::7],
