@@ -133,6 +133,17 @@ class _Encoder(torch.nn.Module):
         return h + self.down(torch.relu(self.up(h)))
 
 
+def _token_batches(seed: int):
+    """batch(n): n seeded random sentences of 2-6 tokens padded to 6, as a tokenizer gives."""
+    g = torch.Generator().manual_seed(seed)
+
+    def batch(n: int) -> dict[str, torch.Tensor]:
+        mask = (torch.arange(6) < torch.randint(2, 7, (n, 1), generator=g)).long()
+        return {"input_ids": torch.randint(1, 40, (n, 6), generator=g) * mask,
+                "attention_mask": mask}
+    return batch
+
+
 def test_a_sentence_encoder_gets_the_transformer_recipe():
     """Named inputs with an attention_mask and token states out: activation importance on the
     training batches and loss="embedding" (the report names both), and the distilled model's
@@ -141,13 +152,7 @@ def test_a_sentence_encoder_gets_the_transformer_recipe():
 
     torch.manual_seed(0)
     model = _Encoder().eval()
-    g = torch.Generator().manual_seed(1)
-
-    def batch(n: int) -> dict[str, torch.Tensor]:
-        mask = (torch.arange(6) < torch.randint(2, 7, (n, 1), generator=g)).long()
-        return {"input_ids": torch.randint(1, 40, (n, 6), generator=g) * mask,
-                "attention_mask": mask}
-
+    batch = _token_batches(seed=1)
     train, held = [batch(16) for _ in range(8)], batch(32)
     assert default_loss(model, held) == "embedding"
     assert default_loss(model, (held["input_ids"], held["attention_mask"])) == "hidden"
@@ -178,13 +183,7 @@ def test_a_sentence_encoder_budget_is_its_embedding_cosine():
     meets backs the ratio off (the note names the embedding error), one it meets holds."""
     torch.manual_seed(0)
     model = _Encoder().eval()
-    g = torch.Generator().manual_seed(2)
-
-    def batch(n: int) -> dict[str, torch.Tensor]:
-        mask = (torch.arange(6) < torch.randint(2, 7, (n, 1), generator=g)).long()
-        return {"input_ids": torch.randint(1, 40, (n, 6), generator=g) * mask,
-                "attention_mask": mask}
-
+    batch = _token_batches(seed=2)
     train, held = [batch(16) for _ in range(4)], batch(32)
     tight = rtinfer.compile(model, example_inputs=batch(2), backend="torch",
                             prune={"ffn": 0.75}, train_data=train, validation=[held],
