@@ -115,6 +115,16 @@ class RtinferReplica:
             batcher.close(drain=False, timeout_s=5)
 
 
+def _import_ray() -> Any:
+    """Ray itself (Serve's import, the larger part, can run beside ``ray.init``)."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ServingError(f"Ray Serve is not installed ({e}); pip install 'rtinfer[serve]' "
+                           f"(or 'ray[serve]')") from None
+    return ray
+
+
 def _import_serve() -> Any:
     try:
         from ray import serve
@@ -182,10 +192,8 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
     # the process's own start (Python, importing torch and rtinfer) comes before this call:
     # counted too, so that "ready in" is the time since the command was typed
     before = process_age()
-    serve = _import_serve()
-    import ray
-
     phases = {"start": before} if before is not None else {}
+    ray = _import_ray()
     started = not ray.is_initialized()
     checked: dict[str, Any] = {}
     check = None
@@ -201,11 +209,13 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
                 checked["error"] = e
         check = threading.Thread(target=run_check, name="rtinfer-check", daemon=True)
         check.start()
+    phases["imports"] = time.perf_counter() - t0  # ray's, here, and rtinfer's serving code
     if started:
         t = time.perf_counter()
         ray.init(**ray_init_options(address))
         phases["ray"] = time.perf_counter() - t
     restore = _stop_on_signals()  # after ray.init, which installs SIGTERM handlers of its own
+    serve = None
     try:
         t = time.perf_counter()
         if check is not None:
@@ -215,7 +225,9 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
             app = checked["app"]
         else:
             app = deployment(artifact_dir, max_batch_size, max_wait_ms, replicas)
-        phases["check"] = time.perf_counter() - t  # what the check added after Ray was up
+        # what the check (with Serve's import) added after Ray was up
+        phases["check"] = time.perf_counter() - t
+        serve = _import_serve()
         t = time.perf_counter()
         serve.start(http_options={"host": host, "port": port})
         phases["serve"] = time.perf_counter() - t
@@ -225,8 +237,7 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
         took = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
         stdout.write(f"rtinfer: serving {artifact_dir} at http://{host}:{port}/ with {replicas} "
                      f"replica(s), ready in {time.perf_counter() - t0 + (before or 0.0):.1f} s "
-                     f"({took}); Ctrl-C "
-                     f"stops\n")
+                     f"({took}); Ctrl-C stops\n")
         stdout.flush()
         while until is None or not until():
             time.sleep(0.2)
@@ -234,7 +245,8 @@ def serve_main(artifact_dir: str, *, replicas: int = 2, host: str = "127.0.0.1",
         stdout.write("rtinfer: stopping\n")
     finally:
         restore()
-        serve.shutdown()
+        if serve is not None:
+            serve.shutdown()
         if started:
             ray.shutdown()
     return 0
