@@ -115,10 +115,16 @@ class RtinferReplica:
             batcher.close(drain=False, timeout_s=5)
 
 
-def _import_ray() -> Any:
-    """Ray itself (Serve's import, the larger part, can run beside ``ray.init``)."""
+def _import_ray(serve: bool = False) -> Any:
+    """Ray itself, or with ``serve`` Ray Serve (Serve's import, the larger part, can run
+    beside ``ray.init``); a clear error where they are not installed."""
     try:
         import ray
+
+        if serve:
+            from ray import serve as ray_serve
+
+            return ray_serve
     except ImportError as e:
         raise ServingError(f"Ray Serve is not installed ({e}); pip install 'rtinfer[serve]' "
                            f"(or 'ray[serve]')") from None
@@ -126,12 +132,7 @@ def _import_ray() -> Any:
 
 
 def _import_serve() -> Any:
-    try:
-        from ray import serve
-    except ImportError as e:
-        raise ServingError(f"Ray Serve is not installed ({e}); pip install 'rtinfer[serve]' "
-                           f"(or 'ray[serve]')") from None
-    return serve
+    return _import_ray(serve=True)
 
 
 def _cluster_cpus() -> int:
