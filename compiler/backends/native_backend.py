@@ -146,11 +146,8 @@ class NativeModule:
         """Build the plan a call with inputs of these shapes makes (at torch's thread count)
         without running it: a server warms its batch sizes up this way, paying the oneDNN
         primitives' creation, not a forward pass per size."""
-        threads = torch.get_num_threads()
-        key = (tuple(torch.Size(s) for s in shapes), threads)
-        if key not in self._plans:
-            self._plans[key] = self._plan((tuple(tuple(int(d) for d in s) for s in shapes),
-                                           threads))
+        # _plan caches under this key, which a call's (torch.Size shapes, threads) key equals
+        self._plan((tuple(tuple(int(d) for d in s) for s in shapes), torch.get_num_threads()))
 
     def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         for i, t in enumerate(tensors):
@@ -159,9 +156,8 @@ class NativeModule:
         threads = torch.get_num_threads()
         key = (tuple(t.shape for t in tensors), threads)
         entry = self._plans.get(key)
-        if entry is None:
+        if entry is None:  # _plan caches it under an equal key (torch.Size is a tuple)
             entry = self._plan(((tuple(tuple(s) for s in key[0])), threads))
-            self._plans[key] = entry
         if not all(t.is_contiguous() for t in tensors):
             tensors = tuple(t.contiguous() for t in tensors)
         plan, run_threads = entry
