@@ -241,6 +241,26 @@ struct Affine {
 // libm call per element (measured 12 ns each, 50x the vector loop)
 constexpr float kMagic = 12582912.f;
 
+// y[i] = saturate(rint(x[i] / s) + zp) into u8/i8 codes
+template <typename Q>
+void quantize_span(const float* xr, Q* yr, int64_t len, float s, int32_t zp_code) {
+  const float lo = (float)std::numeric_limits<Q>::min();
+  const float hi = (float)std::numeric_limits<Q>::max();
+  const float zp = (float)zp_code;
+  // past these, the code saturates: clamping first keeps |v| small for the rounding
+  const float vlo = lo - zp - 1.f, vhi = hi - zp + 1.f;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    float v = xr[i] / s;
+    v = v < vlo ? vlo : v;
+    v = v > vhi ? vhi : v;
+    float q = ((v + kMagic) - kMagic) + zp;
+    q = q < lo ? lo : q;
+    q = q > hi ? hi : q;
+    yr[i] = (Q)(q == q ? q : zp);  // NaN: the code of zero
+  }
+}
+
 template <typename Q>
 void quantize_rows(const Affine& a, const float* x, Q* y, int64_t b, int64_t e) {
   // numpy's reference: rint(x / scale) in f32 (half to even), plus the zero point, saturated;
@@ -260,21 +280,7 @@ void quantize_rows(const Affine& a, const float* x, Q* y, int64_t b, int64_t e) 
         yr[i] = v == v ? (Q)v : (Q)a.zp[c];  // NaN: the code of zero
       }
     } else {
-      const float lo = (float)std::numeric_limits<Q>::min();
-      const float hi = (float)std::numeric_limits<Q>::max();
-      const float zp = (float)a.zp[c];
-      // past these, the code saturates: clamping first keeps |v| small for the rounding
-      const float vlo = lo - zp - 1.f, vhi = hi - zp + 1.f;
-#pragma omp simd
-      for (int64_t i = 0; i < a.inner; ++i) {
-        float v = xr[i] / s;
-        v = v < vlo ? vlo : v;
-        v = v > vhi ? vhi : v;
-        float q = ((v + kMagic) - kMagic) + zp;
-        q = q < lo ? lo : q;
-        q = q > hi ? hi : q;
-        yr[i] = (Q)(q == q ? q : zp);  // NaN: the code of zero
-      }
+      quantize_span(xr, yr, a.inner, s, a.zp[c]);
     }
   }
 }
@@ -329,6 +335,67 @@ void add_quantize(Plan& plan, const std::string& name, int x, int y, int64_t out
         if (q == dt::u8) quantize_rows(*a, xp, ctx.at<uint8_t>(y), b, e);
         else if (q == dt::s8) quantize_rows(*a, xp, ctx.at<int8_t>(y), b, e);
         else quantize_rows(*a, xp, ctx.at<int32_t>(y), b, e);
+      }
+    });
+  }});
+}
+
+// quantize of an NCHW image straight into NHWC codes: [n, c, hw] f32 -> [n, hw, c] with one
+// scale and zero point per tensor or per channel. The image a quantized network reads has 3
+// channels: quantizing then reordering the codes cost ResNet-18 0.07 + 0.19 ms (a strided byte
+// copy); here each task quantizes a block of positions plane by plane, as quantize_rows does
+// (so the codes are the same), and interleaves the channels from a small buffer.
+template <typename Q>
+void quantize_nhwc_block(const Affine& a, const float* x, Q* y, int64_t n, int64_t hw,
+                         int64_t p0, int64_t p1) {
+  constexpr int64_t kBlock = 256;
+  const int64_t c = a.channels;
+  std::vector<Q> tmp((size_t)(c * kBlock));
+  for (int64_t p = p0; p < p1; p += kBlock) {
+    const int64_t len = std::min(kBlock, p1 - p);
+    for (int64_t ch = 0; ch < c; ++ch)
+      quantize_span(x + (n * c + ch) * hw + p, tmp.data() + ch * kBlock, len, a.scale[ch],
+                    a.zp[ch]);
+    Q* out = y + (n * hw + p) * c;
+    for (int64_t i = 0; i < len; ++i)
+      for (int64_t ch = 0; ch < c; ++ch) out[i * c + ch] = tmp[ch * kBlock + i];
+  }
+}
+
+void add_quantize_nhwc(Plan& plan, const std::string& name, int x, int y, int64_t n,
+                       int64_t channels, int64_t hw, std::vector<double> scale,
+                       std::vector<int64_t> zero_point, const std::string& dtype) {
+  if (n < 1 || channels < 1 || hw < 1)
+    invalid(name, "bad extent [" + std::to_string(n) + ", " + std::to_string(channels) + ", " +
+                      std::to_string(hw) + "]");
+  if (scale.size() != 1 && (int64_t)scale.size() != channels)
+    invalid(name, std::to_string(scale.size()) + " scales for " + std::to_string(channels) +
+                      " channels (give one, or one per channel)");
+  if (zero_point.size() != scale.size())
+    invalid(name, std::to_string(zero_point.size()) + " zero points for " +
+                      std::to_string(scale.size()) + " scales");
+  const dt q = data_type(name, dtype);
+  if (q != dt::u8 && q != dt::s8) invalid(name, "quantize to NHWC makes u8 or i8 codes");
+  auto a = std::make_shared<Affine>();
+  a->outer = n, a->channels = channels, a->inner = hw;
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    const double s = scale[scale.size() == 1 ? 0 : ch];
+    if (!(s > 0.0) || !std::isfinite(s))
+      invalid(name, "scales must be positive and finite, got " + std::to_string(s));
+    a->scale.push_back((float)s);
+    a->zp.push_back((int32_t)zero_point[scale.size() == 1 ? 0 : ch]);
+  }
+  plan.add_step({name, [a, x, y, q](Ctx& ctx) {
+    const int64_t hw = a->inner, blocks = (hw + 1023) / 1024;
+    const int nt = threads_for(ctx, a->outer * a->channels * hw);
+    parallel_for(nt, a->outer * blocks, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t img = t / blocks, p0 = (t % blocks) * 1024;
+        const int64_t p1 = std::min(hw, p0 + 1024);
+        if (q == dt::u8)
+          quantize_nhwc_block(*a, ctx.at<float>(x), ctx.at<uint8_t>(y), img, hw, p0, p1);
+        else
+          quantize_nhwc_block(*a, ctx.at<float>(x), ctx.at<int8_t>(y), img, hw, p0, p1);
       }
     });
   }});

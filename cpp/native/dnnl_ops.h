@@ -48,6 +48,12 @@ void add_quantize(Plan& plan, const std::string& name, int x, int y, int64_t out
                   int64_t channels, int64_t inner, std::vector<double> scale,
                   std::vector<int64_t> zero_point, const std::string& dtype, bool dequantize);
 
+// quantize of an NCHW f32 image [n, channels, hw] into NHWC u8/i8 codes [n, hw, channels], one
+// scale and zero point per tensor or per channel, the codes exactly add_quantize's.
+void add_quantize_nhwc(Plan& plan, const std::string& name, int x, int y, int64_t n,
+                       int64_t channels, int64_t hw, std::vector<double> scale,
+                       std::vector<int64_t> zero_point, const std::string& dtype);
+
 // Max pooling of u8/i8 codes; dst_shape (logical NCHW) sets the end padding (ceil mode).
 std::string add_pool_int8(Plan& plan, const std::string& name, int x, int y,
                           const std::string& dtype, std::vector<int64_t> src_shape,

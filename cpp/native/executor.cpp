@@ -367,6 +367,10 @@ void bind_dnnl(pybind11::module_& m) {
   m.def("add_quantize", &add_quantize, py::arg("plan"), py::arg("name"), py::arg("x"),
         py::arg("y"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("scale"),
         py::arg("zero_point"), py::arg("dtype"), py::arg("dequantize") = false);
+  m.def("add_quantize_nhwc", &add_quantize_nhwc, py::arg("plan"), py::arg("name"), py::arg("x"),
+        py::arg("y"), py::arg("n"), py::arg("channels"), py::arg("hw"), py::arg("scale"),
+        py::arg("zero_point"), py::arg("dtype"),
+        "quantize of an NCHW f32 image into NHWC u8/i8 codes (add_quantize's codes).");
   m.def("add_pool_int8", &add_pool_int8, py::arg("plan"), py::arg("name"), py::arg("x"),
         py::arg("y"), py::arg("dtype"), py::arg("src_shape"), py::arg("dst_shape"),
         py::arg("kernel"), py::arg("stride"), py::arg("pad_begin"), py::arg("dilation"),

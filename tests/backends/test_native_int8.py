@@ -141,6 +141,40 @@ def test_int8_max_pool_and_shape_ops_exact(level):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [DType.u8, DType.i8])
+def test_an_image_is_quantized_straight_to_nhwc_with_the_reference_codes(level, dtype):
+    """The NCHW image a qconv2d reads is quantized into NHWC codes in one step (no byte
+    reorder after it), and the codes are the reference's exactly: through a 1x1 identity
+    qconv2d with an f32 output each pixel comes back as (code - zero point) * scale, so one
+    code off would show as a whole step."""
+    if dtype == DType.i8 and native_quant.reduced_weight_range():
+        pytest.skip("without VNNI oneDNN halves the weights of an i8-source convolution")
+    rng = np.random.default_rng(4)
+    c, s = 3, np.float32(0.02)
+    x = rng.uniform(-2.5, 3.5, (2, c, 9, 37)).astype(np.float32)
+    x.flat[:40] = (np.arange(40) - 20 + 0.5) * s  # ties: half to even
+    x.flat[40:43] = [1e6, -1e6, 1e30]  # saturation
+    qmax = native_quant.weight_max()
+    w = np.eye(c, dtype=np.int8).reshape(c, c, 1, 1) * np.int8(qmax)
+    wq = QuantParams(np.full(c, 1.0 / qmax, np.float32), np.zeros(c, np.int64), 0)
+    zp = 60 if dtype == DType.u8 else -10
+    g = Graph()
+    xv = g.add_input(TensorType(DType.f32, x.shape), "x")
+    q = g.add_op("quantize", xv, scale=[float(s)], zero_point=[zp], dtype=dtype)
+    y = g.add_op("qconv2d", q, g.add_const(w, quant=wq), stride=[1, 1], pad=[0, 0, 0, 0],
+                 dilation=[1, 1], groups=1, out_dtype=DType.f32)
+    g.set_outputs([y])
+    verify(g)
+    m = NativeModule(g, strict=True)
+    names = step_names(m, x)
+    assert "quantize to NHWC" in names[0] and "int8 conv" in names[1], names  # no reorder
+    got, want = m(torch.from_numpy(x))[0].numpy(), interpret(g, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=float(s) * 1e-3)
+    info = np.iinfo(dtype.np)
+    assert np.isclose(got.min(), (info.min - zp) * s, rtol=1e-5)
+    assert np.isclose(got.max(), (info.max - zp) * s, rtol=1e-5)
+
+
 def test_int8_max_pool_after_a_conv_reads_nhwc(level):
     """A qconv2d writes NHWC codes; the pool and the flatten after it read them as they lie."""
     rng = np.random.default_rng(2)

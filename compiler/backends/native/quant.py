@@ -78,8 +78,36 @@ def _affine_step(cx: Lowerer, x: View, y: View, qp: QuantParams, dtype: DType,
             [y.buf])
 
 
+def _feeds_qconv_only(cx: Lowerer, v: Value) -> bool:
+    """Whether every use of ``v`` is the source of an NCHW qconv2d (which reads it NHWC)."""
+    return bool(v.uses) and not cx.graph.is_output(v) and all(
+        n.op == "qconv2d" and slot == 0 and n.attrs.get("layout", "NCHW") == "NCHW"
+        for n, slot in v.uses)
+
+
+def _quantize_to_nhwc(cx: Lowerer, node: Node) -> bool:
+    """An NCHW f32 image quantized for the convolutions that read it NHWC: one step writes the
+    NHWC codes (a quantize, then a byte reorder of a 3-channel image, cost ResNet-18 0.26 ms).
+    False: the usual quantize."""
+    qp = node.out.type.quant
+    x = cx.view(node.inputs[0])
+    if (len(x.shape) != 4 or x.nhwc or not x.contiguous or x.dtype is not DType.f32
+            or qp.axis is not None or node.out.type.dtype not in INT8
+            or x.shape[1] > 16 or not _feeds_qconv_only(cx, node.out)):
+        return False
+    n, c, h, w = x.shape
+    y = cx.new_value(node.out, nhwc=True)
+    scale, zp = _params(qp)
+    args = (cx.base_pointer(x), y.buf, n, c, h * w, scale, zp, str(node.out.type.dtype))
+    cx.step("quantize to NHWC", lambda ext, plan, name: ext.add_quantize_nhwc(plan, name, *args),
+            [args[0]], [y.buf])
+    return True
+
+
 @lowers("quantize")
 def _quantize(cx: Lowerer, node: Node) -> None:
+    if _quantize_to_nhwc(cx, node):
+        return
     qp = node.out.type.quant
     x = _layout_input(cx, node.inputs[0], qp.axis)
     cx.need_f32(x)
