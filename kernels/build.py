@@ -62,7 +62,7 @@ CPP_DIR = _cpp_dir()
 # $RTINFER_NATIVE_SRC: build another copy of cpp/native (kernel development)
 NATIVE_DIR = Path(os.environ.get("RTINFER_NATIVE_SRC") or CPP_DIR / "native").resolve()
 SOURCES = ("executor.cpp", "dnnl_ops.cpp", "dnnl_int8.cpp", "cpu_norm.cpp", "cpu_attention.cpp",
-           "cpu_pool.cpp", "cpu_copy.cpp",
+           "cpu_pool.cpp", "cpu_copy.cpp", "cpu_conv_stem.cpp", "cpu_gemv.cpp",
            "int8_dynamic.cpp", "dnnl_bf16.cpp", "int8_pool.cpp")
 CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-Wno-unused-function"]
 STAMP = "cpu.json"

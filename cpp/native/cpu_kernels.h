@@ -58,6 +58,17 @@ void add_copy(Plan& p, const std::string& name, int x, int y, int64_t elem_size,
               std::vector<int64_t> sizes, std::vector<int64_t> in_strides, int64_t in_offset,
               std::vector<int64_t> out_strides, int64_t out_offset);
 
+// A direct convolution for few input channels (an image's first layer): src [N, C, H, W]
+// read as it is, dst [N, OH, OW, O] (NHWC, as the oneDNN convolutions after it read), weight
+// [O, C, KH, KW] packed here, groups 1; the bias and activation (none, relu, clip: alpha..beta,
+// leaky_relu: slope alpha, hardswish) fused. dst_shape is [N, O, OH, OW] (checked).
+void add_conv_stem(Plan& p, const std::string& name, int x, int y, std::vector<int64_t> src_shape,
+                   torch::Tensor weight, std::optional<torch::Tensor> bias,
+                   std::vector<int64_t> stride, std::vector<int64_t> pad_begin,
+                   std::vector<int64_t> pad_end, std::vector<int64_t> dilation,
+                   const std::string& activation, double alpha, double beta,
+                   std::vector<int64_t> dst_shape);
+
 // fn(ins, out, begin, end) over [0, n) in parallel chunks (a kernels/codegen.py function).
 using ElementwiseFn = void (*)(const char* const* ins, char* out, int64_t begin, int64_t end);
 void add_elementwise(Plan& p, const std::string& name, uintptr_t fn, std::vector<int> inputs,

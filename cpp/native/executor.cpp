@@ -3,6 +3,7 @@
 // 27 s of a build to parse; the kernel files include torch/types.h).
 #include <torch/extension.h>
 
+#include "cpu_gemv.h"
 #include "cpu_kernels.h"
 #include "dnnl_ops.h"
 #include "plan.h"
@@ -414,6 +415,14 @@ void bind_cpu_kernels(pybind11::module_& m) {
         py::arg("kernel"), py::arg("stride"), py::arg("pad_begin"), py::arg("dilation"),
         py::arg("kind"), py::arg("count_include_pad"), py::arg("nhwc"),
         py::arg("pad_end") = py::none());
+  m.def("add_conv_stem", &add_conv_stem, py::arg("plan"), py::arg("name"), py::arg("x"),
+        py::arg("y"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
+        py::arg("stride"), py::arg("pad_begin"), py::arg("pad_end"), py::arg("dilation"),
+        py::arg("activation"), py::arg("alpha"), py::arg("beta"), py::arg("dst_shape"));
+  m.def("add_gemv", &add_gemv, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
+        py::arg("residual"), py::arg("rows"), py::arg("K"), py::arg("N"), py::arg("weight"),
+        py::arg("bias"), py::arg("activation"), py::arg("alpha"), py::arg("beta"),
+        py::arg("residual_mode"));
   m.def("add_reduce", &add_reduce, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
         py::arg("outer"), py::arg("extent"), py::arg("inner"), py::arg("kind"));
   m.def("add_embedding", &add_embedding, py::arg("plan"), py::arg("name"), py::arg("weight"),

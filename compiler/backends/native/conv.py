@@ -3,9 +3,12 @@ post-ops; a 1x1 convolution and the depthwise one after it as one step where one
 
 from __future__ import annotations
 
+import torch
+
 from rtinfer.backends.native.lowerer import Lowerer, lowers
 from rtinfer.ir.graph import Node
 from rtinfer.ir.ops.common import expand_ints, expand_pads
+from rtinfer.ir.types import DType
 
 
 def _conv_window(a: dict, nd: int) -> tuple[list[int], list[int], list[int]]:
@@ -72,9 +75,48 @@ def _conv_dw(cx: Lowerer, node: Node) -> bool:
     return True
 
 
+# activations the stem kernel fuses (cpp/native/cpu_conv_stem.cpp); others go to oneDNN
+_STEM_ACTIVATIONS = frozenset({"none", "relu", "clip", "leaky_relu", "hardswish"})
+_STEM_MAX_CHANNELS = 4
+# The CPU levels where the stem kernel beats reorder + oneDNN. Measured (224x224 image, batch 1,
+# the two interleaved, medians of 300; rough, a shared 2-core Xeon): at avx512 it takes 0.76x
+# (ResNet-18's 7x7 3->64), 0.84x (the same 3->32, pruned) and 0.40x (MobileNetV2's 3x3 3->32)
+# of oneDNN's time on 2 threads. At avx2 oneDNN's jit kernel runs near the FMA peak and the stem
+# kernel takes 1.0-1.1x of its time (it wins only at 3->24), so oneDNN keeps the layer there.
+_STEM_LEVELS = frozenset({"avx512"})
+
+
+def _conv_stem(cx: Lowerer, node: Node) -> bool:
+    """A first-layer convolution (at most 4 input channels, the image read as NCHW) as rtinfer's
+    own direct kernel, which writes NHWC: oneDNN needs the image reordered to NHWC first and,
+    with AVX-512, runs ic=3 below the FMA peak. False: lower it the usual way."""
+    if cx.ext is None or cx.ext.level() not in _STEM_LEVELS:
+        return False
+    a = node.attrs
+    x = cx.view(node.inputs[0])
+    if (a.get("layout", "NCHW") != "NCHW" or a.get("residual", "none") != "none"
+            or int(a["groups"]) != 1 or a.get("activation", "none") not in _STEM_ACTIVATIONS
+            or len(x.shape) != 4 or x.shape[1] > _STEM_MAX_CHANNELS or not x.contiguous
+            or x.dtype is not DType.f32):
+        return False
+    w = cx.const_tensor(node.inputs[1])
+    bias = cx.const_tensor(node.inputs[2]) if len(node.inputs) > 2 else None
+    if w is None or w.dtype != torch.float32 or (len(node.inputs) > 2 and (
+            bias is None or bias.dtype != torch.float32)):
+        return False
+    stride, pad, dil = _conv_window(a, 2)
+    y = cx.new_value(node.out, nhwc=True)
+    args = (x.buf, y.buf, list(x.shape), w, bias, stride, pad[:2], pad[2:], dil,
+            a.get("activation", "none"), float(a.get("alpha", 0.0)),
+            float(a.get("beta", 0.0)), [y.shape[0], y.shape[1], y.shape[2], y.shape[3]])
+    cx.step("conv stem", lambda ext, plan, name: ext.add_conv_stem(plan, name, *args),
+            [x.buf], [y.buf])
+    return True
+
+
 @lowers("conv2d", "fused_conv2d")
 def _conv2d(cx: Lowerer, node: Node) -> None:
-    if _conv_dw(cx, node):
+    if _conv_dw(cx, node) or _conv_stem(cx, node):
         return
     a = node.attrs
     x = cx.view(node.inputs[0])

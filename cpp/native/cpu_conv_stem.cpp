@@ -1,0 +1,369 @@
+// A direct convolution for the first layer of a CNN (declared in cpu_kernels.h): few input
+// channels (the image's 1-4), any window, read from the NCHW source as it is and written NHWC,
+// the layout the oneDNN convolutions after it read. oneDNN needs an NHWC source for its fast
+// kernels (an NCHW one takes its reference kernel), so without this step the image is reordered
+// first, and with AVX-512 its jit kernel runs 3 input channels below the FMA peak (with AVX2 it
+// does not: compiler/backends/native/conv.py picks this step at the avx512 level only).
+//
+// The output channels go in chunks of up to 4 vectors (3 below AVX-512), each chunk's weight
+// packed once as [K = C * KH * KW][its channels] (zeros past O). A microkernel computes P
+// output pixels of one row times NJ vectors of output channels in P * NJ accumulators: per tap
+// it loads NJ weight vectors, broadcasts one source value per pixel and does P * NJ FMAs. Rows clip their taps to the image; the few pixels per
+// row whose window leaves it to the left or right read a small zero-padded copy of their
+// window, so the padded image is never materialized. Output rows split over the threads.
+#include "cpu_kernels.h"
+#include "cpu_common.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace rtinfer {
+
+namespace {
+
+std::string ints(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+enum StemAct : int { kActNone, kActClamp, kActLeaky, kActHardswish };
+
+struct StemParams {
+  int64_t N, C, H, W, O, Op, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW;
+  StemAct act;
+  float lo, hi, slope;  // clamp bounds (relu: 0, inf; clip: min, max); leaky slope
+  // the channel vectors in chunks of at most kMaxNJ (a block's accumulators), as even as can be
+  // (8 as 2 + 3 + 3, 4 as 2 + 2 rather than 3 + 1: a chunk of 1 has too few accumulators to
+  // hide the FMA latency): chunk i is nj[i] vectors from vector v0[i]
+  std::vector<int> nj;
+  std::vector<int64_t> v0;
+  std::vector<float> w;  // per chunk [C * KH * KW][nj * lanes], the chunks one after the other
+  std::vector<float> b;  // [Op]
+};
+
+// -- vector types: a zmm on AVX-512, else the level's GCC vector (8 floats on AVX2) ------------
+
+#ifdef RTINFER_AVX512
+struct Vec {
+  static constexpr int kLanes = 16;
+  __m512 v;
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec set1(float x) { return {_mm512_set1_ps(x)}; }
+  static Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  // max/min return their second operand when one is NaN: (bound, v) keeps a NaN v
+  static Vec clamp(Vec x, float lo, float hi) {
+    return {_mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), x.v))};
+  }
+  static Vec leaky(Vec x, float s) {
+    const __mmask16 neg = _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return {_mm512_mask_mul_ps(x.v, neg, x.v, _mm512_set1_ps(s))};
+  }
+  static Vec hardswish(Vec x) {
+    Vec r = clamp({_mm512_add_ps(x.v, _mm512_set1_ps(3.0f))}, 0.0f, 6.0f);
+    return {_mm512_mul_ps(x.v, _mm512_mul_ps(r.v, _mm512_set1_ps(1.0f / 6.0f)))};
+  }
+  static void store(float* p, Vec x, int n) {
+    if (n == kLanes)
+      _mm512_storeu_ps(p, x.v);
+    else
+      _mm512_mask_storeu_ps(p, tail_mask(n), x.v);
+  }
+};
+// a row block of P pixels x NJ zmm: 4 zmm (64 channels) by 6 pixels is 24 accumulators, the
+// 4 weights and the broadcast in the 32 registers
+constexpr int kMaxNJ = 4;
+constexpr int stem_pixels(int nj) { return nj == 1 ? 16 : nj == 2 ? 14 : nj == 3 ? 8 : 6; }
+#else
+struct Vec {
+  static constexpr int kLanes = kW;
+  vf v;
+  static Vec load(const float* p) { return {vload(p)}; }
+  static Vec set1(float x) { return {vset(x)}; }
+  static Vec fma(Vec a, Vec b, Vec c) { return {a.v * b.v + c.v}; }
+  // compares keep NaN (NaN < lo and NaN > hi are false)
+  static Vec clamp(Vec x, float lo, float hi) {
+    const vf l = vset(lo), h = vset(hi);
+    vf r = x.v < l ? l : x.v;
+    return {r > h ? h : r};
+  }
+  static Vec leaky(Vec x, float s) { return {x.v < vset(0.0f) ? x.v * s : x.v}; }
+  static Vec hardswish(Vec x) {
+    Vec r = clamp({x.v + 3.0f}, 0.0f, 6.0f);
+    return {x.v * (r.v * (1.0f / 6.0f))};
+  }
+  static void store(float* p, Vec x, int n) {
+    if (n == kLanes) {
+      vstore(p, x.v);
+    } else {
+      alignas(64) float t[kLanes];
+      vstore(t, x.v);
+      std::memcpy(p, t, sizeof(float) * n);
+    }
+  }
+};
+// 16 registers on AVX2: 3 vectors (24 channels) by 4 pixels is 12 accumulators, the 3 weights
+// and the broadcast
+constexpr int kMaxNJ = 3;
+constexpr int stem_pixels(int nj) { return nj == 1 ? 12 : nj == 2 ? 6 : 4; }
+#endif
+
+inline Vec activate(const StemParams& P, Vec v) {
+  switch (P.act) {
+    case kActClamp: return Vec::clamp(v, P.lo, P.hi);
+    case kActLeaky: return Vec::leaky(v, P.slope);
+    case kActHardswish: return Vec::hardswish(v);
+    default: return v;
+  }
+}
+
+// Where a block reads: tap (c, kh, kw) of its pixel p is at
+//     p[c * cs + (r0 + kh * kd) * rs + kw * DW + p * SW]
+// (the image: r0 the window's top row, kd = DH, rs = W; a zero-padded copy: r0 0, kd 1).
+struct StemSrc {
+  const float* p;
+  int64_t cs, r0, kd, rs;
+};
+
+// NP pixels of one output row (y: the first one's output, channel 0), output channels
+// [o0, o0 + NJ * lanes) (their packed weights at w; the last vector holds `last` valid
+// channels), taps kh in [kh0, kh1).
+template <int NJ, int NP>
+void stem_block(const StemParams& P, const StemSrc& s, const float* w, float* y, int64_t o0,
+                int last, int64_t kh0, int64_t kh1) {
+  constexpr int L = Vec::kLanes;
+  // (a compile-time window width, unrolled whole, measured slower: g++ then hoists the weight
+  // loads of several taps and spills accumulators on AVX2's 16 registers)
+  const int64_t KW = P.KW, SW = P.SW, DW = P.DW;
+  Vec acc[NP][NJ];
+#pragma GCC unroll 16
+  for (int j = 0; j < NJ; ++j) {
+    const Vec b = Vec::load(P.b.data() + o0 + j * L);
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p) acc[p][j] = b;
+  }
+  for (int64_t c = 0; c < P.C; ++c) {
+    for (int64_t kh = kh0; kh < kh1; ++kh) {
+      const float* xr = s.p + c * s.cs + (s.r0 + kh * s.kd) * s.rs;
+      const float* wr = w + ((c * P.KH + kh) * KW) * (NJ * L);
+      // unrolled: the loop control is a third of the uops of a 12-FMA tap otherwise
+#pragma GCC unroll 4
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const float* xs = xr + kw * DW;
+        const float* ws = wr + kw * (NJ * L);
+        Vec wv[NJ];
+#pragma GCC unroll 16
+        for (int j = 0; j < NJ; ++j) wv[j] = Vec::load(ws + j * L);
+#pragma GCC unroll 16
+        for (int p = 0; p < NP; ++p) {
+          const Vec b = Vec::set1(xs[p * SW]);
+#pragma GCC unroll 16
+          for (int j = 0; j < NJ; ++j) acc[p][j] = Vec::fma(wv[j], b, acc[p][j]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j)
+      Vec::store(y + p * P.O + o0 + j * L, activate(P, acc[p][j]), j == NJ - 1 ? last : L);
+}
+
+// stem_block<NJ, np> for a run-time np in [1, NP]
+template <int NJ, int NP>
+void stem_block_n(int np, const StemParams& P, const StemSrc& s, const float* w, float* y,
+                  int64_t o0, int last, int64_t kh0, int64_t kh1) {
+  if constexpr (NP > 0) {
+    if (np == NP)
+      stem_block<NJ, NP>(P, s, w, y, o0, last, kh0, kh1);
+    else
+      stem_block_n<NJ, NP - 1>(np, P, s, w, y, o0, last, kh0, kh1);
+  }
+}
+
+// first and one-past-last tap k with 0 <= start + k * dil < size
+void clip_taps(int64_t start, int64_t dil, int64_t K, int64_t size, int64_t& k0, int64_t& k1) {
+  k0 = 0;
+  while (k0 < K && start + k0 * dil < 0) ++k0;
+  k1 = K;
+  while (k1 > k0 && start + (k1 - 1) * dil >= size) --k1;
+}
+
+// Floats of the zero-padded window copy of up to stem_pixels(nj) pixels.
+int64_t stem_window_floats(const StemParams& P, int64_t np) {
+  return P.C * P.KH * ((np - 1) * P.SW + (P.KW - 1) * P.DW + 1);
+}
+
+// One output row (xn: its image, y: its first pixel's output), output channels
+// [o0, o0 + NJ * lanes). Pixels whose whole window lies within the image's width
+// ([ow_lo, ow_hi)) read the image in blocks of NP, their rows' taps clipped to the image; the
+// others (the borders and the last block's remainder) read a zero-padded copy of their window,
+// so they too run NP at a time rather than one by one (one pixel alone has too few
+// accumulators to hide the FMA latency: 3 border pixels cost as much as 12 in blocks).
+template <int NJ>
+void stem_row(const StemParams& P, const float* xn, float* y, int64_t oh, const float* w,
+              int64_t o0, int last, int64_t ow_lo, int64_t ow_hi, float* window) {
+  constexpr int NP = stem_pixels(NJ);
+  const int64_t ih0 = oh * P.SH - P.PT;
+  int64_t kh0, kh1;
+  clip_taps(ih0, P.DH, P.KH, P.H, kh0, kh1);
+  int64_t ow = ow_lo;
+  for (; ow + NP <= ow_hi; ow += NP) {
+    const StemSrc s{xn + ow * P.SW - P.PL, P.H * P.W, ih0, P.DH, P.W};
+    stem_block<NJ, NP>(P, s, w, y + ow * P.O, o0, last, kh0, kh1);
+  }
+  auto padded = [&](int64_t a, int64_t b) {
+    for (; a < b; a += NP) {
+      const int64_t np = std::min<int64_t>(NP, b - a);
+      const int64_t sw = (np - 1) * P.SW + (P.KW - 1) * P.DW + 1, iw0 = a * P.SW - P.PL;
+      for (int64_t c = 0; c < P.C; ++c)
+        for (int64_t kh = 0; kh < P.KH; ++kh) {
+          float* d = window + (c * P.KH + kh) * sw;
+          const int64_t ih = ih0 + kh * P.DH;
+          if (ih < 0 || ih >= P.H) {
+            std::fill(d, d + sw, 0.0f);
+            continue;
+          }
+          const float* xr = xn + (c * P.H + ih) * P.W;
+          for (int64_t i = 0; i < sw; ++i) {
+            const int64_t iw = iw0 + i;
+            d[i] = iw >= 0 && iw < P.W ? xr[iw] : 0.0f;
+          }
+        }
+      const StemSrc s{window, P.KH * sw, 0, 1, sw};
+      stem_block_n<NJ, NP>((int)np, P, s, w, y + a * P.O, o0, last, 0, P.KH);
+    }
+  };
+  padded(0, ow_lo);
+  padded(ow, P.OW);
+}
+
+void stem_rows(const StemParams& P, const float* x, float* y, int64_t r0, int64_t r1) {
+  constexpr int L = Vec::kLanes;
+  // interior pixels: ow * SW - PL >= 0 and ow * SW - PL + (KW - 1) * DW < W
+  const int64_t ow_lo = std::min<int64_t>(P.OW, (P.PL + P.SW - 1) / P.SW);
+  const int64_t span = P.W - 1 - (P.KW - 1) * P.DW + P.PL;  // ow * SW <= span
+  const int64_t ow_hi = span < 0 ? ow_lo : std::max(ow_lo, std::min(P.OW, span / P.SW + 1));
+  thread_local GrowBuf window_buf;
+  float* window = static_cast<float*>(
+      window_buf.get(sizeof(float) * stem_window_floats(P, stem_pixels(1))));
+  const int64_t K = P.C * P.KH * P.KW;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / P.OH, oh = r % P.OH;
+    const float* xn = x + n * P.C * P.H * P.W;
+    float* yr = y + r * P.OW * P.O;
+    for (size_t i = 0; i < P.nj.size(); ++i) {
+      const int nj = P.nj[i];
+      const int64_t o0 = P.v0[i] * L;
+      const float* w = P.w.data() + K * o0;
+      const int last = (int)std::min<int64_t>(L, P.O - o0 - (nj - 1) * L);
+      switch (nj) {
+        case 1: stem_row<1>(P, xn, yr, oh, w, o0, last, ow_lo, ow_hi, window); break;
+        case 2: stem_row<2>(P, xn, yr, oh, w, o0, last, ow_lo, ow_hi, window); break;
+        case 3: stem_row<3>(P, xn, yr, oh, w, o0, last, ow_lo, ow_hi, window); break;
+#ifdef RTINFER_AVX512
+        case 4: stem_row<4>(P, xn, yr, oh, w, o0, last, ow_lo, ow_hi, window); break;
+#endif
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void add_conv_stem(Plan& p, const std::string& name, int x, int y, std::vector<int64_t> src_shape,
+                   torch::Tensor weight, std::optional<torch::Tensor> bias,
+                   std::vector<int64_t> stride, std::vector<int64_t> pad_begin,
+                   std::vector<int64_t> pad_end, std::vector<int64_t> dilation,
+                   const std::string& activation, double alpha, double beta,
+                   std::vector<int64_t> dst_shape) {
+  auto bad = [&](const std::string& why) { throw std::invalid_argument(name + ": " + why); };
+  if (src_shape.size() != 4) bad("the stem convolution's src must be [N, C, H, W], got " +
+                                 ints(src_shape));
+  for (auto d : src_shape)
+    if (d <= 0) bad("bad src shape " + ints(src_shape));
+  if (weight.dim() != 4 || weight.scalar_type() != torch::kFloat)
+    bad("the weight must be a float32 [O, C, KH, KW] tensor, got " +
+        ints(weight.sizes().vec()) + " " + std::string(c10::toString(weight.scalar_type())));
+  if (stride.size() != 2 || pad_begin.size() != 2 || pad_end.size() != 2 || dilation.size() != 2)
+    bad("stride, pad_begin, pad_end and dilation need 2 values each");
+  auto P = std::make_shared<StemParams>();
+  P->N = src_shape[0], P->C = src_shape[1], P->H = src_shape[2], P->W = src_shape[3];
+  P->O = weight.size(0), P->KH = weight.size(2), P->KW = weight.size(3);
+  P->SH = stride[0], P->SW = stride[1], P->PT = pad_begin[0], P->PL = pad_begin[1];
+  P->DH = dilation[0], P->DW = dilation[1];
+  if (weight.size(1) != P->C || P->O < 1 || P->KH < 1 || P->KW < 1)
+    bad("the weight " + ints(weight.sizes().vec()) + " does not fit src channels " +
+        std::to_string(P->C));
+  for (int i = 0; i < 2; ++i)
+    if (stride[i] < 1 || dilation[i] < 1 || pad_begin[i] < 0 || pad_end[i] < 0)
+      bad("stride and dilation must be >= 1 and pads >= 0, got stride " + ints(stride) +
+          ", dilation " + ints(dilation) + ", pads " + ints(pad_begin) + " " + ints(pad_end));
+  const int64_t span_h = P->DH * (P->KH - 1) + 1, span_w = P->DW * (P->KW - 1) + 1;
+  const int64_t hp = P->H + pad_begin[0] + pad_end[0], wp = P->W + pad_begin[1] + pad_end[1];
+  if (hp < span_h || wp < span_w)
+    bad("the kernel " + ints(weight.sizes().vec()) + " does not fit the padded src " +
+        ints(src_shape));
+  P->OH = (hp - span_h) / P->SH + 1, P->OW = (wp - span_w) / P->SW + 1;
+  // the dst slot was sized for dst_shape: a window that gives another shape would write past it
+  const std::vector<int64_t> computed = {P->N, P->O, P->OH, P->OW};
+  if (dst_shape != computed)
+    bad("the window gives an output of " + ints(computed) + ", the dst is " + ints(dst_shape));
+
+  if (activation == "none") {
+    P->act = kActNone;
+  } else if (activation == "relu" || activation == "clip") {
+    P->act = kActClamp;
+    P->lo = activation == "relu" ? 0.0f : (float)alpha;
+    P->hi = activation == "relu" ? kInf : (float)beta;
+    if (!(P->lo <= P->hi))
+      bad("clip needs alpha (min) <= beta (max), got " + std::to_string(alpha) + " > " +
+          std::to_string(beta));
+  } else if (activation == "leaky_relu") {
+    P->act = kActLeaky, P->slope = (float)alpha;
+  } else if (activation == "hardswish") {
+    P->act = kActHardswish;
+  } else {
+    bad("the stem convolution fuses none, relu, clip, leaky_relu or hardswish, not '" +
+        activation + "'");
+  }
+
+  constexpr int L = Vec::kLanes;
+  P->Op = round_up(P->O, L);
+  const int64_t K = P->C * P->KH * P->KW;
+  const int64_t nvec = P->Op / L, nchunk = (nvec + kMaxNJ - 1) / kMaxNJ;
+  for (int64_t i = 0, v0 = 0; i < nchunk; ++i) {
+    const int nj = (int)((nvec - v0) / (nchunk - i));  // the larger chunks last
+    P->nj.push_back(nj), P->v0.push_back(v0);
+    v0 += nj;
+  }
+  P->w.assign((size_t)(K * P->Op), 0.0f);
+  P->b.assign((size_t)P->Op, 0.0f);
+  auto wc = weight.contiguous();
+  const float* wd = wc.data_ptr<float>();
+  for (size_t i = 0; i < P->nj.size(); ++i) {  // [O][K] -> per chunk [K][nj * lanes]
+    const int64_t o0 = P->v0[i] * L, width = P->nj[i] * L;
+    float* wchunk = P->w.data() + K * o0;
+    for (int64_t o = o0; o < std::min(P->O, o0 + width); ++o)
+      for (int64_t k = 0; k < K; ++k) wchunk[k * width + (o - o0)] = wd[o * K + k];
+  }
+  std::vector<float> bv = float_vector(bias, P->O, name + ": the bias");
+  std::copy(bv.begin(), bv.end(), P->b.begin());
+
+  p.add_step({name, [P, x, y](Ctx& ctx) {
+    const float* xp = ctx.at<float>(x);
+    float* yp = ctx.at<float>(y);
+    const int64_t rows = P->N * P->OH;
+    const int64_t macs = rows * P->OW * P->Op * P->C * P->KH * P->KW;
+    // a thread takes at least ~256k MACs (tens of microseconds), else fork/join dominates
+    parallel_for(threads_for(ctx, macs, 1 << 18), rows,
+                 [&](int64_t b, int64_t e) { stem_rows(*P, xp, yp, b, e); });
+  }});
+}
+
+}  // namespace rtinfer
