@@ -8,9 +8,10 @@
 // The output channels go in chunks of up to 4 vectors (3 below AVX-512), each chunk's weight
 // packed once as [K = C * KH * KW][its channels] (zeros past O). A microkernel computes P
 // output pixels of one row times NJ vectors of output channels in P * NJ accumulators: per tap
-// it loads NJ weight vectors, broadcasts one source value per pixel and does P * NJ FMAs. Rows clip their taps to the image; the few pixels per
-// row whose window leaves it to the left or right read a small zero-padded copy of their
-// window, so the padded image is never materialized. Output rows split over the threads.
+// it loads NJ weight vectors, broadcasts one source value per pixel and does P * NJ FMAs.
+// Rows clip their taps to the image; the few pixels per row whose window leaves it to the left
+// or right read a small zero-padded copy of their window, so the padded image is never
+// materialized. Output rows split over the threads.
 #include "cpu_kernels.h"
 #include "cpu_common.h"
 
