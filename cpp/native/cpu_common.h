@@ -35,6 +35,13 @@
 namespace rtinfer {
 namespace {
 
+// A shape for error messages: "[1, 3, 224, 224]".
+std::string str(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // -- threading and per-thread buffers ---------------------------------------------------------

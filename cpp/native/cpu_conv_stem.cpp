@@ -26,11 +26,6 @@ namespace rtinfer {
 
 namespace {
 
-std::string ints(const std::vector<int64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
 
 enum StemAct : int { kActNone, kActClamp, kActLeaky, kActHardswish };
 
@@ -285,12 +280,12 @@ void add_conv_stem(Plan& p, const std::string& name, int x, int y, std::vector<i
                    std::vector<int64_t> dst_shape) {
   auto bad = [&](const std::string& why) { throw std::invalid_argument(name + ": " + why); };
   if (src_shape.size() != 4) bad("the stem convolution's src must be [N, C, H, W], got " +
-                                 ints(src_shape));
+                                 str(src_shape));
   for (auto d : src_shape)
-    if (d <= 0) bad("bad src shape " + ints(src_shape));
+    if (d <= 0) bad("bad src shape " + str(src_shape));
   if (weight.dim() != 4 || weight.scalar_type() != torch::kFloat)
     bad("the weight must be a float32 [O, C, KH, KW] tensor, got " +
-        ints(weight.sizes().vec()) + " " + std::string(c10::toString(weight.scalar_type())));
+        str(weight.sizes().vec()) + " " + std::string(c10::toString(weight.scalar_type())));
   if (stride.size() != 2 || pad_begin.size() != 2 || pad_end.size() != 2 || dilation.size() != 2)
     bad("stride, pad_begin, pad_end and dilation need 2 values each");
   auto P = std::make_shared<StemParams>();
@@ -299,22 +294,22 @@ void add_conv_stem(Plan& p, const std::string& name, int x, int y, std::vector<i
   P->SH = stride[0], P->SW = stride[1], P->PT = pad_begin[0], P->PL = pad_begin[1];
   P->DH = dilation[0], P->DW = dilation[1];
   if (weight.size(1) != P->C || P->O < 1 || P->KH < 1 || P->KW < 1)
-    bad("the weight " + ints(weight.sizes().vec()) + " does not fit src channels " +
+    bad("the weight " + str(weight.sizes().vec()) + " does not fit src channels " +
         std::to_string(P->C));
   for (int i = 0; i < 2; ++i)
     if (stride[i] < 1 || dilation[i] < 1 || pad_begin[i] < 0 || pad_end[i] < 0)
-      bad("stride and dilation must be >= 1 and pads >= 0, got stride " + ints(stride) +
-          ", dilation " + ints(dilation) + ", pads " + ints(pad_begin) + " " + ints(pad_end));
+      bad("stride and dilation must be >= 1 and pads >= 0, got stride " + str(stride) +
+          ", dilation " + str(dilation) + ", pads " + str(pad_begin) + " " + str(pad_end));
   const int64_t span_h = P->DH * (P->KH - 1) + 1, span_w = P->DW * (P->KW - 1) + 1;
   const int64_t hp = P->H + pad_begin[0] + pad_end[0], wp = P->W + pad_begin[1] + pad_end[1];
   if (hp < span_h || wp < span_w)
-    bad("the kernel " + ints(weight.sizes().vec()) + " does not fit the padded src " +
-        ints(src_shape));
+    bad("the kernel " + str(weight.sizes().vec()) + " does not fit the padded src " +
+        str(src_shape));
   P->OH = (hp - span_h) / P->SH + 1, P->OW = (wp - span_w) / P->SW + 1;
   // the dst slot was sized for dst_shape: a window that gives another shape would write past it
   const std::vector<int64_t> computed = {P->N, P->O, P->OH, P->OW};
   if (dst_shape != computed)
-    bad("the window gives an output of " + ints(computed) + ", the dst is " + ints(dst_shape));
+    bad("the window gives an output of " + str(computed) + ", the dst is " + str(dst_shape));
 
   if (activation == "none") {
     P->act = kActNone;

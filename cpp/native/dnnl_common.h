@@ -30,11 +30,6 @@ using dnnl::memory;
 using Dims = memory::dims;
 constexpr auto f32 = memory::data_type::f32;
 
-std::string str(const std::vector<int64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
 
 [[noreturn]] void invalid(const std::string& name, const std::string& what) {
   throw std::invalid_argument(name + ": " + what);

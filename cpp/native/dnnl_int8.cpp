@@ -350,11 +350,12 @@ void quantize_nhwc_block(const Affine& a, const float* x, Q* y, int64_t n, int64
                          int64_t p0, int64_t p1) {
   constexpr int64_t kBlock = 256;
   const int64_t c = a.channels;
-  std::vector<Q> tmp((size_t)(c * kBlock));
+  thread_local GrowBuf tmp_buf;  // no allocation per call
+  Q* tmp = static_cast<Q*>(tmp_buf.get((size_t)(c * kBlock) * sizeof(Q)));
   for (int64_t p = p0; p < p1; p += kBlock) {
     const int64_t len = std::min(kBlock, p1 - p);
     for (int64_t ch = 0; ch < c; ++ch)
-      quantize_span(x + (n * c + ch) * hw + p, tmp.data() + ch * kBlock, len, a.scale[ch],
+      quantize_span(x + (n * c + ch) * hw + p, tmp + ch * kBlock, len, a.scale[ch],
                     a.zp[ch]);
     Q* out = y + (n * hw + p) * c;
     for (int64_t i = 0; i < len; ++i)

@@ -30,11 +30,6 @@ struct QPool {
   std::vector<int64_t> kh0, kh1, kw0, kw1;
 };
 
-std::string str(const std::vector<int64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
 
 void taps(int64_t o, int64_t S, int64_t P, int64_t Dl, int64_t K, int64_t size, int64_t& k0,
           int64_t& k1) {
