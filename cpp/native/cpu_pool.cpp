@@ -47,32 +47,50 @@ int64_t padded_taps(int64_t o, int64_t S, int64_t P, int64_t Pe, int64_t Dl, int
 
 inline float pool_pick(float m, float v) { return (v > m || v != v) ? v : m; }
 
-void pool_nhwc(const PoolParams& P, const float* x, float* y, int64_t t0, int64_t t1) {
+// One output pixel's channels [c0, c0 + B): the window's taps accumulate in a local block the
+// compiler keeps in registers (B / 16 zmm, B / 8 ymm), stored once. Before, every tap read and
+// wrote the output row: ResNet-18's 3x3/2 pool over 32 pruned channels took 0.06-0.08 ms against
+// ONNX Runtime's 0.04.
+template <int B, bool MAX>
+inline void pool_block(const PoolParams& P, const float* x, float* yr, int64_t n, int64_t oh,
+                       int64_t ow, int64_t c0) {
+  const int64_t C = P.C;
+  float acc[B];
+#pragma omp simd
+  for (int i = 0; i < B; ++i) acc[i] = MAX ? -kInf : 0.0f;
+  for (int64_t kh = P.kh0[oh]; kh < P.kh1[oh]; ++kh) {
+    const int64_t ih = oh * P.SH - P.PH + kh * P.DH;
+    for (int64_t kw = P.kw0[ow]; kw < P.kw1[ow]; ++kw) {
+      const int64_t iw = ow * P.SW - P.PW + kw * P.DW;
+      const float* xr = x + ((n * P.H + ih) * P.W + iw) * C + c0;
+#pragma omp simd
+      for (int i = 0; i < B; ++i) acc[i] = MAX ? pool_pick(acc[i], xr[i]) : acc[i] + xr[i];
+    }
+  }
+#pragma omp simd
+  for (int i = 0; i < B; ++i) yr[c0 + i] = acc[i];
+}
+
+template <bool MAX>
+void pool_nhwc_rows(const PoolParams& P, const float* x, float* y, int64_t t0, int64_t t1) {
   const int64_t C = P.C;
   for (int64_t t = t0; t < t1; ++t) {  // t = n * OH + oh
     const int64_t n = t / P.OH, oh = t % P.OH;
     for (int64_t ow = 0; ow < P.OW; ++ow) {
       float* yr = y + ((n * P.OH + oh) * P.OW + ow) * C;
-      const float init = P.max ? -kInf : 0.0f;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yr[c] = init;
-      for (int64_t kh = P.kh0[oh]; kh < P.kh1[oh]; ++kh) {
-        const int64_t ih = oh * P.SH - P.PH + kh * P.DH;
-        for (int64_t kw = P.kw0[ow]; kw < P.kw1[ow]; ++kw) {
-          const int64_t iw = ow * P.SW - P.PW + kw * P.DW;
-          const float* xr = x + ((n * P.H + ih) * P.W + iw) * C;
-          if (P.max) {
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) yr[c] = pool_pick(yr[c], xr[c]);
-          } else {
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) yr[c] += xr[c];
-          }
-        }
-      }
-      if (!P.max) scale_row(yr, C, P.inv_div[oh * P.OW + ow]);
+      int64_t c = 0;
+      for (; c + 64 <= C; c += 64) pool_block<64, MAX>(P, x, yr, n, oh, ow, c);
+      for (; c + 16 <= C; c += 16) pool_block<16, MAX>(P, x, yr, n, oh, ow, c);
+      for (; c + 4 <= C; c += 4) pool_block<4, MAX>(P, x, yr, n, oh, ow, c);
+      for (; c < C; ++c) pool_block<1, MAX>(P, x, yr, n, oh, ow, c);
+      if (!MAX) scale_row(yr, C, P.inv_div[oh * P.OW + ow]);
     }
   }
+}
+
+void pool_nhwc(const PoolParams& P, const float* x, float* y, int64_t t0, int64_t t1) {
+  if (P.max) pool_nhwc_rows<true>(P, x, y, t0, t1);
+  else pool_nhwc_rows<false>(P, x, y, t0, t1);
 }
 
 void pool_nchw(const PoolParams& P, const float* x, float* y, int64_t t0, int64_t t1) {

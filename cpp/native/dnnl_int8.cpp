@@ -252,17 +252,19 @@ void quantize_span(const float* xr, Q* yr, int64_t len, float s, int32_t zp_code
   const float lo = (float)std::numeric_limits<Q>::min();
   const float hi = (float)std::numeric_limits<Q>::max();
   const float zp = (float)zp_code;
-  // past these, the code saturates: clamping first keeps |v| small for the rounding
-  const float vlo = lo - zp - 1.f, vhi = hi - zp + 1.f;
+  // clamped to the integers that have codes, the rounding cannot leave them: one clamp, in the
+  // form compilers turn into vmaxps/vminps; with the cast through int32 (and the build's
+  // -fno-trapping-math) the loop is vectorized at every level: it had two clamps, compiled as
+  // mask juggling, and a float -> u8 cast, and ran scalar in the AVX2 build (6x slower) and at
+  // half speed in the AVX-512 one
+  const float vlo = lo - zp, vhi = hi - zp;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
-    float v = xr[i] / s;
-    v = v < vlo ? vlo : v;
-    v = v > vhi ? vhi : v;
-    float q = ((v + kMagic) - kMagic) + zp;
-    q = q < lo ? lo : q;
-    q = q > hi ? hi : q;
-    yr[i] = (Q)(q == q ? q : zp);  // NaN: the code of zero
+    const float u = xr[i] / s;
+    float v = u > vlo ? u : vlo;  // NaN -> vlo, replaced below
+    v = v < vhi ? v : vhi;
+    const float q = ((v + kMagic) - kMagic) + zp;
+    yr[i] = (Q)(int32_t)(u == u ? q : zp);  // NaN: the code of zero
   }
 }
 

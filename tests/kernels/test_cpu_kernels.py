@@ -222,11 +222,12 @@ POOLS = [
 
 
 @pytest.mark.parametrize("cfg", POOLS, ids=lambda c: "-".join(map(str, c)))
-@pytest.mark.parametrize("nhwc", [False, True])
-def test_pool2d_matches_torch(native, cfg, nhwc):
+@pytest.mark.parametrize("nhwc,C", [(False, 19), (True, 19), (True, 87)])
+def test_pool2d_matches_torch(native, cfg, nhwc, C):
+    # NHWC runs channel blocks of 64, 16, 4 and 1: 87 takes each
     kind, k, s, p, d, ceil, cip = cfg
     torch.manual_seed(7)
-    N, C, H, W = 2, 19, 10, 9
+    N, H, W = 2, 10, 9
     x = torch.randn(N, C, H, W)
     if kind == "max":
         want = F.max_pool2d(x, k, s, p, d, ceil_mode=ceil)
@@ -257,6 +258,16 @@ def test_max_pool_propagates_nan(native):
     y = run_step(native, native.add_pool2d, [x], torch.empty(1, 1, 2, 2), 1, 1, 4, 4, 2, 2,
                  [2, 2], [2, 2], [0, 0], [1, 1], "max", True, False)
     close(y, F.max_pool2d(x, 2, 2))
+
+
+def test_max_pool_nhwc_propagates_nan_in_every_channel_block(native):
+    x = torch.zeros(1, 87, 4, 4)
+    for c in (0, 63, 64, 79, 80, 83, 84, 86):  # a channel of each block
+        x[0, c, 1, c % 4] = math.nan
+    want = F.max_pool2d(x, 2, 2)
+    y = run_step(native, native.add_pool2d, [x.permute(0, 2, 3, 1)], torch.empty(1, 2, 2, 87),
+                 1, 87, 4, 4, 2, 2, [2, 2], [2, 2], [0, 0], [1, 1], "max", True, True)
+    close(y.permute(0, 3, 1, 2), want)
 
 
 # -- reductions ---------------------------------------------------------------------------------
