@@ -459,7 +459,8 @@ namespace {
 // -- torch's bundled oneDNN as a second int8 convolution ----------------------------------------
 //
 // torch bundles a much newer oneDNN than the PyPI 3.2 rtinfer links (its VNNI / AMX int8
-// convolutions ran ResNet-18's 3x3 layers up to 2x faster here), reachable as the ATen
+// convolutions ran ResNet-18's 3x3 layers up to 2x faster here, when rtinfer's still set
+// zero-point attributes of value 0 and so ran 3.2's older kernel), reachable as the ATen
 // operators onednn::qconv_prepack / qconv2d_pointwise. Both compute the formula at the top of
 // this file (int32 accumulation, f32 scales, round half to even, saturation), so either may run
 // a layer; the faster at the layer's shape is kept when the plan is built, as for f32 GEMMs.
@@ -469,7 +470,9 @@ namespace {
 // auto is not the default: one layer timed alone favoured torch's build (5.15 against 7.53 ms
 // over ResNet-18's convs, one thread), but the whole ResNet-18 ran slower with the layers it
 // chose (2.95 against 2.58 ms median, 2 threads, quiet AVX-512/AMX Xeon), and slower still
-// with every offered layer on torch (3.48 ms).
+// with every offered layer on torch (3.48 ms). With no zero-point attribute where the zero point
+// is 0 (quant_attr), 3.2's brgconv runs ResNet-18's convolutions: per-step sums 1.38-1.42 ms
+// against 3.30-3.36 with every offered layer on torch (2026-12-06).
 std::string qconv_forced() {
   const char* v = std::getenv("RTINFER_QCONV");
   return v == nullptr ? std::string() : std::string(v);

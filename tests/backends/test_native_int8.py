@@ -210,7 +210,8 @@ CONV_CASES = [  # residual, activation, out dtype, residual quantized, groups, p
 
 
 def conv_graph(residual, activation, out_dtype, quant_residual, groups, per_channel,
-               src: DType = DType.u8, stride: int = 1, res_dtype: DType = DType.i8):
+               src: DType = DType.u8, stride: int = 1, res_dtype: DType = DType.i8,
+               src_range: tuple[float, float] = (-2, 3), out_range: tuple[float, float] = (-3, 8)):
     rng = np.random.default_rng(3)
     w, wq = per_channel_weight(rng.standard_normal((8, 8 // groups, 3, 3)).astype(np.float32),
                                per_channel=per_channel)
@@ -219,7 +220,7 @@ def conv_graph(residual, activation, out_dtype, quant_residual, groups, per_chan
     g = Graph()
     xv = g.add_input(TensorType(DType.f32, (2, 8, 10, 10)), "x")
     rv = g.add_input(TensorType(DType.f32, (2, 8, ho, ho)), "r")
-    ins = [g.add_op("quantize", xv, **act_params(-2, 3, src)), g.add_const(w, quant=wq),
+    ins = [g.add_op("quantize", xv, **act_params(*src_range, src)), g.add_const(w, quant=wq),
            g.add_const(b)]
     if residual != "none":
         ins.append(g.add_op("quantize", rv, **act_params(-4, 4, res_dtype)) if quant_residual
@@ -227,7 +228,7 @@ def conv_graph(residual, activation, out_dtype, quant_residual, groups, per_chan
     y = g.add_op("qconv2d", *ins, stride=[stride, stride], pad=[1, 1, 1, 1], dilation=[1, 1],
                  groups=groups, activation=activation, residual=residual,
                  **({"alpha": -1.0, "beta": 4.0} if activation == "clip" else {}),
-                 **out_attrs(-3, 8, out_dtype))
+                 **out_attrs(*out_range, out_dtype))
     g.set_outputs([y])
     verify(g)
     x = rng.uniform(-2.5, 3.5, (2, 8, 10, 10)).astype(np.float32)
@@ -242,6 +243,24 @@ def test_qconv2d_matches_the_interpreter(level, residual, activation, out_dtype,
     g, inputs = conv_graph(residual, activation, out_dtype, quant_residual, groups, per_channel)
     (got,), (want,) = run_native(g, *inputs), [interpret(g, *inputs)]
     check(got, want)
+
+
+@pytest.mark.parametrize("src_range,out_range,out_dtype", [
+    ((0, 3), (0, 8), DType.u8),    # zero points 0 both sides: no zero-point attribute at all
+    ((0, 3), (-3, 8), DType.u8),   # only the output's
+    ((-2, 3), (0, 8), DType.u8),   # only the source's
+    ((0, 3), (-8, 8), DType.i8),   # a symmetric i8 output (zero point 0)
+    ((0, 3), (0, 8), DType.f32),
+])
+def test_qconv2d_zero_points_of_zero_match_the_interpreter(level, src_range, out_range,
+                                                           out_dtype):
+    # a zero point of 0 sets no oneDNN attribute (it then takes another kernel): the codes and
+    # the padding must stay those of the reference
+    for res in (("none", "relu", False), ("pre", "relu", True)):
+        g, inputs = conv_graph(res[0], res[1], out_dtype, res[2], 1, True,
+                               src_range=src_range, out_range=out_range)
+        assert (act_params(*src_range, DType.u8)["zero_point"][0] == 0) == (src_range[0] == 0)
+        check(run_native(g, *inputs)[0], interpret(g, *inputs))
 
 
 def test_qconv2d_i8_source_and_stride_two(level):
