@@ -20,6 +20,7 @@ import torch
 from rtinfer.backends.native import quant as native_quant
 from rtinfer.backends.native import time_layer
 from rtinfer.backends.native_backend import NativeModule
+from rtinfer.backends.torch_backend import build_module
 from rtinfer.errors import BackendError, Unsupported
 from rtinfer.ir.graph import Graph
 from rtinfer.ir.interpreter import interpret
@@ -106,6 +107,7 @@ def test_quantize_dequantize_exact_per_tensor_and_per_channel(level, dtype):
     s, zp = np.float32(0.02), (17 if dtype == DType.u8 else -3)
     x.flat[:40] = (np.arange(40) - 20 + 0.5) * s  # ties: half to even, as numpy's rint
     x.flat[40:44] = [1e6, -1e6, 1e30, -1e30]  # saturation
+    x.flat[44:46] = np.nan  # no code: the zero point's (the code of 0.0), in every backend
     g = Graph()
     xv = g.add_input(TensorType(DType.f32, x.shape), "x")
     qt = g.add_op("quantize", xv, scale=[float(s)], zero_point=[zp], dtype=dtype)
@@ -121,6 +123,10 @@ def test_quantize_dequantize_exact_per_tensor_and_per_channel(level, dtype):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
     assert got[0].min() == np.iinfo(dtype.np).min and got[0].max() == np.iinfo(dtype.np).max
+    assert (got[0].flat[44:46] == zp).all() and (got[3].flat[44:46] == 0.0).all()
+    torch_out = build_module(g)(torch.from_numpy(x))
+    for a, b in zip(torch_out, want, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b)
 
 
 def test_int8_max_pool_and_shape_ops_exact(level):
@@ -420,6 +426,7 @@ _SATURATION = textwrap.dedent("""
     import json, numpy as np, torch
     from rtinfer.backends.native import quant
     from rtinfer.backends.native_backend import NativeModule
+from rtinfer.backends.torch_backend import build_module
     from rtinfer.ir.graph import Graph
     from rtinfer.ir.interpreter import interpret
     from rtinfer.ir.types import DType, QuantParams, TensorType

@@ -21,6 +21,7 @@ def _quantize(x: torch.Tensor, scale: tuple, zero_point: tuple, axis: int | None
               dtype: torch.dtype) -> torch.Tensor:
     s, zp = _quant_tensors(scale, zero_point, axis, x.dim())
     q = torch.round(x.float() / s).double() + zp  # round half to even, then the zero point
+    q = torch.where(q.isnan(), zp.to(q.dtype), q)  # NaN: the code of 0.0
     info = torch.iinfo(dtype)
     return q.clamp(info.min, info.max).to(dtype)
 

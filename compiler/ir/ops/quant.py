@@ -57,7 +57,11 @@ def _broadcast(qp: QuantParams, rank: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _quantize_ref(x: np.ndarray, scale, zero_point, axis, dtype: DType) -> np.ndarray:
     s, zp = _broadcast(quant_params(x.ndim, scale, zero_point, axis), x.ndim)
-    q = np.rint(x.astype(np.float32) / s).astype(np.float64) + zp  # rint: half to even
+    with np.errstate(invalid="ignore"):
+        q = np.rint(x.astype(np.float32) / s).astype(np.float64) + zp  # rint: half to even
+    # NaN has no code: it becomes the zero point, the code of 0.0 (the native kernels do the
+    # same; numpy's cast of NaN to an integer is undefined)
+    q = np.where(np.isnan(q), np.broadcast_to(zp, q.shape), q)
     info = np.iinfo(dtype.np)
     return np.clip(q, info.min, info.max).astype(dtype.np)
 
@@ -67,7 +71,8 @@ op("quantize", ["x"], _quantize_infer, _quantize_ref,
           "dtype": Attr("dtype", DType.i8, QUANT_DTYPES)},
    traits=[ELEMENTWISE, KEEP],
    doc="q = saturate(round_half_even(x / scale) + zero_point) to dtype (ONNX QuantizeLinear: "
-       "rounds before adding the zero point); axis=[] per tensor, [a] per channel; the output "
+       "rounds before adding the zero point; NaN -> zero_point); axis=[] per tensor, [a] per "
+       "channel; the output "
        "type carries the QuantParams")
 
 
