@@ -69,6 +69,21 @@ void add_conv_stem(Plan& p, const std::string& name, int x, int y, std::vector<i
                    const std::string& activation, double alpha, double beta,
                    std::vector<int64_t> dst_shape);
 
+// add_conv_stem followed by a max pool over its output as one step: the stem rows a band of
+// pool rows reads go to a per-thread buffer and are pooled from there, so the stem output is
+// never written whole. pool_*: the pool's window over the stem output (pool_pad_end includes
+// ceil_mode's extra row/column); taps on the padding are skipped. dst [N, POH, POW, O] (NHWC);
+// dst_shape is [N, O, POH, POW] (checked).
+void add_conv_stem_pool(Plan& p, const std::string& name, int x, int y,
+                        std::vector<int64_t> src_shape, torch::Tensor weight,
+                        std::optional<torch::Tensor> bias, std::vector<int64_t> stride,
+                        std::vector<int64_t> pad_begin, std::vector<int64_t> pad_end,
+                        std::vector<int64_t> dilation, const std::string& activation,
+                        double alpha, double beta, std::vector<int64_t> pool_kernel,
+                        std::vector<int64_t> pool_stride, std::vector<int64_t> pool_pad_begin,
+                        std::vector<int64_t> pool_pad_end, std::vector<int64_t> pool_dilation,
+                        std::vector<int64_t> dst_shape);
+
 // fn(ins, out, begin, end) over [0, n) in parallel chunks (a kernels/codegen.py function).
 using ElementwiseFn = void (*)(const char* const* ins, char* out, int64_t begin, int64_t end);
 void add_elementwise(Plan& p, const std::string& name, uintptr_t fn, std::vector<int> inputs,

@@ -419,6 +419,12 @@ void bind_cpu_kernels(pybind11::module_& m) {
         py::arg("y"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
         py::arg("stride"), py::arg("pad_begin"), py::arg("pad_end"), py::arg("dilation"),
         py::arg("activation"), py::arg("alpha"), py::arg("beta"), py::arg("dst_shape"));
+  m.def("add_conv_stem_pool", &add_conv_stem_pool, py::arg("plan"), py::arg("name"),
+        py::arg("x"), py::arg("y"), py::arg("src_shape"), py::arg("weight"), py::arg("bias"),
+        py::arg("stride"), py::arg("pad_begin"), py::arg("pad_end"), py::arg("dilation"),
+        py::arg("activation"), py::arg("alpha"), py::arg("beta"), py::arg("pool_kernel"),
+        py::arg("pool_stride"), py::arg("pool_pad_begin"), py::arg("pool_pad_end"),
+        py::arg("pool_dilation"), py::arg("dst_shape"));
   m.def("add_gemv", &add_gemv, py::arg("plan"), py::arg("name"), py::arg("x"), py::arg("y"),
         py::arg("residual"), py::arg("rows"), py::arg("K"), py::arg("N"), py::arg("weight"),
         py::arg("bias"), py::arg("activation"), py::arg("alpha"), py::arg("beta"),

@@ -11,7 +11,8 @@ from rtinfer.ir.ops.common import expand_ints, expand_pads
 from rtinfer.ir.types import DType
 
 
-def _pool_window(node: Node, nd: int = 2):
+def pool_window(node: Node, nd: int = 2) -> tuple[list[int], list[int], list[int], list[int]]:
+    """A pool node's (kernel, stride, pad [begin..., end...], dilation), expanded to ``nd``."""
     a = node.attrs
     kernel = list(expand_ints(a["kernel"], nd, "kernel"))
     stride = list(expand_ints(a["stride"] or kernel, nd, "stride"))
@@ -35,7 +36,7 @@ def _pool_input(cx: Lowerer, node: Node, ints: bool = False) -> View:
 @lowers("max_pool2d", "avg_pool2d")
 def _pool2d(cx: Lowerer, node: Node) -> None:
     x = _pool_input(cx, node, ints=node.op == "max_pool2d")
-    kernel, stride, pad, dil = _pool_window(node)
+    kernel, stride, pad, dil = pool_window(node)
     y = cx.new_value(node.out, nhwc=x.nhwc)  # a 1x1 result is the same bytes either way
     if x.dtype is not DType.f32:
         # int8 codes: max commutes with the (increasing) affine map, so the output keeps the
