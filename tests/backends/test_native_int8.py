@@ -426,7 +426,6 @@ _SATURATION = textwrap.dedent("""
     import json, numpy as np, torch
     from rtinfer.backends.native import quant
     from rtinfer.backends.native_backend import NativeModule
-from rtinfer.backends.torch_backend import build_module
     from rtinfer.ir.graph import Graph
     from rtinfer.ir.interpreter import interpret
     from rtinfer.ir.types import DType, QuantParams, TensorType
