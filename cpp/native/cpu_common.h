@@ -265,6 +265,9 @@ float exp_sub_sum(const float* x, float* y, int64_t n, float m) {
 #endif
 }
 
+// max pooling's pick: the larger, and NaN once either is NaN (torch's max_pool2d keeps NaN)
+inline float pool_pick(float m, float v) { return (v > m || v != v) ? v : m; }
+
 void scale_row(float* y, int64_t n, float c) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) y[j] *= c;

@@ -309,8 +309,6 @@ struct PoolWin {
   std::vector<int64_t> kh0, kh1, kw0, kw1;
 };
 
-inline float pool_pick(float m, float v) { return (v > m || v != v) ? v : m; }  // keeps NaN
-
 // dst[i] = the max of rows[0..nrows)[i] for i < n (nrows >= 1), NaN-keeping, in one pass (the
 // running max stays in a register).
 void max_rows(float* dst, const float* const* rows, int nrows, int64_t n) {
@@ -347,8 +345,10 @@ void stem_pool_rows(const StemParams& P, const PoolWin& Q, const float* x, float
   float* vmax = ring + R * row;
   // the stem row (n * OH + oh) each slot holds; reset per call, so no call trusts a ring an
   // earlier call (another plan, another input) left behind
-  std::vector<int64_t> tag((size_t)R, -1);
-  std::vector<const float*> rows((size_t)Q.KH);
+  thread_local std::vector<int64_t> tag;
+  thread_local std::vector<const float*> rows;
+  tag.assign((size_t)R, -1);  // (thread-local: no allocation per call once grown)
+  rows.resize((size_t)Q.KH);
   int64_t ow_lo, ow_hi;
   interior_cols(P, ow_lo, ow_hi);
   float* window = stem_window(P);

@@ -45,8 +45,6 @@ int64_t padded_taps(int64_t o, int64_t S, int64_t P, int64_t Pe, int64_t Dl, int
   return n;
 }
 
-inline float pool_pick(float m, float v) { return (v > m || v != v) ? v : m; }
-
 // One output pixel's channels [c0, c0 + B): the window's taps accumulate in a local block the
 // compiler keeps in registers (B / 16 zmm, B / 8 ymm), stored once. Before, every tap read and
 // wrote the output row: ResNet-18's 3x3/2 pool over 32 pruned channels took 0.06-0.08 ms against
