@@ -380,6 +380,19 @@ def _header(doc: dict[str, Any]) -> list[str]:
             + f", after {st['warmup']} warm-up calls. {versions}.", *warning]
 
 
+def _datapath_line(ident: dict[str, Any], requested: str) -> str:
+    """What an AVX2 cap costs on this core, where its AVX-512 datapath width is known."""
+    bits = ident.get("avx512_datapath_bits")
+    if requested != "avx2" or not bits:
+        return ""
+    core = ident.get("core", "this core")
+    if bits == 256:
+        return (f" {core} runs AVX-512 on 256-bit units: the cap keeps the FMA peak, so capped "
+                f"and uncapped systems compare as on an AVX2 machine of the same clock.")
+    return (f" {core} has 512-bit FMA units: the cap halves the FMA peak of every capped "
+            f"system, so an uncapped system's numbers are not comparable with the capped ones.")
+
+
 def _isa_lines(doc: dict[str, Any]) -> list[str]:
     """The CPU-level paragraph of the header: the CPU, its AVX-512 flags, rtinfer's level,
     the cap variables, torch's capability; for a capped run, whom the cap does not reach."""
@@ -389,7 +402,12 @@ def _isa_lines(doc: dict[str, Any]) -> list[str]:
     rt = isa.get("rtinfer") or {}
     env = ", ".join(f"{k}={v}" for k, v in (isa.get("env") or {}).items() if v) or "none set"
     flags = isa.get("avx512_flags") or []
-    text = (f"CPU: {isa.get('cpu_model', '?')}; AVX-512 flags: "
+    ident = isa.get("cpu_identity") or {}
+    cpu = isa.get("cpu_model", "?")
+    if ident:
+        cpu += (f" ({ident['vendor']} family {ident['family']:#04x} model {ident['model']:#04x}"
+                + (f": {ident['core']}" if ident.get("core") else "") + ")")
+    text = (f"CPU: {cpu}; AVX-512 flags: "
             f"{' '.join(flags) if flags else 'none'}. rtinfer CPU level "
             f"**{rt.get('level', '?')}** (runs {', '.join(rt.get('supported') or []) or '?'}; "
             f"cap {rt.get('cap') or 'none'}; oneDNN cap {rt.get('onednn_max_cpu_isa') or 'none'}"
@@ -407,7 +425,8 @@ def _isa_lines(doc: dict[str, Any]) -> list[str]:
                   f"to the capped systems. "
                   + (f"Not (fully) capped, running the host's instruction set (marked in the "
                      f"column headings): {'; '.join(loose)}." if loose
-                     else "Every system here is capped."), ""]
+                     else "Every system here is capped.")
+                  + _datapath_line(ident, isa["requested"]), ""]
     return lines
 
 

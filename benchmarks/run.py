@@ -403,6 +403,50 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+# AMD's family / model ranges of the cores a run's numbers depend on: how wide the AVX-512 units
+# are decides what an AVX2 cap costs. Zen 4 runs AVX-512 on 256-bit units, so a cap keeps its
+# FMA peak; Zen 5 (like Intel's server cores with two 512-bit FMA ports) has 512-bit units, so a
+# cap halves it.
+_AMD_CORES = ((0x17, range(0x00, 0x100), "Zen / Zen 2", None),
+              (0x19, (*range(0x10, 0x20), *range(0x60, 0x80), *range(0xA0, 0xB0)), "Zen 4", 256),
+              (0x19, range(0x00, 0x100), "Zen 3", None),
+              (0x1A, range(0x00, 0x100), "Zen 5", 512))
+
+
+def cpu_identity(cpuinfo: str) -> dict[str, Any]:
+    """The vendor, family and model of the first CPU in ``/proc/cpuinfo`` text, with the core's
+    name and its AVX-512 datapath width (bits) where known (AMD); empty where not x86 Linux."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the first processor's block only
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    try:
+        vendor, family, model = fields["vendor_id"], int(fields["cpu family"]), int(fields["model"])
+    except (KeyError, ValueError):
+        return {}
+    out: dict[str, Any] = {"vendor": vendor, "family": family, "model": model}
+    if vendor == "AuthenticAMD":
+        for fam, models, name, width in _AMD_CORES:
+            if family == fam and model in models:
+                out["core"] = name
+                if width:
+                    out["avx512_datapath_bits"] = width
+                break
+    return out
+
+
+def describe_cpu(ident: dict[str, Any]) -> str:
+    """``AuthenticAMD family 0x1a model 0x02: Zen 5``, or '' for an empty identity."""
+    if not ident:
+        return ""
+    text = f"{ident['vendor']} family {ident['family']:#04x} model {ident['model']:#04x}"
+    return text + (f": {ident['core']}" if ident.get("core") else "")
+
+
 def isa_info(requested: str | None, systems: list[System]) -> dict[str, Any]:
     """The CPU's instruction-set story of this run: the CPU model, its AVX-512 flags, the
     level rtinfer's C++ runs (``isa.describe()``), the cap variables as set, torch's ATen
@@ -420,8 +464,12 @@ def isa_info(requested: str | None, systems: list[System]) -> dict[str, Any]:
                 break
     except OSError:
         pass
+    try:
+        ident = cpu_identity(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        ident = {}
     info: dict[str, Any] = {
-        "requested": requested, "cpu_model": model,
+        "requested": requested, "cpu_model": model, "cpu_identity": ident,
         "avx512_flags": sorted(f for f in flags if f.startswith("avx512")),
         "env": {v: os.environ.get(v) for v in ISA_VARS},
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -621,7 +669,9 @@ def main(argv: list[str] | None = None) -> int:
         machine["int8_ceiling"] = int8.int8_ceiling(int8.effective_cores(args.threads),
                                                     level=args.isa)
     started = datetime.datetime.now(datetime.timezone.utc)
-    log(f"rtinfer bench: {machine['cpu']}, {args.threads} threads, models {', '.join(models)}; "
+    core = describe_cpu(isa_doc.get("cpu_identity") or {})
+    log(f"rtinfer bench: {machine['cpu']}" + (f" ({core})" if core else "")
+        + f", {args.threads} threads, models {', '.join(models)}; "
         f"systems {', '.join(s.name for s in systems)}; CPU level "
         f"{isa_doc['rtinfer'].get('level')}" + (f" (capped by --isa {args.isa})" if args.isa
                                                  else ""))

@@ -574,3 +574,64 @@ def test_bench_model_runs_bf16_systems_on_mlp(bench):
     assert rt["vs_best_bf16_peer"] == pytest.approx(
         res["openvino-bf16"]["median_ms"] / rt["median_ms"])
     assert doc["best_peer"] == "eager"  # bf16 systems are never fp32 peers
+
+
+# -- the CPU's identity: which core ran a benchmark, and what an AVX2 cap costs there -----------
+
+CPUINFO_ZEN5 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+"""
+
+
+@pytest.mark.parametrize(("vendor", "family", "model", "core", "bits"), [
+    ("AuthenticAMD", 26, 2, "Zen 5", 512),
+    ("AuthenticAMD", 25, 0x11, "Zen 4", 256),  # Genoa
+    ("AuthenticAMD", 25, 0x61, "Zen 4", 256),  # Raphael
+    ("AuthenticAMD", 25, 0x01, "Zen 3", None),  # Milan
+    ("AuthenticAMD", 23, 0x31, "Zen / Zen 2", None),
+    ("GenuineIntel", 6, 143, None, None),
+])
+def test_cpu_identity_names_the_core(bench, vendor, family, model, core, bits):
+    text = f"vendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+    ident = bench.run.cpu_identity(text)
+    assert (ident["vendor"], ident["family"], ident["model"]) == (vendor, family, model)
+    assert ident.get("core") == core and ident.get("avx512_datapath_bits") == bits
+
+
+def test_cpu_identity_reads_the_first_processor_only(bench):
+    ident = bench.run.cpu_identity(CPUINFO_ZEN5)
+    assert ident == {"vendor": "AuthenticAMD", "family": 26, "model": 2, "core": "Zen 5",
+                     "avx512_datapath_bits": 512}
+    assert bench.run.describe_cpu(ident) == "AuthenticAMD family 0x1a model 0x02: Zen 5"
+    # not x86 Linux (an ARM cpuinfo has no vendor_id / family): nothing, and no error
+    assert bench.run.cpu_identity("processor\t: 0\nBogoMIPS\t: 50.00\n") == {}
+    assert bench.run.describe_cpu({}) == ""
+
+
+def test_report_names_the_core_and_what_the_avx2_cap_costs(bench):
+    doc = _bf16_doc()
+    zen5 = bench.run.cpu_identity(CPUINFO_ZEN5)
+    doc["isa"] = {"cpu_model": "AMD EPYC", "cpu_identity": zen5, "requested": "avx2",
+                  "rtinfer": {"level": "avx2"}, "systems": {"onnxruntime": "uncapped"}}
+    md = bench.report.markdown(doc)
+    assert "CPU: AMD EPYC (AuthenticAMD family 0x1a model 0x02: Zen 5); AVX-512 flags" in md
+    assert ("Zen 5 has 512-bit FMA units: the cap halves the FMA peak of every capped system, "
+            "so an uncapped system's numbers are not comparable with the capped ones.") in md
+    doc["isa"]["cpu_identity"] = dict(zen5, core="Zen 4", avx512_datapath_bits=256)
+    assert "Zen 4 runs AVX-512 on 256-bit units: the cap keeps the FMA peak" in (
+        bench.report.markdown(doc))
+    # uncapped runs, or cores of unknown width, say nothing about it
+    doc["isa"]["requested"] = None
+    assert "FMA peak" not in bench.report.markdown(doc)
+    doc["isa"] |= {"requested": "avx2", "cpu_identity": {"vendor": "GenuineIntel", "family": 6,
+                                                         "model": 143}}
+    md = bench.report.markdown(doc)
+    assert "FMA peak" not in md and "(GenuineIntel family 0x06 model 0x8f)" in md
