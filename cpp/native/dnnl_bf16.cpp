@@ -105,6 +105,14 @@ std::string add_bf16_conv(Plan& plan, const std::string& name, int src, int src1
       src_md, w_any, b_md, dst_md, Dims{stride[0], stride[1]},
       Dims{dilation[0] - 1, dilation[1] - 1}, Dims{pad_begin[0], pad_begin[1]},
       Dims{pad_end[0], pad_end[1]}, e.attr);
+  // oneDNN 3.2's brgconv:avx512_core_bf16 (AVX512_BF16 without AMX) takes input channels in
+  // pairs across groups when a group has an odd number of them: the zero-padded weight then
+  // multiplies the next group's channel, and a NaN or inf there reaches this group's outputs
+  // (0 * NaN). Measured on a Zen 5: groups of 1 and 3 channels leak, of 2 not; its next
+  // implementation (jit_bf16) and the depthwise kernels (brdgmm_dw) keep the groups apart.
+  if (groups > 1 && (C / groups) % 2 == 1)
+    while (std::string(pd.impl_info_str()) == "brgconv:avx512_core_bf16" && pd.next_impl()) {
+    }
   auto kern = std::make_shared<Kernel>();
   kern->name = name;
   kern->prim = dnnl::convolution_forward(pd);
