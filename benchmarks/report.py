@@ -380,6 +380,15 @@ def _header(doc: dict[str, Any]) -> list[str]:
             + f", after {st['warmup']} warm-up calls. {versions}.", *warning]
 
 
+def describe_cpu(ident: dict[str, Any]) -> str:
+    """``AuthenticAMD family 0x1a model 0x02: Zen 5`` for run.py's ``cpu_identity``, or ''
+    for an empty one."""
+    if not ident:
+        return ""
+    text = f"{ident['vendor']} family {ident['family']:#04x} model {ident['model']:#04x}"
+    return text + (f": {ident['core']}" if ident.get("core") else "")
+
+
 def _datapath_line(ident: dict[str, Any], requested: str) -> str:
     """What an AVX2 cap costs on this core, where its AVX-512 datapath width is known."""
     bits = ident.get("avx512_datapath_bits")
@@ -403,10 +412,7 @@ def _isa_lines(doc: dict[str, Any]) -> list[str]:
     env = ", ".join(f"{k}={v}" for k, v in (isa.get("env") or {}).items() if v) or "none set"
     flags = isa.get("avx512_flags") or []
     ident = isa.get("cpu_identity") or {}
-    cpu = isa.get("cpu_model", "?")
-    if ident:
-        cpu += (f" ({ident['vendor']} family {ident['family']:#04x} model {ident['model']:#04x}"
-                + (f": {ident['core']}" if ident.get("core") else "") + ")")
+    cpu = isa.get("cpu_model", "?") + (f" ({describe_cpu(ident)})" if ident else "")
     text = (f"CPU: {cpu}; AVX-512 flags: "
             f"{' '.join(flags) if flags else 'none'}. rtinfer CPU level "
             f"**{rt.get('level', '?')}** (runs {', '.join(rt.get('supported') or []) or '?'}; "

@@ -439,14 +439,6 @@ def cpu_identity(cpuinfo: str) -> dict[str, Any]:
     return out
 
 
-def describe_cpu(ident: dict[str, Any]) -> str:
-    """``AuthenticAMD family 0x1a model 0x02: Zen 5``, or '' for an empty identity."""
-    if not ident:
-        return ""
-    text = f"{ident['vendor']} family {ident['family']:#04x} model {ident['model']:#04x}"
-    return text + (f": {ident['core']}" if ident.get("core") else "")
-
-
 def isa_info(requested: str | None, systems: list[System]) -> dict[str, Any]:
     """The CPU's instruction-set story of this run: the CPU model, its AVX-512 flags, the
     level rtinfer's C++ runs (``isa.describe()``), the cap variables as set, torch's ATen
@@ -669,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         machine["int8_ceiling"] = int8.int8_ceiling(int8.effective_cores(args.threads),
                                                     level=args.isa)
     started = datetime.datetime.now(datetime.timezone.utc)
-    core = describe_cpu(isa_doc.get("cpu_identity") or {})
+    core = report.describe_cpu(isa_doc.get("cpu_identity") or {})
     log(f"rtinfer bench: {machine['cpu']}" + (f" ({core})" if core else "")
         + f", {args.threads} threads, models {', '.join(models)}; "
         f"systems {', '.join(s.name for s in systems)}; CPU level "

@@ -610,10 +610,10 @@ def test_cpu_identity_reads_the_first_processor_only(bench):
     ident = bench.run.cpu_identity(CPUINFO_ZEN5)
     assert ident == {"vendor": "AuthenticAMD", "family": 26, "model": 2, "core": "Zen 5",
                      "avx512_datapath_bits": 512}
-    assert bench.run.describe_cpu(ident) == "AuthenticAMD family 0x1a model 0x02: Zen 5"
+    assert bench.report.describe_cpu(ident) == "AuthenticAMD family 0x1a model 0x02: Zen 5"
     # not x86 Linux (an ARM cpuinfo has no vendor_id / family): nothing, and no error
     assert bench.run.cpu_identity("processor\t: 0\nBogoMIPS\t: 50.00\n") == {}
-    assert bench.run.describe_cpu({}) == ""
+    assert bench.report.describe_cpu({}) == ""
 
 
 def test_report_names_the_core_and_what_the_avx2_cap_costs(bench):
