@@ -72,12 +72,15 @@ PARTS = ("speed", "digits", "minilm")
 
 
 def interleaved(systems: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3,
-                block: int = 10) -> dict[str, dict[str, float]]:
+                block: int = 10, pause_s: float = 0.02) -> dict[str, dict[str, float]]:
     """Median, p25 and p75 ms of each system, every round calling each ``block`` times in
     rotating order (so that a noisy stretch of the machine falls on all of them). Blocks, not
     single calls: a runtime's thread pool spins on after its call returns (ONNX Runtime's does
     by default) and would slow the next system's call, the first call after a switch pays the
-    other pool's wake-up, and back-to-back calls are what a benchmark of latency measures."""
+    other pool's wake-up, and back-to-back calls are what a benchmark of latency measures.
+    Before each block, ``pause_s`` of sleep lets the previous system's pool quiet down: without
+    it, rtinfer's dense ResNet-18 right after ONNX Runtime's blocks had a p75 of 12.6 ms
+    against 7.1 alone (2-core Zen 5; benchmarks/run.py's SWITCH_PAUSE_MS)."""
     names = list(systems)
     with torch.inference_mode():
         for _ in range(warmup):
@@ -87,6 +90,7 @@ def interleaved(systems: dict[str, Callable[[], Any]], rounds: int, warmup: int 
         for r in range(rounds):
             for k in range(len(names)):
                 name = names[(r + k) % len(names)]
+                time.sleep(pause_s)
                 systems[name]()  # the switch: not timed
                 for _ in range(block):
                     t = time.perf_counter()

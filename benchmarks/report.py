@@ -377,7 +377,12 @@ def _header(doc: dict[str, Any]) -> list[str]:
             + (f" (--iters {st['iters_per_round']}, raised to reach --min-samples "
                f"{min_samples}; fewer where the time budget runs out)"
                if min_samples and st.get("calls_per_round", 0) > st["iters_per_round"] else "")
-            + f", after {st['warmup']} warm-up calls. {versions}.", *warning]
+            + f", after {st['warmup']} warm-up calls"
+            + (f"; each block after a {st['switch_pause_ms']:g} ms pause (the previous "
+               f"system's threads stop competing) and {st.get('block_warmup', 0)} untimed "
+               f"call{'s' if st.get('block_warmup', 0) != 1 else ''}"
+               if st.get("switch_pause_ms") else "")
+            + f". {versions}.", *warning]
 
 
 def describe_cpu(ident: dict[str, Any]) -> str:

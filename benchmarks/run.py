@@ -278,6 +278,9 @@ def bench_model(w: Workload, systems: list[System], args, settings: Settings,
             if name not in prepared:
                 continue
             try:
+                # the previous system's pool quiets down first (SWITCH_PAUSE_MS), then this
+                # system's untimed calls wake its own
+                time.sleep(args.switch_pause / 1e3)
                 time_calls(prepared[name].run, args.block_warmup)
                 samples[name] += time_calls(prepared[name].run, blocks[name])
             except Exception as e:
@@ -375,6 +378,13 @@ def sgemm_ceiling(n: int = 1536, calls: int = 15) -> float:
         torch.mm(a, b)
     best = min(time_calls(lambda: torch.mm(a, b), calls)) / 1e9
     return 2 * n ** 3 / best / 1e9
+
+
+# Before each block of calls: a system timed right after ONNX Runtime ran slower, its pool's
+# workers spinning on after their calls. Measured on a 2-core Zen 5 (rtinfer native ResNet-18,
+# 10 calls after 10 of ONNX Runtime's, 15 rounds): median / p75 7.52 / 12.57 ms with no pause,
+# 7.64 / 11.78 after 1 ms, 7.08 / 7.19 after 10 ms, 7.18 / 7.40 after 50 ms; 6.91 / 7.08 alone.
+SWITCH_PAUSE_MS = 20.0
 
 
 def machine_info() -> dict[str, Any]:
@@ -544,6 +554,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "OpenVINO partly; results go to latest-<isa>.*")
     ap.add_argument("--block-warmup", type=int, default=1,
                     help="untimed calls at the start of each block")
+    ap.add_argument("--switch-pause", type=float, default=SWITCH_PAUSE_MS,
+                    help="ms of sleep before each block, so that the system timed before it "
+                         "stops competing for the cores (ONNX Runtime's workers spin for "
+                         "milliseconds after a call)")
     ap.add_argument("--max-seconds", type=float, default=30.0,
                     help="time budget of one system on one model; slower systems get fewer "
                          "iterations (marked capped)")
@@ -679,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
                      "min_samples": args.min_samples, "isa": args.isa,
                      "calls_per_round": max(args.iters,
                                             math.ceil(args.min_samples / args.rounds)),
-                     "block_warmup": args.block_warmup, "max_seconds": args.max_seconds,
+                     "block_warmup": args.block_warmup, "switch_pause_ms": args.switch_pause,
+                     "max_seconds": args.max_seconds,
                      "minilm_seq": args.minilm_seq, "quick": args.quick,
                      "pipeline": args.pipeline, "tune_trials": args.tune_trials,
                      "fidelity_rtol": FIDELITY_RTOL,

@@ -635,3 +635,32 @@ def test_report_names_the_core_and_what_the_avx2_cap_costs(bench):
                                                          "model": 143}}
     md = bench.report.markdown(doc)
     assert "FMA peak" not in md and "(GenuineIntel family 0x06 model 0x8f)" in md
+
+
+# -- the pause before each block: the system timed before stops competing for the cores ---------
+
+
+def test_each_block_starts_after_the_switch_pause(bench, monkeypatch):
+    """run.py sleeps --switch-pause ms before every block (ONNX Runtime's workers spin on after
+    a call and slowed whichever system came next), and the report says so."""
+    import time as time_mod
+
+    assert bench.run.parse_args([]).switch_pause == bench.run.SWITCH_PAUSE_MS == 20.0
+    sleeps: list[float] = []
+    real_sleep = time_mod.sleep
+    monkeypatch.setattr(bench.run.time, "sleep",
+                        lambda s: (sleeps.append(s), real_sleep(min(s, 0.001)))[1])
+    doc = _bench_mlp(bench, ("eager", "rtinfer-torch"))
+    args = bench.run.parse_args(["--quick", "--iters", "2"])
+    # one pause per block: every round, each timed system
+    assert sleeps.count(0.02) == args.rounds * 2, sleeps
+    assert all(r["status"] == "ok" for r in doc["results"].values())
+
+
+def test_report_header_says_each_block_follows_a_pause(bench):
+    doc = _bf16_doc()
+    doc["settings"] |= {"switch_pause_ms": 20.0, "block_warmup": 1}
+    assert ("after 1 warm-up calls; each block after a 20 ms pause (the previous system's "
+            "threads stop competing) and 1 untimed call.") in bench.report.markdown(doc)
+    doc["settings"] |= {"switch_pause_ms": 0.0}
+    assert "ms pause" not in bench.report.markdown(doc)
