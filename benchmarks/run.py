@@ -457,19 +457,17 @@ def isa_info(requested: str | None, systems: list[System]) -> dict[str, Any]:
 
     model, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    try:
-        ident = cpu_identity(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        ident = {}
+        cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    ident = cpu_identity(cpuinfo)
     info: dict[str, Any] = {
         "requested": requested, "cpu_model": model, "cpu_identity": ident,
         "avx512_flags": sorted(f for f in flags if f.startswith("avx512")),
