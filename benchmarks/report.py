@@ -394,8 +394,9 @@ def describe_cpu(ident: dict[str, Any]) -> str:
     return text + (f": {ident['core']}" if ident.get("core") else "")
 
 
-def _datapath_line(ident: dict[str, Any], requested: str) -> str:
-    """What an AVX2 cap costs on this core, where its AVX-512 datapath width is known."""
+def _datapath_line(ident: dict[str, Any], requested: str, all_capped: bool = False) -> str:
+    """What an AVX2 cap costs on this core, where its AVX-512 datapath width is known
+    (``all_capped``: no system of the run escapes the cap)."""
     bits = ident.get("avx512_datapath_bits")
     if requested != "avx2" or not bits:
         return ""
@@ -403,8 +404,25 @@ def _datapath_line(ident: dict[str, Any], requested: str) -> str:
     if bits == 256:
         return (f" {core} runs AVX-512 on 256-bit units: the cap keeps the FMA peak, so capped "
                 f"and uncapped systems compare as on an AVX2 machine of the same clock.")
+    if all_capped:
+        return (f" {core} has 512-bit FMA units: AVX2 code runs at half their peak, as on an "
+                f"AVX2 machine with two 256-bit FMA pipes (Zen 3) at this clock, for every "
+                f"system alike.")
     return (f" {core} has 512-bit FMA units: the cap halves the FMA peak of every capped "
             f"system, so an uncapped system's numbers are not comparable with the capped ones.")
+
+
+def _mask_line(isa: dict[str, Any]) -> str:
+    """What the CPUID mask did in a capped run (empty where it was not loaded)."""
+    mask = isa.get("cpuid_mask") or {}
+    if not mask.get("active"):
+        return ""
+    hidden = mask.get("hidden") or []
+    return (f" CPUID hides AVX-512 from the whole process (benchmarks/cpuid_mask.c preloaded, "
+            f"Linux CPUID faulting; {mask.get('traps', 0)} CPUID instructions answered"
+            + (f"; hidden: {' '.join(hidden)}" if hidden else "")
+            + "), so libraries that dispatch on CPUID and read no cap variable (ONNX "
+              "Runtime's MLAS, OpenVINO's kernels) run AVX2 code too.")
 
 
 def _isa_lines(doc: dict[str, Any]) -> list[str]:
@@ -433,11 +451,11 @@ def _isa_lines(doc: dict[str, Any]) -> list[str]:
         loose = [f"{n} ({c})" for n, c in (isa.get("systems") or {}).items()
                  if n in doc["systems"] and not c.startswith("capped")]
         lines += [f"**Capped run (--isa {isa['requested']})**: the emulated level applies only "
-                  f"to the capped systems. "
+                  f"to the capped systems." + _mask_line(isa) + " "
                   + (f"Not (fully) capped, running the host's instruction set (marked in the "
                      f"column headings): {'; '.join(loose)}." if loose
                      else "Every system here is capped.")
-                  + _datapath_line(ident, isa["requested"]), ""]
+                  + _datapath_line(ident, isa["requested"], not loose), ""]
     return lines
 
 
@@ -479,6 +497,10 @@ def markdown(doc: dict[str, Any]) -> str:
                              f"{rec.get('max_abs_err')} ({rec.get('fidelity', '')})")
             elif rec.get("capped"):
                 lines.append(f"- {model} / {name}: capped at {rec['samples']} samples")
+            # which kernels a peer chose, where it says (OpenVINO): the ISA it really ran
+            for note in rec.get("notes") or []:
+                if note.startswith("kernels: "):
+                    lines.append(f"- {model} / {name}: {note}")
     return "\n".join(lines) + "\n"
 
 

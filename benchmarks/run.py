@@ -475,6 +475,14 @@ def isa_info(requested: str | None, systems: list[System]) -> dict[str, Any]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "systems": {s.name: s.isa_cap for s in systems},
     }
+    import cpuid_mask
+
+    mask = cpuid_mask.status()
+    if mask["active"]:
+        mask["hidden"] = cpuid_mask.hidden_flags(flags)
+        # what the mask caps beyond the variables: the libraries that dispatch on CPUID
+        info["systems"] = {s.name: s.isa_cap_masked or s.isa_cap for s in systems}
+    info["cpuid_mask"] = mask
     try:
         from rtinfer.bf16 import bf16_support
         from rtinfer.kernels import isa
@@ -548,8 +556,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="cap the CPU level: the run goes on in a child process with "
                          "RTINFER_CPU_ISA, ONEDNN_MAX_CPU_ISA (and for avx2 "
                          "ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, "
-                         "TORCHINDUCTOR_CPP_MARCH) set; ONNX Runtime and TVM stay uncapped, "
-                         "OpenVINO partly; results go to latest-<isa>.*")
+                         "TORCHINDUCTOR_CPP_MARCH) set; for avx2, where the kernel offers CPUID "
+                         "faulting, CPUID also hides AVX-512 from the whole process "
+                         "(--cpuid-mask), which caps ONNX Runtime and OpenVINO too; TVM stays "
+                         "uncapped; results go to latest-<isa>.*")
+    ap.add_argument("--cpuid-mask", choices=("auto", "on", "off"), default="auto",
+                    help="with --isa avx2: preload benchmarks/cpuid_mask.c, so that every "
+                         "library sees an AVX2-only CPU (auto: where it can run; on: fail "
+                         "where it cannot)")
     ap.add_argument("--block-warmup", type=int, default=1,
                     help="untimed calls at the start of each block")
     ap.add_argument("--switch-pause", type=float, default=SWITCH_PAUSE_MS,
@@ -607,20 +621,32 @@ def select_systems(args: argparse.Namespace) -> list[System]:
     return chosen
 
 
-def run_capped(isa: str, argv: list[str]) -> int:
+def run_capped(isa: str, argv: list[str], cpuid_mask: str = "auto") -> int:
     """The whole run again in a child process whose environment caps the CPU level (the
-    variables must be set before torch, oneDNN and MKL load)."""
+    variables must be set before torch, oneDNN and MKL load); for avx2, with the CPUID mask
+    preloaded where it can run (``cpuid_mask``: auto, on or off)."""
     env = os.environ | ISA_ENV[isa] | {ISA_CHILD: isa}
-    print(f"rtinfer bench: capped at {isa}: " + " ".join(f"{k}={v}" for k, v in
-                                                      ISA_ENV[isa].items()),
-          file=sys.stderr, flush=True)
+    how = " ".join(f"{k}={v}" for k, v in ISA_ENV[isa].items())
+    if isa == "avx2" and cpuid_mask != "off":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import cpuid_mask as mask
+
+        try:
+            env = mask.child_env(mask.build(), env)
+            how += "; CPUID hides AVX-512 from the process (cpuid_mask.c preloaded)"
+        except mask.Unavailable as e:
+            if cpuid_mask == "on":
+                raise SystemExit(f"rtinfer bench: --cpuid-mask on, but {e}") from None
+            how += f"; no CPUID mask ({e}): peers that dispatch on CPUID stay uncapped"
+    print(f"rtinfer bench: capped at {isa}: {how}", file=sys.stderr, flush=True)
     return subprocess.call([sys.executable, str(Path(__file__).resolve()), *argv], env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.isa and os.environ.get(ISA_CHILD) != args.isa and not args.list:
-        return run_capped(args.isa, sys.argv[1:] if argv is None else list(argv))
+        return run_capped(args.isa, sys.argv[1:] if argv is None else list(argv),
+                          args.cpuid_mask)
     # thread pools are sized when the runtimes load: fix them before importing any
     os.environ.update(thread_env(args.threads))
     # a cold Inductor cache, so torch.compile's setup time is a real compile, not a cache hit
@@ -664,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.isa and isa_doc["rtinfer"].get("level") != args.isa:
         raise SystemExit(f"rtinfer bench: --isa {args.isa} but rtinfer runs "
                          f"{isa_doc['rtinfer'].get('level')}")
+    mask = isa_doc["cpuid_mask"]
+    if mask["active"] and mask["avx512f_visible"]:
+        raise SystemExit("rtinfer bench: the CPUID mask is loaded but CPUID still shows AVX512F")
+    if args.isa == "avx2" and args.cpuid_mask == "on" and not mask["active"]:
+        raise SystemExit("rtinfer bench: --cpuid-mask on, but the mask is not active in the run")
     # a ceiling is the best rate the machine reaches: measured at the start and again at the
     # end, the better one counts (a busy phase of a shared machine only lowers it)
     machine["sgemm_gflops"] = machine["sgemm_gflops_start"] = sgemm_ceiling()

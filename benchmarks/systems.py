@@ -76,6 +76,8 @@ class System:
     # what a CPU-level cap (run.py --isa) reaches: "capped", "partly capped" or "uncapped",
     # then how (see ISA_CAP_TORCH and the table below)
     isa_cap: str = "uncapped"
+    # the same where run.py --isa avx2 also masks CPUID (cpuid_mask.py); None: as isa_cap
+    isa_cap_masked: str | None = None
     # "fp32", "int8" or "bf16": int8 and bf16 systems are compared with their own precision's
     # peers (the best int8 / bf16 peer) and judged by accuracy on held-out data, not by the
     # fp32 fidelity tolerance
@@ -207,7 +209,29 @@ def setup_openvino(w: Workload, s: Settings) -> Prepared:
         return request.infer(feeds)
 
     return Prepared(run, lambda r: np.array(r[out0]),
-                    [f"ONNX exporter: {exporter}", "OpenVINO CPU, f32 precision hint"])
+                    [f"ONNX exporter: {exporter}", "OpenVINO CPU, f32 precision hint",
+                     _openvino_kernels(compiled)])
+
+
+# the layer types that hold a model's FLOPs, whose kernels say which ISA OpenVINO runs
+_OV_HEAVY = ("Convolution", "FullyConnected", "MatMul")
+
+
+def _openvino_kernels(compiled: Any) -> str:
+    """Which kernels the CPU plugin chose for the heavy layers (the runtime model's
+    ``primitiveType``: ``brgconv_avx2_f32``, ``gemm_mlas_f32``, ...): the ISA it really runs,
+    whatever a cap asked. MLAS picks its ISA from CPUID when it runs."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if "layerType" not in info or "primitiveType" not in info:
+            continue
+        layer = str(info["layerType"].astype(str))
+        if layer in _OV_HEAVY:
+            key = f"{layer} {info['primitiveType'].astype(str)}"
+            counts[key] = counts.get(key, 0) + 1
+    return ("kernels: " + ", ".join(f"{k} ×{n}" for k, n in sorted(counts.items()))
+            if counts else "kernels: none of " + "/".join(_OV_HEAVY))
 
 
 def _openvino_runtime_precisions(compiled: Any) -> dict[str, int]:
@@ -266,6 +290,7 @@ def _openvino_prepared(compiled: Any, w: Workload, names: list[str], notes: list
     request = compiled.create_infer_request()
     feeds = _feeds(w, names)
     out0 = compiled.output(0)
+    notes = [*notes, _openvino_kernels(compiled)]
 
     def run():
         return request.infer(feeds)
@@ -621,6 +646,14 @@ ISA_UNCAPPED_ORT = "uncapped: MLAS dispatches on cpuid"
 ISA_PARTLY_OV = ("partly capped: its oneDNN honours ONEDNN_MAX_CPU_ISA; OpenVINO's own kernels "
                  "read OV_CPU_MAX_ISA only in debug-caps builds (set anyway)")
 ISA_UNCAPPED_TVM = "uncapped: LLVM code for the host CPU"
+# Under the CPUID mask (run.py --isa avx2 where CPUID faulting exists) the libraries that
+# dispatch on CPUID see an AVX2-only CPU: MLAS, OpenVINO's own kernels and its MLAS. TVM's
+# target names the host's core (mcpu), whose features LLVM takes from the name: still uncapped.
+ISA_MASKED_ORT = "capped: CPUID shows no AVX-512 (MLAS dispatches on CPUID)"
+ISA_MASKED_OV = ("capped: CPUID shows no AVX-512 (OpenVINO's kernels and its MLAS dispatch on "
+                 "CPUID), its oneDNN ONEDNN_MAX_CPU_ISA")
+ISA_UNCAPPED_TVM_MASKED = ("uncapped: LLVM code for the host CPU model (mcpu), whose features "
+                           "LLVM takes from the name, not CPUID")
 ISA_CAP_NATIVE = ("capped: RTINFER_CPU_ISA (own kernels, generated code, its oneDNN); ATen "
                   "GEMM candidates as torch")
 
@@ -632,38 +665,46 @@ SYSTEMS: dict[str, System] = {sys.name: sys for sys in [
            "torch._inductor.config.freezing = True", setup_torch_compile_freezing,
            isa_cap=ISA_CAP_INDUCTOR),
     System("onnxruntime", "ONNX Runtime CPU, ORT_ENABLE_ALL, on the torch.onnx.export "
-           "(dynamo) model", setup_onnxruntime, needs_onnx=True, isa_cap=ISA_UNCAPPED_ORT),
+           "(dynamo) model", setup_onnxruntime, needs_onnx=True, isa_cap=ISA_UNCAPPED_ORT,
+           isa_cap_masked=ISA_MASKED_ORT),
     System("openvino", "OpenVINO CPU (LATENCY hint, f32) on the same ONNX model",
-           setup_openvino, needs_onnx=True, isa_cap=ISA_PARTLY_OV),
+           setup_openvino, needs_onnx=True, isa_cap=ISA_PARTLY_OV,
+           isa_cap_masked=ISA_MASKED_OV),
     System("tvm-relax", "TVM's own path: from_exported_program + relax.build for llvm "
            "(host CPU), untuned, no rtinfer passes", setup_tvm_relax, slow=True,
-           isa_cap=ISA_UNCAPPED_TVM),
+           isa_cap=ISA_UNCAPPED_TVM,
+           isa_cap_masked=ISA_UNCAPPED_TVM_MASKED),
     System("tvm-relax-tuned", "TVM's own path tuned: from_exported_program, TVM's "
            "static-shape tuning flow (FuseOps, MetaSchedule with --tune-trials trials in all)",
-           setup_tvm_relax_tuned, tuned=True, isa_cap=ISA_UNCAPPED_TVM),
+           setup_tvm_relax_tuned, tuned=True, isa_cap=ISA_UNCAPPED_TVM,
+           isa_cap_masked=ISA_UNCAPPED_TVM_MASKED),
     System("rtinfer-torch", "rtinfer.compile(backend='torch'), default pipeline (O3)",
            setup_rtinfer_torch, rtinfer=True, isa_cap=ISA_CAP_TORCH),
     System("rtinfer-tvm", "rtinfer.compile(backend='tvm'), default pipeline (O3)",
-           setup_rtinfer_tvm, rtinfer=True, isa_cap=ISA_UNCAPPED_TVM),
+           setup_rtinfer_tvm, rtinfer=True, isa_cap=ISA_UNCAPPED_TVM,
+           isa_cap_masked=ISA_UNCAPPED_TVM_MASKED),
     System("rtinfer-tvm-tuned", "rtinfer.compile(backend='tvm', tune=--tune-trials): "
            "MetaSchedule on rtinfer's fused kernels, same trial budget as tvm-relax-tuned",
-           setup_rtinfer_tvm_tuned, rtinfer=True, tuned=True, isa_cap=ISA_UNCAPPED_TVM),
+           setup_rtinfer_tvm_tuned, rtinfer=True, tuned=True, isa_cap=ISA_UNCAPPED_TVM,
+           isa_cap_masked=ISA_UNCAPPED_TVM_MASKED),
     System("rtinfer-native", "rtinfer.compile(backend='native'): rtinfer's C++ executor, "
            "oneDNN conv/matmul, own kernels, default pipeline (O3)",
            setup_rtinfer_native, rtinfer=True, isa_cap=ISA_CAP_NATIVE),
     System("onnxruntime-int8", "ONNX Runtime CPU on its own int8 quantization of the ONNX "
            "model: static QDQ S8S8 per-channel, 128 calibration inputs (CNNs); dynamic "
            "(transformers)", setup_onnxruntime_int8, needs_onnx=True,
-           isa_cap=ISA_UNCAPPED_ORT, precision="int8"),
+           isa_cap=ISA_UNCAPPED_ORT, isa_cap_masked=ISA_MASKED_ORT, precision="int8"),
     System("openvino-int8", "OpenVINO CPU on NNCF post-training quantization (nncf.quantize, "
            "128 calibration inputs; model_type=TRANSFORMER for MiniLM)", setup_openvino_int8,
-           needs_onnx=True, isa_cap=ISA_PARTLY_OV, precision="int8"),
+           needs_onnx=True, isa_cap=ISA_PARTLY_OV, isa_cap_masked=ISA_MASKED_OV,
+           precision="int8"),
     System("rtinfer-int8", "rtinfer.compile(precision='int8', calibration=128 inputs, "
            "backend='native')", setup_rtinfer_int8, rtinfer=True, isa_cap=ISA_CAP_NATIVE,
            precision="int8"),
     System("openvino-bf16", "OpenVINO CPU (LATENCY hint, bf16 precision hint) on the same "
            "ONNX model; n/a where OpenVINO resolves the hint to f32", setup_openvino_bf16,
-           needs_onnx=True, isa_cap=ISA_PARTLY_OV, precision="bf16"),
+           needs_onnx=True, isa_cap=ISA_PARTLY_OV, isa_cap_masked=ISA_MASKED_OV,
+           precision="bf16"),
     System("rtinfer-bf16", "rtinfer.compile(precision='bf16', backend='native'): oneDNN bf16 "
            "conv/matmul; n/a on a CPU (or --isa cap) without AVX512_BF16 / AMX-BF16",
            setup_rtinfer_bf16, rtinfer=True, isa_cap=ISA_CAP_NATIVE, precision="bf16"),

@@ -620,7 +620,7 @@ def test_report_names_the_core_and_what_the_avx2_cap_costs(bench):
     doc = _bf16_doc()
     zen5 = bench.run.cpu_identity(CPUINFO_ZEN5)
     doc["isa"] = {"cpu_model": "AMD EPYC", "cpu_identity": zen5, "requested": "avx2",
-                  "rtinfer": {"level": "avx2"}, "systems": {"onnxruntime": "uncapped"}}
+                  "rtinfer": {"level": "avx2"}, "systems": {"openvino-bf16": "uncapped"}}
     md = bench.report.markdown(doc)
     assert "CPU: AMD EPYC (AuthenticAMD family 0x1a model 0x02: Zen 5); AVX-512 flags" in md
     assert ("Zen 5 has 512-bit FMA units: the cap halves the FMA peak of every capped system, "
@@ -635,6 +635,95 @@ def test_report_names_the_core_and_what_the_avx2_cap_costs(bench):
                                                          "model": 143}}
     md = bench.report.markdown(doc)
     assert "FMA peak" not in md and "(GenuineIntel family 0x06 model 0x8f)" in md
+
+
+def test_report_says_what_the_cpuid_mask_capped(bench):
+    doc = _bf16_doc()
+    zen5 = bench.run.cpu_identity(CPUINFO_ZEN5)
+    masked = {n: "capped: CPUID shows no AVX-512" for n in doc["systems"]}
+    doc["isa"] = {"cpu_model": "AMD EPYC", "cpu_identity": zen5, "requested": "avx2",
+                  "rtinfer": {"level": "avx2"}, "systems": masked,
+                  "cpuid_mask": {"loaded": True, "active": True, "traps": 52,
+                                 "avx512f_visible": False, "hidden": ["avx512f", "avx512vl"]}}
+    md = bench.report.markdown(doc)
+    assert ("CPUID hides AVX-512 from the whole process (benchmarks/cpuid_mask.c preloaded, "
+            "Linux CPUID faulting; 52 CPUID instructions answered; hidden: avx512f avx512vl)"
+            in md)
+    assert "Every system here is capped." in md and "(uncapped)" not in md
+    # with no system left uncapped, Zen 5's halved peak applies to all alike
+    assert "as on an AVX2 machine with two 256-bit FMA pipes (Zen 3) at this clock" in md
+    assert "not comparable" not in md
+    # one system the mask does not reach (TVM's LLVM code names the core): marked again
+    name = next(iter(doc["systems"]))
+    doc["isa"]["systems"][name] = "uncapped: LLVM code for the host CPU model"
+    md = bench.report.markdown(doc)
+    assert f"{name} (uncapped)" in md and "not comparable" in md
+    # no mask loaded: no word of it
+    doc["isa"]["cpuid_mask"] = {"loaded": False, "active": False}
+    assert "CPUID hides" not in bench.report.markdown(doc)
+
+
+def test_cpuid_mask_says_why_it_cannot_run(bench):
+    mask = pytest.importorskip("cpuid_mask")
+    if mask.platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 only")
+    no_fault = "processor\t: 0\nflags\t\t: fpu avx2 avx512f hypervisor\n"
+    assert "no CPUID faulting" in mask.why_unavailable(no_fault)
+    assert mask.hidden_flags({"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "avx_vnni"}
+                             ) == ["amx_tile", "avx512_bf16", "avx512f", "avx_vnni"]
+    env = mask.child_env(Path("/x/m.so"), {"LD_PRELOAD": "/y/other.so",
+                                          "GLIBC_TUNABLES": "glibc.malloc.check=3"})
+    assert env["LD_PRELOAD"] == "/x/m.so /y/other.so"
+    assert env["GLIBC_TUNABLES"].startswith("glibc.malloc.check=3:glibc.cpu.hwcaps=-AVX512F")
+
+
+_MASKED_CHILD = """
+import ctypes, faulthandler, json, sys
+import numpy, torch
+sys.path.insert(0, sys.argv[1])
+import cpuid_mask
+faulthandler.enable()  # installs a SIGSEGV handler: the shim must keep answering CPUID
+out = cpuid_mask.status()
+out["torch"] = torch.backends.cpu.get_cpu_capability()
+out["numpy_avx512f"] = bool(numpy._core._multiarray_umath.__cpu_features__["AVX512F"])
+out["numpy_avx2"] = bool(numpy._core._multiarray_umath.__cpu_features__["AVX2"])
+out["after_faulthandler"] = cpuid_mask.status()["avx512f_visible"]
+print(json.dumps(out), flush=True)
+if len(sys.argv) > 2:
+    ctypes.string_at(0)  # a real segfault: faulthandler reports it, the process dies of it
+"""
+
+
+def _masked_child(bench, tmp_path, *extra):
+    mask = pytest.importorskip("cpuid_mask")
+    why = mask.why_unavailable()
+    if why:
+        pytest.skip(why)
+    shim = mask.build(tmp_path)
+    env = mask.child_env(shim)
+    for var in ("ATEN_CPU_CAPABILITY", "RTINFER_CPU_ISA", "ONEDNN_MAX_CPU_ISA"):
+        env.pop(var, None)
+    return mask, subprocess.run([sys.executable, "-c", _MASKED_CHILD, str(BENCH), *extra],
+                                capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cpuid_mask_hides_avx512_from_every_library(bench, tmp_path):
+    mask, proc = _masked_child(bench, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["loaded"] and got["active"] and got["traps"] > 0
+    assert got["avx512f_visible"] is False and got["after_faulthandler"] is False
+    # torch and numpy dispatch on CPUID with no cap variable set: both see AVX2 at most
+    assert got["numpy_avx512f"] is False and got["numpy_avx2"] is True
+    assert got["torch"] in ("AVX2", "DEFAULT")
+    if "avx512f" in Path("/proc/cpuinfo").read_text().split():
+        assert got["torch"] == "AVX2"  # an AVX-512 host, seen as AVX2
+
+
+def test_cpuid_mask_keeps_real_segfaults_fatal(bench, tmp_path):
+    _, proc = _masked_child(bench, tmp_path, "crash")
+    assert proc.returncode == -11, (proc.returncode, proc.stderr[-2000:])
+    assert "Fatal Python error: Segmentation fault" in proc.stderr  # faulthandler was chained
 
 
 # -- the pause before each block: the system timed before stops competing for the cores ---------
