@@ -9,7 +9,7 @@
  * over the 2-byte instruction. The setting is per thread, inherited by threads and forks, and
  * reset by exec (the shim's constructor sets it again in every process that preloads it).
  *
- * SIGSEGV handlers installed later through sigaction() are kept and chained behind this one
+ * SIGSEGV handlers installed later through sigaction() or signal() are kept and chained behind this one
  * (faults that are not CPUID go to them), so Python's faulthandler and the like still work.
  *
  * Built and used by benchmarks/cpuid_mask.py for run.py --isa avx2. Code the process ran
@@ -57,6 +57,8 @@ static void hide(unsigned leaf, unsigned sub, unsigned r[4]) {
     }
 }
 
+static sigaction_fn real_sigaction(void);
+
 static void on_segv(int sig, siginfo_t *si, void *ctx) {
     ucontext_t *uc = ctx;
     greg_t *g = uc->uc_mcontext.gregs;
@@ -85,7 +87,10 @@ static void on_segv(int sig, siginfo_t *si, void *ctx) {
         return;
     }
     /* no one else handles it: the default action, as without the shim (the fault repeats) */
-    signal(sig, SIG_DFL);
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    real_sigaction()(sig, &dfl, NULL);
 }
 
 static sigaction_fn real_sigaction(void) {
@@ -104,6 +109,37 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
         return 0;
     }
     return real_sigaction()(sig, act, old);
+}
+
+/* signal() goes to the kernel without sigaction(), so it is interposed too (GCC's cc1plus
+ * installs its crash handler with it, then runs CPUID). */
+typedef void (*handler_fn)(int);
+
+static handler_fn set_chained(handler_fn h) {
+    handler_fn old = (chained.sa_flags & SA_SIGINFO) ? (handler_fn)chained.sa_sigaction
+                                                     : chained.sa_handler;
+    memset(&chained, 0, sizeof chained);
+    chained.sa_handler = h;
+    chained.sa_flags = SA_RESTART;
+    return old;
+}
+
+handler_fn signal(int sig, handler_fn h) {
+    static handler_fn (*real)(int, handler_fn);
+    if (sig == SIGSEGV && active)
+        return set_chained(h);
+    if (!real)
+        real = (handler_fn(*)(int, handler_fn))dlsym(RTLD_NEXT, "signal");
+    return real(sig, h);
+}
+
+handler_fn sysv_signal(int sig, handler_fn h) {
+    static handler_fn (*real)(int, handler_fn);
+    if (sig == SIGSEGV && active)
+        return set_chained(h);
+    if (!real)
+        real = (handler_fn(*)(int, handler_fn))dlsym(RTLD_NEXT, "sysv_signal");
+    return real(sig, h);
 }
 
 /* For the harness (ctypes): whether the mask is on in this process, and how many CPUID

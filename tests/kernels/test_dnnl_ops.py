@@ -282,19 +282,26 @@ def test_matmul_activation(native, activation):
                                                  ("relu", "pre"), ("none", "pre"),
                                                  ("tanh", "none"), ("silu", "pre")])
 @pytest.mark.parametrize("bias", [True, False])
-def test_matmul_through_aten_gemm_matches(native, monkeypatch, activation, residual, bias):
-    """A constant-weight matmul may run as ATen's GEMM plus the epilogue in place (where that
-    is faster, e.g. oneDNN's f32 matmul on AVX2); forced here, it gives the reference's
-    numbers with every epilogue it is offered for."""
-    monkeypatch.setenv("RTINFER_GEMM", "aten")
+@pytest.mark.parametrize("gemm", ["aten", "brgemm"])
+def test_matmul_through_aten_gemm_matches(native, monkeypatch, activation, residual, bias, gemm):
+    """A constant-weight matmul may run as ATen's GEMM or torch's brgemm tiles plus the
+    epilogue (where that is faster, e.g. oneDNN's f32 matmul on AVX2); forced here, it gives
+    the reference's numbers with every epilogue it is offered for."""
+    monkeypatch.setenv("RTINFER_GEMM", gemm)
     check_matmul(native, (64, 96), (96, 48), transposed_weight=True, bias=bias,
                  activation=activation, residual=residual)
     check_matmul(native, (2, 5, 33), (33, 7), bias=bias, activation=activation,
                  residual=residual)  # a's batch folds into the rows
+    # brgemm's tiles: 130 rows are two row blocks (128 + 2), 100 columns end in a ragged panel
+    check_matmul(native, (130, 40), (40, 100), bias=bias, activation=activation,
+                 residual=residual)
 
 
-def test_aten_gemm_step_is_named_and_post_residual_stays_on_onednn(native, monkeypatch):
-    monkeypatch.setenv("RTINFER_GEMM", "aten")
+@pytest.mark.parametrize("gemm,label", [("aten", "ATen GEMM"),
+                                        ("brgemm", "torch oneDNN brgemm")])
+def test_aten_gemm_step_is_named_and_post_residual_stays_on_onednn(native, monkeypatch, gemm,
+                                                                   label):
+    monkeypatch.setenv("RTINFER_GEMM", gemm)
     w = rand(16, 4)
     for mode, want in (("none", True), ("post", False)):
         plan = native.Plan()
@@ -302,7 +309,32 @@ def test_aten_gemm_step_is_named_and_post_residual_stays_on_onednn(native, monke
         out = plan.add_slot(OUTPUT, 0, 0)
         native.add_matmul(plan, "mm", a, -1, out, r if mode != "none" else -1, [8, 16], [16, 4],
                           w, None, "relu", 0.0, 0.0, mode)
-        assert ("ATen GEMM" in plan.step_names[0]) is want, (mode, plan.step_names)
+        assert (label in plan.step_names[0]) is want, (mode, plan.step_names)
+
+
+def test_brgemm_tile_gelu_matches_torch_on_special_values(native, monkeypatch):
+    """brgemm's GELU runs in each tile (erf by Abramowitz and Stegun, as ATen's vectorized
+    erf): it matches torch's GELU over the whole range, far tails and tiny values included,
+    and NaN stays NaN (infinities are left out, as for every smooth activation here)."""
+    monkeypatch.setenv("RTINFER_CPU_ISA", native.level())
+    monkeypatch.setenv("RTINFER_GEMM", "brgemm")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 72), torch.nn.GELU()).eval()
+    x = torch.randn(70, 16) * 3
+    x[3, :] = float("nan")
+    with torch.no_grad():
+        m[0].weight[7] = 0.0
+        m[0].bias[7] = 1e-30
+        m[0].weight[8] *= 40  # far into the tails: erf is +-1 there
+    import rtinfer
+
+    cm = rtinfer.compile(m, example_inputs=(x,), backend="native")
+    steps = [name for name, _ in cm.module.profile(x, iters=1)]
+    assert any("brgemm" in name for name in steps), steps
+    got, want = cm(x), m(x)
+    assert torch.isnan(want[3]).all() and torch.equal(torch.isnan(got), torch.isnan(want))
+    # the GEMM's rounding (pre-activations up to about 100) bounds the agreement, not the erf
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=1e-5, atol=1e-5)
 
 
 def test_matmul_bad_arguments(native):
