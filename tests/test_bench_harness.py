@@ -3,6 +3,7 @@ the timings: tests do not assert on wall time)."""
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -718,6 +719,25 @@ def test_cpuid_mask_hides_avx512_from_every_library(bench, tmp_path):
     assert got["torch"] in ("AVX2", "DEFAULT")
     if "avx512f" in Path("/proc/cpuinfo").read_text().split():
         assert got["torch"] == "AVX2"  # an AVX-512 host, seen as AVX2
+
+
+def test_cpuid_mask_keeps_compilers_working(bench, tmp_path):
+    """GCC's cc1plus installs its crash handler with signal(), then runs CPUID: the shim
+    chains that handler too (it crashed with an internal compiler error before), so builds
+    in a masked run (the native extension, generated code) still compile."""
+    mask = pytest.importorskip("cpuid_mask")
+    why = mask.why_unavailable()
+    if why:
+        pytest.skip(why)
+    cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    src = tmp_path / "t.cpp"
+    src.write_text("int f(int x) { return x * 2; }\n")
+    proc = subprocess.run([cxx, "-O2", "-c", str(src), "-o", str(tmp_path / "t.o")],
+                          capture_output=True, text=True, timeout=120,
+                          env=mask.child_env(mask.build(tmp_path)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_cpuid_mask_keeps_real_segfaults_fatal(bench, tmp_path):
