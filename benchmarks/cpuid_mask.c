@@ -3,14 +3,15 @@
  * dispatches as it would on an AVX2 machine, including the ones with no cap variable.
  *
  * How: Linux's CPUID faulting (arch_prctl ARCH_SET_CPUID, the cpuid_fault flag in
- * /proc/cpuinfo). With it off, the CPUID instruction raises SIGSEGV (si_code SI_KERNEL); the
- * handler runs the real CPUID with faulting briefly on, clears the AVX-512, AMX and AVX-VNNI
+ * /proc/cpuinfo). With faulting on, the CPUID instruction raises SIGSEGV (si_code SI_KERNEL);
+ * the handler runs the real CPUID with faulting briefly off, clears the AVX-512, AMX and AVX-VNNI
  * feature bits of leaf 7, writes the result into the faulting thread's registers and steps
  * over the 2-byte instruction. The setting is per thread, inherited by threads and forks, and
  * reset by exec (the shim's constructor sets it again in every process that preloads it).
  *
- * SIGSEGV handlers installed later through sigaction() or signal() are kept and chained behind this one
- * (faults that are not CPUID go to them), so Python's faulthandler and the like still work.
+ * SIGSEGV handlers installed later through sigaction() or signal() are kept and chained behind
+ * this one (faults that are not CPUID go to them), so Python's faulthandler, GCC's crash
+ * handler and the like still work.
  *
  * Built and used by benchmarks/cpuid_mask.py for run.py --isa avx2. Code the process ran
  * before this constructor (glibc's own dispatch) saw the real CPU: the caller sets
@@ -35,8 +36,9 @@ static volatile long traps;      /* CPUID instructions emulated so far */
 static int active;               /* 1 once faulting is on and the handler installed */
 static struct sigaction chained; /* SIGSEGV's handler before ours, or asked for after */
 
-static int cpuid_faulting(int off) {
-    return (int)syscall(SYS_arch_prctl, ARCH_SET_CPUID, off ? 0 : 1);
+/* on: CPUID faults (ARCH_SET_CPUID 0); off: CPUID runs (1) */
+static int cpuid_faulting(int on) {
+    return (int)syscall(SYS_arch_prctl, ARCH_SET_CPUID, on ? 0 : 1);
 }
 
 /* Leaf 7 bits an AVX2-only CPU (x86-64-v3, e.g. AMD Zen 3) does not have. */
@@ -124,23 +126,15 @@ static handler_fn set_chained(handler_fn h) {
     return old;
 }
 
-handler_fn signal(int sig, handler_fn h) {
-    static handler_fn (*real)(int, handler_fn);
+static handler_fn interposed(const char *name, int sig, handler_fn h) {
     if (sig == SIGSEGV && active)
         return set_chained(h);
-    if (!real)
-        real = (handler_fn(*)(int, handler_fn))dlsym(RTLD_NEXT, "signal");
+    handler_fn (*real)(int, handler_fn) = (handler_fn(*)(int, handler_fn))dlsym(RTLD_NEXT, name);
     return real(sig, h);
 }
 
-handler_fn sysv_signal(int sig, handler_fn h) {
-    static handler_fn (*real)(int, handler_fn);
-    if (sig == SIGSEGV && active)
-        return set_chained(h);
-    if (!real)
-        real = (handler_fn(*)(int, handler_fn))dlsym(RTLD_NEXT, "sysv_signal");
-    return real(sig, h);
-}
+handler_fn signal(int sig, handler_fn h) { return interposed("signal", sig, h); }
+handler_fn sysv_signal(int sig, handler_fn h) { return interposed("sysv_signal", sig, h); }
 
 /* For the harness (ctypes): whether the mask is on in this process, and how many CPUID
  * instructions it answered. */
