@@ -99,7 +99,10 @@ def child_env(shim: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     """The variables a child process needs to start masked (``env``: the base, default ours):
     the shim first in LD_PRELOAD, and glibc told to leave AVX-512 alone."""
     env = dict(os.environ if env is None else env)
-    preload = env.get("LD_PRELOAD", "")
+    # a shim already there (a run started from a masked process) is not loaded twice: two
+    # copies would each interpose sigaction() on the other
+    preload = " ".join(p for p in env.get("LD_PRELOAD", "").replace(":", " ").split()
+                       if not Path(p).name.startswith("cpuid_mask-"))
     env["LD_PRELOAD"] = f"{shim} {preload}".strip()
     tunables = env.get("GLIBC_TUNABLES", "")
     env["GLIBC_TUNABLES"] = f"{tunables}:{GLIBC_HWCAPS}" if tunables else GLIBC_HWCAPS

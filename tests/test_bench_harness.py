@@ -675,6 +675,10 @@ def test_cpuid_mask_says_why_it_cannot_run(bench):
     env = mask.child_env(Path("/x/m.so"), {"LD_PRELOAD": "/y/other.so",
                                           "GLIBC_TUNABLES": "glibc.malloc.check=3"})
     assert env["LD_PRELOAD"] == "/x/m.so /y/other.so"
+    # started from a masked process: the older shim is not loaded a second time
+    again = mask.child_env(Path("/x/cpuid_mask-new.so"),
+                           {"LD_PRELOAD": "/c/cpuid_mask-old.so /y/o.so"})
+    assert again["LD_PRELOAD"] == "/x/cpuid_mask-new.so /y/o.so"
     assert env["GLIBC_TUNABLES"].startswith("glibc.malloc.check=3:glibc.cpu.hwcaps=-AVX512F")
 
 
