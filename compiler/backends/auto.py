@@ -113,18 +113,27 @@ def auto_candidates(target: Any, trainable: bool = False) -> list[AutoCandidate]
                                                                      trainable) and c.available()]
 
 
+def machine_key() -> str:
+    """What the candidates' speed depends on here: rtinfer's CPU level (``cpu_key()``) and the
+    instruction level torch's ATen runs (``torch.backends.cpu.get_cpu_capability()``, which
+    CPUID and ``ATEN_CPU_CAPABILITY`` decide). A record measured under another is measured
+    again: with only rtinfer capped at avx2, the torch backend ran AVX-512, and that verdict
+    (torch 19.6 against native 25.3 ms on MiniLM) is wrong where torch runs AVX2 too."""
+    return f"{cpu_key()}/torch-{torch.backends.cpu.get_cpu_capability().lower()}"
+
+
 def select_backend(graph: Graph, candidates: list[AutoCandidate],
                    remembered: dict[str, Any] | None,
                    measure_inputs: Callable[[Any], list[torch.Tensor] | None],
                    options: dict[str, Any]) -> tuple[Any, str, dict[str, Any], float]:
     """(the module, its backend, the record for ``CompileInfo.auto``, the seconds spent
     measuring). ``options`` go to ``dispatch.build``. A ``remembered`` choice (a cache hit)
-    measured on this CPU (its ``"cpu"`` is ``cpu_key()``) is built without measuring; with one
+    measured on this CPU (its ``"cpu"`` is ``machine_key()``) is built without measuring; with one
     candidate left after the declines, nothing is measured. ``measure_inputs(module)``: the
     inputs to time on, given the reference's module (None when there are none); called only
     when there is something to measure.
 
-    The record: ``choice``; ``skipped`` ({backend: why}); ``cpu`` (``cpu_key()``); ``note``
+    The record: ``choice``; ``skipped`` ({backend: why}); ``cpu`` (``machine_key()``); ``note``
     where there is something to add; and where measured, ``ms`` ({backend: median ms}),
     ``stats`` ({backend: {median, p10, p25, p75, p90 (ms), calls, and "out": why it left the
     race early}}), ``verdict``, ``tie`` and ``measured`` (ISO date and time, UTC). A cache
@@ -138,7 +147,7 @@ def select_backend(graph: Graph, candidates: list[AutoCandidate],
         else:
             skipped[c.name] = why
     viable = viable or [candidates[0].name]
-    here = cpu_key()
+    here = machine_key()
     notes: list[str] = []
     if remembered and remembered.get("choice") in viable:
         if remembered.get("cpu") == here:

@@ -181,7 +181,8 @@ def test_the_record_carries_the_evidence(fakes):
     module, backend, record, seconds = select()
     assert backend == "native" == record["choice"] and module.name == "native"
     assert builds == ["torch", "native"] and seconds >= 0
-    assert record["cpu"] == cpu_key() and record["tie"] is False and record["skipped"] == {}
+    assert record["cpu"] == auto.machine_key() and record["tie"] is False
+    assert record["skipped"] == {} and record["cpu"].startswith(cpu_key() + "/torch-")
     assert datetime.fromisoformat(record["measured"]).tzinfo is not None
     assert record["verdict"].startswith("native faster by 5")
     stats = record["stats"]
@@ -213,10 +214,23 @@ def test_a_record_remembered_on_another_cpu_is_measured_again(fakes, cpu):
         remembered["cpu"] = cpu
     _, backend, record, _ = select(remembered)
     assert builds == ["torch", "native"] and backend == "native"
-    assert record["cpu"] == cpu_key() and not record.get("remembered")
+    assert record["cpu"] == auto.machine_key() and not record.get("remembered")
     assert record["measured"] > "2020-01-02"
     assert record["note"] == ("measured again: the remembered choice was measured on "
                               + (cpu or "an unrecorded CPU"))
+
+
+def test_a_record_measured_where_torch_ran_another_isa_is_measured_again(fakes, monkeypatch):
+    """Same rtinfer level, but torch's ATen ran another instruction level then (only rtinfer
+    was capped, or CPUID showed more): the verdict does not carry over."""
+    select, builds = fakes
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    _, _, record, _ = select()
+    assert record["cpu"] == f"{cpu_key()}/torch-avx512"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(auto, "race", lambda calls: pytest.fail("measured"), raising=True)
+    with pytest.raises(pytest.fail.Exception, match="measured"):
+        select(json.loads(json.dumps(record)))
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -251,7 +265,7 @@ def test_the_report_shows_the_evidence_and_on_a_cache_hit_says_remembered(clock,
             f"{auto.AUTO_MAX_ROUNDS} calls each), chose torch for lower per-call overhead\n"
             in report)
     assert (f"\n    measured {auto_['measured'][:10]} {auto_['measured'][11:16]} UTC on "
-            f"{cpu_key()}:\n      tvm 0.000 ms (quartiles 0.000-0.000, "
+            f"{auto.machine_key()}:\n      tvm 0.000 ms (quartiles 0.000-0.000, "
             f"{auto.AUTO_MAX_ROUNDS} calls)\n      torch 0.000 ms" in report)
     assert "remembered" not in report
 
@@ -259,7 +273,8 @@ def test_the_report_shows_the_evidence_and_on_a_cache_hit_says_remembered(clock,
     assert warm.info.cache == "hit" and warm.info.backend == "torch"
     assert warm.info.auto == {**auto_, "remembered": True}
     report = warm.report()
-    assert (f"\n    remembered from {auto_['measured'][:10]} on this CPU ({cpu_key()}), not "
-            "measured again; measured then:\n      tvm 0.000 ms" in report)
+    assert (f"\n    remembered from {auto_['measured'][:10]} on this CPU "
+            f"({auto.machine_key()}), not measured again; measured then:\n      tvm 0.000 ms"
+            in report)
     assert "    measured 20" not in report  # old timings are not presented as new
     torch.testing.assert_close(warm(x), m(x))
