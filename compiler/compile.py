@@ -323,6 +323,11 @@ class CompiledModel:
             lines.append(f"  native plan: {native.steps} steps ({kernels}); arena "
                          f"{native.arena_bytes / 2**20:.2f} MiB"
                          + (f"; threads: {native.threads}" if native.threads else ""))
+            bound = getattr(self.module, "finite_bound", None)
+            if bound is not None:
+                lines.append(f"  finite fast path: relu/clip fused into oneDNN for inputs "
+                             f"finite and within +-{bound:.3g}; a call outside runs the plan "
+                             f"with NaN-keeping clamps")
         if i.auto:
             lines += ["  " + line for line in _auto_lines(i.auto)]
         if getattr(self.module, "tuning", None) is not None:

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from rtinfer.backends import native  # noqa: F401  (fills LOWERINGS)
+from rtinfer.backends.native import finite
 from rtinfer.backends.native.lowerer import LOWERINGS, UNSUPPORTED, Lowerer, lowers
 from rtinfer.backends.native.plan import View
 from rtinfer.backends.torch_backend import build_module
@@ -88,14 +89,36 @@ class NativeModule:
         self.stats = NativeStats()
         self.rtinfer_mkldnn = True
         self.rtinfer_fallback_ops: list[str] = []
+        # the finite fast path (native.finite): the bound on the inputs under which the plans
+        # fuse relu and clip into oneDNN; calls outside it run the exact plans (built on demand)
+        self.finite_bound = finite.input_bound(graph) if finite_enabled() else None
+        self._exact: dict[tuple, Any] = {}
         if all(v.type.is_static for v in graph.inputs):
             shapes = tuple(tuple(int(d) for d in v.type.shape) for v in graph.inputs)
             self._plan((shapes, torch.get_num_threads()))
 
-    def _lower(self, shapes: tuple, threads: int) -> tuple[Any, Lowerer]:
-        lw = Lowerer(self.graph, shapes, self.strict, threads, self.ext)
-        lw.lower()
-        return lw.build(self.ext), lw
+    def _lower(self, shapes: tuple, threads: int, exact: bool = False) -> tuple[Any, Lowerer]:
+        """A plan for ``shapes`` at ``threads``: with the clamps fused where the finite fast
+        path holds, unless ``exact``."""
+        fast = self.finite_bound is not None and not exact
+        old = self.ext.set_fast_clamps(fast)
+        try:
+            lw = Lowerer(self.graph, shapes, self.strict, threads, self.ext)
+            lw.lower()
+            return lw.build(self.ext), lw
+        finally:
+            self.ext.set_fast_clamps(old)
+
+    def _exact_plan(self, key: tuple, run_threads: int) -> Any:
+        """The plan with rtinfer's NaN-keeping clamps, for a call whose inputs are outside
+        the finite bound (NaN, an infinity, a huge value); built on the first such call."""
+        plan = self._exact.get(key)
+        if plan is None:
+            with self._lock:
+                plan = self._exact.get(key)
+                if plan is None:
+                    plan = self._exact[key] = self._lower(key[0], run_threads, exact=True)[0]
+        return plan
 
     def _plan(self, key: tuple) -> tuple[Any, int]:
         """The plan for (shapes, threads) and the thread count it runs with."""
@@ -161,6 +184,9 @@ class NativeModule:
         if not all(t.is_contiguous() for t in tensors):
             tensors = tuple(t.contiguous() for t in tensors)
         plan, run_threads = entry
+        if (self.finite_bound is not None and not isinstance(plan, _TorchRun)
+                and not finite.within(tensors, self.finite_bound)):
+            plan = self._exact_plan((tuple(tuple(s) for s in key[0]), threads), run_threads)
         try:
             return plan.run(tensors, run_threads)
         except RtinferError:
@@ -206,6 +232,12 @@ def _pin(ext: Any, threads: int) -> list[int]:
     if key not in _pinned:
         _pinned[key] = list(ext.pin_threads(threads))
     return _pinned[key]
+
+
+def finite_enabled() -> bool:
+    """``RTINFER_FINITE_FAST=0`` keeps every clamp as rtinfer's NaN-keeping pass."""
+    return os.environ.get("RTINFER_FINITE_FAST", "1").strip().lower() not in (
+        "0", "off", "false", "no")
 
 
 def choice_enabled() -> bool:

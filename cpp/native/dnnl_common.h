@@ -23,6 +23,11 @@ namespace rtinfer {
 
 dnnl::engine& cpu_engine();
 
+// The finite fast path (rtinfer.backends.native.finite): true on this thread while a plan is
+// built for inputs proven finite and bounded, so that no value reaching a relu or clip can be
+// NaN or infinite; eltwise() then fuses them as oneDNN post-ops (dnnl_ops.cpp defines it).
+bool& fast_clamps();
+
 namespace {
 
 
@@ -65,6 +70,11 @@ struct Eltwise {
 Eltwise eltwise(const std::string& name, const std::string& act, float alpha, float beta) {
   using A = dnnl::algorithm;
   if (act == "none") return {};
+  if (fast_clamps()) {  // no NaN or infinity can arrive: oneDNN's max/min are exact
+    if (act == "relu" || (act == "leaky_relu" && alpha == 0.f))
+      return {true, A::eltwise_relu, 0.f, 0.f};
+    if (act == "clip" && alpha <= beta) return {true, A::eltwise_clip_v2, alpha, beta};
+  }
   Eltwise clamp;
   clamp.clamp = true;
   if (act == "relu") return clamp.lo = 0.f, clamp;

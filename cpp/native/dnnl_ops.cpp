@@ -37,6 +37,11 @@ namespace rtinfer {
 
 dnnl::engine& cpu_engine();
 
+bool& fast_clamps() {
+  static thread_local bool on = false;
+  return on;
+}
+
 namespace {
 
 // -- a constant-weight matmul through ATen's GEMM (MKL on x86) --------------------------------

@@ -88,6 +88,10 @@ std::string add_qmatmul(Plan& plan, const std::string& name, int a, int dst, int
                         const std::string& dst_dt, double dst_scale, int64_t dst_zp,
                         int threads);
 
+// True on this thread while a finite-input plan is built: relu and clip fuse into oneDNN
+// (dnnl_common.h; rtinfer.backends.native.finite).
+bool& fast_clamps();
+
 // Whether the ISA oneDNN runs has VNNI (u8 x s8 products summed in int32, no int16 saturation).
 bool onednn_has_vnni();
 

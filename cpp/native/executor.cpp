@@ -484,6 +484,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     throw std::invalid_argument("unknown oneDNN ISA " + isa);
   });
   m.def("cpu_isa", []() { return (int)dnnl::get_effective_cpu_isa(); });
+  // the finite fast path's switch for plans built on this thread; returns the previous value
+  m.def("set_fast_clamps", [](bool on) {
+    const bool old = rtinfer::fast_clamps();
+    rtinfer::fast_clamps() = on;
+    return old;
+  });
   m.def("level", []() {
 #if defined(__AVX512F__)
     return std::string("avx512");
