@@ -91,7 +91,8 @@ class NativeModule:
         self.rtinfer_fallback_ops: list[str] = []
         # the finite fast path (native.finite): the bound on the inputs under which the plans
         # fuse relu and clip into oneDNN; calls outside it run the exact plans (built on demand)
-        self.finite_bound = finite.input_bound(graph) if finite_enabled() else None
+        self.finite_bound = (finite.input_bound(graph) if finite_enabled()
+                             and flops(graph) // 2 >= FINITE_MIN_MACS else None)
         self._exact: dict[tuple, Any] = {}
         if all(v.type.is_static for v in graph.inputs):
             shapes = tuple(tuple(int(d) for d in v.type.shape) for v in graph.inputs)
@@ -207,6 +208,10 @@ class NativeModule:
         return list(zip(plan.step_names, secs, strict=True))
 
 
+# The finite fast path only for graphs of at least this many multiply-adds: its check of the
+# inputs costs a pass over them (the MLP 784-512-512-10: 4 -> 7 us a call), and the clamps'
+# passes it saves are worth that only on models of a millisecond or more (MobileNetV2).
+FINITE_MIN_MACS = 4_000_000
 # A plan whose heavy ops do fewer multiply-adds than this (a few hundred microseconds on one
 # core) is raced serial against parallel when it is built.
 SMALL_MACS = 16_000_000

@@ -329,7 +329,10 @@ class ExpandDepthwise(torch.nn.Module):
 
 @pytest.mark.parametrize("act", ["relu6", "hardswish"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_expansion_and_depthwise_fuse_where_onednn_fuses_them(native, stride, act):
+@pytest.mark.parametrize("finite_fast", ["1", "0"])
+def test_expansion_and_depthwise_fuse_where_onednn_fuses_them(native, monkeypatch, stride, act,
+                                                              finite_fast):
+    monkeypatch.setenv("RTINFER_FINITE_FAST", finite_fast)
     # odd sizes: the depthwise's right padding is partly unread at stride 2
     torch.manual_seed(0)
     m = ExpandDepthwise(stride, getattr(torch.nn.functional, act)).eval()
@@ -342,8 +345,10 @@ def test_expansion_and_depthwise_fuse_where_onednn_fuses_them(native, stride, ac
     impl = native.add_conv_dw(None, "probe", -1, -1, [1, 16, 113, 111], w, None, "none", 0.0,
                                   0.0, m.dw.weight.detach(), None, stride, "none", 0.0, 0.0,
                                   torch.get_num_threads())
-    # a relu6 between the two would lose NaN inside oneDNN's fused pair: they run apart
-    if impl.startswith("ref") or act == "relu6":
+    # a relu6 between the two would lose NaN inside oneDNN's fused pair: they run apart,
+    # unless the finite fast path proves no NaN can reach it (the clipped block here)
+    assert (cm.module.finite_bound is not None) == (finite_fast == "1")
+    if impl.startswith("ref") or (act == "relu6" and finite_fast == "0"):
         assert "oneDNN conv+dw" not in kernels
     else:
         assert kernels["oneDNN conv+dw"] == 1 and kernels["oneDNN conv"] == 1, kernels

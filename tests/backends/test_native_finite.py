@@ -12,6 +12,25 @@ from rtinfer.backends.native import finite
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+@pytest.fixture(autouse=True)
+def _small_models_too(monkeypatch):
+    """The models here are small: the fast path's size floor would leave them out."""
+    from rtinfer.backends import native_backend
+
+    monkeypatch.setattr(native_backend, "FINITE_MIN_MACS", 0)
+
+
+def test_small_models_keep_the_exact_plan_and_skip_the_check():
+    """Under FINITE_MIN_MACS multiply-adds the check of the inputs would cost more than the
+    clamps' passes save (the MLP: 4 -> 7 us a call): no fast path."""
+    from rtinfer.backends import native_backend
+
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()).eval()
+    assert finite.input_bound(_compile(m, torch.randn(1, 64)).module.graph) == finite.T_MAX
+    native_backend.FINITE_MIN_MACS = 4_000_000  # the fixture puts it back
+    assert _compile(m, torch.randn(1, 64)).module.finite_bound is None
+
+
 class Inverted(torch.nn.Module):
     """MobileNetV2's block: 1x1 expansion + ReLU6, depthwise 3x3 + ReLU6, 1x1 projection, a
     residual; then pooling and a classifier."""
