@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from rtinfer.ir.graph import Graph, Node, Value
+from rtinfer.ir.ops.registry import INJECTIVE
 
 # every bound must stay below this: float32 overflows at 3.4e38, and the summation order of a
 # kernel never takes a partial sum above the sum of the magnitudes the bound counts
@@ -46,82 +47,80 @@ _ACT: dict[str, Callable[[float, float, float], float]] = {
     "sigmoid": lambda b, a, c: 1.0,
     "tanh": lambda b, a, c: 1.0,
 }
-_SAME = frozenset({"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "reduce_mean", "reshape",
-                   "flatten", "transpose", "permute", "squeeze", "unsqueeze", "contiguous",
-                   "identity", "dropout", "relu", "relu6", "hardtanh", "clamp"})
+# ops whose output is a mean or a pick of input values, or shrinks them: the input's bound
+_WITHIN_INPUT = frozenset({"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "reduce_mean",
+                           "relu"})
+# the heavy ops: a constant weight (input 1), an optional bias (input 2), an epilogue
+_WEIGHTED = frozenset({"conv2d", "fused_conv2d", "linear", "fused_linear"})
+
+Rule = Callable[[list[float]], float]
 
 
 def _const(v: Value) -> np.ndarray | None:
-    return np.asarray(v.const_data, dtype=np.float64) if v.is_const else None
+    return np.asarray(v.const_data) if v.is_const else None
 
 
 def _filter_l1(w: np.ndarray, out_axis: int = 0) -> float:
-    """The largest L1 norm over the output units of weight ``w`` (axis ``out_axis``)."""
+    """The largest L1 norm over the output units of weight ``w`` (axis ``out_axis``), summed
+    in float64."""
     w = np.abs(np.moveaxis(w, out_axis, 0)).reshape(w.shape[out_axis], -1)
-    return float(w.sum(axis=1).max(initial=0.0))
+    return float(w.sum(axis=1, dtype=np.float64).max(initial=0.0))
 
 
-def _bias(v: Value | None) -> float:
-    b = _const(v) if v is not None else None
-    return float(np.abs(b).max(initial=0.0)) if b is not None else 0.0
+def _largest(v: Value | None) -> float:
+    """The largest magnitude in constant ``v`` (0 for None or a value that is not constant)."""
+    c = _const(v) if v is not None else None
+    return float(np.abs(c).max(initial=0)) if c is not None else 0.0
 
 
-class _Rules:
-    """Per node, a function from the bounds of its inputs to the bound of its output (None:
-    no rule, the fast path is off)."""
-
-    def __init__(self, graph: Graph):
-        self.graph = graph
-
-    def rule(self, node: Node) -> Callable[[list[float]], float] | None:
-        op, a = node.op, node.attrs
-        act = a.get("activation", "none")
-        if op in ("conv2d", "fused_conv2d", "linear", "fused_linear"):
-            if act not in _ACT or len(node.inputs) < 2:
-                return None
-            w = _const(node.inputs[1])
-            if w is None or not np.isfinite(w).all():
-                return None
-            # conv: [O, C/g, kh, kw]; linear: [N, K] (torch's layout) or [K, N]: the larger
-            # of the two L1 norms bounds either
-            l1 = (_filter_l1(w) if op.endswith("conv2d") or w.ndim != 2
-                  else max(_filter_l1(w, 0), _filter_l1(w, 1)))
-            bias_in = node.inputs[2] if len(node.inputs) > 2 else None
-            bias_in = bias_in if bias_in is not None and bias_in.is_const else None
-            bias = _bias(bias_in)
-            if not math.isfinite(bias):
-                return None
-            mode = a.get("residual", "none")
-            f = _ACT[act]
-            lo, hi = float(a.get("alpha", 0.0)), float(a.get("beta", 0.0))
-
-            def conv(b: list[float]) -> float:
-                y = b[0] * l1 + bias
-                r = b[-1] if mode != "none" else 0.0
-                if not y + r < LIMIT:
-                    # the sums before the activation could overflow (and +inf meet -inf in
-                    # one sum: NaN), however small the clip makes the output
-                    return math.inf
-                if mode == "pre":
-                    return f(y + r, lo, hi)
-                return f(y, lo, hi) + r
-
-            return conv
-        if op in _SAME:
-            if op in ("clamp", "hardtanh", "relu6"):
-                return None  # standalone clamps are rtinfer's own NaN-keeping kernels anyway
-            return lambda b: b[0]
-        if op == "add":
-            return lambda b: b[0] + b[1]
-        if op == "concat":
-            return lambda b: max(b)
+def _weighted_rule(node: Node) -> Rule | None:
+    a = node.attrs
+    act = a.get("activation", "none")
+    w = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if act not in _ACT or w is None or not np.isfinite(w).all():
         return None
+    # conv: [O, C/g, kh, kw]; linear: [N, K] (torch's layout) or [K, N]: the larger of the two
+    # L1 norms bounds either
+    l1 = (_filter_l1(w) if node.op.endswith("conv2d") or w.ndim != 2
+          else max(_filter_l1(w, 0), _filter_l1(w, 1)))
+    bias = _largest(node.inputs[2]) if len(node.inputs) > 2 else 0.0
+    if not math.isfinite(bias):
+        return None
+    mode = a.get("residual", "none")
+    f = _ACT[act]
+    lo, hi = float(a.get("alpha", 0.0)), float(a.get("beta", 0.0))
+
+    def rule(b: list[float]) -> float:
+        y = b[0] * l1 + bias
+        r = b[-1] if mode != "none" else 0.0
+        if not y + r < LIMIT:
+            # the sums before the activation could overflow (and +inf meet -inf in one sum:
+            # NaN), however small the clip makes the output
+            return math.inf
+        return f(y + r, lo, hi) if mode == "pre" else f(y, lo, hi) + r
+
+    return rule
+
+
+def _rule(node: Node) -> Rule | None:
+    """A function from the bounds of ``node``'s inputs to the bound of its output (None: no
+    rule, the fast path is off)."""
+    if node.op in _WEIGHTED:
+        return _weighted_rule(node)
+    if node.op in _WITHIN_INPUT:
+        return lambda b: b[0]
+    if node.op == "add":
+        return lambda b: b[0] + b[1]
+    if node.opdef.has(INJECTIVE):  # every output element is an input element (or the pad value)
+        pad = abs(float(node.attrs.get("value", 0.0))) if node.op == "pad" else 0.0
+        return lambda b: max(pad, *b)
+    return None
 
 
 def has_clamps(graph: Graph) -> bool:
     """Whether a convolution or linear of ``graph`` clamps (relu, clip) in its epilogue."""
-    return any(n.op in ("conv2d", "fused_conv2d", "linear", "fused_linear")
-               and n.attrs.get("activation", "none") in CLAMPS for n in graph.nodes)
+    return any(n.op in _WEIGHTED and n.attrs.get("activation", "none") in CLAMPS
+               for n in graph.nodes)
 
 
 def input_bound(graph: Graph) -> float | None:
@@ -132,22 +131,24 @@ def input_bound(graph: Graph) -> float | None:
         return None
     if any(v.type.dtype.torch != torch.float32 for v in graph.inputs):
         return None
-    rules = _Rules(graph)
-    steps = []
+    steps: list[tuple[Node, Rule]] = []
+    consts: dict[int, float] = {}  # the bound of each constant input, computed once
     for node in graph.nodes:
         if node.op == "const":
             continue
-        rule = rules.rule(node)
+        rule = _rule(node)
         if rule is None:
             return None
         steps.append((node, rule))
+        for v in node.inputs:
+            if v is not None and v.is_const and id(v) not in consts:
+                consts[id(v)] = _largest(v)
 
     def fits(t: float) -> bool:
-        bound: dict[int, float] = {id(v): t for v in graph.inputs}
+        bound = dict(consts)
+        bound.update((id(v), t) for v in graph.inputs)
         for node, rule in steps:
-            ins = [0.0 if v is None else bound.get(id(v), _bias(v) if v.is_const else math.inf)
-                   for v in node.inputs]
-            out = rule(ins)
+            out = rule([0.0 if v is None else bound.get(id(v), math.inf) for v in node.inputs])
             if not out < LIMIT:
                 return False
             for v in node.outputs:
@@ -159,11 +160,9 @@ def input_bound(graph: Graph) -> float | None:
     lo, hi = 1.0, T_MAX
     if fits(hi):
         return hi
-    for _ in range(60):  # bisection in log space: the bound is monotone in t
+    while hi / lo >= 1.01:  # bisection in log space: the bound is monotone in t
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        if hi / lo < 1.01:
-            break
     return lo
 
 
