@@ -143,6 +143,7 @@ struct AtenGemm {
   // The weight's column blocks as contiguous [K, nb] panels (each tile reads one panel front to
   // back, which the hardware prefetches; 10-30 us faster than the [K, N] rows when cold).
   void pack_panels() {
+    if (panels.defined()) return;
     const int64_t tn = (N + nb - 1) / nb;
     auto padded = torch::zeros({K, tn * nb}, w.options());
     padded.narrow(1, 0, N).copy_(w);
@@ -747,12 +748,10 @@ std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int ds
   alt->tail = tail;
   const int nthreads = threads > 0 ? threads : omp_get_max_threads();
   std::tie(alt->mb, alt->nb) = brgemm_tile(alt->rows, N, nthreads);
-  alt->pack_panels();
-  // brgemm's epilogue in each tile, where it is GELU (erf) or none with any residual: then the
+  // brgemm's epilogue in each tile, where it is GELU (erf) or none with a residual: then the
   // epilogue pass over the whole output (about 100 us for GELU on 128 x 1536) is not needed
-  if ((activation == "gelu" || activation == "none" || activation.empty()) &&
-      (residual_mode == "none" || residual_mode == "pre" || residual_mode == "post") &&
-      !(activation != "gelu" && residual_mode == "none")) {
+  const bool gelu = activation == "gelu";
+  if ((gelu || activation == "none") && (gelu || residual_mode != "none")) {
     alt->tile_epilogue = true;
     alt->tile_gelu = activation == "gelu";
     alt->residual = residual_mode == "none" ? -1 : residual;
@@ -824,6 +823,7 @@ std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int ds
       if (std::string(pd.impl_info_str()).find("brg") == std::string::npos) {
         alt->how = Gemm::brgemm;
         try {
+          alt->pack_panels();
           t_brgemm = time_step([&] { alt->run(ctx); });
         } catch (const std::exception&) {
           // torch's brgemm refuses this CPU or shape: not a candidate
@@ -840,8 +840,12 @@ std::string add_matmul(Plan& plan, const std::string& name, int a, int b, int ds
   }
   if (use == Gemm::onednn) return finish(plan, std::move(kern), pd);
   alt->how = use;
-  if (use == Gemm::brgemm) alt->w = torch::Tensor();  // the panels hold it
-  else alt->panels = torch::Tensor();
+  if (use == Gemm::brgemm) {
+    alt->pack_panels();
+    alt->w = torch::Tensor();  // the panels hold it
+  } else {
+    alt->panels = torch::Tensor();
+  }
   if (use != Gemm::brgemm) alt->tile_epilogue = false;
   plan.need_scratch((int64_t)pd.scratchpad_desc().get_size());
   std::shared_ptr<const AtenGemm> ac = std::move(alt);
