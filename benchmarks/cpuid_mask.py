@@ -36,23 +36,16 @@ class Unavailable(RuntimeError):
     """The mask cannot run here; the message says why."""
 
 
-def why_unavailable(cpuinfo: str | None = None) -> str | None:
+def why_unavailable(flags: frozenset[str] | None = None) -> str | None:
     """None where the mask can run here, else the reason (not x86-64 Linux, no CPUID
-    faulting, no C compiler)."""
+    faulting, no C compiler); ``flags``: ``/proc/cpuinfo``'s (default: this CPU's)."""
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
         return f"CPUID faulting is x86-64 Linux only (this is {platform.system()} " \
                f"{platform.machine()})"
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError as e:
-            return f"cannot read /proc/cpuinfo: {e}"
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags = set(value.split())
-            break
+    if flags is None:
+        from rtinfer.kernels.isa import host_features
+
+        flags = host_features()
     if "cpuid_fault" not in flags:
         return "the kernel offers no CPUID faulting on this CPU (no cpuid_fault flag)"
     if not _compiler():

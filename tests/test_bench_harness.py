@@ -668,7 +668,7 @@ def test_cpuid_mask_says_why_it_cannot_run(bench):
     mask = pytest.importorskip("cpuid_mask")
     if mask.platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("x86-64 only")
-    no_fault = "processor\t: 0\nflags\t\t: fpu avx2 avx512f hypervisor\n"
+    no_fault = frozenset({"fpu", "avx2", "avx512f", "hypervisor"})
     assert "no CPUID faulting" in mask.why_unavailable(no_fault)
     assert mask.hidden_flags({"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "avx_vnni"}
                              ) == ["amx_tile", "avx512_bf16", "avx512f", "avx_vnni"]
