@@ -15,6 +15,7 @@
 #include "dnnl_ops.h"
 
 #include "dnnl_common.h"
+#include "conv_winograd.h"
 
 #include <dnnl.hpp>
 #include <oneapi/dnnl/dnnl_debug.h>
@@ -345,6 +346,9 @@ constexpr double kConvChoiceMacs = 1 << 22;  // below: about 10 us, under the ti
 // another implementation wins the race only when faster than oneDNN's first choice by this factor
 constexpr double kConvChoiceMargin = 0.97;
 constexpr int kConvFirst = -1, kConvRace = -2;
+// NNPACK's Winograd replaces oneDNN's kernel only when faster than it by this factor: its
+// rounding differs more from the direct sum's (cpu_conv_winograd.cpp)
+constexpr double kWinoMargin = 0.95;
 
 int conv_impl_setting() {
   const char* v = std::getenv("RTINFER_CONV_IMPL");
@@ -502,8 +506,72 @@ std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int 
   };
   PD pd = *make_pd(0);
   const int setting = conv_impl_setting();
+  const int nthreads = threads > 0 ? threads : omp_get_max_threads();
+  const std::string key = str(src_dims) + str(w_dims) + str(dst_dims) + str(st) + str(pb) +
+                          str(pe) + str(dil) + (src_nhwc ? "h" : "c") + (dst_nhwc ? "h" : "c") +
+                          activation + "/" + residual_mode + (bias ? "b" : "") + "@" +
+                          std::to_string(nthreads);
+  const bool log = std::getenv("RTINFER_CONV_IMPL_LOG") != nullptr;
+  // the oneDNN kernel chosen, or NNPACK's Winograd (cpu_conv_winograd.cpp) where that is faster
+  // by kWinoMargin on this layer (timed once per problem and thread count in this process; an
+  // explicit $RTINFER_CONV_IMPL keeps oneDNN)
+  auto done = [&](const PD& chosen) -> std::string {
+    const bool eligible = (setting == kConvFirst || setting == kConvRace) && sp == 2 &&
+                          groups == 1 && k == std::vector<int64_t>{3, 3} &&
+                          st == std::vector<int64_t>{1, 1} && dil == std::vector<int64_t>{1, 1} &&
+                          pb == std::vector<int64_t>{1, 1} && pe == std::vector<int64_t>{1, 1} &&
+                          src_nhwc && dst_nhwc &&
+                          (macs >= kConvChoiceMacs || winograd_mode() == WinoMode::always);
+    std::shared_ptr<WinoConv> wino;
+    if (eligible) wino = make_wino_conv(src_shape, weight, bias, activation, residual_mode);
+    if (wino) {
+      bool faster = true;  // $RTINFER_WINOGRAD=1: wherever it applies
+      if (winograd_mode() == WinoMode::race) {
+        static std::map<std::string, bool> wino_verdicts;
+        static std::mutex wino_mutex;
+        std::lock_guard<std::mutex> lock(wino_mutex);
+        auto it = wino_verdicts.find(key + chosen.impl_info_str());
+        if (it == wino_verdicts.end()) {
+          const double t_onednn =
+              time_kernel(*build(chosen), chosen.scratchpad_desc(), nthreads);
+          auto opt = torch::TensorOptions().dtype(torch::kFloat32);
+          auto x = torch::randn({N, in[0], in[1], C}, opt);
+          auto y = torch::empty({N, out[0], out[1], O}, opt);
+          auto r = torch::randn({N, out[0], out[1], O}, opt);
+          const float* rp = residual_mode != "none" ? r.data_ptr<float>() : nullptr;
+          const int old = omp_get_max_threads();
+          omp_set_num_threads(nthreads);
+          const double t_wino = time_step([&] {
+            run_wino_conv(*wino, x.data_ptr<float>(), y.data_ptr<float>(), rp, nthreads);
+          });
+          omp_set_num_threads(old);
+          if (log)
+            std::fprintf(stderr, "rtinfer conv %s: %s %.4f ms, nnpack:wt8x8 %.4f ms\n",
+                         key.c_str(), chosen.impl_info_str(), t_onednn * 1e3, t_wino * 1e3);
+          it = wino_verdicts
+                   .emplace(key + chosen.impl_info_str(), t_wino < t_onednn * kWinoMargin)
+                   .first;
+        }
+        faster = it->second;
+      }
+      if (faster) {
+        // oneDNN's kernel stays for the calls whose input is not finite (run_wino_conv)
+        std::shared_ptr<Kernel> direct = build(chosen);
+        bind_scratchpad(plan, *direct, chosen);
+        std::shared_ptr<const Kernel> dc = std::move(direct);
+        std::shared_ptr<const WinoConv> wc = wino;
+        plan.add_step({name + " (NNPACK Winograd)", [wc, dc, src, dst, residual](Ctx& ctx) {
+          if (!run_wino_conv(*wc, ctx.at<float>(src), ctx.at<float>(dst),
+                             residual >= 0 ? ctx.at<float>(residual) : nullptr, ctx.threads))
+            dc->run(ctx);
+        }});
+        return "nnpack:wt8x8";
+      }
+    }
+    return finish(plan, build(chosen), chosen);
+  };
   if (setting == 0 || setting == kConvFirst || (setting == kConvRace && macs < kConvChoiceMacs))
-    return finish(plan, build(pd), pd);
+    return done(pd);
 
   // the candidates: the first of each kernel name (oneDNN's list holds one kernel several
   // times, once per ISA or variant, and those that accept the problem run the same code),
@@ -519,25 +587,19 @@ std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int 
     cands.push_back(*cand);
     names.push_back(impl);
   }
-  if (cands.empty()) return finish(plan, build(pd), pd);
+  if (cands.empty()) return done(pd);
   if (setting > 0) {
     pd = cands[std::min<size_t>(setting, cands.size() - 1)];
-    return finish(plan, build(pd), pd);
+    return done(pd);
   }
   // which is fastest, timed once per problem and thread count in this process
-  const int nthreads = threads > 0 ? threads : omp_get_max_threads();
-  const std::string key = str(src_dims) + str(w_dims) + str(dst_dims) + str(st) + str(pb) +
-                          str(pe) + str(dil) + (src_nhwc ? "h" : "c") + (dst_nhwc ? "h" : "c") +
-                          activation + "/" + residual_mode + (bias ? "b" : "") + "@" +
-                          std::to_string(nthreads);
   static std::map<std::string, std::string> verdicts;  // the winner's kernel name
   static std::mutex verdicts_mutex;
-  std::lock_guard<std::mutex> lock(verdicts_mutex);
+  std::unique_lock<std::mutex> lock(verdicts_mutex);
   auto it = verdicts.find(key);
   if (it == verdicts.end()) {
     size_t best = 0;
     double best_t = 0.0;
-    const bool log = std::getenv("RTINFER_CONV_IMPL_LOG") != nullptr;
     for (size_t i = 0; i < cands.size(); ++i) {
       double t = time_kernel(*build(cands[i]), cands[i].scratchpad_desc(), nthreads);
       // oneDNN's first choice unless another is clearly faster
@@ -550,7 +612,8 @@ std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int 
   }
   for (size_t i = 0; i < cands.size(); ++i)
     if (names[i] == it->second) pd = cands[i];
-  return finish(plan, build(pd), pd);
+  lock.unlock();
+  return done(pd);
 } catch (const dnnl::error& err) {  // at plan-build time: name the step
   throw dnnl_failure(name, err);
 }

@@ -1,0 +1,37 @@
+// A 3x3, stride-1, padding-1 convolution over NHWC as NNPACK's Winograd F(6x6, 3x3)
+// (cpu_conv_winograd.cpp): add_conv's candidate next to oneDNN's kernels where it is faster.
+#pragma once
+
+#include <torch/types.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rtinfer {
+
+struct WinoConv;
+
+// $RTINFER_WINOGRAD: unset or auto (race), timed against oneDNN's kernel where it applies and
+// kept where faster; 0 (off), never; 1 (always), wherever it applies (tests, comparisons).
+enum class WinoMode { off, race, always };
+WinoMode winograd_mode();
+
+// The prepared convolution (the weight transformed once), or nullptr where it does not apply:
+// not 3x3 over [N, C, H, W] f32, an activation other than none and relu, NNPACK absent from this
+// torch build or unsupported by this CPU, or $RTINFER_WINOGRAD=0. The caller checks stride 1,
+// padding 1, dilation 1 and groups 1.
+std::shared_ptr<WinoConv> make_wino_conv(const std::vector<int64_t>& src_shape,
+                                         const torch::Tensor& weight,
+                                         const std::optional<torch::Tensor>& bias,
+                                         const std::string& activation,
+                                         const std::string& residual_mode);
+
+// y = act(conv(x) + r) ("pre"), act(conv(x)) + r ("post") or act(conv(x)); x, y and r NHWC
+// (r may be null without a residual). Bands of the image over `threads` threads. False: x holds
+// a NaN, an infinity or a value large enough to overflow a transform, and y is not written
+// reliably: the caller runs the direct convolution instead (its NaN and inf pattern is eager's).
+bool run_wino_conv(const WinoConv& conv, const float* x, float* y, const float* r, int threads);
+
+}  // namespace rtinfer

@@ -1,0 +1,195 @@
+"""NNPACK's Winograd F(6x6, 3x3) as the native backend's candidate for 3x3 stride-1 convolutions
+(cpp/native/cpu_conv_winograd.cpp): forced with ``RTINFER_WINOGRAD=1`` it computes what eager
+computes (epilogues, odd sizes, batches), keeps eager's NaN and infinity pattern, keeps a
+trained CNN's accuracy on real data; by default it runs only where the race keeps it, and
+``RTINFER_WINOGRAD=0`` keeps oneDNN everywhere. At the generic level it never runs (NNPACK is
+AVX2 code)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rtinfer
+from rtinfer.errors import BackendError
+
+WINO = "NNPACK Winograd"
+
+
+class Block(torch.nn.Module):
+    """conv -> relu -> conv with a residual: the 3x3 layers of a ResNet basic block."""
+
+    def __init__(self, c: int, o: int, mode: str, bias: bool) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(c, o, 3, 1, 1, bias=bias)
+        self.c2 = torch.nn.Conv2d(o, o, 3, 1, 1, bias=bias)
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.c1(x))
+        z = self.c2(y)
+        if self.mode == "pre":
+            return F.relu(z + y)
+        if self.mode == "post":
+            return F.relu(z) + y
+        return z
+
+
+def _steps(cm, x: torch.Tensor) -> list[str]:
+    return [name for name, _ in cm.module.profile(x, iters=1)]
+
+
+def _compile(model: torch.nn.Module, x: torch.Tensor):
+    cm = rtinfer.compile(model, example_inputs=(x,), backend="native", cache=False)
+    assert cm.info.backend == "native"
+    return cm
+
+
+def _winograd_level(native) -> bool:
+    return native.level() != "generic"
+
+
+@pytest.mark.parametrize("c,o,h,w,n,mode,bias", [
+    (16, 16, 56, 56, 1, "pre", True),
+    (16, 24, 13, 17, 1, "post", True),   # tiles cut at both edges, channels change
+    (8, 8, 6, 6, 2, "none", False),      # one tile, a batch of two, no bias
+    (5, 16, 7, 40, 1, "pre", True),      # few input channels, a wide strip
+    (32, 32, 4, 4, 1, "pre", True),      # smaller than one tile
+])
+def test_forced_winograd_matches_eager_and_float64(native, monkeypatch, c, o, h, w, n, mode,
+                                                   bias):
+    monkeypatch.setenv("RTINFER_CPU_ISA", native.level())
+    monkeypatch.setenv("RTINFER_WINOGRAD", "1")
+    torch.manual_seed(0)
+    model = Block(c, o, mode, bias).eval()
+    x = torch.randn(n, c, h, w)
+    cm = _compile(model, x)
+    steps = _steps(cm, x)
+    assert sum(WINO in s for s in steps) == (2 if _winograd_level(native) else 0), steps
+    with torch.no_grad():
+        want = model(x)
+        exact = model.double()(x.double())
+    got = cm(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # Winograd's rounding: a few 1e-6 of the largest output (direct summation: a few 1e-7)
+    assert (got.double() - exact).abs().max() <= 2e-5 * exact.abs().max()
+
+
+def test_non_finite_inputs_take_the_direct_kernel(native, monkeypatch):
+    """A NaN spreads over whole 8x8 tiles in Winograd's transforms and inf * 0 gives NaN; such
+    calls run oneDNN's direct kernel, so NaN, +-inf and huge values come out as eager's."""
+    monkeypatch.setenv("RTINFER_CPU_ISA", native.level())
+    monkeypatch.setenv("RTINFER_WINOGRAD", "1")
+    torch.manual_seed(0)
+    model = Block(16, 16, "pre", True).eval()
+    x = torch.randn(1, 16, 30, 30)
+    cm = _compile(model, x)
+    for bad in (float("nan"), float("inf"), -float("inf"), 3e38):
+        z = x.clone()
+        z[0, 3, 14, 20] = bad
+        with torch.no_grad():
+            want = model(z)
+        got = cm(z)
+        assert torch.equal(got.isnan(), want.isnan()), bad
+        assert torch.equal(got.isinf(), want.isinf()), bad
+        fin = want.isfinite()
+        torch.testing.assert_close(got[fin], want[fin], rtol=1e-4, atol=1e-4)
+    # and the next finite call is Winograd's again, right
+    torch.testing.assert_close(cm(x), model(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_off_and_small_layers_keep_onednn(native, monkeypatch):
+    monkeypatch.setenv("RTINFER_CPU_ISA", native.level())
+    torch.manual_seed(0)
+    model = Block(16, 16, "pre", True).eval()
+    x = torch.randn(1, 16, 56, 56)
+    monkeypatch.setenv("RTINFER_WINOGRAD", "0")
+    assert not any(WINO in s for s in _steps(_compile(model, x), x))
+    # by default only layers of 4M multiply-adds or more are timed against oneDNN's kernel
+    monkeypatch.delenv("RTINFER_WINOGRAD")
+    small = torch.randn(1, 16, 12, 12)  # 0.3M multiply-adds a layer
+    cm = _compile(model, small)
+    assert not any(WINO in s for s in _steps(cm, small))
+    torch.testing.assert_close(cm(small), model(small).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_race_keeps_what_matches_eager(native, monkeypatch):
+    """Whichever the timing keeps (a busy machine decides at random), the result is eager's."""
+    monkeypatch.setenv("RTINFER_CPU_ISA", native.level())
+    monkeypatch.delenv("RTINFER_WINOGRAD", raising=False)
+    torch.manual_seed(1)
+    model = Block(32, 32, "pre", True).eval()
+    x = torch.randn(1, 32, 42, 42)  # 17M multiply-adds a layer: raced
+    cm = _compile(model, x)
+    torch.testing.assert_close(cm(x), model(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_setting_is_named(native, monkeypatch):
+    monkeypatch.setenv("RTINFER_CPU_ISA", native.level())
+    monkeypatch.setenv("RTINFER_WINOGRAD", "yes")
+    model = Block(16, 16, "pre", True).eval()
+    x = torch.randn(1, 16, 56, 56)
+    if not _winograd_level(native):
+        pytest.skip("the generic level never reads $RTINFER_WINOGRAD's candidate")
+    with pytest.raises(BackendError, match="RTINFER_WINOGRAD"):
+        _compile(model, x)
+
+
+sklearn_datasets = pytest.importorskip("sklearn.datasets")
+
+
+class DigitsNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2))
+        self.head = torch.nn.Linear(32 * 2 * 2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """A CNN trained here on scikit-learn's digits (about a second) and its held-out split."""
+    d = sklearn_datasets.load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(d.target)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = DigitsNet()
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(6):
+            perm = torch.randperm(1300)
+            for i in range(0, 1300, 64):
+                idx = perm[i:i + 64]
+                opt.zero_grad()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval(), x[1300:], y[1300:]
+
+
+def test_trained_digits_cnn_keeps_its_accuracy(native, monkeypatch, digits):
+    monkeypatch.setenv("RTINFER_CPU_ISA", native.level())
+    monkeypatch.setenv("RTINFER_WINOGRAD", "1")
+    model, x, y = digits
+    with torch.no_grad():
+        want = model(x)
+    eager_top1 = (want.argmax(1) == y).float().mean().item()
+    assert eager_top1 > 0.93  # a trained model, or the comparison means nothing
+    cm = _compile(model, x)
+    # three 3x3 layers; at AVX-512 the first (one input channel) is rtinfer's stem kernel's
+    wino = sum(WINO in s for s in _steps(cm, x))
+    assert wino >= 2 if _winograd_level(native) else wino == 0
+    got = cm(x)
+    assert torch.equal(got.argmax(1), want.argmax(1))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
