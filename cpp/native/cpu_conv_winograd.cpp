@@ -22,7 +22,9 @@
 #include <atomic>
 
 // NNPACK runs AVX2 code: not at the generic level, which promises none
-#if defined(__x86_64__) && defined(__AVX2__) && __has_include(<nnpack.h>)
+#if defined(__x86_64__) && defined(__AVX2__) && __has_include(<nnpack.h>) && \
+    __has_include(<dlfcn.h>)
+#include <dlfcn.h>
 #include <nnpack.h>
 #define RTINFER_HAS_NNPACK 1
 #endif
@@ -66,9 +68,24 @@ bool within(const float* p, int64_t n, float limit) {
   return bad == 0;
 }
 
-bool nnpack_ready() {
-  static const bool ok = nnp_initialize() == nnp_status_success;
-  return ok;
+// NNPACK's entry points, looked up in the libtorch_cpu this process loaded (a torch built
+// without NNPACK still ships nnpack.h: a link-time reference would then make the whole extension
+// fail to load); null where absent or where nnp_initialize refuses this CPU.
+using ConvInference = nnp_status (*)(nnp_convolution_algorithm, nnp_convolution_transform_strategy,
+                                     size_t, size_t, nnp_size, nnp_padding, nnp_size, nnp_size,
+                                     const float*, const float*, const float*, float*, void*,
+                                     size_t*, nnp_activation, const void*, pthreadpool_t,
+                                     nnp_profile*);
+ConvInference nnpack_conv() {
+  static const ConvInference conv = []() -> ConvInference {
+    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (lib == nullptr) return nullptr;
+    auto init = reinterpret_cast<nnp_status (*)()>(dlsym(lib, "nnp_initialize"));
+    auto f = reinterpret_cast<ConvInference>(dlsym(lib, "nnp_convolution_inference"));
+    if (init == nullptr || f == nullptr || init() != nnp_status_success) return nullptr;
+    return f;
+  }();
+  return conv;
 }
 
 std::string status_text(nnp_status s) {
@@ -99,13 +116,13 @@ int wino_band(const WinoConv& P, const float* x, float* y, const float* r, int64
   const nnp_size in_size = {(size_t)W, (size_t)ih};
   const nnp_padding pad = {(size_t)(r0 == 0), 1, (size_t)(r1 == P.H), 1};  // top right bottom left
   size_t ws = 0;
-  nnp_status s = nnp_convolution_inference(
+  nnp_status s = nnpack_conv()(
       nnp_convolution_algorithm_wt8x8, nnp_convolution_transform_strategy_reuse, C, O, in_size,
       pad, {3, 3}, {1, 1}, xin, P.kernel_transform.get(), P.bias.data(), yout, nullptr, &ws,
       nnp_activation_identity, nullptr, nullptr, nullptr);
   if (s != nnp_status_success) return (int)s;
   void* work = tls_floats(2, ws / sizeof(float) + 16);
-  s = nnp_convolution_inference(
+  s = nnpack_conv()(
       nnp_convolution_algorithm_wt8x8, nnp_convolution_transform_strategy_reuse, C, O, in_size,
       pad, {3, 3}, {1, 1}, xin, P.kernel_transform.get(), P.bias.data(), yout, work, &ws,
       nnp_activation_identity, nullptr, nullptr, nullptr);
@@ -136,7 +153,7 @@ std::shared_ptr<WinoConv> make_wino_conv(const std::vector<int64_t>& src_shape,
                                          const std::optional<torch::Tensor>& bias,
                                          const std::string& activation,
                                          const std::string& residual_mode) {
-  if (winograd_mode() == WinoMode::off || !nnpack_ready()) return nullptr;
+  if (winograd_mode() == WinoMode::off || nnpack_conv() == nullptr) return nullptr;
   if (src_shape.size() != 4 || weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3 ||
       weight.size(1) != src_shape[1] || weight.scalar_type() != torch::kFloat32)
     return nullptr;
@@ -156,7 +173,7 @@ std::shared_ptr<WinoConv> make_wino_conv(const std::vector<int64_t>& src_shape,
     return nullptr;  // the direct sum's NaN and inf patterns differ: not worth a second path
   size_t bytes = 0;
   const nnp_size in_size = {(size_t)P->W, (size_t)P->H};
-  nnp_status s = nnp_convolution_inference(
+  nnp_status s = nnpack_conv()(
       nnp_convolution_algorithm_wt8x8, nnp_convolution_transform_strategy_precompute, P->C, P->O,
       in_size, {1, 1, 1, 1}, {3, 3}, {1, 1}, nullptr, w.data_ptr<float>(), nullptr, nullptr,
       nullptr, &bytes, nnp_activation_identity, nullptr, nullptr, nullptr);
@@ -166,7 +183,7 @@ std::shared_ptr<WinoConv> make_wino_conv(const std::vector<int64_t>& src_shape,
   P->kernel_transform = std::shared_ptr<float>(static_cast<float*>(mem), [](float* p) {
     std::free(p);
   });
-  s = nnp_convolution_inference(
+  s = nnpack_conv()(
       nnp_convolution_algorithm_wt8x8, nnp_convolution_transform_strategy_precompute, P->C, P->O,
       in_size, {1, 1, 1, 1}, {3, 3}, {1, 1}, nullptr, w.data_ptr<float>(), nullptr, nullptr, mem,
       &bytes, nnp_activation_identity, nullptr, nullptr, nullptr);
