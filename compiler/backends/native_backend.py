@@ -140,8 +140,8 @@ class NativeModule:
                     if entry[1] > 1 and cpus:
                         note += f"; threads pinned to CPUs {', '.join(map(str, cpus))}"
                 plan = entry[0]
-                self.stats = NativeStats(dict(lw.fallbacks), dict(lw.kernels), plan.arena_bytes,
-                                         plan.num_steps, note)
+                self.stats = NativeStats(dict(lw.fallbacks), _kernel_counts(lw.kernels, plan),
+                                         plan.arena_bytes, plan.num_steps, note)
                 self.rtinfer_fallback_ops = sorted(lw.fallbacks)
                 self._plans[key] = entry
         return entry
@@ -206,6 +206,24 @@ class NativeModule:
         plan, run_threads = self._plan((tuple(tuple(t.shape) for t in tensors), threads))
         secs = plan.profile([t.contiguous() for t in tensors], run_threads, iters)
         return list(zip(plan.step_names, secs, strict=True))
+
+
+def _kernel_counts(lowered: dict[str, int], plan: Any) -> dict[str, int]:
+    """The steps per kernel: the lowering's counts, with the steps the C++ side gave another
+    implementation when it timed the candidates (its step name says which: ``conv: oneDNN conv
+    (NNPACK Winograd)``, ``fc: oneDNN matmul (ATen GEMM: faster here)``) counted apart, as
+    ``oneDNN conv -> NNPACK Winograd``."""
+    counts = dict(lowered)
+    for name in plan.step_names:
+        for kernel in sorted(lowered, key=len, reverse=True):
+            mark = f": {kernel} ("
+            if mark in name and name.endswith(")"):
+                impl = name.split(mark, 1)[1][:-1].split(":")[0]
+                counts[kernel] -= 1
+                key = f"{kernel} -> {impl}"
+                counts[key] = counts.get(key, 0) + 1
+                break
+    return {k: v for k, v in counts.items() if v > 0}
 
 
 # The finite fast path only for graphs of at least this many multiply-adds: its check of the

@@ -67,6 +67,8 @@ def test_forced_winograd_matches_eager_and_float64(native, monkeypatch, c, o, h,
     cm = _compile(model, x)
     steps = _steps(cm, x)
     assert sum(WINO in s for s in steps) == (2 if _winograd_level(native) else 0), steps
+    if _winograd_level(native):  # the compile report counts them apart
+        assert "oneDNN conv -> NNPACK Winograd x2" in cm.report(), cm.report()
     with torch.no_grad():
         want = model(x)
         exact = model.double()(x.double())
@@ -105,7 +107,9 @@ def test_winograd_off_and_small_layers_keep_onednn(native, monkeypatch):
     model = Block(16, 16, "pre", True).eval()
     x = torch.randn(1, 16, 56, 56)
     monkeypatch.setenv("RTINFER_WINOGRAD", "0")
-    assert not any(WINO in s for s in _steps(_compile(model, x), x))
+    cm = _compile(model, x)
+    assert not any(WINO in s for s in _steps(cm, x))
+    assert "NNPACK" not in cm.report()
     # by default only layers of 4M multiply-adds or more are timed against oneDNN's kernel
     monkeypatch.delenv("RTINFER_WINOGRAD")
     small = torch.randn(1, 16, 12, 12)  # 0.3M multiply-adds a layer
