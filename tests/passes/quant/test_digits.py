@@ -5,53 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import rtinfer
 from rtinfer.ir import interpret, parse
 from rtinfer.ir.equality import structural_equal
 from rtinfer.ir.printer import print_graph
 from rtinfer.ir.verifier import verify
+from tests.digits import trained as trained_digits
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
-
-
-class DigitsNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2))
-        self.head = nn.Linear(32 * 2 * 2, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
 
 
 @pytest.fixture(scope="module")
 def digits():
     """(O3 graph, calibration batches, held-out images, labels), trained in about a second."""
-    d = sklearn_datasets.load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(d.target)
-    x_train, y_train, x_test, y_test = x[:1300], y[:1300], x[1300:], y[1300:]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny steps: threads only add overhead on a busy machine
-    try:
-        torch.manual_seed(0)
-        model = DigitsNet()
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(8):
-            perm = torch.randperm(len(x_train))
-            for i in range(0, len(x_train), 64):
-                idx = perm[i:i + 64]
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
+    model, x_train, _, x_test, y_test = trained_digits()
     graph = rtinfer.optimize(rtinfer.capture(model, (x_test[:4],), dynamic_dims={"x": {0: "B"}}),
                              "O3")
     calibration = [(x_train[i:i + 32],) for i in range(0, 256, 32)]
