@@ -1,20 +1,22 @@
 // A 3x3, stride-1, padding-1 convolution over NHWC activations as NNPACK's Winograd F(6x6, 3x3)
 // (nnp_convolution_inference, algorithm wt8x8), the NNPACK that torch links into libtorch_cpu.
 //
-// Why: below AVX-512 oneDNN 3.2 has no Winograd kernel, and its direct AVX2 kernel runs near the
-// FMA peak already; F(6x6, 3x3) does 5x fewer multiplies. Measured on a Zen 5 with every library
-// held to AVX2 (2 threads, ResNet-18's first stage, 64 -> 64 channels at 56x56): NNPACK 590 us
-// against oneDNN's 880. At 14x14 and 7x7 NNPACK is 2-7x slower (few tiles, big transformed
-// weights), so add_conv times the two on each layer when the plan is built and keeps the faster.
+// Why: oneDNN 3.2 has no Winograd kernel, and its direct AVX2 kernel already runs near the FMA
+// peak; F(6x6, 3x3) does 5x fewer multiplies. Measured on 2 Zen 5 cores (warm, ResNet-18's
+// layers): at AVX2 0.37 against oneDNN's 0.87 ms at 64 channels 56x56, 0.31 against 0.85 at
+// 128 x 28x28, 0.50 against 0.86 at 256 x 14x14; at AVX-512 0.39 against 0.46 and 0.33 against
+// 0.44, but 0.52 against 0.42 at 14x14. At 7x7 it is 5x slower (few tiles, a big transformed
+// weight). So add_conv times the two on each layer when the plan is built and keeps the faster.
 //
 // How: the image is cut into horizontal bands of whole 6-row output tiles, one per thread; each
 // thread moves its band (with a halo row above and below) to NCHW in its own buffer, runs NNPACK
 // single-threaded on it with the weight transform computed once at plan build, and moves the
 // result back to NHWC with the residual and activation applied while the band is in cache.
 //
-// Numerics: Winograd is not the direct sum. Its error is about 1e-5 of a layer's largest output
-// (direct: about 1e-6); NNPACK also flushes denormals while it runs. docs/native.md says so, and
-// RTINFER_WINOGRAD=0 turns the candidate off (1: used wherever it applies, for tests).
+// Numerics: Winograd is not the direct sum. Its error is about 2-3e-6 of a layer's largest
+// output against float64 (direct: 2-3e-7); NNPACK also flushes denormals while it runs.
+// cpp/README.md says so, and RTINFER_WINOGRAD=0 turns the candidate off (1: used wherever it
+// applies, for tests).
 #include "conv_winograd.h"
 
 #include "cpu_common.h"
