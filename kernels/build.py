@@ -63,7 +63,8 @@ CPP_DIR = _cpp_dir()
 NATIVE_DIR = Path(os.environ.get("RTINFER_NATIVE_SRC") or CPP_DIR / "native").resolve()
 SOURCES = ("executor.cpp", "dnnl_ops.cpp", "dnnl_int8.cpp", "cpu_norm.cpp", "cpu_attention.cpp",
            "cpu_pool.cpp", "cpu_copy.cpp", "cpu_conv_stem.cpp", "cpu_conv_winograd.cpp",
-           "cpu_gemv.cpp", "int8_dynamic.cpp", "dnnl_bf16.cpp", "int8_pool.cpp")
+           "dnnl_winograd.cpp", "cpu_gemv.cpp", "int8_dynamic.cpp", "dnnl_bf16.cpp",
+           "int8_pool.cpp")
 # -fno-trapping-math: rtinfer never reads the FP exception flags, and without it GCC keeps a
 # comparison-select (a NaN test, a clamp) as a branch, so loops such as int8 quantize ran scalar
 # in the AVX2 build (6x slower); values are unchanged (NaN still propagates)

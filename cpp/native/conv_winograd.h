@@ -2,6 +2,8 @@
 // (cpu_conv_winograd.cpp): add_conv's candidate next to oneDNN's kernels where it is faster.
 #pragma once
 
+#include "plan.h"
+
 #include <torch/types.h>
 
 #include <memory>
@@ -13,9 +15,10 @@ namespace rtinfer {
 
 struct WinoConv;
 
-// $RTINFER_WINOGRAD: unset or auto (race), timed against oneDNN's kernel where it applies and
-// kept where faster; 0 (off), never; 1 (always), wherever it applies (tests, comparisons).
-enum class WinoMode { off, race, always };
+// $RTINFER_WINOGRAD: unset or auto (race), NNPACK's and rtinfer's own timed against oneDNN's
+// kernel where they apply and the fastest kept; 0 (off), never; 1 or nnpack (always), NNPACK's
+// wherever it applies; own, rtinfer's own wherever it applies (tests, comparisons).
+enum class WinoMode { off, race, always, own };
 WinoMode winograd_mode();
 
 // The prepared convolution (the weight transformed once), or nullptr where it does not apply:
@@ -33,5 +36,20 @@ std::shared_ptr<WinoConv> make_wino_conv(const std::vector<int64_t>& src_shape,
 // a NaN, an infinity or a value large enough to overflow a transform, and y is not written
 // reliably: the caller runs the direct convolution instead (its NaN and inf pattern is eager's).
 bool run_wino_conv(const WinoConv& conv, const float* x, float* y, const float* r, int threads);
+
+// rtinfer's own F(6x6, 3x3) (dnnl_winograd.cpp): the transforms on 16-channel vectors in NHWC
+// and the 64 tile products as one batched oneDNN matmul. nullptr where it does not apply (as
+// make_wino_conv, and C and O multiples of 16). `threads`: the count the matmul is planned for.
+struct OwnWino;
+std::shared_ptr<OwnWino> make_own_wino(const std::vector<int64_t>& src_shape,
+                                       const torch::Tensor& weight,
+                                       const std::optional<torch::Tensor>& bias,
+                                       const std::string& activation,
+                                       const std::string& residual_mode, int threads);
+// bytes of per-call scratch run_own_wino needs (oneDNN's scratchpad and the transformed tiles)
+int64_t own_wino_scratch(const OwnWino& conv);
+// As run_wino_conv; `scratch`: own_wino_scratch bytes, 64-byte aligned.
+bool run_own_wino(const OwnWino& conv, const float* x, float* y, const float* r, char* scratch,
+                  dnnl::stream& stream, int threads);
 
 }  // namespace rtinfer

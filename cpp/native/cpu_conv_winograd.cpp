@@ -38,9 +38,11 @@ WinoMode winograd_mode() {
   const std::string s = v == nullptr ? "" : v;
   if (s.empty() || s == "auto") return WinoMode::race;
   if (s == "0") return WinoMode::off;
-  if (s == "1") return WinoMode::always;
+  if (s == "1" || s == "nnpack") return WinoMode::always;
+  if (s == "own") return WinoMode::own;
   throw std::invalid_argument("$RTINFER_WINOGRAD must be auto (the default: where faster), 0 "
-                              "(never) or 1 (wherever it applies), got '" + s + "'");
+                              "(never), 1 or nnpack (NNPACK's wherever it applies) or own "
+                              "(rtinfer's own wherever it applies), got '" + s + "'");
 }
 
 #ifdef RTINFER_HAS_NNPACK
@@ -58,8 +60,8 @@ namespace {
 
 constexpr int64_t kTile = 6;  // output rows (and columns) per F(6x6, 3x3) tile
 // The most a value can grow through F(6x6, 3x3)'s input transform (2-d: the square of B^T's
-// largest row sum, 11.5) times the output transform (A^T's, 66.1): 5.8e5, rounded up.
-constexpr double kWinoGain = 1e6;
+// largest row sum, 15) times the output transform (A^T's, 67.1): 1.01e6, rounded up.
+constexpr double kWinoGain = 2e6;
 // wino_band's answer when its input holds a NaN, an infinity or a value past P.limit
 constexpr int kOutOfRange = -1;
 

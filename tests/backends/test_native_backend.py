@@ -71,7 +71,10 @@ def test_resnet_block_layout_stays_nhwc():
     stems = stats.kernels.get("conv stem", 0) + stats.kernels.get("conv stem+max_pool2d", 0)
     assert stems == stem, stats.kernels
     assert stats.kernels.get("reorder", 0) == 1 - stem, stats.kernels
-    assert stats.kernels["oneDNN conv"] == 20 - stem
+    # a conv the race gave to a Winograd kernel is counted as "oneDNN conv -> ..."
+    convs = sum(n for k, n in stats.kernels.items()
+                if k == "oneDNN conv" or k.startswith("oneDNN conv -> "))
+    assert convs == 20 - stem, stats.kernels
 
 
 def test_mobilenet_depthwise():
