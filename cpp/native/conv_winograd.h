@@ -21,6 +21,11 @@ struct WinoConv;
 enum class WinoMode { off, race, always, own };
 WinoMode winograd_mode();
 
+// What both candidates need: a 3x3 f32 weight over [N, C, H, W], relu or no activation, and
+// $RTINFER_WINOGRAD not 0.
+bool wino_applies(const std::vector<int64_t>& src_shape, const torch::Tensor& weight,
+                  const std::string& activation);
+
 // The prepared convolution (the weight transformed once), or nullptr where it does not apply:
 // not 3x3 over [N, C, H, W] f32, an activation other than none and relu, NNPACK absent from this
 // torch build or unsupported by this CPU, or $RTINFER_WINOGRAD=0. The caller checks stride 1,

@@ -45,6 +45,14 @@ WinoMode winograd_mode() {
                               "(rtinfer's own wherever it applies), got '" + s + "'");
 }
 
+bool wino_applies(const std::vector<int64_t>& src_shape, const torch::Tensor& weight,
+                  const std::string& activation) {
+  return winograd_mode() != WinoMode::off && src_shape.size() == 4 && weight.dim() == 4 &&
+         weight.size(2) == 3 && weight.size(3) == 3 && weight.size(1) == src_shape[1] &&
+         weight.scalar_type() == torch::kFloat32 &&
+         (activation == "none" || activation == "relu");
+}
+
 #ifdef RTINFER_HAS_NNPACK
 
 struct WinoConv {
@@ -157,11 +165,7 @@ std::shared_ptr<WinoConv> make_wino_conv(const std::vector<int64_t>& src_shape,
                                          const std::optional<torch::Tensor>& bias,
                                          const std::string& activation,
                                          const std::string& residual_mode) {
-  if (winograd_mode() == WinoMode::off || nnpack_conv() == nullptr) return nullptr;
-  if (src_shape.size() != 4 || weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3 ||
-      weight.size(1) != src_shape[1] || weight.scalar_type() != torch::kFloat32)
-    return nullptr;
-  if (activation != "none" && activation != "relu") return nullptr;
+  if (!wino_applies(src_shape, weight, activation) || nnpack_conv() == nullptr) return nullptr;
   auto P = std::make_shared<WinoConv>();
   P->N = src_shape[0], P->C = src_shape[1], P->H = src_shape[2], P->W = src_shape[3];
   P->O = weight.size(0);

@@ -163,11 +163,7 @@ std::shared_ptr<OwnWino> make_own_wino(const std::vector<int64_t>& src_shape,
                                        const std::optional<torch::Tensor>& bias,
                                        const std::string& activation,
                                        const std::string& residual_mode, int threads) {
-  if (winograd_mode() == WinoMode::off) return nullptr;
-  if (src_shape.size() != 4 || weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3 ||
-      weight.size(1) != src_shape[1] || weight.scalar_type() != torch::kFloat32)
-    return nullptr;
-  if (activation != "none" && activation != "relu") return nullptr;
+  if (!wino_applies(src_shape, weight, activation)) return nullptr;
   auto P = std::make_shared<OwnWino>();
   P->N = src_shape[0], P->C = src_shape[1], P->H = src_shape[2], P->W = src_shape[3];
   P->O = weight.size(0);
