@@ -98,6 +98,14 @@ float* tls_floats(int which, size_t n) {
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// every |p[i]| <= limit: false on NaN and infinities (Winograd's guard against inputs whose
+// NaN or infinity its transforms would spread, cpu_conv_winograd.cpp and dnnl_winograd.cpp)
+bool within(const float* p, int64_t n, float limit) {
+  int bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= !(std::fabs(p[i]) <= limit);
+  return bad == 0;
+}
+
 std::vector<float> float_vector(const std::optional<torch::Tensor>& t, int64_t n,
                                 const std::string& what) {
   if (!t.has_value() || !t->defined()) return {};

@@ -73,12 +73,6 @@ constexpr double kWinoGain = 2e6;
 // wino_band's answer when its input holds a NaN, an infinity or a value past P.limit
 constexpr int kOutOfRange = -1;
 
-// every |p[i]| <= limit (false on NaN and infinities)
-bool within(const float* p, int64_t n, float limit) {
-  int bad = 0;
-  for (int64_t i = 0; i < n; ++i) bad |= !(std::fabs(p[i]) <= limit);
-  return bad == 0;
-}
 
 // NNPACK's entry points, looked up in the libtorch_cpu this process loaded (a torch built
 // without NNPACK still ships nnpack.h: a link-time reference would then make the whole extension

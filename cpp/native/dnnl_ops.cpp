@@ -349,8 +349,8 @@ constexpr double kConvChoiceMacs = 1 << 22;  // below: about 10 us, under the ti
 // another implementation wins the race only when faster than oneDNN's first choice by this factor
 constexpr double kConvChoiceMargin = 0.97;
 constexpr int kConvFirst = -1, kConvRace = -2;
-// NNPACK's Winograd replaces oneDNN's kernel only when faster than it by this factor: its
-// rounding differs more from the direct sum's (cpu_conv_winograd.cpp)
+// A Winograd kernel (conv_winograd.h) replaces oneDNN's only when faster than it by this factor:
+// its rounding differs more from the direct sum's
 constexpr double kWinoMargin = 0.95;
 // The race times warm weights; in a model bigger than the caches they come from memory. On 2
 // Zen 5 cores at AVX2, ResNet-18's 256-channel 14x14 layer took 0.40 ms more in the model than
@@ -520,110 +520,120 @@ std::string add_conv(Plan& plan, const std::string& name, int src, int dst, int 
                           activation + "/" + residual_mode + (bias ? "b" : "") + "@" +
                           std::to_string(nthreads);
   const bool log = std::getenv("RTINFER_CONV_IMPL_LOG") != nullptr;
-  // the oneDNN kernel chosen, or NNPACK's Winograd (cpu_conv_winograd.cpp) where that is faster
-  // by kWinoMargin on this layer (timed once per problem and thread count in this process; an
-  // explicit $RTINFER_CONV_IMPL keeps oneDNN)
+  // the oneDNN kernel chosen, or a Winograd kernel (conv_winograd.h: NNPACK's, rtinfer's own)
+  // where one is faster by kWinoMargin on this layer (timed once per problem and thread count in
+  // this process; an explicit $RTINFER_CONV_IMPL keeps oneDNN)
   auto done = [&](const PD& chosen) -> std::string {
     const WinoMode mode = winograd_mode();
     const bool eligible = (setting == kConvFirst || setting == kConvRace) && sp == 2 &&
                           groups == 1 && k == std::vector<int64_t>{3, 3} &&
                           st == std::vector<int64_t>{1, 1} && dil == std::vector<int64_t>{1, 1} &&
                           pb == std::vector<int64_t>{1, 1} && pe == std::vector<int64_t>{1, 1} &&
-                          src_nhwc && dst_nhwc &&
+                          src_nhwc && dst_nhwc && mode != WinoMode::off &&
                           (macs >= kConvChoiceMacs || mode != WinoMode::race);
-    // the Winograd candidates: NNPACK's (AVX2 code) and rtinfer's own (its GEMM is oneDNN's)
+    if (!eligible) return finish(plan, build(chosen), chosen);
     struct Alt {
       std::string label;               // the step name's suffix
       std::string impl;                // add_conv's answer
       std::function<bool(Ctx&)> run;   // false: not a finite input, the direct kernel runs
       int64_t scratch;                 // bytes of the call's scratch it needs
     };
-    std::vector<Alt> alts;
-    const float* none = nullptr;
-    auto res_ptr = [residual, none](Ctx& ctx) {
-      return residual >= 0 ? ctx.at<float>(residual) : none;
+    auto res_ptr = [residual](Ctx& ctx) -> const float* {
+      return residual >= 0 ? ctx.at<float>(residual) : nullptr;
     };
-    if (eligible && mode != WinoMode::own) {
-      if (std::shared_ptr<const WinoConv> wc =
-              make_wino_conv(src_shape, weight, bias, activation, residual_mode))
-        alts.push_back({"NNPACK Winograd", "nnpack:wt8x8",
-                        [wc, src, dst, res_ptr](Ctx& ctx) {
-                          return run_wino_conv(*wc, ctx.at<float>(src), ctx.at<float>(dst),
-                                               res_ptr(ctx), ctx.threads);
-                        },
-                        0});
-    }
-    if (eligible && mode != WinoMode::always) {
-      if (std::shared_ptr<const OwnWino> wc =
-              make_own_wino(src_shape, weight, bias, activation, residual_mode, nthreads))
-        alts.push_back({"rtinfer Winograd", "rtinfer:wino6x6",
-                        [wc, src, dst, res_ptr](Ctx& ctx) {
-                          return run_own_wino(*wc, ctx.at<float>(src), ctx.at<float>(dst),
-                                              res_ptr(ctx), ctx.scratch, native_stream(ctx),
-                                              ctx.threads);
-                        },
-                        own_wino_scratch(*wc)});
-    }
-    int pick = alts.empty() ? -1 : 0;  // $RTINFER_WINOGRAD=1 / own: the one it names
-    if (!alts.empty() && mode == WinoMode::race) {
+    // the candidate with this label, prepared (its weight transformed), if it applies here
+    auto make = [&](const std::string& label) -> std::optional<Alt> {
+      if (label == "NNPACK Winograd") {
+        std::shared_ptr<const WinoConv> wc =
+            make_wino_conv(src_shape, weight, bias, activation, residual_mode);
+        if (!wc) return std::nullopt;
+        return Alt{label, "nnpack:wt8x8",
+                   [wc, src, dst, res_ptr](Ctx& ctx) {
+                     return run_wino_conv(*wc, ctx.at<float>(src), ctx.at<float>(dst),
+                                          res_ptr(ctx), ctx.threads);
+                   },
+                   0};
+      }
+      std::shared_ptr<const OwnWino> wc =
+          make_own_wino(src_shape, weight, bias, activation, residual_mode, nthreads);
+      if (!wc) return std::nullopt;
+      return Alt{label, "rtinfer:wino6x6",
+                 [wc, src, dst, res_ptr](Ctx& ctx) {
+                   return run_own_wino(*wc, ctx.at<float>(src), ctx.at<float>(dst),
+                                       res_ptr(ctx), ctx.scratch, native_stream(ctx),
+                                       ctx.threads);
+                 },
+                 own_wino_scratch(*wc)};
+    };
+    // oneDNN's kernel: the step itself, or kept beside a Winograd one for the calls whose input
+    // is not finite (built once, timed by the race too)
+    std::shared_ptr<Kernel> direct = build(chosen);
+    std::optional<Alt> pick;
+    if (mode == WinoMode::always) {
+      pick = make("NNPACK Winograd");
+    } else if (mode == WinoMode::own) {
+      pick = make("rtinfer Winograd");
+    } else {  // the race; a verdict of this process is reused, and only its winner prepared
       static std::map<std::string, std::string> wino_verdicts;  // the winner's label or ""
       static std::mutex wino_mutex;
       std::lock_guard<std::mutex> lock(wino_mutex);
       const std::string vkey = key + chosen.impl_info_str();
       auto it = wino_verdicts.find(vkey);
-      if (it == wino_verdicts.end()) {
-        const double t_onednn = time_kernel(*build(chosen), chosen.scratchpad_desc(), nthreads);
-        auto opt = torch::TensorOptions().dtype(torch::kFloat32);
-        std::vector<torch::Tensor> keep = {torch::randn({N, in[0], in[1], C}, opt),
-                                           torch::empty({N, out[0], out[1], O}, opt),
-                                           torch::randn({N, out[0], out[1], O}, opt)};
-        Ctx ctx;
-        ctx.ptr.assign(std::max({src, dst, residual}) + 1, nullptr);
-        ctx.ptr[src] = static_cast<char*>(keep[0].data_ptr());
-        ctx.ptr[dst] = static_cast<char*>(keep[1].data_ptr());
-        if (residual >= 0) ctx.ptr[residual] = static_cast<char*>(keep[2].data_ptr());
-        ctx.threads = nthreads;
-        dnnl::stream stream(cpu_engine());
-        ctx.stream = &stream;
-        // in a model the weights come cold: each candidate pays for reading its own once
-        // (Winograd's transformed weight is 64 / 9 times the size) at kColdBytesPerSecond
-        const double direct_w = 4.0 * O * C * 9, wino_w = 4.0 * O * C * 64;
+      if (it != wino_verdicts.end()) {
+        if (!it->second.empty()) pick = make(it->second);
+      } else {
+        std::vector<Alt> alts;
+        for (const char* label : {"NNPACK Winograd", "rtinfer Winograd"})
+          if (std::optional<Alt> alt = make(label)) alts.push_back(std::move(*alt));
         std::string best;
-        double best_t = (t_onednn + direct_w / kColdBytesPerSecond) * kWinoMargin;
-        std::string line = std::string(chosen.impl_info_str()) + " " +
-                           std::to_string(t_onednn * 1e3) + " ms";
-        const int old = omp_get_max_threads();
-        omp_set_num_threads(nthreads);
-        for (const Alt& alt : alts) {
-          auto scratch = torch::empty({alt.scratch / 4 + 32}, opt);
-          ctx.scratch = reinterpret_cast<char*>(
-              (reinterpret_cast<uintptr_t>(scratch.data_ptr()) + 63) / 64 * 64);
-          const double t = time_step([&] { alt.run(ctx); });
-          line += ", " + alt.impl + " " + std::to_string(t * 1e3) + " ms";
-          const double cold = t + wino_w / kColdBytesPerSecond;
-          if (cold < best_t) best = alt.label, best_t = cold;
+        if (!alts.empty()) {
+          const double t_onednn = time_kernel(*direct, chosen.scratchpad_desc(), nthreads);
+          auto opt = torch::TensorOptions().dtype(torch::kFloat32);
+          std::vector<torch::Tensor> keep = {torch::randn({N, in[0], in[1], C}, opt),
+                                             torch::empty({N, out[0], out[1], O}, opt),
+                                             torch::randn({N, out[0], out[1], O}, opt)};
+          Ctx ctx;
+          ctx.ptr.assign(std::max({src, dst, residual}) + 1, nullptr);
+          ctx.ptr[src] = static_cast<char*>(keep[0].data_ptr());
+          ctx.ptr[dst] = static_cast<char*>(keep[1].data_ptr());
+          if (residual >= 0) ctx.ptr[residual] = static_cast<char*>(keep[2].data_ptr());
+          ctx.threads = nthreads;
+          dnnl::stream stream(cpu_engine());
+          ctx.stream = &stream;
+          // in a model the weights come cold: each candidate pays for reading its own once
+          // (Winograd's transformed weight is 64 / 9 times the size) at kColdBytesPerSecond
+          const double direct_w = 4.0 * O * C * 9, wino_w = 4.0 * O * C * 64;
+          double best_t = (t_onednn + direct_w / kColdBytesPerSecond) * kWinoMargin;
+          std::string line = std::string(chosen.impl_info_str()) + " " +
+                             std::to_string(t_onednn * 1e3) + " ms";
+          const int old = omp_get_max_threads();
+          omp_set_num_threads(nthreads);
+          for (Alt& alt : alts) {
+            auto scratch = torch::empty({alt.scratch / 4 + 32}, opt);
+            ctx.scratch = reinterpret_cast<char*>(
+                (reinterpret_cast<uintptr_t>(scratch.data_ptr()) + 63) / 64 * 64);
+            const double t = time_step([&] { alt.run(ctx); });
+            line += ", " + alt.impl + " " + std::to_string(t * 1e3) + " ms";
+            const double cold = t + wino_w / kColdBytesPerSecond;
+            if (cold < best_t) best = alt.label, best_t = cold;
+          }
+          omp_set_num_threads(old);
+          if (log) std::fprintf(stderr, "rtinfer conv %s: %s\n", key.c_str(), line.c_str());
+          for (Alt& alt : alts)
+            if (alt.label == best) pick = std::move(alt);
         }
-        omp_set_num_threads(old);
-        if (log) std::fprintf(stderr, "rtinfer conv %s: %s\n", key.c_str(), line.c_str());
-        it = wino_verdicts.emplace(vkey, best).first;
+        wino_verdicts.emplace(vkey, best);
       }
-      pick = -1;
-      for (size_t i = 0; i < alts.size(); ++i)
-        if (alts[i].label == it->second) pick = (int)i;
     }
-    if (pick >= 0) {
-      // oneDNN's kernel stays for the calls whose input is not finite
-      std::shared_ptr<Kernel> direct = build(chosen);
-      bind_scratchpad(plan, *direct, chosen);
-      plan.need_scratch(alts[pick].scratch);
-      std::shared_ptr<const Kernel> dc = std::move(direct);
-      auto fast = alts[pick].run;
-      plan.add_step({name + " (" + alts[pick].label + ")", [fast, dc](Ctx& ctx) {
-        if (!fast(ctx)) dc->run(ctx);
-      }});
-      return alts[pick].impl;
-    }
-    return finish(plan, build(chosen), chosen);
+    if (!pick) return finish(plan, direct, chosen);
+    bind_scratchpad(plan, *direct, chosen);
+    plan.need_scratch(pick->scratch);
+    std::shared_ptr<const Kernel> dc = std::move(direct);
+    auto fast = pick->run;
+    plan.add_step({name + " (" + pick->label + ")", [fast, dc](Ctx& ctx) {
+      if (!fast(ctx)) dc->run(ctx);
+    }});
+    return pick->impl;
   };
   if (setting == 0 || setting == kConvFirst || (setting == kConvRace && macs < kConvChoiceMacs))
     return done(pd);

@@ -149,9 +149,7 @@ bool all_within(const float* p, int64_t n, float limit, int threads) {
   std::atomic<bool> ok{true};
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, n / 65536));
   parallel_for(nt, n, [&](int64_t b, int64_t e) {
-    int bad = 0;
-    for (int64_t i = b; i < e; ++i) bad |= !(std::fabs(p[i]) <= limit);
-    if (bad) ok = false;
+    if (!within(p + b, e - b, limit)) ok = false;
   });
   return ok;
 }
