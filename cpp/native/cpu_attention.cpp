@@ -212,10 +212,37 @@ float softmax_scores(const AttnParams& A, float* s, int64_t jn, int64_t lim, con
   return 1.0f / exp_sub_sum(s, s, lim, mx);
 }
 
+// The keys [0, result) that a boolean mask lets some row of [i0, i1) see, of [0, jn): the keys
+// after the last such one get score -inf and probability exactly 0 in every row, so they are
+// left out of the scores, the softmax and P V (a padded batch: a 10-token sentence padded to
+// 128 keeps 10 of them). Not where a value row of theirs is not finite: eager's 0 x NaN is NaN.
+int64_t live_keys(const AttnParams& A, const uint8_t* mask, const float* vb, int64_t i0,
+                  int64_t i1, int64_t jn) {
+  const int64_t mq = A.ms[2], mk = A.ms[3];
+  int64_t live = 0;
+  for (int64_t i = i0; i < (mq == 0 ? i0 + 1 : i1) && live < jn; ++i) {
+    const uint8_t* row = mask + i * mq;
+    int64_t j = jn;
+    while (j > live && row[(j - 1) * mk] == 0) --j;
+    live = j;
+  }
+  for (int64_t j = live; j < jn; ++j)
+    if (!within(vb + j * A.vs[2], A.D, std::numeric_limits<float>::max())) return jn;
+  return live;
+}
+
 void attention_task(const AttnParams& A, const Ctx& ctx, int qslot, int kslot, int vslot,
                     int mslot, int yslot, int64_t b, int64_t h, int64_t i0, int64_t i1) {
   const int64_t D = A.D;
-  const int64_t jn_task = A.causal ? std::min(A.Skv, i1) : A.Skv;
+  const float* qb = ctx.at<float>(qslot) + b * A.qs[0] + h * A.qs[1];
+  const float* vb = ctx.at<float>(vslot) + b * A.vs[0] + h * A.vs[1];
+  float* yb = ctx.at<float>(yslot) + b * A.ys[0] + h * A.ys[1];
+  const int64_t melem = A.mask_kind == 1 ? 1 : 4;
+  const char* mb = mslot >= 0 ? ctx.ptr[mslot] + (b * A.ms[0] + h * A.ms[1]) * melem : nullptr;
+
+  int64_t jn_task = A.causal ? std::min(A.Skv, i1) : A.Skv;
+  if (A.mask_kind == 1 && mb != nullptr)
+    jn_task = live_keys(A, reinterpret_cast<const uint8_t*>(mb), vb, i0, i1, jn_task);
   const int64_t ldk = round_up(std::max<int64_t>(jn_task, 1), kKeys);
   float* kt = tls_floats(0, D * ldk);
   float* s = tls_floats(1, kRows * ldk);
@@ -225,15 +252,9 @@ void attention_task(const AttnParams& A, const Ctx& ctx, int qslot, int kslot, i
   for (int64_t d = 0; d < D; ++d)
     for (int64_t j = jn_task; j < ldk; ++j) kt[d * ldk + j] = 0.0f;
 
-  const float* qb = ctx.at<float>(qslot) + b * A.qs[0] + h * A.qs[1];
-  const float* vb = ctx.at<float>(vslot) + b * A.vs[0] + h * A.vs[1];
-  float* yb = ctx.at<float>(yslot) + b * A.ys[0] + h * A.ys[1];
-  const int64_t melem = A.mask_kind == 1 ? 1 : 4;
-  const char* mb = mslot >= 0 ? ctx.ptr[mslot] + (b * A.ms[0] + h * A.ms[1]) * melem : nullptr;
-
   for (int64_t i = i0; i < i1; i += kRows) {
     const int rows = (int)std::min<int64_t>(kRows, i1 - i);
-    const int64_t jn = A.causal ? std::min(A.Skv, i + rows) : A.Skv;
+    const int64_t jn = A.causal ? std::min(jn_task, i + rows) : jn_task;
     const float* qr[kRows];
     float* yr[kRows];
     for (int r = 0; r < kRows; ++r) {

@@ -157,6 +157,38 @@ def test_attention_fully_masked_rows_give_zeros_as_torch(native):
         assert torch.all(got[:, :, 2 if mask.dtype == torch.bool else 4] == 0)
 
 
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_padding_mask_matches_sdpa(native, full, causal):
+    # a padded batch: keys past each sequence's length masked off (the kernel leaves out the
+    # keys no query row sees); as a [B, 1, 1, S] key mask or, as Hugging Face builds it for
+    # sdpa, a full [B, 1, S, S] one; with a causal limit too
+    g = torch.Generator().manual_seed(7)
+    B, H, S, D = 3, 4, 128, 32
+    q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
+    keys = torch.arange(S) < torch.tensor([10, 77, 128])[:, None]  # [B, S]
+    mask = keys[:, None, None, :]
+    if full:
+        mask = mask & torch.ones(B, 1, S, S, dtype=torch.bool)
+    want_mask = mask & torch.ones(S, S, dtype=torch.bool).tril() if causal else mask
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=want_mask)
+    close(attention(native, q, k, v, mask=mask, causal=causal, layout="bhsd"), want)
+    close(attention(native, q, k, v, mask=mask, causal=causal, layout="bhsd", threads=1), want)
+
+
+def test_attention_padding_keeps_eagers_nan_from_padded_values(native):
+    # a NaN in a masked key's value row reaches eager's output (probability 0 times NaN): the
+    # kernel must not leave that key out
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
+    mask = (torch.arange(16) < 5)[None, None, None, :]
+    v[0, 1, 12, 3] = math.nan
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = attention(native, q, k, v, mask=mask, layout="bhsd")
+    assert torch.isnan(want[0, 1]).any() and not torch.isnan(want[0, 0]).any()
+    close(got, want)
+
+
 def test_attention_single_thread_and_many_threads_agree(native):
     torch.manual_seed(5)
     q, k, v = (torch.randn(1, 2, 50, 32) for _ in range(3))
