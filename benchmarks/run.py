@@ -385,6 +385,14 @@ def sgemm_ceiling(n: int = 1536, calls: int = 15) -> float:
 # 10 calls after 10 of ONNX Runtime's, 15 rounds): median / p75 7.52 / 12.57 ms with no pause,
 # 7.64 / 11.78 after 1 ms, 7.08 / 7.19 after 10 ms, 7.18 / 7.40 after 50 ms; 6.91 / 7.08 alone.
 SWITCH_PAUSE_MS = 20.0
+# Interleaved rounds: many short blocks rather than a few long ones, so that a slow stretch of
+# the shared machine (a preempted vCPU for a fraction of a second) lands on every system alike
+# instead of on one system's block. With 5 rounds a block is a fifth of a system's samples, and
+# one slow stretch inside it moves that system's p90: on a 2-core Zen 5 VM, capped at AVX2,
+# rtinfer's MobileNetV2 p90 fell to x0.83, x0.88 and x0.94 of the best peer's in 3 of 7 runs at
+# equal medians, each time with one of its five blocks at a p90 of 1.2-2.1x its median, while
+# another run's worst block was ONNX Runtime's (2.65x). With 20 rounds a block is 5%.
+ROUNDS = 20
 
 
 def machine_info() -> dict[str, Any]:
@@ -547,8 +555,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="leave out the untuned TVM path (tvm-relax)")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of every system")
     ap.add_argument("--warmup", type=int, default=10, help="warm-up calls per system")
-    ap.add_argument("--iters", type=int, default=40, help="timed calls per system per round")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    ap.add_argument("--iters", type=int, default=15, help="timed calls per system per round")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds")
     ap.add_argument("--min-samples", type=int, default=300,
                     help="timed calls per system at least (more per round than --iters where "
                          "needed), so p99 means something; bounded by --max-seconds")
