@@ -178,7 +178,7 @@ def dataset(name: str, example_inputs: tuple[torch.Tensor, ...]) -> DataSet:
         source = (f"crops of scikit-learn's two sample photos, {size}x{size}, ImageNet "
                   f"normalization: {len(cal)} calibration, {len(held)} held-out (other crops)")
         return DataSet(cal, held, source, "classify", _digest(cal, held))
-    if name == "minilm":
+    if name in ("minilm", "minilm_full"):
         seq = example_inputs[0].shape[-1]
         cal_text, held_text = sentence_split()
         cal, held = tokenized(cal_text, seq), tokenized(held_text, seq)

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from workloads import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("resnet18", "mobilenet_v2", "minilm", "mlp")
+# minilm: a 10-token sentence padded to --minilm-seq (a padded batch: attention can leave the
+# padding keys out); minilm_full: as many tokens of prose (every position a token)
+MODELS = ("resnet18", "mobilenet_v2", "minilm", "minilm_full", "mlp")
 SCHEMA = "rtinfer.bench/1"
 # a system's output is flagged when max|out - eager| exceeds this fraction of max|eager|: fp32
 # reassociation stays near 1e-6, a bf16 or wrong kernel lands far above
