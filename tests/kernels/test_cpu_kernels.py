@@ -67,6 +67,18 @@ def test_softmax_matches_torch(native, rows, cols, log):
     close(y, F.log_softmax(x, -1) if log else F.softmax(x, -1))
 
 
+def test_softmax_special_values_as_torch(native):
+    """NaN and +inf spread to their row, a row of -inf is NaN, and scores more than 87 below
+    the row's max give 0 (torch: a denormal), at every level (AVX2 has its own exp for x - max)."""
+    rows = [[1.0, math.nan, 2.0], [1.0, math.inf, 2.0], [-math.inf] * 3, [math.inf, math.inf, 0.0],
+            [0.0, -200.0, -90.0], [-1e30, 3.0, 2.0], [50.0, -50.0, 49.0]]
+    x = torch.tensor([r + [0.5] * 13 for r in rows])  # 16 columns: the vector loops run
+    x[4:, 3:] = -1000.0
+    for log in (False, True):
+        y = run_step(native, native.add_softmax, [x], x, x.shape[0], x.shape[1], log)
+        close(y, F.log_softmax(x, -1) if log else F.softmax(x, -1))
+
+
 # -- attention ----------------------------------------------------------------------------------
 
 
