@@ -220,6 +220,34 @@ void pv_rows(const float* s, int64_t lds, const float* v, int64_t vstride, int64
 // Mask, causal limit and softmax of one score row in place; returns 1/sum (0 when no key is
 // left: the row then outputs zeros, as torch's SDPA does). Keys in [lim, jn) get probability 0.
 float softmax_scores(const AttnParams& A, float* s, int64_t jn, int64_t lim, const char* mrow) {
+#if defined(__AVX2__) && !defined(RTINFER_AVX512)
+  if (A.mask_kind == 1 && A.ms[3] == 1) {  // a boolean row: the mask and the max in one pass
+    const uint8_t* m = reinterpret_cast<const uint8_t*>(mrow);
+    const __m256 ninf = _mm256_set1_ps(-kInf);
+    __m256 mv = ninf;
+    int64_t j = 0;
+    for (; j + 8 <= lim; j += 8) {
+      int64_t bytes;
+      std::memcpy(&bytes, m + j, 8);
+      const __m256i mi = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes));
+      const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(mi, _mm256_setzero_si256()));
+      const __m256 v = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + j), keep);
+      _mm256_storeu_ps(s + j, v);
+      mv = _mm256_max_ps(mv, v);  // as row_max's vmax(mv, v)
+    }
+    float mx = hmax(reinterpret_cast<const vf&>(mv));
+    for (; j < lim; ++j) {
+      s[j] = m[j] ? s[j] : -kInf;
+      mx = s[j] > mx ? s[j] : mx;
+    }
+    for (j = lim; j < jn; ++j) s[j] = 0.0f;
+    if (mx == -kInf) {
+      for (j = 0; j < lim; ++j) s[j] = 0.0f;
+      return 0.0f;
+    }
+    return 1.0f / exp_sub_sum(s, s, lim, mx);
+  }
+#endif
   if (A.mask_kind == 1) {
     const uint8_t* m = reinterpret_cast<const uint8_t*>(mrow);
     const int64_t mk = A.ms[3];

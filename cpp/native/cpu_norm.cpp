@@ -23,6 +23,43 @@ struct NormParams {
   bool rms;
 };
 
+// the widest vector of the level, for the row sums below
+#if defined(RTINFER_AVX512)
+constexpr int kNW = 16;
+#elif defined(__AVX__)
+constexpr int kNW = 8;
+#else
+constexpr int kNW = 4;
+#endif
+typedef float nv __attribute__((vector_size(kNW * 4)));
+typedef float nv_u __attribute__((vector_size(kNW * 4), aligned(4), may_alias));
+
+// sum over [0, n) of x[c] - m (P = 1) or (x[c] - m)^2 (P = 2) in four vector accumulators: one
+// is bound by its adds' latency (a 384-wide row: 2.3x slower at AVX2 on a Zen 5)
+template <int P>
+float row_moment(const float* x, int64_t n, float m) {
+  nv a[4] = {};
+  const nv mv = nv{} + m;
+  int64_t c = 0;
+  for (; c + 4 * kNW <= n; c += 4 * kNW)
+    for (int k = 0; k < 4; ++k) {
+      const nv d = *reinterpret_cast<const nv_u*>(x + c + k * kNW) - mv;
+      a[k] += P == 1 ? d : d * d;
+    }
+  for (; c + kNW <= n; c += kNW) {
+    const nv d = *reinterpret_cast<const nv_u*>(x + c) - mv;
+    a[0] += P == 1 ? d : d * d;
+  }
+  const nv t = (a[0] + a[1]) + (a[2] + a[3]);
+  float s = 0.0f;
+  for (int i = 0; i < kNW; ++i) s += t[i];
+  for (; c < n; ++c) {
+    const float d = x[c] - m;
+    s += P == 1 ? d : d * d;
+  }
+  return s;
+}
+
 void norm_rows(const NormParams& P, const float* x, float* y, int64_t r0, int64_t r1) {
   const int64_t n = P.cols;
   const float* g = P.gamma.empty() ? nullptr : P.gamma.data();
@@ -30,19 +67,8 @@ void norm_rows(const NormParams& P, const float* x, float* y, int64_t r0, int64_
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * n;
     float* yr = y + r * n;
-    float mean = 0.0f;
-    if (!P.rms) {
-      float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t c = 0; c < n; ++c) s += xr[c];
-      mean = s / (float)n;
-    }
-    float v = 0.0f;
-#pragma omp simd reduction(+ : v)
-    for (int64_t c = 0; c < n; ++c) {
-      float d = xr[c] - mean;
-      v += d * d;
-    }
+    const float mean = P.rms ? 0.0f : row_moment<1>(xr, n, 0.0f) / (float)n;
+    const float v = row_moment<2>(xr, n, mean);
     const float rstd = 1.0f / std::sqrt(v / (float)n + P.eps);
     if (g && b) {
 #pragma omp simd
