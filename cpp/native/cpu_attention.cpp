@@ -18,10 +18,10 @@ namespace {
 // -- attention --------------------------------------------------------------------------------
 //
 // Per task (b, h, a block of query rows): K^T is packed once ([D][ldk], keys contiguous, zero
-// padded to 32), then per tile of 8 query rows: the 8 x Skv scores (8 rows x 32 keys of
-// accumulators in registers, scaled), the mask and softmax on each row in L1, and P V (8 rows x
-// up to 64 dims of accumulators) scaled by 1/sum into y. At S = 128 the score tile is 4 KB, so
-// a flash-style online softmax would only add rescaling work.
+// padded to 32), then per tile of kRows query rows (8; 6 at AVX2): the kRows x Skv scores
+// (blocks of accumulators in registers, scaled), the mask and softmax on each row in L1, and
+// P V (kRows rows x up to 64 dims of accumulators) scaled by 1/sum into y. At S = 128 the score
+// tile is 4 KB, so a flash-style online softmax would only add rescaling work.
 
 // query rows per tile: 6 on AVX2 (6 rows x 16 keys or dims: 12 accumulators of its 16
 // registers, where 4 rows leave 8, too few to cover the FMA latency with D = 32's short
@@ -101,14 +101,15 @@ void qk_tile(const float* const* qr, const float* kt, int64_t ldk, int64_t D, in
 #else
   // 4 rows x 16 keys of accumulators at a time
   (void)rows;
-  for (int r0 = 0; r0 < kRows; r0 += 4) qk_rows<4>(qr + r0, kt, ldk, D, j, s + r0 * lds, lds, scale);
+  for (int r0 = 0; r0 < kRows; r0 += 4)
+    qk_rows<4>(qr + r0, kt, ldk, D, j, s + r0 * lds, lds, scale);
 #endif
 }
 
 #ifndef RTINFER_AVX512
 // y_r[d0, d0 + 16) = inv_r * sum_j s[r][j] v_j[d0, d0 + 16) for RB rows (rows_valid stored)
 template <int RB>
-void pv_tile4(const float* s, int64_t lds, const float* v, int64_t vstride, int64_t jn,
+void pv_block(const float* s, int64_t lds, const float* v, int64_t vstride, int64_t jn,
               int64_t d0, float* const* yr, const float* inv, int rows_valid) {
   constexpr int NV = 16 / kW;
   vf acc[RB][NV] = {};
@@ -193,15 +194,15 @@ void pv_rows(const float* s, int64_t lds, const float* v, int64_t vstride, int64
   // 6 rows (12 accumulators), or 4 where no more are real
   if (rows_valid > 4) {
     for (int64_t d0 = 0; d0 < D16; d0 += 16)
-      pv_tile4<6>(s, lds, v, vstride, jn, d0, yr, inv, rows_valid);
+      pv_block<6>(s, lds, v, vstride, jn, d0, yr, inv, rows_valid);
   } else {
     for (int64_t d0 = 0; d0 < D16; d0 += 16)
-      pv_tile4<4>(s, lds, v, vstride, jn, d0, yr, inv, rows_valid);
+      pv_block<4>(s, lds, v, vstride, jn, d0, yr, inv, rows_valid);
   }
 #else
   for (int r0 = 0; r0 < rows_valid; r0 += 4)
     for (int64_t d0 = 0; d0 < D16; d0 += 16)
-      pv_tile4<4>(s + r0 * lds, lds, v, vstride, jn, d0, yr + r0, inv + r0, rows_valid - r0);
+      pv_block<4>(s + r0 * lds, lds, v, vstride, jn, d0, yr + r0, inv + r0, rows_valid - r0);
 #endif
   if (D16 == D) return;
   for (int r = 0; r < rows_valid; ++r) {
