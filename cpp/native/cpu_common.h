@@ -249,7 +249,8 @@ float row_max(const float* x, int64_t n) {
 // e^x for x <= 0, -inf or NaN (a softmax's x - max): rt::exp without the upper clamp and the
 // selects it needs for +inf and NaN (NaN passes through every step: max(lo, NaN) is NaN); the
 // exponent from the bits of x log2(e) + 1.5 2^23 in place of a round and a convert. 0.34 against
-// 0.50 ns an element for vexp on a Zen 5 core; equal to exp512 in every case measured.
+// 0.50 ns an element for vexp on a Zen 5 core; equal, on 1,024 values in [-100, 0] with -inf
+// and NaN, to exp512's sequence (round and convert) written for AVX2.
 inline __m256 exp256_nonpos(__m256 x) {
   const __m256 lo = _mm256_set1_ps(kExpLo), big = _mm256_set1_ps(12582912.0f);
   const __m256 xc = _mm256_max_ps(lo, x);
