@@ -221,6 +221,8 @@ void pv_rows(const float* s, int64_t lds, const float* v, int64_t vstride, int64
 // Mask, causal limit and softmax of one score row in place; returns 1/sum (0 when no key is
 // left: the row then outputs zeros, as torch's SDPA does). Keys in [lim, jn) get probability 0.
 float softmax_scores(const AttnParams& A, float* s, int64_t jn, int64_t lim, const char* mrow) {
+  float mx = -kInf;
+  bool have_max = false;
 #if defined(__AVX2__) && !defined(RTINFER_AVX512)
   if (A.mask_kind == 1 && A.ms[3] == 1) {  // a boolean row: the mask and the max in one pass
     const uint8_t* m = reinterpret_cast<const uint8_t*>(mrow);
@@ -236,18 +238,13 @@ float softmax_scores(const AttnParams& A, float* s, int64_t jn, int64_t lim, con
       _mm256_storeu_ps(s + j, v);
       mv = _mm256_max_ps(mv, v);  // as row_max's vmax(mv, v)
     }
-    float mx = hmax(reinterpret_cast<const vf&>(mv));
+    mx = hmax(reinterpret_cast<const vf&>(mv));
     for (; j < lim; ++j) {
       s[j] = m[j] ? s[j] : -kInf;
       mx = s[j] > mx ? s[j] : mx;
     }
-    for (j = lim; j < jn; ++j) s[j] = 0.0f;
-    if (mx == -kInf) {
-      for (j = 0; j < lim; ++j) s[j] = 0.0f;
-      return 0.0f;
-    }
-    return 1.0f / exp_sub_sum(s, s, lim, mx);
-  }
+    have_max = true;
+  } else
 #endif
   if (A.mask_kind == 1) {
     const uint8_t* m = reinterpret_cast<const uint8_t*>(mrow);
@@ -269,7 +266,7 @@ float softmax_scores(const AttnParams& A, float* s, int64_t jn, int64_t lim, con
     }
   }
   for (int64_t j = lim; j < jn; ++j) s[j] = 0.0f;
-  const float mx = row_max(s, lim);
+  if (!have_max) mx = row_max(s, lim);
   if (mx == -kInf) {
     for (int64_t j = 0; j < lim; ++j) s[j] = 0.0f;
     return 0.0f;

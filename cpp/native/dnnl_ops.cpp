@@ -263,6 +263,9 @@ struct AtenGemm {
     const float* R = residual >= 0 ? reinterpret_cast<const float*>(ctx.ptr[residual]) : nullptr;
     const int64_t tm = (rows + mb - 1) / mb, tn = (N + nb - 1) / nb;
     const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(ctx.threads, tm * tn));
+    // the bias: added in the tile's epilogue where there is one, else written into the tile
+    // first and the ukernel adds onto it
+    const bool bias_first = b != nullptr && !tile_epilogue;
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for collapse(2) schedule(static)
@@ -270,9 +273,6 @@ struct AtenGemm {
         for (int64_t i = 0; i < tm; ++i) {
           const int64_t m = std::min(mb, rows - i * mb), n = std::min(nb, N - j * nb);
           float* c = C + i * mb * N + j * nb;
-          // the bias: added in the epilogue where there is one, else written first and the
-          // ukernel adds onto it
-          const bool bias_first = b != nullptr && !tile_epilogue;
           if (bias_first)
             for (int64_t r = 0; r < m; ++r) std::memcpy(c + r * N, b + j * nb, n * sizeof(float));
           at::native::cpublas::brgemm(m, n, K, K, nb, N, bias_first, A + i * mb * K,
